@@ -1,0 +1,485 @@
+"""Per-example data-difficulty metrics and rank correlation (THEORY §6).
+
+The heuristics people use today to find "hard" examples, to compare with the per-instance privacy
+loss P(x, α) of THEORY §3:
+
+* from one model: :func:`per_example_loss` (cross-entropy), :func:`confidence` (``p_y``),
+  :func:`margin`;
+* early in training, averaged over seeds: :func:`el2n` (``‖softmax − onehot‖₂``, Paul et al. 2021) and
+  :func:`grand` (``E‖∇ℓ‖``, same paper);
+* over an ordered sequence of checkpoints: :func:`forgetting_events` (Toneva et al. 2019) and
+  :func:`learning_speed` / :func:`c_proxy` (mean ``p_y`` over checkpoints, Jiang et al. 2021);
+* from R models trained on random halves: :func:`memorization` (Feldman & Zhang 2020) with
+  :func:`random_half_masks`;
+* :func:`spearman` rank correlation with average ranks for ties (:func:`rankdata_average`).
+
+Layouts: params with a leading seed axis ``R`` (``el2n``, ``grand``) or checkpoint axis ``C``
+(``correctness_along``, ``confidence_along``); per-example outputs have a trailing axis ``n``.
+``apply_fn(params, x_single) -> logits`` and ``loss_fn(params, example) -> scalar`` are for ONE example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from unlearn_jax import _checks
+
+__all__ = [
+  "c_proxy",
+  "confidence",
+  "confidence_along",
+  "correctness",
+  "correctness_along",
+  "el2n",
+  "forgetting_events",
+  "grand",
+  "learning_speed",
+  "margin",
+  "memorization",
+  "per_example_loss",
+  "random_half_masks",
+  "rankdata_average",
+  "spearman",
+]
+
+
+def _logits(apply_fn, params, x):
+  return jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
+
+
+def _label_log_probs(logits, y):
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.take_along_axis(log_probs, jnp.asarray(y)[:, None], axis=-1)[:, 0]
+
+
+def _check_xy(x, y):
+  n = _checks.check_batch((x, y), "(x, y)")
+  if np.ndim(y) != 1:
+    raise ValueError(f"y must be a 1-D array of integer labels, got shape {np.shape(y)}")
+  return n
+
+
+def _leading_size(name: str, tree: Any) -> int:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    raise ValueError(f"{name} must be a pytree holding at least one array, got {tree!r}")
+  sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+  if None in sizes or len(sizes) != 1 or 0 in sizes:
+    raise ValueError(f"{name} leaves must share one non-empty leading axis, got leading sizes {sorted(map(str, sizes))}")
+  return int(sizes.pop())
+
+
+def per_example_loss(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+  """Softmax cross-entropy ``-log p_y`` of each example.
+
+  Args:
+    apply_fn: ``apply_fn(params, x_single) -> logits``.
+    params: params pytree (one model).
+    x: inputs ``(n, ...)``.
+    y: integer labels ``(n,)``.
+
+  Returns:
+    ``(n,)`` losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: jnp.stack([w * x, -w * x])
+    >>> [round(v, 4) for v in per_example_loss(apply_fn, 0.0, jnp.ones(2), jnp.array([0, 1])).tolist()]
+    [0.6931, 0.6931]
+  """
+  _check_xy(x, y)
+  return -_label_log_probs(_logits(apply_fn, params, x), y)
+
+
+def confidence(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+  """Softmax probability of the true label ``p_y`` of each example.
+
+  Args:
+    apply_fn: ``apply_fn(params, x_single) -> logits``.
+    params: params pytree (one model).
+    x: inputs ``(n, ...)``.
+    y: integer labels ``(n,)``.
+
+  Returns:
+    ``(n,)`` probabilities.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: jnp.stack([w * x, 0.0 * x])
+    >>> [round(v, 4) for v in confidence(apply_fn, jnp.log(3.0), jnp.ones(2), jnp.array([0, 1])).tolist()]
+    [0.75, 0.25]
+  """
+  _check_xy(x, y)
+  return jnp.exp(_label_log_probs(_logits(apply_fn, params, x), y))
+
+
+def margin(
+  apply_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  x: ArrayLike,
+  y: ArrayLike,
+  *,
+  kind: str = "logit",
+) -> jax.Array:
+  """Classification margin of each example; negative when misclassified.
+
+  ``kind="logit"``: ``logit_y - max_{j != y} logit_j``; ``kind="prob"``: ``p_y - max_{j != y} p_j``.
+
+  Args:
+    apply_fn: ``apply_fn(params, x_single) -> logits`` with ``num_classes >= 2``.
+    params: params pytree (one model).
+    x: inputs ``(n, ...)``.
+    y: integer labels ``(n,)``.
+    kind: ``"logit"`` or ``"prob"``.
+
+  Returns:
+    ``(n,)`` margins.
+
+  Raises:
+    ValueError: on an unknown ``kind`` or fewer than 2 classes.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: jnp.array([3.0, 1.0, 0.0]) * x
+    >>> margin(apply_fn, None, jnp.ones(2), jnp.array([0, 2])).tolist()
+    [2.0, -3.0]
+  """
+  _checks.check_choice("kind", kind, ("logit", "prob"))
+  _check_xy(x, y)
+  logits = _logits(apply_fn, params, x)
+  if logits.shape[-1] < 2:
+    raise ValueError(f"margin needs num_classes >= 2, got logits of shape {logits.shape}")
+  values = jax.nn.softmax(logits, axis=-1) if kind == "prob" else logits
+  is_label = jax.nn.one_hot(jnp.asarray(y), logits.shape[-1], dtype=bool)
+  own = jnp.sum(jnp.where(is_label, values, 0.0), axis=-1)
+  best_other = jnp.max(jnp.where(is_label, -jnp.inf, values), axis=-1)
+  return own - best_other
+
+
+def el2n(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+  """EL2N score ``E_seeds ‖softmax(f(x)) − onehot(y)‖₂`` (Paul, Ganguli, Dziugaite 2021).
+
+  Pass the parameters of R seeds taken early in training (e.g. at 10% of the run).
+
+  Args:
+    apply_fn: ``apply_fn(params, x_single) -> logits``.
+    params: params pytree with a leading seed axis ``R``.
+    x: inputs ``(n, ...)``.
+    y: integer labels ``(n,)``.
+
+  Returns:
+    ``(n,)`` scores in ``[0, sqrt(2)]``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: jnp.stack([w * x, 0.0 * x])
+    >>> [round(v, 4) for v in el2n(apply_fn, jnp.zeros(3), jnp.ones(1), jnp.array([0])).tolist()]
+    [0.7071]
+  """
+  _check_xy(x, y)
+  _leading_size("params", params)
+
+  def one(p):
+    logits = _logits(apply_fn, p, x)
+    onehot = jax.nn.one_hot(jnp.asarray(y), logits.shape[-1], dtype=logits.dtype)
+    return jnp.linalg.norm(jax.nn.softmax(logits, axis=-1) - onehot, axis=-1)
+
+  return jnp.mean(jax.vmap(one)(params), axis=0)
+
+
+def _grad_norms(loss_fn, params, batch, chunk_size):
+  try:
+    from unlearn_jax.per_example import per_example_grad_norms  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover - per_example.py is part of the package
+    per_example_grad_norms = None
+  if per_example_grad_norms is not None:
+    return per_example_grad_norms(loss_fn, params, batch, chunk_size=chunk_size)
+  grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(params, batch)  # pragma: no cover
+  sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in jax.tree.leaves(grads))  # pragma: no cover
+  return jnp.sqrt(sq)  # pragma: no cover
+
+
+def grand(
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  data: Any,
+  *,
+  chunk_size: int | None = None,
+) -> jax.Array:
+  """GraNd score ``E_seeds ‖∇_θ ℓ(θ; z)‖₂`` (Paul, Ganguli, Dziugaite 2021).
+
+  Pass the parameters of R seeds taken early in training. The per-example gradient norms come from
+  :func:`unlearn_jax.per_example.per_example_grad_norms` (seeds are processed one after another).
+
+  Args:
+    loss_fn: ``loss_fn(params, example) -> scalar`` for one example.
+    params: params pytree with a leading seed axis ``R``.
+    data: pytree with a leading example axis ``n``.
+    chunk_size: optional example chunking passed to ``per_example_grad_norms``.
+
+  Returns:
+    ``(n,)`` mean gradient norms.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> loss_fn = lambda w, z: 0.5 * (w * z[0] - z[1]) ** 2   # grad = (w x - y) x
+    >>> data = (jnp.array([1.0, 2.0]), jnp.array([0.0, 0.0]))
+    >>> grand(loss_fn, jnp.array([1.0, 3.0]), data).tolist()
+    [2.0, 8.0]
+  """
+  _checks.check_batch(data, "data")
+  num_seeds = _leading_size("params", params)
+  norms = [
+    _grad_norms(loss_fn, jax.tree.map(lambda leaf, r=r: leaf[r], params), data, chunk_size) for r in range(num_seeds)
+  ]
+  return jnp.mean(jnp.stack(norms), axis=0)
+
+
+def correctness(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+  """Whether each example is classified correctly (top-1) by one model.
+
+  Args:
+    apply_fn: ``apply_fn(params, x_single) -> logits``.
+    params: params pytree (one model).
+    x: inputs ``(n, ...)``.
+    y: integer labels ``(n,)``.
+
+  Returns:
+    ``(n,)`` bool.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: jnp.stack([w * x, -w * x])
+    >>> correctness(apply_fn, 1.0, jnp.array([1.0, 1.0]), jnp.array([0, 1])).tolist()
+    [True, False]
+  """
+  _check_xy(x, y)
+  return jnp.argmax(_logits(apply_fn, params, x), axis=-1) == jnp.asarray(y)
+
+
+def correctness_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+  """:func:`correctness` for each of C checkpoints (or seeds): ``(C, n)`` bool.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: jnp.stack([w * x, -w * x])
+    >>> correctness_along(apply_fn, jnp.array([1.0, -1.0]), jnp.ones(1), jnp.array([0])).tolist()
+    [[True], [False]]
+  """
+  _check_xy(x, y)
+  _leading_size("checkpoints", checkpoints)
+  return jax.lax.map(lambda p: correctness(apply_fn, p, x, y), checkpoints)
+
+
+def confidence_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+  """:func:`confidence` ``p_y`` for each of C checkpoints: ``(C, n)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> apply_fn = lambda w, x: jnp.stack([w * x, 0.0 * x])
+    >>> [[round(v, 2) for v in row] for row in confidence_along(
+    ...     apply_fn, jnp.log(jnp.array([1.0, 3.0])), jnp.ones(1), jnp.array([0])).tolist()]
+    [[0.5], [0.75]]
+  """
+  _check_xy(x, y)
+  _leading_size("checkpoints", checkpoints)
+  return jax.lax.map(lambda p: confidence(apply_fn, p, x, y), checkpoints)
+
+
+def _check_bool_matrix(name: str, value: Any) -> jax.Array:
+  arr = jnp.asarray(value)
+  if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ValueError(f"{name} must be a non-empty 2-D array, got shape {arr.shape}")
+  if arr.dtype != jnp.bool_:
+    if not _checks._is_traced(value) and not np.all(np.isin(np.asarray(value), (0, 1))):
+      raise ValueError(f"{name} must be boolean (or 0/1), got values outside {{0, 1}}")
+    arr = arr.astype(bool)
+  return arr
+
+
+def forgetting_events(correct: ArrayLike, *, never_learned: float | None = None) -> jax.Array:
+  """Number of forgetting events per example (Toneva et al. 2019).
+
+  A forgetting event is a transition from correct at checkpoint ``c - 1`` to incorrect at checkpoint
+  ``c`` in an ordered sequence of checkpoints.
+
+  Args:
+    correct: ``(C, n)`` correctness (bool or 0/1), checkpoints in training order.
+    never_learned: value given to examples that are never correct (Toneva et al. rank them as the most
+      forgettable, e.g. ``C`` or ``inf``); ``None`` leaves their count (0).
+
+  Returns:
+    ``(n,)`` int32 counts; float with ``never_learned`` set.
+
+  Raises:
+    ValueError: if ``correct`` is not a non-empty 2-D 0/1 array.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> correct = jnp.array([[1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]])
+    >>> forgetting_events(correct).tolist()
+    [2, 0, 1]
+    >>> forgetting_events(correct, never_learned=float("inf")).tolist()
+    [2.0, inf, 1.0]
+  """
+  c = _check_bool_matrix("correct", correct)
+  events = jnp.sum(c[:-1] & ~c[1:], axis=0).astype(jnp.int32)
+  if never_learned is None:
+    return events
+  return jnp.where(jnp.any(c, axis=0), events.astype(jnp.result_type(float)), never_learned)
+
+
+def learning_speed(confidences: ArrayLike) -> jax.Array:
+  """Learning speed / C-proxy: mean ``p_y`` over an ordered sequence of checkpoints (Jiang et al. 2021).
+
+  Args:
+    confidences: ``(C, n)`` ``p_y`` per checkpoint (see :func:`confidence_along`).
+
+  Returns:
+    ``(n,)`` means; high = learned early and kept (easy).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> learning_speed(jnp.array([[0.5, 0.1], [1.0, 0.3]])).tolist()
+    [0.75, 0.2]
+  """
+  arr = jnp.asarray(confidences)
+  if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ValueError(f"confidences must be a non-empty 2-D array (C, n), got shape {arr.shape}")
+  _checks.check_finite_array("confidences", arr)
+  return jnp.mean(arr, axis=0)
+
+
+c_proxy = learning_speed
+
+
+def random_half_masks(key: jax.Array, num_models: int, num_examples: int) -> jax.Array:
+  """Inclusion masks for Feldman–Zhang memorization: each model trains on a uniform random half.
+
+  Row r holds exactly ``num_examples // 2`` True entries, drawn independently per row from
+  ``jax.random.fold_in(key, r)``.
+
+  Args:
+    key: a ``jax.random.key``.
+    num_models: R >= 1.
+    num_examples: n >= 2.
+
+  Returns:
+    ``(R, n)`` bool masks.
+
+  Examples:
+    >>> import jax
+    >>> masks = random_half_masks(jax.random.key(0), 4, 10)
+    >>> masks.shape, masks.sum(axis=1).tolist()
+    ((4, 10), [5, 5, 5, 5])
+  """
+  for name, value, low in (("num_models", num_models, 1), ("num_examples", num_examples, 2)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+      raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+  half = num_examples // 2
+
+  def row(r):
+    perm = jax.random.permutation(jax.random.fold_in(key, r), num_examples)
+    return jnp.zeros(num_examples, bool).at[perm[:half]].set(True)
+
+  return jax.vmap(row)(jnp.arange(num_models))
+
+
+def memorization(correct: ArrayLike, in_mask: ArrayLike) -> jax.Array:
+  """Feldman–Zhang memorization ``P[correct | x in training set] − P[correct | x out]``.
+
+  From R models trained on random subsets (see :func:`random_half_masks`), estimated per example by the
+  fraction of "in" models that classify it correctly minus the fraction of "out" models that do.
+
+  Args:
+    correct: ``(R, n)`` correctness of each model on each example (bool or 0/1).
+    in_mask: ``(R, n)`` whether the example was in that model's training set.
+
+  Returns:
+    ``(n,)`` scores in ``[-1, 1]``. An example that is in every model's set (or in none) has no estimate
+    and gets NaN; use enough models (the chance is ``2 · 2^-R`` per example for halves).
+
+  Raises:
+    ValueError: on shape mismatch or non-0/1 inputs.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> in_mask = jnp.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    >>> correct = jnp.array([[1, 1], [1, 1], [0, 1], [0, 1]])
+    >>> memorization(correct, in_mask).tolist()
+    [1.0, 0.0]
+  """
+  c = _check_bool_matrix("correct", correct)
+  m = _check_bool_matrix("in_mask", in_mask)
+  if c.shape != m.shape:
+    raise ValueError(f"correct and in_mask must have the same shape (R, n), got {c.shape} and {m.shape}")
+  dtype = jnp.result_type(float)
+  c, m = c.astype(dtype), m.astype(dtype)
+  num_in = jnp.sum(m, axis=0)
+  num_out = jnp.sum(1.0 - m, axis=0)
+  p_in = jnp.sum(c * m, axis=0) / num_in
+  p_out = jnp.sum(c * (1.0 - m), axis=0) / num_out
+  return jnp.where((num_in > 0) & (num_out > 0), p_in - p_out, jnp.nan)
+
+
+def rankdata_average(a: ArrayLike) -> jax.Array:
+  """1-based ranks with ties given their average rank (``scipy.stats.rankdata(method="average")``).
+
+  Args:
+    a: ``(n,)`` finite values.
+
+  Returns:
+    ``(n,)`` float ranks.
+
+  Raises:
+    ValueError: on a non-1-D, empty or non-finite input.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> rankdata_average(jnp.array([10.0, 20.0, 10.0, 5.0])).tolist()
+    [2.5, 4.0, 2.5, 1.0]
+  """
+  arr = jnp.asarray(a)
+  if arr.ndim != 1 or arr.shape[0] == 0:
+    raise ValueError(f"a must be a non-empty 1-D array, got shape {arr.shape}")
+  _checks.check_finite_array("a", arr)
+  sorted_a = jnp.sort(arr)
+  left = jnp.searchsorted(sorted_a, arr, side="left")
+  right = jnp.searchsorted(sorted_a, arr, side="right")
+  # Values equal to a[i] occupy sorted positions left..right-1, i.e. 1-based ranks left+1..right.
+  return (left + right + 1).astype(jnp.result_type(float)) / 2.0
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> jax.Array:
+  """Spearman rank correlation with average ranks for ties (Pearson correlation of the ranks).
+
+  Args:
+    a: ``(n,)`` finite values, ``n >= 2``.
+    b: ``(n,)`` finite values.
+
+  Returns:
+    Scalar in ``[-1, 1]``; NaN when either input is constant (as ``scipy.stats.spearmanr``).
+
+  Raises:
+    ValueError: on shape mismatch, ``n < 2`` or non-finite values.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 4.0, 9.0, 16.0]))), 4)
+    1.0
+    >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0]), jnp.array([3.0, 1.0, 1.0]))), 4)
+    -0.866
+  """
+  a_arr, b_arr = jnp.asarray(a), jnp.asarray(b)
+  if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or a_arr.shape[0] < 2:
+    raise ValueError(f"a and b must be 1-D arrays of the same length n >= 2, got shapes {a_arr.shape} and {b_arr.shape}")
+  ra = rankdata_average(a_arr)
+  rb = rankdata_average(b_arr)
+  ra = ra - jnp.mean(ra)
+  rb = rb - jnp.mean(rb)
+  return jnp.sum(ra * rb) / jnp.sqrt(jnp.sum(ra**2) * jnp.sum(rb**2))

@@ -1,0 +1,356 @@
+"""Figures of the unlearning study (issue 7); matplotlib is an optional extra (``pip install .[plots]``).
+
+Every function takes plain arrays (NumPy or JAX) and an output path, draws one figure with the
+non-interactive ``Agg`` backend, writes it as PNG and returns the path. matplotlib is imported only when a
+figure is drawn; without it a clear ``ImportError`` says how to install it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from jax.typing import ArrayLike
+
+__all__ = [
+    "privacy_loss_histogram",
+    "certified_vs_worst_case",
+    "empirical_steps_by_privacy_loss",
+    "loss_barrier_curves",
+    "correlation_heatmap",
+    "membership_vs_certified",
+]
+
+
+def _pyplot():
+  """Returns matplotlib.pyplot on the Agg backend, or raises ImportError with the fix."""
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError as e:  # pragma: no cover - exercised by monkeypatching in the tests
+    raise ImportError("unlearn_jax.plots needs matplotlib, an optional extra: "
+                      "pip install 'unlearn_jax[plots]' (or pip install matplotlib)") from e
+  matplotlib.use("Agg", force=True)
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def _vector(name: str, value: ArrayLike) -> np.ndarray:
+  arr = np.asarray(value, dtype=float)
+  if arr.ndim != 1 or arr.size == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+  return arr
+
+
+def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
+  path = pathlib.Path(path)
+  if path.suffix.lower() != ".png":
+    raise ValueError(f"path must end in .png, got {str(path)!r}")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  # Fixed metadata: the same inputs give the same bytes (no creation date, no version string).
+  fig.savefig(path, dpi=110, metadata={"Software": None})
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt.close(fig)
+  return path
+
+
+def privacy_loss_histogram(privacy_loss: ArrayLike, path: str | os.PathLike, *,
+                           order: float | None = None, num_bins: int = 40) -> pathlib.Path:
+  """Histogram of the per-example privacy losses on log-spaced bins (log x axis).
+
+  Zero losses cannot sit on a log axis: they are counted in the title.
+
+  Args:
+    privacy_loss: (n,) non-negative per-example P(x, α).
+    path: output ``.png``.
+    order: the order α of the losses (for the axis label).
+    num_bins: number of log-spaced bins.
+
+  Returns:
+    The path written.
+
+  Examples:
+    >>> import tempfile, numpy as np
+    >>> p = privacy_loss_histogram(np.geomspace(0.1, 10, 50), tempfile.mkdtemp() + "/h.png", order=8.0)
+    >>> p.exists()
+    True
+  """
+  p = _vector("privacy_loss", privacy_loss)
+  if np.any(~np.isfinite(p)) or np.any(p < 0):
+    raise ValueError("privacy_loss must be finite and non-negative")
+  plt = _pyplot()
+  positive = p[p > 0]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  if positive.size:
+    lo, hi = positive.min(), positive.max()
+    if hi <= lo:
+      hi = lo * 1.01
+    bins = np.geomspace(lo, hi, num_bins + 1)
+    ax.hist(positive, bins=bins, color="tab:blue", edgecolor="white", linewidth=0.4)
+    ax.axvline(np.median(positive), color="k", linestyle="--", linewidth=1,
+               label=f"median {np.median(positive):.3g}")
+    ax.legend()
+  ax.set_xscale("log")
+  label = f"privacy loss P(x, {order:g})" if order is not None else "privacy loss P(x, α)"
+  ax.set_xlabel(label + " (log scale)")
+  ax.set_ylabel("number of training examples")
+  zeros = int(np.sum(p == 0))
+  title = f"Per-example privacy loss, n = {p.size}"
+  if zeros:
+    title += f" ({zeros} zero, not shown)"
+  if positive.size:
+    title += f"\nmax/min = {positive.max() / positive.min():.3g}"
+  ax.set_title(title)
+  return _save(fig, path)
+
+
+def certified_vs_worst_case(privacy_loss: ArrayLike, certified_steps: ArrayLike,
+                            worst_case_steps: float, path: str | os.PathLike, *,
+                            label: str = "") -> pathlib.Path:
+  """Per-example certified steps to unlearn against privacy loss, with the worst-case K as a line.
+
+  Args:
+    privacy_loss: (n,) P(x, 4α) per example (x axis, log scale).
+    certified_steps: (n,) certified k*(x) (inf where no k certifies; drawn at the top edge).
+    worst_case_steps: the worst-case baseline's K for removing one example (one number for all).
+    path: output ``.png``.
+    label: a note on the constants (e.g. "assumed C_LSI = 0.02"), shown in the title.
+
+  Returns:
+    The path written.
+
+  Examples:
+    >>> import tempfile, numpy as np
+    >>> p = np.geomspace(0.1, 10, 30)
+    >>> out = certified_vs_worst_case(p, np.ceil(10 * np.log1p(p)), 80.0, tempfile.mkdtemp() + "/c.png")
+    >>> out.exists()
+    True
+  """
+  p = _vector("privacy_loss", privacy_loss)
+  k = _vector("certified_steps", certified_steps)
+  if p.shape != k.shape:
+    raise ValueError(f"privacy_loss and certified_steps must have the same shape, got {p.shape} and {k.shape}")
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  finite = np.isfinite(k)
+  below = float(np.mean(k[finite] < worst_case_steps)) if finite.any() else 0.0
+  xs = np.where(p > 0, p, np.nan)
+  ax.scatter(xs[finite], k[finite], s=6, alpha=0.6, label="per-instance certified k*(x)")
+  if (~finite).any():
+    top = np.nanmax(np.where(finite, k, np.nan)) if finite.any() else 1.0
+    ax.scatter(xs[~finite], np.full((~finite).sum(), top * 1.05), marker="^", color="tab:red", s=10,
+               label="no finite certificate")
+  if math.isfinite(worst_case_steps):
+    ax.axhline(worst_case_steps, color="tab:orange", linewidth=2,
+               label=f"worst case (Chien et al.) K = {worst_case_steps:.0f}")
+  ax.set_xscale("log")
+  ax.set_xlabel("privacy loss P(x, 4α) (log scale)")
+  ax.set_ylabel("steps to unlearn one example")
+  title = f"Certified per-instance vs worst-case steps: {100 * below:.0f}% of examples below K"
+  if label:
+    title += "\n" + label
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def empirical_steps_by_privacy_loss(group_privacy_loss: ArrayLike, steps: Mapping[str, ArrayLike],
+                                    path: str | os.PathLike, *, group_labels: Sequence[str] | None = None,
+                                    grid_end: float | None = None) -> pathlib.Path:
+  """Empirical steps to unlearn of forget sets against their privacy loss, one line per method.
+
+  Args:
+    group_privacy_loss: (G,) mean privacy loss of each forget set (x axis, log scale).
+    steps: method -> (G,) empirical steps to unlearn of each set (inf: not unlearned within the grid,
+      drawn above ``grid_end`` with an open marker).
+    path: output ``.png``.
+    group_labels: (G,) names of the forget sets, written next to the points.
+    grid_end: last step of the recorded grid (a dotted line).
+
+  Returns:
+    The path written.
+
+  Examples:
+    >>> import tempfile, numpy as np
+    >>> out = empirical_steps_by_privacy_loss([0.5, 2.0, 9.0], {"sgld": [0, 100, np.inf]},
+    ...                                       tempfile.mkdtemp() + "/e.png", grid_end=800)
+    >>> out.exists()
+    True
+  """
+  x = _vector("group_privacy_loss", group_privacy_loss)
+  if not steps:
+    raise ValueError("steps must map at least one method to its steps")
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  order = np.argsort(x)
+  finite_all = [v for s in steps.values() for v in np.asarray(s, float) if np.isfinite(v)]
+  cap = grid_end if grid_end is not None else (max(finite_all) if finite_all else 1.0)
+  cap_draw = cap * 1.15 if cap > 0 else 1.0
+  for j, (method, s) in enumerate(steps.items()):
+    s = _vector(f"steps[{method!r}]", s)
+    if s.shape != x.shape:
+      raise ValueError(f"steps[{method!r}] must have shape {x.shape}, got {s.shape}")
+    drawn = np.where(np.isfinite(s), s, cap_draw)
+    offset = 1.0 + 0.03 * (j - (len(steps) - 1) / 2)  # small horizontal jitter so methods don't overlap
+    line = ax.plot(x[order] * offset, drawn[order], marker="o", label=method)[0]
+    inf = ~np.isfinite(s[order])
+    if inf.any():
+      ax.scatter((x[order] * offset)[inf], drawn[order][inf], s=80, facecolors="none",
+                 edgecolors=line.get_color())
+  if grid_end is not None:
+    ax.axhline(grid_end, color="gray", linestyle=":", linewidth=1, label=f"grid end ({grid_end:g}); above: not unlearned")
+  if group_labels is not None:
+    for xi, lab, yi in zip(x, group_labels, np.asarray(list(steps.values())[0], float)):
+      ax.annotate(lab, (xi, cap_draw if not np.isfinite(yi) else yi), fontsize=7, rotation=30,
+                  xytext=(3, 3), textcoords="offset points")
+  ax.set_xscale("log")
+  ax.set_xlabel("mean privacy loss of the forget set (log scale)")
+  ax.set_ylabel("empirical steps to unlearn")
+  ax.set_title("Empirical steps to unlearn vs privacy loss of the forget set")
+  ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def loss_barrier_curves(step_grid: ArrayLike, barriers: Mapping[str, ArrayLike], path: str | os.PathLike, *,
+                        reference: Mapping[str, float] | None = None, title: str | None = None,
+                        ylabel: str = "loss barrier on the forget set", log_y: bool = False) -> pathlib.Path:
+  """Curves along the unlearning steps, one per forget set (loss barriers, or any per-step quantity).
+
+  Args:
+    step_grid: (G,) recorded unlearning steps (x axis; symlog so that step 0 is shown).
+    barriers: label -> (G,) value at each recorded step (e.g. the unlearned-vs-oracle barrier).
+    path: output ``.png``.
+    reference: label -> a reference level drawn dashed in the curve's colour (e.g. the oracle-vs-oracle
+      barrier, or the noise-floor threshold).
+    title: figure title.
+    ylabel: y axis label.
+    log_y: log-scale y axis (non-positive values are clipped to the smallest positive one).
+
+  Returns:
+    The path written.
+
+  Examples:
+    >>> import tempfile, numpy as np
+    >>> out = loss_barrier_curves([0, 10, 100], {"top": [1.0, 0.5, 0.1]}, tempfile.mkdtemp() + "/b.png")
+    >>> out.exists()
+    True
+  """
+  g = _vector("step_grid", step_grid)
+  if not barriers:
+    raise ValueError("barriers must map at least one label to a curve")
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  colors = {}
+  positive = [v for b in barriers.values() for v in np.asarray(b, float).ravel() if v > 0]
+  positive += [v for v in (reference or {}).values() if v > 0]
+  tiny = min(positive) if positive else 1e-6
+  for label, b in barriers.items():
+    b = _vector(f"barriers[{label!r}]", b)
+    if b.shape != g.shape:
+      raise ValueError(f"barriers[{label!r}] must have shape {g.shape}, got {b.shape}")
+    if log_y:
+      b = np.maximum(b, tiny)
+    colors[label] = ax.plot(g, b, marker="o", markersize=3, label=label)[0].get_color()
+  for label, value in (reference or {}).items():
+    ax.axhline(max(value, tiny) if log_y else value, linestyle="--", linewidth=0.8,
+               color=colors.get(label, "gray"))
+  ax.set_xscale("symlog", linthresh=max(1.0, float(np.min(g[g > 0])) if np.any(g > 0) else 1.0))
+  if log_y:
+    ax.set_yscale("log")
+  ax.set_xlabel("unlearning steps k")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title or "Loss barrier, unlearned vs oracle, along unlearning", fontsize=10)
+  ax.legend(fontsize=7, ncol=2)
+  return _save(fig, path)
+
+
+def correlation_heatmap(matrix: ArrayLike, labels: Sequence[str], path: str | os.PathLike, *,
+                        title: str = "Spearman rank correlation") -> pathlib.Path:
+  """Heatmap of a square correlation matrix with the values written in the cells.
+
+  Args:
+    matrix: (m, m) correlations in [-1, 1].
+    labels: (m,) row/column names.
+    path: output ``.png``.
+    title: figure title.
+
+  Returns:
+    The path written.
+
+  Examples:
+    >>> import tempfile, numpy as np
+    >>> out = correlation_heatmap(np.eye(2), ["a", "b"], tempfile.mkdtemp() + "/m.png")
+    >>> out.exists()
+    True
+  """
+  m = np.asarray(matrix, dtype=float)
+  if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
+    raise ValueError(f"matrix must be square with one row per label ({len(labels)}), got shape {m.shape}")
+  plt = _pyplot()
+  size = 1.0 + 0.6 * len(labels)
+  fig, ax = plt.subplots(figsize=(size + 1.2, size))
+  im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+  ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+  ax.set_yticks(range(len(labels)), labels)
+  for i in range(m.shape[0]):
+    for j in range(m.shape[1]):
+      text = "nan" if not np.isfinite(m[i, j]) else f"{m[i, j]:.2f}"
+      ax.text(j, i, text, ha="center", va="center", fontsize=7,
+              color="white" if np.isfinite(m[i, j]) and abs(m[i, j]) > 0.6 else "black")
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  ax.set_title(title, fontsize=10)
+  return _save(fig, path)
+
+
+def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: ArrayLike,
+                            path: str | os.PathLike, *, labels: Sequence[str] | None = None) -> pathlib.Path:
+  """Empirical membership ε lower bounds against certified (ε, δ) upper bounds, with the line y = x.
+
+  A sound certificate keeps every point on or below the diagonal.
+
+  Args:
+    certified_epsilon: (m,) certified upper bound of each point (inf drawn at the right edge).
+    membership_epsilon: (m,) empirical lower bound of each point.
+    path: output ``.png``.
+    labels: (m,) group of each point (one colour per distinct label).
+
+  Returns:
+    The path written.
+
+  Examples:
+    >>> import tempfile, numpy as np
+    >>> out = membership_vs_certified([1.0, 2.0], [0.1, 0.5], tempfile.mkdtemp() + "/m.png")
+    >>> out.exists()
+    True
+  """
+  c = _vector("certified_epsilon", certified_epsilon)
+  e = _vector("membership_epsilon", membership_epsilon)
+  if c.shape != e.shape:
+    raise ValueError(f"certified_epsilon and membership_epsilon must have the same shape, got {c.shape}, {e.shape}")
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  finite_c = c[np.isfinite(c)]
+  hi = max(float(np.nanmax(np.where(np.isfinite(e), e, np.nan))) if np.isfinite(e).any() else 1.0,
+           float(finite_c.max()) if finite_c.size else 1.0, 1e-3) * 1.1
+  c_draw = np.where(np.isfinite(c), c, hi)
+  if labels is None:
+    ax.scatter(c_draw, e, s=10, alpha=0.7)
+  else:
+    labels = list(labels)
+    if len(labels) != c.size:
+      raise ValueError(f"labels must have {c.size} entries, got {len(labels)}")
+    for lab in dict.fromkeys(labels):
+      sel = np.array([l == lab for l in labels])
+      ax.scatter(c_draw[sel], e[sel], s=10, alpha=0.7, label=lab)
+    ax.legend(fontsize=7)
+  ax.plot([0, hi], [0, hi], color="k", linewidth=1, linestyle="--", label="y = x")
+  ax.set_xlim(0, hi * 1.02)
+  ax.set_ylim(0, hi * 1.02)
+  ax.set_xlabel("certified ε (upper bound, §4 as (ε, δ))")
+  ax.set_ylabel("membership ε (empirical lower bound, §6)")
+  violations = int(np.sum(np.isfinite(c) & (e > c)))
+  ax.set_title(f"Membership ε vs certified ε ({violations} above the diagonal)", fontsize=10)
+  return _save(fig, path)

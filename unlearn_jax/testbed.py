@@ -1,0 +1,589 @@
+"""Exact linear-Gaussian testbed for the unlearning theorem (THEORY §5), float64 NumPy throughout.
+
+Ridge loss ℓ = ½(aᵀθ − y)², r = λ/2‖θ‖², full batch, no clipping or projection. With
+A = (1/n) Σ a aᵀ + λI, c = (1/n) Σ y a and M = I − ηA, the noisy step θ ← Mθ + ηc + sqrt(2ητ) ξ maps
+N(μ, S) to N(Mμ + ηc, M S Mᵀ + 2ητ I), so every law of THEORY §4 is a Gaussian known in closed form:
+π_T(D) (trained on D), π_T(D') (the oracle, retrained on D' = D minus x, whose objective is the mean
+over the n − 1 remaining examples), ν' (the stationary law of the D' chain) and ρ_k (k fine-tuning
+steps on D' from π_T(D)). Powers of M are taken in the eigenbasis of the symmetric A, so a law after T
+steps costs O(d³) whatever T is, and the stationary covariance solves S = M S M + 2ητ I exactly.
+
+This module is the ground truth the bounds of :mod:`unlearn_jax.bounds` are checked against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+from jax.typing import ArrayLike
+
+from unlearn_jax import _checks
+
+__all__ = [
+  "RidgeProblem",
+  "TableRow",
+  "certify_testbed_table",
+  "exact_steps_to_unlearn",
+  "format_table",
+  "gaussian_law_after",
+  "gaussian_renyi",
+  "make_outlier_problem",
+  "per_instance_exact",
+  "realized_vs_exact",
+  "spearman",
+  "stationary_law",
+  "unlearned_laws",
+]
+
+
+class RidgeProblem(NamedTuple):
+  """The ridge objective L(θ) = (1/n) Σ ½(a_iᵀθ − y_i)² + λ/2‖θ‖² as (A, c): ∇L(θ) = Aθ − c.
+
+  Attributes:
+    X: features, shape (n, d).
+    y: targets, shape (n,).
+    lam: ridge λ ≥ 0.
+    A: (1/n) XᵀX + λ I, shape (d, d).
+    c: (1/n) Xᵀy, shape (d,).
+  """
+  X: np.ndarray
+  y: np.ndarray
+  lam: float
+  A: np.ndarray
+  c: np.ndarray
+
+  @classmethod
+  def from_data(cls, X: ArrayLike, y: ArrayLike, lam: float) -> RidgeProblem:
+    """Builds the problem from data.
+
+    Args:
+      X: features, shape (n, d), n ≥ 1.
+      y: targets, shape (n,).
+      lam: ridge λ ≥ 0.
+
+    Returns:
+      The problem.
+
+    Raises:
+      ValueError: on shape mismatch, non-finite data or λ < 0.
+
+    Examples:
+      >>> p = RidgeProblem.from_data(np.eye(2), np.array([1., 2.]), 0.5)
+      >>> p.A.tolist(), p.c.tolist()
+      ([[1.0, 0.0], [0.0, 1.0]], [0.5, 1.0])
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
+      raise ValueError(f"X must be (n, d) and y (n,) with n >= 1, got X {X.shape} and y {y.shape}")
+    _checks.check_finite_array("X", X)
+    _checks.check_finite_array("y", y)
+    _checks.check_nonnegative("lam", lam)
+    n, d = X.shape
+    return cls(X, y, float(lam), X.T @ X / n + lam * np.eye(d), X.T @ y / n)
+
+  @property
+  def num_examples(self) -> int:
+    return self.X.shape[0]
+
+  def remove(self, index: int) -> RidgeProblem:
+    """The problem on D' = D minus example ``index`` (mean over the n − 1 others).
+
+    Examples:
+      >>> p = RidgeProblem.from_data(np.array([[1.], [3.]]), np.array([1., 0.]), 0.)
+      >>> p.remove(0).A.tolist()
+      [[9.0]]
+    """
+    n = self.num_examples
+    if n < 2:
+      raise ValueError(f"cannot remove an example from a data set of n = {n} < 2 examples")
+    if not 0 <= index < n:
+      raise ValueError(f"index must lie in [0, {n}), got {index!r}")
+    keep = np.arange(n) != index
+    return RidgeProblem.from_data(self.X[keep], self.y[keep], self.lam)
+
+  def minimizer(self) -> np.ndarray:
+    """A⁻¹c, the minimizer of L and the mean of the stationary law."""
+    return np.linalg.solve(self.A, self.c)
+
+  def per_example_grad_norms(self, theta: ArrayLike) -> np.ndarray:
+    """‖∇ℓ_i(θ)‖ = ‖a_i‖ |a_iᵀθ − y_i| for every example, shape (n,)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    return np.linalg.norm(self.X, axis=1) * np.abs(self.X @ theta - self.y)
+
+
+def _check_chain(step_size, temperature):
+  _checks.check_positive("step_size", step_size)
+  _checks.check_nonnegative("temperature", temperature)
+
+
+def _eig_m(problem: RidgeProblem, step_size: float) -> tuple[np.ndarray, np.ndarray]:
+  """Eigenvalues m_i of M = I − ηA and the orthonormal eigenvectors V (M = V diag(m) Vᵀ)."""
+  a, V = np.linalg.eigh(problem.A)
+  return 1.0 - step_size * a, V
+
+
+def _geometric(r: np.ndarray, T: np.ndarray) -> np.ndarray:
+  """Σ_{j<T} r^j elementwise (r = m², may equal 1); T broadcasts on a leading axis."""
+  T = np.asarray(T, dtype=np.float64)[..., None]
+  close = np.abs(1.0 - r) < 1e-12
+  safe = np.where(close, 0.5, r)
+  with np.errstate(over="ignore", invalid="ignore"):
+    g = (1.0 - safe**T) / (1.0 - safe)
+  return np.where(close, T, g)
+
+
+def gaussian_law_after(
+  problem: RidgeProblem, mu0: ArrayLike, S0: ArrayLike, T: Any, step_size: float, temperature: float,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Exact law N(μ_T, S_T) after T noisy full-batch steps from θ₀ ~ N(μ₀, S₀) (THEORY §5).
+
+  μ_{t+1} = M μ_t + η c, S_{t+1} = M S_t M + 2ητ I; in closed form μ_T = M^T μ₀ + (I − M^T) A⁻¹c and
+  S_T = M^T S₀ M^T + 2ητ Σ_{j<T} M^{2j}, evaluated in the eigenbasis of A.
+
+  Args:
+    problem: the ridge problem (A must be invertible, λ > 0 or XᵀX full rank).
+    mu0: initial mean, shape (d,).
+    S0: initial covariance, shape (d, d), symmetric PSD (zeros: a point mass).
+    T: number of steps (int ≥ 0), or an integer array of shape (K,) for K laws at once.
+    step_size: η > 0.
+    temperature: τ ≥ 0.
+
+  Returns:
+    ``(mu_T, S_T)`` of shapes (d,), (d, d) (or (K, d), (K, d, d) for an array T).
+
+  Examples:
+    >>> p = RidgeProblem.from_data(np.array([[1.]]), np.array([2.]), 0.)
+    >>> mu, S = gaussian_law_after(p, np.zeros(1), np.zeros((1, 1)), 2, 0.5, 1.0)
+    >>> mu.tolist(), S.tolist()
+    ([1.5], [[1.25]])
+  """
+  _check_chain(step_size, temperature)
+  T_arr = np.asarray(T)
+  if np.any(T_arr < 0) or np.any(T_arr != np.round(T_arr)):
+    raise ValueError(f"T must be a non-negative integer (or array of them), got {T!r}")
+  m, V = _eig_m(problem, step_size)
+  mu0 = np.asarray(mu0, dtype=np.float64)
+  S0 = np.asarray(S0, dtype=np.float64)
+  mstar = problem.minimizer()
+  mT = m ** T_arr.astype(np.float64)[..., None]                          # (..., d)
+  z0 = V.T @ (mu0 - mstar)                                               # eigen coordinates
+  mu = mstar + (mT * z0) @ V.T
+  S0e = V.T @ S0 @ V
+  noise = 2.0 * step_size * temperature * _geometric(m**2, T_arr)       # (..., d)
+  Se = mT[..., :, None] * S0e * mT[..., None, :] + noise[..., :, None] * np.eye(m.size)
+  S = V @ Se @ V.T
+  return mu, 0.5 * (S + np.swapaxes(S, -1, -2))
+
+
+def stationary_law(problem: RidgeProblem, step_size: float, temperature: float) -> tuple[
+    np.ndarray, np.ndarray]:
+  """Stationary law N(A⁻¹c, S) of the chain: S solves the discrete Lyapunov S = M S M + 2ητ I.
+
+  In the eigenbasis of A, S = V diag(2ητ/(1 − m_i²)) Vᵀ (exact; needs |m_i| < 1, i.e. 0 < ηa_i < 2).
+
+  Args:
+    problem: the ridge problem.
+    step_size: η > 0.
+    temperature: τ > 0.
+
+  Returns:
+    ``(mu, S)``.
+
+  Raises:
+    ValueError: when the chain is not stable (some |1 − ηa_i| ≥ 1).
+
+  Examples:
+    >>> p = RidgeProblem.from_data(np.array([[1.]]), np.array([2.]), 0.)
+    >>> mu, S = stationary_law(p, 0.5, 1.0)
+    >>> mu.tolist(), round(float(S[0, 0]), 6)
+    ([2.0], 1.333333)
+  """
+  _checks.check_positive("step_size", step_size)
+  _checks.check_positive("temperature", temperature)
+  m, V = _eig_m(problem, step_size)
+  if np.any(np.abs(m) >= 1):
+    raise ValueError(f"the chain has no stationary law: step_size={step_size!r} gives eigenvalues of "
+                     f"M = I - eta A of modulus >= 1 ({m.tolist()}); need 0 < eta * eig(A) < 2")
+  s = 2.0 * step_size * temperature / (1.0 - m**2)
+  S = (V * s) @ V.T
+  return problem.minimizer(), 0.5 * (S + S.T)
+
+
+def gaussian_renyi(alpha: Any, mu1: ArrayLike, S1: ArrayLike, mu2: ArrayLike, S2: ArrayLike) -> Any:
+  """Rényi divergence D_α(N(μ1, S1) ‖ N(μ2, S2)), exact (THEORY §5).
+
+  With S_α = α S2 + (1 − α) S1 (must be positive definite, else +inf):
+  D_α = (α/2) Δμᵀ S_α⁻¹ Δμ − (1/(2(α−1))) log(det S_α / (det S1^{1−α} det S2^α)).
+  Leading axes of the means / covariances broadcast (batched laws).
+
+  Args:
+    alpha: order α > 1 (float).
+    mu1: mean of P, (..., d).
+    S1: covariance of P, (..., d, d), PD.
+    mu2: mean of Q.
+    S2: covariance of Q, PD.
+
+  Returns:
+    A float (or array over the leading axes), ≥ 0 or +inf.
+
+  Raises:
+    ValueError: α ≤ 1 or non-finite.
+
+  Examples:
+    >>> round(float(gaussian_renyi(2.0, np.zeros(1), np.eye(1), np.ones(1), np.eye(1))), 6)
+    1.0
+  """
+  a = float(alpha)
+  if not (math.isfinite(a) and a > 1):
+    raise ValueError(f"alpha must be a finite Renyi order > 1, got {alpha!r}")
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  S1, S2 = np.asarray(S1, np.float64), np.asarray(S2, np.float64)
+  Sa = a * S2 + (1.0 - a) * S1
+  Sa = 0.5 * (Sa + np.swapaxes(Sa, -1, -2))
+  lam_min = np.linalg.eigvalsh(Sa)[..., 0]
+  scale = np.max(np.abs(np.linalg.eigvalsh(S2)), axis=-1)
+  pd = lam_min > 1e-13 * scale
+  eye = np.eye(Sa.shape[-1])
+  Sa_safe = np.where(pd[..., None, None], Sa, eye)
+  dmu = np.broadcast_to(mu1 - mu2, Sa.shape[:-1])
+  quad = np.einsum("...i,...i->...", dmu, np.linalg.solve(Sa_safe, dmu[..., None])[..., 0])
+  _, ld_a = np.linalg.slogdet(Sa_safe)
+  _, ld_1 = np.linalg.slogdet(S1)
+  _, ld_2 = np.linalg.slogdet(S2)
+  val = 0.5 * a * quad - (ld_a - (1.0 - a) * ld_1 - a * ld_2) / (2.0 * (a - 1.0))
+  val = np.where(pd, np.maximum(val, 0.0), np.inf)
+  return val[()] if np.ndim(val) == 0 else val
+
+
+def unlearned_laws(
+  problem: RidgeProblem, index: int, T: int, k: Any, step_size: float, temperature: float,
+  mu0: ArrayLike, S0: ArrayLike,
+) -> dict[str, Any]:
+  """All the laws of THEORY §4 for removing example ``index``.
+
+  Returns:
+    dict with ``trained`` = π_T(D), ``oracle`` = π_T(D'), ``stationary`` = ν', ``unlearned`` = ρ_k
+    (k fine-tuning steps on D' from π_T(D); batched when k is an array), each a ``(mu, S)`` pair, and
+    ``problem_retain`` = the D' problem.
+
+  Examples:
+    >>> p = make_outlier_problem(n=6, d=2, seed=0)
+    >>> laws = unlearned_laws(p, 0, 50, 10, 0.1, 0.01, np.zeros(2), np.eye(2))
+    >>> sorted(laws)
+    ['oracle', 'problem_retain', 'stationary', 'trained', 'unlearned']
+  """
+  retain = problem.remove(index)
+  trained = gaussian_law_after(problem, mu0, S0, T, step_size, temperature)
+  oracle = gaussian_law_after(retain, mu0, S0, T, step_size, temperature)
+  stationary = stationary_law(retain, step_size, temperature)
+  unlearned = gaussian_law_after(retain, trained[0], trained[1], k, step_size, temperature)
+  return dict(trained=trained, oracle=oracle, stationary=stationary, unlearned=unlearned,
+              problem_retain=retain)
+
+
+def per_instance_exact(
+  problem: RidgeProblem, index: int, alpha: float, T: int, k: int, step_size: float,
+  temperature: float, mu0: ArrayLike, S0: ArrayLike,
+) -> dict[str, float]:
+  """Every quantity of the per-instance theorem (THEORY §4), exactly, for removing ``index``.
+
+  Returns:
+    dict with ``P`` = D_{4α}(π_T(D)‖π_T(D')), ``E1`` = D_{4α−1}(π_T(D')‖ν'),
+    ``E2`` = D_{2α−1}(ν'‖π_T(D')), ``C_LSI`` = 2 λ_max(S of ν'), ``exact`` = D_α(ρ_k‖π_T(D')) and the
+    intermediates of the proof: ``D2a_rhok_nu`` = D_{2α}(ρ_k‖ν'), ``D2a_rho0_nu`` = D_{2α}(π_T(D)‖ν'),
+    ``P_alpha`` = D_α(π_T(D)‖π_T(D')), ``m`` = λ_min of the D' Hessian A'.
+
+  Examples:
+    >>> p = make_outlier_problem(n=6, d=2, seed=0)
+    >>> r = per_instance_exact(p, 0, 2.0, 200, 10, 0.1, 0.05, np.zeros(2), np.eye(2))
+    >>> r["exact"] <= r["P"], r["E2"] >= 0
+    (True, True)
+  """
+  laws = unlearned_laws(problem, index, T, k, step_size, temperature, mu0, S0)
+  tr, orc, st, un = laws["trained"], laws["oracle"], laws["stationary"], laws["unlearned"]
+  a = float(alpha)
+  return dict(
+    P=float(gaussian_renyi(4 * a, *tr, *orc)),
+    E1=float(gaussian_renyi(4 * a - 1, *orc, *st)),
+    E2=float(gaussian_renyi(2 * a - 1, *st, *orc)),
+    C_LSI=float(2.0 * np.linalg.eigvalsh(st[1])[-1]),
+    exact=float(gaussian_renyi(a, *un, *orc)),
+    D2a_rhok_nu=float(gaussian_renyi(2 * a, *un, *st)),
+    D2a_rho0_nu=float(gaussian_renyi(2 * a, *tr, *st)),
+    P_alpha=float(gaussian_renyi(a, *tr, *orc)),
+    m=float(np.linalg.eigvalsh(laws["problem_retain"].A)[0]),
+  )
+
+
+def exact_steps_to_unlearn(
+  problem: RidgeProblem, index: int, alpha: float, eps: float, T: int, step_size: float,
+  temperature: float, mu0: ArrayLike, S0: ArrayLike, *, max_steps: int = 200_000,
+  chunk: int = 2048,
+) -> float:
+  """The exact least k with D_α(ρ_k ‖ π_T(D')) ≤ ε (first crossing), +inf if none up to ``max_steps``.
+
+  Examples:
+    >>> p = make_outlier_problem(n=6, d=2, seed=0)
+    >>> exact_steps_to_unlearn(p, 0, 2.0, 1e9, 200, 0.1, 0.05, np.zeros(2), np.eye(2))
+    0.0
+  """
+  laws = unlearned_laws(problem, index, T, 0, step_size, temperature, mu0, S0)
+  retain, (mu_t, S_t), orc = laws["problem_retain"], laws["trained"], laws["oracle"]
+  start = 0
+  while start <= max_steps:
+    ks = np.arange(start, min(start + chunk, max_steps + 1))
+    mu_k, S_k = gaussian_law_after(retain, mu_t, S_t, ks, step_size, temperature)
+    d = gaussian_renyi(alpha, mu_k, S_k, orc[0], orc[1])
+    hit = np.nonzero(d <= eps)[0]
+    if hit.size:
+      return float(ks[hit[0]])
+    start += chunk
+  return math.inf
+
+
+def make_outlier_problem(
+  n: int = 40, d: int = 3, *, lam: float = 0.1, noise: float = 0.1, outlier_scale: float = 4.0,
+  num_outliers: int = 1, seed: int = 0,
+) -> RidgeProblem:
+  """A ridge problem with a few outliers (FINDINGS: n = 40, d = 3, one outlier).
+
+  x_i ~ N(0, I/d)·√d-ish unit scale, y = xᵀw + noise; the first ``num_outliers`` examples get features
+  scaled by ``outlier_scale`` and a target of the opposite sign with magnitude ``outlier_scale``² (a
+  point the model cannot fit, hence much harder to unlearn).
+
+  Examples:
+    >>> p = make_outlier_problem(n=10, d=2, seed=1)
+    >>> p.X.shape, p.num_examples
+    ((10, 2), 10)
+  """
+  rng = np.random.default_rng(seed)
+  X = rng.normal(size=(n, d))
+  w = rng.normal(size=d)
+  y = X @ w + noise * rng.normal(size=n)
+  X[:num_outliers] *= outlier_scale
+  y[:num_outliers] = -np.sign(X[:num_outliers] @ w) * outlier_scale**2
+  return RidgeProblem.from_data(X, y, lam)
+
+
+# ----------------------------------------------------------------------------------------------------
+# per-instance vs worst case
+
+
+class TableRow(NamedTuple):
+  """One example of :func:`certify_testbed_table`."""
+  index: int
+  privacy_loss_4alpha: float   # exact P(x, 4α)
+  exact_steps: float           # exact least k with D_α(ρ_k‖π_T(D')) ≤ ε
+  certified_steps: float       # per-instance k* with exact P, E₁, E₂, C_LSI
+  certified_steps_stationary: float  # k* with E₁ = E₂ = 0 (stationarity assumed)
+  worst_case_steps: float      # Chien et al.'s K at the same (α, ε)
+  m: float                     # strong convexity of L_{D'}
+
+
+def certify_testbed_table(
+  problem: RidgeProblem | None = None, *, alpha: float = 2.0, eps: float = 0.05, T: int = 2000,
+  step_size: float = 0.05, temperature: float = 0.01, mu0: ArrayLike | None = None,
+  S0: ArrayLike | None = None, clip_norm: float | None = None, max_steps: int = 200_000,
+) -> tuple[list[TableRow], dict[str, Any]]:
+  """Per example: exact steps to unlearn, certified per-instance k*, and Chien et al.'s worst-case K.
+
+  The worst-case baseline uses m = λ_min(A') of each D' and a gradient bound C. Ridge has no clipping,
+  so C is not a clip norm; unless ``clip_norm`` is given, C = max_i ‖∇ℓ_i(θ̄)‖ at the stationary mean θ̄
+  = A⁻¹c of the D chain (labelled as such in the summary) — a heuristic stand-in, not a certified bound
+  over the trajectory.
+
+  Args:
+    problem: the ridge problem (default :func:`make_outlier_problem`: n = 40, d = 3, one outlier).
+    alpha: order α > 1 of the target.
+    eps: ε > 0 of the target.
+    T: training steps (from N(mu0, S0)).
+    step_size: η.
+    temperature: τ.
+    mu0: initial mean (default 0).
+    S0: initial covariance (default I).
+    clip_norm: the worst-case baseline's C (default: see above).
+    max_steps: search limit for the exact steps.
+
+  Returns:
+    ``(rows, summary)``; summary holds the medians / maxima of k*/exact and K/exact (over examples with
+    exact ≥ 1), the fraction with k* < K, C and how it was chosen, and the stationarity label.
+
+  Examples:
+    >>> rows, summary = certify_testbed_table(make_outlier_problem(n=8, d=2), T=500)
+    >>> len(rows), summary["sound"]
+    (8, True)
+  """
+  import jax  # local: keep the testbed importable without jax work at import time
+
+  from unlearn_jax import bounds
+
+  with jax.enable_x64(True):
+    return _certify_testbed_table(problem, alpha, eps, T, step_size, temperature, mu0, S0, clip_norm,
+                                  max_steps, bounds)
+
+
+def _certify_testbed_table(problem, alpha, eps, T, step_size, temperature, mu0, S0, clip_norm,
+                           max_steps, bounds):
+  if problem is None:
+    problem = make_outlier_problem()
+  d = problem.X.shape[1]
+  mu0 = np.zeros(d) if mu0 is None else np.asarray(mu0, np.float64)
+  S0 = np.eye(d) if S0 is None else np.asarray(S0, np.float64)
+  if clip_norm is None:
+    theta_bar = stationary_law(problem, step_size, temperature)[0]
+    clip_norm = float(np.max(problem.per_example_grad_norms(theta_bar)))
+    clip_label = "C = max_i ||grad l_i(theta)|| at the stationary mean A^-1 c of D (heuristic, no clip)"
+  else:
+    clip_label = "C = clip_norm given by the caller"
+  n = problem.num_examples
+  rows = []
+  for i in range(n):
+    q = per_instance_exact(problem, i, alpha, T, 0, step_size, temperature, mu0, S0)
+    kw = dict(alpha=alpha, step_size=step_size, temperature=temperature, lsi_constant=q["C_LSI"])
+    k_cert = float(bounds.steps_to_unlearn(q["P"], eps, e1=q["E1"], e2=q["E2"], **kw))
+    k_stat = float(bounds.steps_to_unlearn(q["P"], eps, **kw))
+    K = float(bounds.worst_case_steps(eps, orders=[alpha], m=q["m"], step_size=step_size,
+                                      temperature=temperature, num_removed=1, clip_norm=clip_norm,
+                                      n=n))
+    k_exact = exact_steps_to_unlearn(problem, i, alpha, eps, T, step_size, temperature, mu0, S0,
+                                     max_steps=max_steps)
+    rows.append(TableRow(i, q["P"], k_exact, k_cert, k_stat, K, q["m"]))
+  ex = np.array([r.exact_steps for r in rows])
+  kc = np.array([r.certified_steps for r in rows])
+  kw_ = np.array([r.worst_case_steps for r in rows])
+  use = np.isfinite(ex) & (ex >= 1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    r_cert, r_wc = kc[use] / ex[use], kw_[use] / ex[use]
+  summary = dict(
+    alpha=alpha, eps=eps, T=T, step_size=step_size, temperature=temperature, n=n,
+    clip_norm=clip_norm, clip_norm_choice=clip_label,
+    num_ratio_examples=int(use.sum()),
+    median_certified_over_exact=float(np.median(r_cert)) if use.any() else math.nan,
+    max_certified_over_exact=float(np.max(r_cert)) if use.any() else math.nan,
+    median_worst_case_over_exact=float(np.median(r_wc)) if use.any() else math.nan,
+    max_worst_case_over_exact=float(np.max(r_wc)) if use.any() else math.nan,
+    fraction_certified_below_worst_case=float(np.mean(kc < kw_)),
+    sound=bool(np.all(kc >= ex)),
+    assumptions=bounds.EXACT_CONSTANTS,
+  )
+  return rows, summary
+
+
+def format_table(rows: list[TableRow], summary: dict[str, Any]) -> str:
+  """Plain-text rendering of :func:`certify_testbed_table`'s output.
+
+  Examples:
+    >>> rows, summary = certify_testbed_table(make_outlier_problem(n=4, d=2), T=300)
+    >>> print(format_table(rows, summary).splitlines()[0])
+    index  P(x,4a)  exact_k  certified_k*  k*(E1=E2=0)  worst_case_K
+  """
+  lines = ["index  P(x,4a)  exact_k  certified_k*  k*(E1=E2=0)  worst_case_K"]
+  for r in rows:
+    lines.append(f"{r.index:5d}  {r.privacy_loss_4alpha:8.3g}  {r.exact_steps:7.0f}  "
+                 f"{r.certified_steps:12.0f}  {r.certified_steps_stationary:11.0f}  "
+                 f"{r.worst_case_steps:12.0f}")
+  s = summary
+  lines += [
+    f"alpha={s['alpha']} eps={s['eps']} T={s['T']} eta={s['step_size']} tau={s['temperature']} "
+    f"n={s['n']}",
+    f"worst case: {s['clip_norm_choice']}; C = {s['clip_norm']:.4g}",
+    f"k*/exact: median {s['median_certified_over_exact']:.3g}, max "
+    f"{s['max_certified_over_exact']:.3g}  (over {s['num_ratio_examples']} examples with exact >= 1)",
+    f"K/exact:  median {s['median_worst_case_over_exact']:.3g}, max "
+    f"{s['max_worst_case_over_exact']:.3g}",
+    f"fraction with k* < K: {s['fraction_certified_below_worst_case']:.3f};  sound (k* >= exact "
+    f"everywhere): {s['sound']}",
+  ]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the project's realized ledger against the exact divergence
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
+  """Spearman rank correlation with average ranks for ties (THEORY §6).
+
+  Examples:
+    >>> round(spearman([1., 2., 3., 4.], [10., 20., 20., 40.]), 6)
+    0.948683
+  """
+  import scipy.stats  # local: scipy is a core dependency, imported on use only
+
+  return float(scipy.stats.spearmanr(np.asarray(a, np.float64), np.asarray(b, np.float64))[0])
+
+
+def ridge_loss(theta: Any, example: Any) -> Any:
+  """½(aᵀθ − y)² for one example ``(a, y)`` (jax-traceable)."""
+  a, y = example
+  return 0.5 * (a @ theta - y) ** 2
+
+
+def realized_vs_exact(
+  problem: RidgeProblem | None = None, *, orders: tuple[float, ...] = (2.0, 4.0, 8.0),
+  T: int = 2000, step_size: float = 0.05, temperature: float = 0.01, num_seeds: int = 32,
+  mu0: ArrayLike | None = None, S0: ArrayLike | None = None, seed: int = 0,
+) -> dict[str, Any]:
+  """Runs the project's SGLD with the ledger on the testbed and compares realized P with exact D_α.
+
+  Full batch (THEORY §1 "full batch, mean"), no clipping, weight decay λ: exactly the §5 chain, from
+  θ₀ ~ N(mu0, S0), ``num_seeds`` vmapped seeds, float64. For each order α of ``orders`` and example x:
+  the seed-averaged realized P(x, α) (§3) and the exact D_α(π_T(D) ‖ π_T(D')).
+
+  Returns:
+    dict with ``orders`` (K,), ``realized_mean`` / ``realized_std`` (n, K), ``exact`` (n, K),
+    ``spearman`` (K,), ``fraction_realized_ge_exact`` (K,), ``ratio_median`` (K,) of realized/exact.
+
+  Examples:
+    >>> r = realized_vs_exact(make_outlier_problem(n=6, d=2), orders=(2.0,), T=50, num_seeds=2)
+    >>> r["realized_mean"].shape, bool(r["spearman"][0] > 0)
+    ((6, 1), True)
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from unlearn_jax import accounting, sgld
+
+  if problem is None:
+    problem = make_outlier_problem()
+  n, d = problem.X.shape
+  mu0 = np.zeros(d) if mu0 is None else np.asarray(mu0, np.float64)
+  S0 = np.eye(d) if S0 is None else np.asarray(S0, np.float64)
+  _checks.check_positive("num_seeds", num_seeds)
+  exact = np.array([[float(gaussian_renyi(a, *gaussian_law_after(problem, mu0, S0, T, step_size,
+                                                                  temperature),
+                                          *gaussian_law_after(problem.remove(i), mu0, S0, T,
+                                                              step_size, temperature)))
+                     for a in orders] for i in range(n)])
+  with jax.enable_x64(True):
+    cfg = accounting.accountant(orders)
+    alg = sgld.sgld(ridge_loss, mode="full_batch", clip_norm=None, weight_decay=problem.lam,
+                    accounting=cfg)
+    data = (jnp.asarray(problem.X), jnp.asarray(problem.y))
+    w, V = np.linalg.eigh(S0)
+    chol = V * np.sqrt(np.maximum(w, 0.0))                               # S0 = chol chol^T
+
+    def run(key):
+      k0, kr = jax.random.split(key)
+      theta0 = jnp.asarray(mu0) + jnp.asarray(chol) @ jax.random.normal(k0, (d,), jnp.float64)
+      state = alg.init(theta0, n)
+
+      def body(state, t):
+        state, _ = alg.step(state, data, jax.random.fold_in(kr, t), step_size, temperature)
+        return state, None
+
+      state, _ = jax.lax.scan(body, state, jnp.arange(T))
+      return state.ledger.realized
+
+    keys = jax.random.split(jax.random.key(seed), num_seeds)
+    realized = np.asarray(jax.jit(jax.vmap(run))(keys))               # (R, n, K)
+  mean, std = realized.mean(0), realized.std(0)
+  return dict(
+    orders=np.asarray(orders), realized_mean=mean, realized_std=std, exact=exact,
+    spearman=np.array([spearman(mean[:, j], exact[:, j]) for j in range(len(orders))]),
+    fraction_realized_ge_exact=np.mean(mean >= exact, axis=0),
+    ratio_median=np.median(mean / exact, axis=0),
+  )
