@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_STEPS = 1200
-EVERY = 20
+NUM_STEPS = 3000
+EVERY = 50
 
 
 def make_problem():

@@ -7,11 +7,8 @@ import pickle
 import struct
 import subprocess
 import sys
-import time
-import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -271,7 +270,7 @@ def test_noise_floor_splits_disjoint_halves():
 @pytest.mark.parametrize("seed", range(3))
 def test_same_distribution_is_below_floor(seed):
   k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-  n = 40
+  n = 20  # shapes shared with the other criterion tests: one compilation
   loc = jnp.linspace(-3, 3, n)
   scale = jnp.linspace(0.5, 2.0, n)
   oracle = loc + scale * jax.random.normal(k1, (32, n))
@@ -285,7 +284,7 @@ def test_same_distribution_is_below_floor(seed):
 
 def test_criterion_flips_along_sequence_moving_onto_oracle():
   k1, k2, k3 = jax.random.split(jax.random.key(42), 3)
-  n, num_seeds = 30, 32
+  n, num_seeds = 20, 32
   oracle = jax.random.normal(k1, (num_seeds, n))
   offsets = jnp.array([4.0, 2.0, 1.0, 0.5, 0.1, 0.0])
   noise = jax.random.normal(k2, (num_seeds, n))
@@ -314,17 +313,18 @@ def test_criterion_flips_along_sequence_moving_onto_oracle():
 
 def test_steps_to_unlearn_inf_when_never_passing_and_errors():
   k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
-  oracle = jax.random.normal(k1, (16, 10))
-  scores = 5.0 + jax.random.normal(k2, (3, 16, 10))
-  out = ev.empirical_steps_to_unlearn(jnp.array([10, 20, 30]), scores, oracle, key=k3)
-  assert float(out.steps) == np.inf and int(out.index) == -1 and float(out.grid_end) == 30.0
+  oracle = jax.random.normal(k1, (32, 20))
+  scores = 5.0 + jax.random.normal(k2, (6, 32, 20))
+  grid = jnp.arange(10, 70, 10)
+  out = ev.empirical_steps_to_unlearn(grid, scores, oracle, key=k3, num_splits=4)
+  assert float(out.steps) == np.inf and int(out.index) == -1 and float(out.grid_end) == 60.0
   assert not np.any(np.asarray(out.passed))
   with pytest.raises(ValueError, match="step_grid"):
-    ev.empirical_steps_to_unlearn(jnp.array([10, 20]), scores, oracle, key=k3)
+    ev.empirical_steps_to_unlearn(grid[:2], scores, oracle, key=k3)
   with pytest.raises(ValueError, match="increasing"):
-    ev.empirical_steps_to_unlearn(jnp.array([10, 30, 20]), scores, oracle, key=k3)
+    ev.empirical_steps_to_unlearn(grid[::-1], scores, oracle, key=k3)
   with pytest.raises(ValueError, match="key"):
-    ev.empirical_steps_to_unlearn(jnp.array([10, 20, 30]), scores, oracle)
+    ev.empirical_steps_to_unlearn(grid, scores, oracle)
   with pytest.raises(ValueError, match="percentile"):
     ev.is_unlearned(scores[0], oracle, key=k3, percentile=101)
 
@@ -414,7 +414,7 @@ def test_membership_epsilon_approaches_analytic_value():
 
 
 def test_membership_epsilon_identical_distributions_is_zero_within_cp():
-  m, num_models = 64, 2000
+  m, num_models = 32, 1000  # shapes shared with the other membership tests
   k1, k2 = jax.random.split(jax.random.key(7))
   a = jax.random.normal(k1, (num_models, m))
   b = jax.random.normal(k2, (num_models, m))
@@ -486,13 +486,13 @@ def test_membership_epsilon_never_exceeds_certified_bound_in_testbed():
   bounds = pytest.importorskip("unlearn_jax.bounds")
   accounting = pytest.importorskip("unlearn_jax.accounting")
   problem = testbed.make_outlier_problem(n=10, d=2, seed=0)
-  eta, tau, T, delta, num_models = 0.05, 0.05, 400, 1e-2, 2000
+  eta, tau, T, delta, num_models = 0.05, 0.05, 400, 1e-2, 1000
   alphas = (1.5, 2.0, 4.0)
   mu0, S0 = np.zeros(2), np.eye(2)
   rng = np.random.default_rng(0)
   cert, exact_eps, u_cols, r_cols = [], [], [], []
-  for i in (0, 1, 2):
-    for k in (0, 20, 100, 400):
+  for i in range(4):
+    for k in (0, 10, 20, 50, 100, 200, 400, 800):  # 32 columns, N = 1000: shapes shared
       laws = testbed.unlearned_laws(problem, i, T, k, eta, tau, mu0, S0)
       (mu_u, S_u), (mu_r, S_r) = laws["unlearned"], laws["oracle"]
       a = problem.X[i]
@@ -516,3 +516,24 @@ def test_membership_epsilon_never_exceeds_certified_bound_in_testbed():
   assert np.all(lower <= cert)
   # The test is not vacuous: before unlearning (k = 0) the outlier (i = 0) is clearly detected.
   assert lower[0] > 3.0
+
+
+def test_fits_the_models_contract():
+  """The library's flax MLP and cross-entropy loss plug in as apply_fn / loss_fn."""
+  models = pytest.importorskip("unlearn_jax.models")
+  model = models.mlp((8,), num_classes=3)
+  x, y = make_data(jax.random.key(30), n=10)
+  x = x[:, :NUM_FEATURES]
+  seeds = jax.vmap(lambda k: model.init_fn(k, x[0]))(jax.random.split(jax.random.key(31), 2))
+  loss = models.cross_entropy_loss_fn(model.apply_fn)
+  pa, pb = jax.tree.map(lambda v: v[0], seeds), jax.tree.map(lambda v: v[1], seeds)
+  barrier, (_, curve) = ev.loss_barrier(loss, pa, pb, (x, y), num_points=5)
+  assert float(barrier) >= 0.0
+  logits_a = jax.vmap(model.apply_fn, in_axes=(None, 0))(pa, x)
+  ce_a = -np.mean(np.asarray(jax.nn.log_softmax(logits_a))[np.arange(10), np.asarray(y)])
+  assert float(curve[0]) == pytest.approx(ce_a, rel=1e-5)
+  acc, mean_loss = ev.accuracy_and_loss(model.apply_fn, seeds, x, y, seed_axis=True)
+  assert float(mean_loss[0]) == pytest.approx(ce_a, rel=1e-5)
+  s = np.asarray(ev.logit_confidence(model.apply_fn, seeds, x, y))
+  p = np.asarray(jax.nn.softmax(logits_a))[np.arange(10), np.asarray(y)]
+  np.testing.assert_allclose(s[0], np.log(p / (1 - p)), rtol=1e-4, atol=1e-5)

@@ -146,3 +146,182 @@ def test_report_json_is_strict_json(tmp_path):
   rep = {"a": jnp.array([1.0, jnp.inf]), "b": np.float32(0.5), "c": np.int64(3), "d": (np.nan, True)}
   path = experiment.write_report_json(tmp_path / "r.json", rep)
   assert json.loads(path.read_text()) == {"a": [1.0, "inf"], "b": 0.5, "c": 3, "d": ["nan", True]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The pipeline end to end on a shrunk config
+# ----------------------------------------------------------------------------------------------------
+
+
+def _tiny(out_dir, **overrides):
+  raw = {
+      "out_dir": str(out_dir), "seed": 1,
+      "data": {"num_train": 150, "num_test": 60},
+      "model": {"hidden": [16]},
+      "training": {"num_steps": 60, "num_seeds": 2, "num_checkpoints": 3, "step_size": 0.5},
+      "privacy": {"lsi_constant": 0.02},
+      "forget_sets": {"size": 5, "selections": ["privacy_loss:top", "random", "el2n:top"]},
+      "unlearning": {"methods": ["sgld", "sgd"], "step_grid": [0, 10, 30], "num_seeds": 4, "retrain_steps": 60},
+      "metrics": {"names": ["loss", "el2n", "memorization"], "memorization_models": 4},
+  }
+  for key, value in overrides.items():
+    raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
+  return Config.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("tiny")
+  cfg = _tiny(out)
+  report = experiment.run(cfg)
+  return cfg, out, report
+
+
+def _csv_columns(path):
+  rows = list(csv.DictReader(path.open()))
+  return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def test_report_has_the_issue_keys(tiny_run):
+  cfg, out, report = tiny_run
+  on_disk = json.loads((out / "report.json").read_text())
+  assert on_disk == report
+  for key in ("config", "dataset", "training", "privacy", "forget_sets", "correlations"):
+    assert key in report
+  assert report["dataset"]["n_train"] == 150 and report["dataset"]["n_test"] == 60
+  assert report["training"]["steps"] == 60
+  assert 0.0 <= report["training"]["test_accuracy"] <= 1.0
+  for key in ("orders", "alpha", "worst_case_loss", "certified"):
+    assert key in report["privacy"]
+  assert report["privacy"]["certified"] is False  # no individual filter: the realized P is an estimate
+  assert "assumed C_LSI" in report["privacy"]["lsi_note"]
+  assert "stationarity" in report["privacy"]["stationarity"]
+  assert len(report["forget_sets"]) == 3 * 2
+  for fs in report["forget_sets"]:
+    for key in ("selection", "size", "method", "certified_steps", "worst_case_steps", "empirical_steps",
+                "loss_barrier", "membership_epsilon"):
+      assert key in fs, key
+  assert set(report["correlations"]) == {"loss", "el2n", "memorization"}
+  for name in ("report.md", "per_example.csv", "privacy_loss_histogram.png", "certified_vs_worst_case.png",
+               "correlation_heatmap.png", "membership_vs_certified.png", "loss_barrier_sgld.png"):
+    assert (out / name).exists(), name
+  md = (out / "report.md").read_text()
+  assert "![privacy_loss_histogram](privacy_loss_histogram.png)" in md and "(a)" in md and "(d)" in md
+
+
+def test_csv_and_certificates_match_independent_formulas(tiny_run):
+  cfg, out, report = tiny_run
+  cols = _csv_columns(out / "per_example.csv")
+  assert list(cols)[:4] == ["index", "label", "privacy_loss", "certified_steps"]
+  assert list(cols)[4:] == ["loss", "el2n", "memorization"]
+  np.testing.assert_array_equal(cols["index"], np.arange(150))
+  # THEORY §4 k*(x) in float64 from the CSV's P(x, 4α) (ties at the ceiling may differ by one step).
+  a, eps, lsi = cfg.privacy.alpha, cfg.privacy.epsilon, cfg.privacy.lsi_constant
+  eta, tau = cfg.training.step_size, cfg.training.temperature
+  p = cols["privacy_loss"]
+  inner = (a - 0.5) / (a - 1) * ((4 * a - 1) / (4 * a - 2)) * p / eps
+  k_ref = np.where(inner > 1, np.ceil(a * lsi / (tau * eta) * np.log(np.maximum(inner, 1))), 0.0)
+  assert np.max(np.abs(k_ref - cols["certified_steps"])) <= 1
+  # Chien et al.'s K for one point at order α, m = 2τ/C_LSI, S = 1, clip C, n.
+  m = 2 * tau / lsi
+  eps0 = 4 * a * cfg.training.clip_norm ** 2 / (m * tau * 150 ** 2)
+  k_worst = max(0.0, np.ceil(a / (m * eta) * np.log(eps0 / eps)))
+  assert report["privacy"]["worst_case_steps"] == pytest.approx(k_worst, abs=1)
+  assert report["privacy"]["fraction_certified_below_worst_case"] == pytest.approx(
+      np.mean(cols["certified_steps"] < report["privacy"]["worst_case_steps"]))
+
+
+def test_correlations_match_scipy(tiny_run):
+  from scipy import stats
+  _, out, report = tiny_run
+  cols = _csv_columns(out / "per_example.csv")
+  for name in ("loss", "el2n", "memorization"):
+    ok = ~np.isnan(cols[name])
+    ref = stats.spearmanr(cols["privacy_loss"][ok], cols[name][ok]).statistic
+    assert report["correlations"][name] == pytest.approx(ref, abs=1e-5), name
+
+
+def test_forget_sets_are_the_selected_examples(tiny_run):
+  _, out, report = tiny_run
+  cols = _csv_columns(out / "per_example.csv")
+  top = [fs for fs in report["forget_sets"] if fs["selection"] == "privacy_loss:top"][0]
+  expected = np.sort(np.argsort(-cols["privacy_loss"], kind="stable")[:5])
+  np.testing.assert_array_equal(np.sort(top["indices"]), expected)
+  el2n = [fs for fs in report["forget_sets"] if fs["selection"] == "el2n:top"][0]
+  np.testing.assert_array_equal(np.sort(el2n["indices"]), np.sort(np.argsort(-cols["el2n"], kind="stable")[:5]))
+  assert top["mean_privacy_loss"] == pytest.approx(np.mean(cols["privacy_loss"][expected]), rel=1e-6)
+
+
+def test_loss_barrier_recomputed_from_saved_params(tiny_run):
+  """Recompute the original-vs-oracle barrier of forget set 0 in float64 NumPy from params/*.npz."""
+  import jax
+
+  from unlearn_jax import data, models
+  cfg, out, report = tiny_run
+  ds = data.load_digits(seed=cfg.seed, n_train=150, n_test=60)
+  fs = report["forget_sets"][0]
+  idx = np.asarray(fs["indices"])
+  xf, yf = np.asarray(ds.x_train, np.float64)[idx], np.asarray(ds.y_train)[idx]
+  model = models.mlp(hidden_sizes=(16,), num_classes=10)
+  treedef = jax.tree.structure(model.init_fn(jax.random.key(0), xf[0]))
+  trained = np.load(out / "params" / "trained.npz")
+  oracle = np.load(out / "params" / "oracle_0.npz")
+  R = cfg.unlearning.num_seeds
+
+  def seed_params(npz, r):
+    return jax.tree.unflatten(treedef, [np.asarray(npz[f"leaf_{i}"][r], np.float64) for i in range(len(npz.files))])
+
+  def mean_loss(params):
+    # The MLP forward pass written out in NumPy: Dense -> ReLU -> Dense (flax Dense kernels are (in, out)).
+    # hidden layers "dense_0", "dense_1", ... then the output layer "head" (models.mlp's names)
+    hidden = sorted((k for k in params if k != "head"), key=lambda name: int(name.rsplit("_", 1)[-1]))
+    layers = [params[k] for k in hidden] + [params["head"]]
+    h = xf
+    for j, layer in enumerate(layers):
+      h = h @ layer["kernel"] + layer["bias"]
+      if j < len(layers) - 1:
+        h = np.maximum(h, 0)
+    logz = np.log(np.sum(np.exp(h - h.max(1, keepdims=True)), 1)) + h.max(1)
+    return float(np.mean(logz - h[np.arange(len(yf)), yf]))
+
+  lambdas = np.linspace(0, 1, cfg.evaluation.barrier_points)
+  barriers = []
+  for r in range(R):
+    pa, pb = seed_params(trained, r), seed_params(oracle, r)
+    la, lb = mean_loss(pa), mean_loss(pb)
+    curve = [mean_loss(jax.tree.map(lambda u, v: (1 - t) * u + t * v, pa, pb)) - ((1 - t) * la + t * lb)
+             for t in lambdas]
+    barriers.append(max(curve))
+  assert fs["loss_barrier"] == pytest.approx(np.mean(barriers), rel=1e-3, abs=1e-5)
+
+
+def test_empirical_steps_consistent_with_distances(tiny_run):
+  _, _, report = tiny_run
+  for fs in report["forget_sets"]:
+    d = np.array(fs["median_distance"], dtype=float)
+    passed = d <= fs["floor_threshold"]
+    grid = np.array(fs["step_grid"])
+    expected = grid[np.argmax(passed)] if passed.any() else "inf"
+    assert fs["empirical_steps"] == expected
+    mem = fs["membership_epsilon"]
+    # Without Clopper-Pearson the estimate is capped by log(N (1 - delta)) with N = 4 models.
+    assert 0 <= mem["median"] <= mem["max"] <= math.log(4) + 1e-6
+
+
+def test_same_config_same_bytes(tiny_run, tmp_path):
+  cfg, out, report = tiny_run
+  again = experiment.run(cfg.replace(out_dir=str(tmp_path / "again")))
+  assert (tmp_path / "again" / "per_example.csv").read_bytes() == (out / "per_example.csv").read_bytes()
+  strip = lambda text: "\n".join(l for l in text.splitlines() if '"created"' not in l)  # noqa: E731
+  assert strip((tmp_path / "again" / "report.json").read_text()) == strip((out / "report.json").read_text())
+  del again
+
+
+def test_run_refuses_locked_or_unwritable_dir(tmp_path):
+  from unlearn_jax import checkpoint
+  with checkpoint.RunLock(tmp_path):
+    with pytest.raises(experiment.OutputDirError, match=str(tmp_path)):
+      experiment.run(_tiny(tmp_path))
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(experiment.OutputDirError, match="cannot be created or written"):
+    experiment.run(_tiny(tmp_path / "f" / "sub"))

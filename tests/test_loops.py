@@ -163,6 +163,26 @@ def test_second_call_with_same_shapes_does_not_trace_or_compile_again():
   loops.unlearn(counting_loss, p2, (x2, y2), key=jax.random.key(9), step_size=0.1, **kwargs)
   assert len(traces) == first
   assert time.perf_counter() - t0 < 5.0
+  # The same for SGLD training with the ledger (new temperature, step size, key, data values).
+  from unlearn_jax import accounting
+
+  kw = dict(num_steps=6, clip_norm=1.0, accounting=accounting.accountant([2.0]), steps_per_chunk=4,
+            progress=False)
+  loops.train(counting_loss, p, (x, y), key=jax.random.key(0), step_size=0.1, temperature=1e-3, **kw)
+  second = len(traces)
+  assert second > first
+  res = loops.train(counting_loss, p2, (x2, y2), key=jax.random.key(1), step_size=0.2, temperature=1e-2, **kw)
+  assert len(traces) == second
+  assert bool(res.ledger.finite)
+
+
+def test_progress_bar_does_not_change_results(capsys):
+  x, y, p = _problem(seed=6)
+  kw = dict(method="sgd", key=jax.random.key(0), step_size=0.5, record_steps=(9,), steps_per_chunk=4)
+  quiet = loops.unlearn(softmax_loss, p, (x, y), progress=False, **kw)
+  shown = loops.unlearn(softmax_loss, p, (x, y), progress=True, **kw)
+  assert _leaves_equal(quiet.params, shown.params)
+  assert "unlearn-sgd" in capsys.readouterr().err
 
 
 def test_history_stride_rows_equal_stride_one_rows_and_eval_matches_recorded():
@@ -373,16 +393,22 @@ def test_sgld_train_equals_python_loop_over_sgld_step_with_fold_in_keys():
 
 def test_vmapped_seeds_equal_seeds_run_one_by_one():
   x, y, p, kw = _sgld_setup(seed=2)
-  rng = np.random.default_rng(0)
   init_fn = lambda key: jax.tree.map(lambda a: a + 0.1 * jax.random.normal(key, a.shape), p)
+
+  def eval_fn(params):
+    return {"acc": jnp.mean(jnp.argmax(x @ params["w"] + params["b"], -1) == y)}
+
+  kw = dict(kw, eval_fn=eval_fn, history_stride=5)
   many = loops.train(softmax_loss, init_fn, (x, y), num_seeds=3, num_steps=15, key=jax.random.key(6),
                      checkpoint_steps=(5,), **kw)
   assert many.params["w"].shape == (3,) + p["w"].shape
   assert many.recorded["w"].shape == (1, 3) + p["w"].shape
-  assert many.history["loss"].shape == (15, 3)
+  assert many.history["loss"].shape == (3, 3) and many.history["acc"].shape == (3, 3)
+  assert many.history["privacy_loss_mean"].shape == (3, 3, 2)
   for r in range(3):
     one = loops.train(softmax_loss, init_fn, (x, y), num_steps=15, key=jax.random.fold_in(jax.random.key(6), r),
                       checkpoint_steps=(5,), **kw)
+    np.testing.assert_allclose(many.history["acc"][:, r], one.history["acc"], atol=1.5 / len(y))
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[r], many.params), one.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(many.ledger.realized[r], one.ledger.realized, rtol=1e-4, atol=1e-9)
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[0, r], many.recorded),
@@ -395,6 +421,7 @@ def test_vmapped_seeds_equal_seeds_run_one_by_one():
   chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], un.params), many.params, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_sgld_divergence_with_huge_step_size_keeps_finite_checkpoint(tmp_path):
   x, y, p, kw = _sgld_setup(seed=3)
   kw = dict(kw, clip_norm=None, weight_decay=0.0)
@@ -517,3 +544,22 @@ def test_checkpoint_dir_not_writable_is_refused(tmp_path):
   with pytest.raises(ValueError, match="checkpoint_dir"):
     loops.unlearn(softmax_loss, p, (x, y), method="sgd", key=jax.random.key(0), step_size=0.1,
                   record_steps=(3,), checkpoint_dir=target, progress=False)
+
+
+def test_shuffled_mode_state_with_typed_key_checkpoints_and_resumes_bitwise(tmp_path):
+  # SGLDState carries a typed PRNG key in shuffled mode; it must survive the checkpoint exactly, and
+  # seeds must draw different permutations.
+  x, y, p = _problem(n=24, seed=9)
+  kw = dict(num_steps=12, key=jax.random.key(3), step_size=0.2, temperature=1e-4, mode="shuffled", batch_size=8,
+            clip_norm=1.0, steps_per_chunk=4, progress=False)
+  ref = loops.train(softmax_loss, p, (x, y), **kw)
+  full = loops.train(softmax_loss, p, (x, y), checkpoint_dir=tmp_path, checkpoint_every=4, **kw)
+  assert _leaves_equal(ref.params, full.params)
+  for s, path in ck.list_checkpoints(tmp_path):
+    if s != 8:
+      os.remove(path)
+  resumed = loops.train(softmax_loss, p, (x, y), checkpoint_dir=tmp_path, checkpoint_every=4, **kw)
+  assert resumed.resumed_from == 8
+  assert _leaves_equal(ref.params, resumed.params)
+  np.testing.assert_array_equal(jax.random.key_data(ref.state.shuffle_key),
+                                jax.random.key_data(resumed.state.shuffle_key))

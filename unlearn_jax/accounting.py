@@ -71,7 +71,7 @@ DEFAULT_ORDERS: tuple[float, ...] = tuple(
 )
 
 # Terms of the fractional-order series summed per order (see sampled_gaussian_rdp).
-DEFAULT_NUM_TERMS = 2048
+DEFAULT_NUM_TERMS = 1024
 # Examples processed at once by sampled_gaussian_rdp when given a large batch of noise multipliers.
 _RDP_CHUNK = 512
 
@@ -89,22 +89,21 @@ class _IntGroup(NamedTuple):
   logc: np.ndarray  # (G, kmax - 1) log C(alpha, k), k = 2..kmax, -inf beyond alpha
 
 
-class _FracGroup(NamedTuple):
-  """Fractional orders sharing a fractional part f (alpha = f + k): their second series' erfc
-  arguments alpha - i - z0 share one table, sliced per order."""
+class _FracPlan(NamedTuple):
+  """All fractional orders, dense. Their second series needs log Φ((α - i - z0)/σ) for every (order, i);
+  orders sharing a fractional part f share the values α - i, so one table of distinct values
+  ``table_shift[r] - i0`` is evaluated per block and gathered with ``gather_idx`` (K_f, B)."""
 
   index: tuple[int, ...]
-  alphas: np.ndarray  # (G,)
-  offsets: tuple[int, ...]  # kmax - k: start of each order's slice of the table
-  frac: float
-  kmax: int
-  span: int  # kmax - kmin
+  alphas: np.ndarray  # (K_f,)
+  table_shift: np.ndarray  # (R,)
+  gather_idx: np.ndarray  # (K_f, B) int32
 
 
 class _SgmPlan(NamedTuple):
   num_orders: int
   int_groups: tuple[_IntGroup, ...]
-  frac_groups: tuple[_FracGroup, ...]
+  frac: _FracPlan | None
   max_terms: int
 
 
@@ -131,13 +130,20 @@ def _sgm_plan(orders: tuple[float, ...], max_terms: int) -> _SgmPlan:
       )
     logc = np.where(k[None, :] <= alphas[:, None], logc, -np.inf)
     int_groups.append(_IntGroup(tuple(idxs), alphas, logc))
-  frac_groups = []
-  for f, idxs in sorted(fracs.items()):
-    alphas = np.asarray([orders[i] for i in idxs])
-    ks = np.floor(alphas).astype(int)
-    kmax = int(ks.max())
-    frac_groups.append(_FracGroup(tuple(idxs), alphas, tuple(int(kmax - k) for k in ks), float(f), kmax, int(kmax - ks.min())))
-  return _SgmPlan(len(orders), tuple(int_groups), tuple(frac_groups), max_terms)
+  frac = None
+  if fracs:
+    index, alphas, shifts, gather = [], [], [], []
+    for f, idxs in sorted(fracs.items()):
+      ks = [int(math.floor(orders[i])) for i in idxs]
+      kmax, kmin = max(ks), min(ks)
+      base = len(shifts)
+      shifts.extend(f + kmax - t for t in range(_BLOCK + kmax - kmin))  # alpha - i, minus i0
+      for i, k in zip(idxs, ks):
+        index.append(i)
+        alphas.append(orders[i])
+        gather.append(base + (kmax - k) + np.arange(_BLOCK))
+    frac = _FracPlan(tuple(index), np.asarray(alphas), np.asarray(shifts), np.asarray(gather, np.int32))
+  return _SgmPlan(len(orders), tuple(int_groups), frac, max_terms)
 
 
 def _log_expm1(x: jax.Array) -> jax.Array:
@@ -167,21 +173,26 @@ def _int_log_a(plan: _SgmPlan, log_q, log_1mq, inv_2s2, dtype) -> list[tuple[tup
   return out
 
 
-def _frac_terms(g: _FracGroup, i0, q, log_q, log_1mq, sigma, z0, inv_2s2, log_e0, dtype, with_grads):
-  """Terms i0..i0+B-1 of both series for one fractional group: (G, B, m) each (+ derivatives)."""
-  B = _BLOCK
-  alphas = jnp.asarray(g.alphas, dtype)[:, None]  # (G, 1)
-  i = (i0 + jnp.arange(B, dtype=dtype))[None, :]  # (1, B)
+def _log_npdf(x):
+  return -0.5 * x * x - 0.5 * math.log(2.0 * math.pi)
+
+
+def _frac_terms(fp: _FracPlan, i0, q, log_q, log_1mq, sigma, z0, inv_2s2, dtype, with_grads):
+  """Terms i0..i0+B-1 of both MTZ19 series for every fractional order: (K_f, B, m) each."""
+  alphas = jnp.asarray(fp.alphas, dtype)[:, None]  # (K_f, 1)
+  i_row = i0 + jnp.arange(_BLOCK, dtype=dtype)  # (B,)
+  i = i_row[None, :]
   j = alphas - i
   logc = jax.lax.lgamma(alphas + 1.0) - jax.lax.lgamma(i + 1.0) - jax.lax.lgamma(j + 1.0)  # log|C(a, i)|
   base0 = logc + i * log_q + j * log_1mq
   base1 = logc + j * log_q + i * log_1mq
-  # log Phi((alpha - i - z0)/sigma) for every (order, i): one table per group, sliced per order.
-  length = B + g.span
-  d = (g.frac + g.kmax - i0) - jnp.arange(length, dtype=dtype)  # alpha - i values, descending
-  v_tab = (d[:, None] - z0[None, :]) / sigma[None, :]
-  log_e1_tab = jax.scipy.special.log_ndtr(v_tab)  # (L, m)
-  log_e1 = jnp.stack([log_e1_tab[o : o + B] for o in g.offsets])  # (G, B, m)
+  u = (z0[None, :] - i_row[:, None]) / sigma[None, :]  # (B, m)
+  log_e0 = jax.scipy.special.log_ndtr(u)
+  v_tab = ((jnp.asarray(fp.table_shift, dtype) - i0)[:, None] - z0[None, :]) / sigma[None, :]  # (R, m)
+  log_e1_tab = jax.scipy.special.log_ndtr(v_tab)
+  idx = jnp.asarray(fp.gather_idx.reshape(-1))
+  shape3 = fp.gather_idx.shape + (sigma.shape[0],)
+  log_e1 = jnp.take(log_e1_tab, idx, axis=0).reshape(shape3)  # (K_f, B, m)
   ii = (i * i - i)[:, :, None]
   jj = (j * j - j)[:, :, None]
   w = inv_2s2[None, None, :]
@@ -189,130 +200,116 @@ def _frac_terms(g: _FracGroup, i0, q, log_q, log_1mq, sigma, z0, inv_2s2, log_e0
   t1 = base1[:, :, None] + jj * w + log_e1
   if not with_grads:
     return t0, t1, None
-  # d/dq and d/dsigma of each term (for the custom jvp).
-  u = (z0[None, :] - i[0][:, None]) / sigma[None, :]  # (B, m)
-  lam0 = jnp.exp(_log_npdf(u) - log_e0)  # phi/Phi
-  v = jnp.stack([v_tab[o : o + B] for o in g.offsets])
+  lam0 = jnp.exp(_log_npdf(u) - log_e0)[None]  # phi/Phi, (1, B, m)
+  v = jnp.take(v_tab, idx, axis=0).reshape(shape3)
   lam1 = jnp.exp(_log_npdf(v) - log_e1)
   big_l = log_1mq - log_q
   dl_dq = -1.0 / (q * (1.0 - q))
   s = sigma[None, None, :]
-  du_ds = big_l - (0.5 - i[0][:, None]) / sigma[None, :] ** 2  # (B, m)
+  du_ds = (big_l - (0.5 - i_row[:, None]) / sigma[None, :] ** 2)[None]
   dv_ds = -((j - 0.5)[:, :, None]) / s**2 - big_l
-  d0_ds = -ii / s**3 + lam0[None] * du_ds[None]
+  d0_ds = -ii / s**3 + lam0 * du_ds
   d1_ds = -jj / s**3 + lam1 * dv_ds
-  d0_dq = (i / q - j / (1.0 - q))[:, :, None] + lam0[None] * (s * dl_dq)
+  d0_dq = (i / q - j / (1.0 - q))[:, :, None] + lam0 * (s * dl_dq)
   d1_dq = (j / q - i / (1.0 - q))[:, :, None] - lam1 * (s * dl_dq)
   return t0, t1, (d0_dq, d1_dq, d0_ds, d1_ds)
 
 
-def _log_npdf(x):
-  return -0.5 * x * x - 0.5 * math.log(2.0 * math.pi)
-
-
 def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
-  """Fractional orders: (per group) log A, and d log A / dq, d log A / dsigma when asked.
+  """Fractional orders: log A (K_f, m), and d log A/dq, d log A/dσ when asked.
 
   Sums both MTZ19 series block by block (``lax.while_loop``) until a rigorous bound on the
-  remaining terms is 30 nats below the total for every example, or ``max_terms`` is reached; the
-  bound is then added (so the result never falls below the full series). The bound: with
-  x_i = (i - z0)/σ, each term equals |C(α,i)| (1-q)^α e^{-z0²/(2σ²)} Φ(-x_i) e^{x_i²/2} (the second
-  series likewise with y_i = (i - α + z0)/σ); Φ(-x)e^{x²/2} decreases in x, and for i > α
-  |C(α,i)| ∝ Γ(i-α)/Γ(i+1), whose tail Σ_{i≥M} equals |C(α,M)|·M/α. Hence
-  Σ_{i≥M} term_i ≤ ((M-1-α)/α) · term_{M-1}.
+  remaining terms is 30 nats below both the total and the sum of the non-head terms for every
+  example, or ``max_terms`` is reached; the bound is then added, so the result never falls below
+  the full series. The bound: with x_i = (i - z0)/σ, each first-series term equals
+  |C(α,i)| (1-q)^α e^{-z0²/(2σ²)} Φ(-x_i) e^{x_i²/2} (the second series likewise with
+  y_i = (i - α + z0)/σ); Φ(-x)e^{x²/2} decreases in x, and for i > α |C(α,i)| ∝ Γ(i-α)/Γ(i+1), whose
+  tail Σ_{i≥M} equals |C(α,M)|·M/α. Hence Σ_{i≥M} term_i ≤ ((M-1-α)/α) · term_{M-1}.
   """
+  fp = plan.frac
   log_q = jnp.log(q)
   log_1mq = jnp.log1p(-q)
   inv_2s2 = 1.0 / (2.0 * sigma**2)
   z0 = sigma**2 * (log_1mq - log_q) + 0.5
   m = sigma.shape[0]
-  groups = plan.frac_groups
-  gsizes = [len(g.index) for g in groups]
+  kf = len(fp.index)
+  alphas = jnp.asarray(fp.alphas, dtype)[:, None]
 
   def block(i0, grads):
-    i_vals = i0 + jnp.arange(_BLOCK, dtype=dtype)
-    log_e0 = jax.scipy.special.log_ndtr((z0[None, :] - i_vals[:, None]) / sigma[None, :])  # (B, m)
-    return [_frac_terms(g, i0, q, log_q, log_1mq, sigma, z0, inv_2s2, log_e0, dtype, grads) for g in groups]
+    return _frac_terms(fp, i0, q, log_q, log_1mq, sigma, z0, inv_2s2, dtype, grads)
 
-  def masked_t0(t0, i0):
-    i = i0 + jnp.arange(_BLOCK, dtype=dtype)
-    return jnp.where((i >= 2)[None, :, None], t0, -jnp.inf)  # i = 0, 1 form the closed-form head
-
-  # Head: terms i = 0, 1 of the first series (computed separately for the precise A - 1 path).
-  head_terms = block(jnp.asarray(0.0, dtype), with_grads)
-  head = [jax.nn.logsumexp(t0[:, :2, :], axis=1) for (t0, _, _) in head_terms]
-
-  def init_carry():
-    mx = [jnp.full((k, m), -jnp.inf, dtype) for k in gsizes]
-    acc_s = [jnp.zeros((k, m), dtype) for k in gsizes]
-    dq = [jnp.zeros((k, m), dtype) for k in gsizes] if with_grads else []
-    ds = [jnp.zeros((k, m), dtype) for k in gsizes] if with_grads else []
-    bound = [jnp.full((k, m), jnp.inf, dtype) for k in gsizes]
-    return (jnp.asarray(0.0, dtype), mx, acc_s, dq, ds, bound)
+  # Head: terms i = 0, 1 of the first series, t0_0 = α log(1-q) + log Φ(z0/σ) and
+  # t0_1 = log α + log q + (α-1) log(1-q) + log Φ((z0-1)/σ) (also in closed form below, for A - 1).
+  big_l = log_1mq - log_q
+  u_h = jnp.stack([z0 / sigma, (z0 - 1.0) / sigma])  # (2, m)
+  log_phi_h = jax.scipy.special.log_ndtr(u_h)
+  t0h = jnp.stack(
+      [alphas * log_1mq + log_phi_h[0][None, :], jnp.log(alphas) + log_q + (alphas - 1.0) * log_1mq + log_phi_h[1][None, :]],
+      axis=1,
+  )  # (K_f, 2, m)
+  head = jax.nn.logsumexp(t0h, axis=1)
 
   def body(carry):
     i0, mx, acc_s, dq, ds, _ = carry
-    terms = block(i0, with_grads)
-    new_mx, new_s, new_dq, new_ds, new_bound = [], [], [], [], []
-    for gi, (g, (t0, t1, der)) in enumerate(zip(groups, terms)):
-      t0m = masked_t0(t0, i0)
-      bm = jnp.maximum(jnp.max(t0m, axis=1), jnp.max(t1, axis=1))
-      mx2 = jnp.maximum(mx[gi], bm)
-      mx2s = jnp.where(jnp.isfinite(mx2), mx2, 0.0)
-      scale = jnp.exp(jnp.where(jnp.isfinite(mx[gi]), mx[gi] - mx2s, -jnp.inf))
-      e0 = jnp.exp(t0m - mx2s[:, None, :])
-      e1 = jnp.exp(t1 - mx2s[:, None, :])
-      new_mx.append(mx2)
-      new_s.append(acc_s[gi] * scale + jnp.sum(e0, axis=1) + jnp.sum(e1, axis=1))
-      if with_grads:
-        d0_dq, d1_dq, d0_ds, d1_ds = der
-        new_dq.append(dq[gi] * scale + jnp.sum(e0 * d0_dq, axis=1) + jnp.sum(e1 * d1_dq, axis=1))
-        new_ds.append(ds[gi] * scale + jnp.sum(e0 * d0_ds, axis=1) + jnp.sum(e1 * d1_ds, axis=1))
-      alphas = jnp.asarray(g.alphas, dtype)[:, None]
-      last = i0 + _BLOCK - 1  # M - 1
-      ratio = (last - alphas) / alphas
-      log_last = jnp.logaddexp(t0[:, -1, :], t1[:, -1, :])
-      new_bound.append(jnp.where(ratio > 0, jnp.log(jnp.where(ratio > 0, ratio, 1.0)) + log_last, jnp.inf))
-    return (i0 + _BLOCK, new_mx, new_s, new_dq, new_ds, new_bound)
-
-  def total(mx, acc_s, gi):
-    return jnp.logaddexp(head[gi], mx[gi] + jnp.log(acc_s[gi]))
+    t0, t1, der = block(i0, with_grads)
+    i = i0 + jnp.arange(_BLOCK, dtype=dtype)
+    t0m = jnp.where((i >= 2)[None, :, None], t0, -jnp.inf)  # the head is added separately
+    bm = jnp.maximum(jnp.max(t0m, axis=1), jnp.max(t1, axis=1))
+    mx2 = jnp.maximum(mx, bm)
+    mx2s = jnp.where(jnp.isfinite(mx2), mx2, 0.0)
+    scale = jnp.exp(jnp.where(jnp.isfinite(mx), mx - mx2s, -jnp.inf))
+    e0 = jnp.exp(t0m - mx2s[:, None, :])
+    e1 = jnp.exp(t1 - mx2s[:, None, :])
+    acc_s = acc_s * scale + jnp.sum(e0, axis=1) + jnp.sum(e1, axis=1)
+    if with_grads:
+      d0_dq, d1_dq, d0_ds, d1_ds = der
+      dq = dq * scale + jnp.sum(e0 * d0_dq, axis=1) + jnp.sum(e1 * d1_dq, axis=1)
+      ds = ds * scale + jnp.sum(e0 * d0_ds, axis=1) + jnp.sum(e1 * d1_ds, axis=1)
+    ratio = (i0 + _BLOCK - 1 - alphas) / alphas  # (M - 1 - alpha) / alpha
+    log_last = jnp.logaddexp(t0[:, -1, :], t1[:, -1, :])
+    bound = jnp.where(ratio > 0, jnp.log(jnp.where(ratio > 0, ratio, 1.0)) + log_last, jnp.inf)
+    return (i0 + _BLOCK, mx2, acc_s, dq, ds, bound)
 
   def cond(carry):
     i0, mx, acc_s, _, _, bound = carry
-    not_done = jnp.asarray(False)
-    for gi in range(len(groups)):
-      not_done = not_done | jnp.any(~(bound[gi] < total(mx, acc_s, gi) - 30.0))
-    return (i0 < plan.max_terms) & not_done
+    lse_rest = mx + jnp.log(acc_s)
+    target = jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - 30.0
+    return (i0 < plan.max_terms) & jnp.any(~(bound < target))
 
-  i0, mx, acc_s, dq, ds, bound = jax.lax.while_loop(cond, body, init_carry())
-  results = []
-  for gi, g in enumerate(groups):
-    lse_rest = mx[gi] + jnp.log(acc_s[gi])
-    rest_total = jnp.logaddexp(lse_rest, bound[gi])  # never below the full series
-    log_a_plain = jnp.logaddexp(head[gi], rest_total)
-    # Precise path for A close to 1: A - 1 = rest - (1 - head), with
-    # 1 - head = -expm1((a-1) log(1-q) + log1p((a-1) q)) + (1-q)^a Phi(-z0/s) + a q (1-q)^(a-1) Phi((1-z0)/s).
-    a = jnp.asarray(g.alphas, dtype)[:, None]
-    ndtr = jax.scipy.special.ndtr
-    one_minus_head = (
-        -jnp.expm1((a - 1.0) * log_1mq + jnp.log1p((a - 1.0) * q))
-        + jnp.exp(a * log_1mq) * ndtr(-z0 / sigma)[None, :]
-        + a * q * jnp.exp((a - 1.0) * log_1mq) * ndtr((1.0 - z0) / sigma)[None, :]
-    )
-    small = log_a_plain < 1.0
-    rest = jnp.exp(jnp.where(small, rest_total, 0.0))
-    log_a = jnp.where(small, jnp.log1p(jnp.where(small, rest - one_minus_head, 0.0)), log_a_plain)
-    grads = None
-    if with_grads:
-      t0h, _, (d0_dq, _, d0_ds, _) = head_terms[gi]
-      wh = jnp.exp(t0h[:, :2, :] - log_a_plain[:, None, :])
-      w_rest = jnp.exp(mx[gi] - log_a_plain)
-      dlog_dq = jnp.sum(wh * d0_dq[:, :2, :], axis=1) + w_rest * dq[gi]
-      dlog_ds = jnp.sum(wh * d0_ds[:, :2, :], axis=1) + w_rest * ds[gi]
-      grads = (dlog_dq, dlog_ds)
-    results.append((g.index, log_a, grads))
-  return results
+  zeros = jnp.zeros((kf, m), dtype)
+  carry0 = (jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype), zeros, zeros, zeros, jnp.full((kf, m), jnp.inf, dtype))
+  _, mx, acc_s, dq, ds, bound = jax.lax.while_loop(cond, body, carry0)
+  lse_rest = mx + jnp.log(acc_s)
+  rest_total = jnp.logaddexp(lse_rest, bound)  # never below the full series
+  log_a_plain = jnp.logaddexp(head, rest_total)
+  # Precise path for A close to 1: A - 1 = rest - (1 - head), with
+  # 1 - head = -expm1((a-1) log(1-q) + log1p((a-1) q)) + (1-q)^a Phi(-z0/s) + a q (1-q)^(a-1) Phi((1-z0)/s).
+  ndtr = jax.scipy.special.ndtr
+  one_minus_head = (
+      -jnp.expm1((alphas - 1.0) * log_1mq + jnp.log1p((alphas - 1.0) * q))
+      + jnp.exp(alphas * log_1mq) * ndtr(-z0 / sigma)[None, :]
+      + alphas * q * jnp.exp((alphas - 1.0) * log_1mq) * ndtr((1.0 - z0) / sigma)[None, :]
+  )
+  small = log_a_plain < 1.0
+  rest = jnp.exp(jnp.where(small, rest_total, 0.0))
+  log_a = jnp.where(small, jnp.log1p(jnp.where(small, rest - one_minus_head, 0.0)), log_a_plain)
+  if not with_grads:
+    return log_a, None
+  lam_h = jnp.exp(_log_npdf(u_h) - log_phi_h)  # (2, m)
+  dl_dq = -1.0 / (q * (1.0 - q))
+  hq = jnp.stack(
+      [-alphas / (1.0 - q) + lam_h[0] * sigma * dl_dq, 1.0 / q - (alphas - 1.0) / (1.0 - q) + lam_h[1] * sigma * dl_dq],
+      axis=1,
+  )
+  hs = jnp.stack(
+      [jnp.broadcast_to(lam_h[0] * (big_l - 0.5 / sigma**2), (kf, m)), jnp.broadcast_to(lam_h[1] * (big_l + 0.5 / sigma**2), (kf, m))],
+      axis=1,
+  )
+  wh = jnp.exp(t0h - log_a_plain[:, None, :])
+  w_rest = jnp.exp(mx - log_a_plain)
+  dlog_dq = jnp.sum(wh * hq, axis=1) + w_rest * dq
+  dlog_ds = jnp.sum(wh * hs, axis=1) + w_rest * ds
+  return log_a, (dlog_dq, dlog_ds)
 
 
 @functools.lru_cache(maxsize=64)
@@ -333,23 +330,19 @@ def _log_a_fn(orders: tuple[float, ...], max_terms: int):
 
   @jax.custom_jvp
   def frac_log_a(q, sigma):
-    res = _frac_core(plan, q, sigma, sigma.dtype, with_grads=False)
-    return [v for (_, v, _) in res]
+    return _frac_core(plan, q, sigma, sigma.dtype, with_grads=False)[0]
 
   @frac_log_a.defjvp
   def frac_log_a_jvp(primals, tangents):
     q, sigma = primals
     q_dot, sigma_dot = tangents
-    res = _frac_core(plan, q, sigma, sigma.dtype, with_grads=True)
-    outs = [v for (_, v, _) in res]
-    tans = [dq * q_dot + ds * sigma_dot[None, :] for (_, _, (dq, ds)) in res]
-    return outs, tans
+    log_a, (dq, ds) = _frac_core(plan, q, sigma, sigma.dtype, with_grads=True)
+    return log_a, dq * q_dot + ds * sigma_dot[None, :]
 
   def log_a(q, sigma):
     parts = list(int_parts(q, sigma))
-    if plan.frac_groups:
-      vals = frac_log_a(q, sigma)
-      parts += [(g.index, v) for g, v in zip(plan.frac_groups, vals)]
+    if plan.frac is not None:
+      parts.append((plan.frac.index, frac_log_a(q, sigma)))
     return assemble(parts, sigma.dtype, sigma.shape[0])
 
   return log_a
@@ -871,9 +864,9 @@ def ledger_update(
   accounted = jnp.asarray(accounted, bool)
   keep = filter_admits(ledger, costs * w, config)
   ok = jnp.isfinite(costs) & keep[:, None]
-  finite_now = jnp.all(jnp.where(keep[:, None], jnp.isfinite(costs), True)) & jnp.all(jnp.isfinite(worst))
+  finite_now = jnp.all(jnp.where(ledger.active[:, None], jnp.isfinite(costs), True)) & ~jnp.any(jnp.isnan(worst))
   add = jnp.where(ok & accounted, w * costs, 0.0)
-  worst_add = jnp.where(jnp.isfinite(worst) & accounted, w * worst, 0.0)
+  worst_add = jnp.where(~jnp.isnan(worst) & accounted, w * worst, 0.0)  # inf (no clip) is kept
   return ledger._replace(
       realized=ledger.realized + add,
       worst_case=ledger.worst_case + worst_add,

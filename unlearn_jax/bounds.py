@@ -594,12 +594,15 @@ def _solve_decreasing(fn, budget, lo, hi, *, iters_bisect=60, iters_newton=8):
   Bisection brackets the crossing; Newton steps with ``jax.grad`` refine it and are kept only while they
   stay inside the bracket on the feasible side. Host-side loop (calibration is a one-off, not traced).
   """
+  grad_fn = jax.jit(jax.grad(fn))
+  fn = jax.jit(fn)  # one compilation for the whole search
+  # aim a hair below the budget: Newton lands on the root itself, where rounding could tip ceil() up
+  budget = budget - 1e-7 * max(1.0, abs(budget))
   f_lo, f_hi = float(fn(lo)), float(fn(hi))
   if f_lo <= budget:
     return lo, True
   if not f_hi <= budget:
     return hi, False
-  grad_fn = jax.grad(fn)
   a, b = lo, hi  # fn(a) > budget >= fn(b)
   for _ in range(iters_bisect):
     mid = 0.5 * (a + b)

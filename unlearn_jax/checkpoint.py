@@ -384,7 +384,13 @@ def load_checkpoint(
   with open(path, "rb") as f:
     header, payload_len, digest, offset = _read_header(f, path, size)
     if callable(target) and not isinstance(target, (list, tuple, dict)):
-      target = target(header["metadata"])
+      try:
+        target = target(header["metadata"])
+      except CheckpointError:
+        raise
+      except Exception as e:  # the metadata came from the file: any failure means a bad file
+        raise CheckpointError(
+            f"{path}: its metadata does not describe a valid checkpoint ({type(e).__name__}: {e})") from e
     treedef, signatures, target_leaves = _template_signatures(target)
     if header["treedef"] != str(treedef):
       raise CheckpointError(

@@ -166,8 +166,10 @@ def barriers_along(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   """Loss barriers between each of a sequence of checkpoints and a reference (THEORY §6).
 
-  Used for "original vs oracle" (one checkpoint per oracle seed) and "unlearned vs oracle along the
-  unlearning steps". Checkpoints are processed one after another (``lax.map``), each with all λ points
+  Used for "original vs oracle" (``checkpoints`` = the R oracle seeds stacked, ``reference`` = the
+  original model: R barriers) and "unlearned vs oracle along the unlearning steps" (``checkpoints`` =
+  the recorded ``(G, R, ...)`` parameters, ``reference`` = the R oracle seeds, ``paired_seeds=True``).
+  Checkpoints are processed one after another (``lax.map``), each with all λ points
   vmapped, so memory is that of one :func:`loss_barrier` call.
 
   Args:
@@ -634,7 +636,9 @@ def empirical_steps_to_unlearn(
   if not _checks._is_traced(grid) and np.any(np.diff(np.asarray(grid)) <= 0):
     raise ValueError(f"step_grid must be strictly increasing, got {np.asarray(grid).tolist()}")
   if scores.shape[2] != oracle.shape[1]:
-    raise ValueError(f"scores_per_step and oracle_scores must score the same n examples, got {scores.shape} and {oracle.shape}")
+    raise ValueError(
+      f"scores_per_step and oracle_scores must score the same n examples, got {scores.shape} and {oracle.shape}"
+    )
   threshold = _floor_threshold(oracle, key, floor, percentile, num_splits, min_variance)
   return _steps_core(grid, scores, oracle, threshold, min_variance)
 

@@ -850,6 +850,135 @@ def _build_model(cfg: ModelConfig, num_classes: int):
   return models.resnet18(num_classes)
 
 
+_MODEL_CACHE: dict[Any, Any] = {}
+
+
+def _model_and_loss(cfg: ModelConfig, num_classes: int):
+  """The model and its one-example loss, cached per process so that the drivers' compiled programs
+  (cached per ``loss_fn`` object) are reused by later runs of the same model."""
+  from unlearn_jax import models  # pylint: disable=import-outside-toplevel
+
+  key = (cfg.name, tuple(cfg.hidden), num_classes)
+  if key not in _MODEL_CACHE:
+    model = _build_model(cfg, num_classes)
+    _MODEL_CACHE[key] = (model, models.cross_entropy_loss_fn(model.apply_fn))
+  return _MODEL_CACHE[key]
+
+
+def _init_fn(cfg: ModelConfig, num_classes: int, example_shape: tuple[int, ...], dtype: Any):
+  """``init_key -> params``, cached per process like :func:`_model_and_loss` (flax only needs the shape)."""
+  key = ("init", cfg.name, tuple(cfg.hidden), num_classes, example_shape, str(dtype))
+  if key not in _MODEL_CACHE:
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    model, _ = _model_and_loss(cfg, num_classes)
+    _MODEL_CACHE[key] = lambda k: model.init_fn(k, jnp.zeros(example_shape, dtype))
+  return _MODEL_CACHE[key]
+
+
+def _final_metrics(apply_fn, params, x, y):
+  """loss / confidence / margin of each example, averaged over the seeds of ``params`` (S, ...)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+
+  def one(p):
+    return {"loss": metrics.per_example_loss(apply_fn, p, x, y), "confidence": metrics.confidence(apply_fn, p, x, y),
+            "margin": metrics.margin(apply_fn, p, x, y)}
+  return jax.tree.map(lambda v: jnp.mean(v, axis=0), jax.lax.map(one, params))
+
+
+def _along_metrics(apply_fn, ckpts, x, y):
+  """Forgetting events and C-proxy over the checkpoints ``ckpts`` (G, S, ...), averaged over seeds."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+
+  num_ckpts = jax.tree.leaves(ckpts)[0].shape[0]
+
+  def one(seq):
+    correct = metrics.correctness_along(apply_fn, seq, x, y)
+    return {"forgetting": metrics.forgetting_events(correct, never_learned=float(num_ckpts)).astype(jnp.float32),
+            "cproxy": metrics.c_proxy(metrics.confidence_along(apply_fn, seq, x, y))}
+  per_seed = jax.lax.map(one, jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), ckpts))
+  return jax.tree.map(lambda v: jnp.mean(v, axis=0), per_seed)
+
+
+def _evaluate_oracle(apply_fn, loss_fn, num_points, oracle, xf, yf, key):
+  """Oracle scores (R, m), the noise floor, the oracle-vs-oracle barrier and the forget accuracy."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from unlearn_jax import evaluation  # pylint: disable=import-outside-toplevel
+
+  oracle_scores = evaluation.logit_confidence(apply_fn, oracle, xf, yf)
+  floor = evaluation.noise_floor(oracle_scores, key, num_splits=8)
+  pair = jax.tree.map(lambda leaf: jnp.roll(leaf, 1, axis=0), oracle)
+  oo_barrier, _ = evaluation.barriers_along(loss_fn, jax.tree.map(lambda leaf: leaf[None], oracle), pair, (xf, yf),
+                                            num_points=num_points, paired_seeds=True)
+  acc_o = evaluation.accuracy_and_loss(apply_fn, oracle, xf, yf, seed_axis=True)[0]
+  return oracle_scores, floor, jnp.mean(oo_barrier), jnp.mean(acc_o)
+
+
+def _evaluate_method(apply_fn, loss_fn, num_points, grid, percentile, membership, delta,
+                     recorded, oracle, oracle_scores, floor, xf, yf):
+  """Empirical steps, distances, barriers along the grid, forget accuracy and membership ε of one run."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from unlearn_jax import evaluation  # pylint: disable=import-outside-toplevel
+
+  scores_g = evaluation.scores_along(apply_fn, recorded, xf, yf)                     # (G, R, m)
+  steps_res = evaluation.empirical_steps_to_unlearn(np.asarray(grid), scores_g, oracle_scores, floor=floor,
+                                                    percentile=percentile)
+  barriers, _ = evaluation.barriers_along(loss_fn, recorded, oracle, (xf, yf), num_points=num_points,
+                                          paired_seeds=True)
+  last = jax.tree.map(lambda leaf: leaf[-1], recorded)
+  acc_f = evaluation.accuracy_and_loss(apply_fn, last, xf, yf, seed_axis=True)[0]
+  out = {"steps": steps_res.steps, "median": steps_res.median_distances, "threshold": steps_res.threshold,
+         "barriers": jnp.mean(barriers, axis=1), "acc_f": jnp.mean(acc_f)}
+  if membership:
+    out["membership"] = evaluation.membership_epsilon(scores_g[-1], oracle_scores, delta=delta)
+  return out
+
+
+def _el2n(apply_fn, params, x, y):
+  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  return metrics.el2n(apply_fn, params, x, y)
+
+
+def _grand(loss_fn, params, data):
+  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  return metrics.grand(loss_fn, params, data)
+
+
+def _correctness(apply_fn, params, x, y):
+  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  return metrics.correctness(apply_fn, params, x, y)
+
+
+_JITTED_SPECS = {
+    "final_metrics": (_final_metrics, (0,)),
+    "along_metrics": (_along_metrics, (0,)),
+    "evaluate_oracle": (_evaluate_oracle, (0, 1, 2)),
+    "evaluate_method": (_evaluate_method, (0, 1, 2, 3, 4, 5, 6)),
+    "el2n": (_el2n, (0,)),
+    "grand": (_grand, (0,)),
+    "correctness": (_correctness, (0,)),
+}
+
+
+def _jitted(name: str):
+  """Module-level jitted helpers (static: the functions and settings), compiled once per process."""
+  if name not in _JIT_CACHE:
+    import jax  # pylint: disable=import-outside-toplevel
+    fn, static = _JITTED_SPECS[name]
+    _JIT_CACHE[name] = jax.jit(fn, static_argnums=static)
+  return _JIT_CACHE[name]
+
+
 def _save_params_npz(path: pathlib.Path, params: Any) -> None:
   """Saves a params pytree's leaves (in ``jax.tree.leaves`` order) as ``leaf_0``, ``leaf_1``, ..."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -891,7 +1020,6 @@ def _spearman(a: Any, b: Any) -> float:
   ok = ~(np.isnan(a) | np.isnan(b))
   if ok.sum() < 3 or np.all(a[ok] == a[ok][0]) or np.all(b[ok] == b[ok][0]):
     return float("nan")
-  metrics.spearman(a[ok][:2], b[ok][:2])  # validates the inputs' kind outside jit
   return float(_jit_spearman()(a[ok], b[ok]))
 
 
@@ -1022,6 +1150,14 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
     timings[name] = timings.get(name, 0.0) + now - clock
     clock = now
 
+  convex = config.model.name == "logistic_regression" and tr.weight_decay > 0
+  if pv.lsi_constant is None and not convex:
+    tau = uc.temperature if uc.temperature is not None else tr.temperature
+    raise ConfigError(
+        f"config key 'privacy.lsi_constant' is required for model {config.model.name!r}: its objective is not "
+        f"strongly convex, so C_LSI is not known and the certificate must rest on an assumed value (e.g. "
+        f"2*temperature/weight_decay = {2 * tau / max(tr.weight_decay, 1e-300):.3g}, what an m-strongly "
+        f"convex objective would give)")
   root = jax.random.key(config.seed)
   keys = {name: jax.random.fold_in(root, i) for i, name in enumerate(
       ["train", "oracle", "unlearn", "select", "floor", "memorization"])}
@@ -1038,7 +1174,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   if fc.size >= n // 2:
     raise ConfigError(f"config key 'forget_sets.size' must be below half the training set ({n // 2}), "
                       f"got {fc.size}")
-  model = _build_model(config.model, int(ds.num_classes))
+  model, loss_fn = _model_and_loss(config.model, int(ds.num_classes))
   x, y = jnp.asarray(x_train), jnp.asarray(y_train, dtype=jnp.int32)
   xt, yt = jnp.asarray(x_test), jnp.asarray(y_test, dtype=jnp.int32)
   data = (x, y)
@@ -1059,8 +1195,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
     keep = jnp.asarray(keep, jnp.float32)
     return keep if n_pad == n else jnp.concatenate([keep, jnp.zeros((n_pad - n,), jnp.float32)])
 
-  init_fn = lambda k: model.init_fn(k, x[0])  # noqa: E731
-  loss_fn = models.cross_entropy_loss_fn(model.apply_fn)
+  init_fn = _init_fn(config.model, int(ds.num_classes), tuple(x.shape[1:]), x.dtype)
   apply_fn = model.apply_fn
   radius = None if math.isinf(tr.projection_radius) else tr.projection_radius
   clip = None if math.isinf(tr.clip_norm) else tr.clip_norm
@@ -1112,14 +1247,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   p4 = realized_mean[:, i4]
   eta_u = uc.step_size if uc.step_size is not None else tr.step_size
   tau_u = uc.temperature if uc.temperature is not None else tr.temperature
-  convex = config.model.name == "logistic_regression" and tr.weight_decay > 0
   if pv.lsi_constant is None:
-    if not convex:
-      raise ConfigError(
-          f"config key 'privacy.lsi_constant' is required for model {config.model.name!r}: its objective is not "
-          f"strongly convex, so C_LSI is not known and the certificate must rest on an assumed value (e.g. "
-          f"2*temperature/weight_decay = {2 * tau_u / max(tr.weight_decay, 1e-300):.3g}, what an m-strongly "
-          f"convex objective would give)")
     lsi = float(bounds.lsi_constant_strongly_convex(tau_u, tr.weight_decay))
     lsi_label = f"certified: L2-regularised logistic regression is m-strongly convex, C_LSI = 2τ/m = {lsi:.4g}"
     lsi_status = "certified"
@@ -1153,33 +1281,18 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   early_idx = ckpt_steps.index(early)
   early_params = jax.tree.map(lambda leaf: leaf[early_idx], ckpts)     # (S, ...)
 
-  def per_seed_mean(fn):
-    vals = [np.asarray(fn(jax.tree.map(lambda leaf, s=s: leaf[s], params_T))) for s in range(tr.num_seeds)]
-    return np.mean(np.stack(vals), axis=0)
-
-  curve_steps = [s for s in ckpt_steps]
+  finals = along = None
   for name in mc.names:
-    if name == "loss":
-      metric_values[name] = per_seed_mean(lambda p: metrics.per_example_loss(apply_fn, p, x, y))
-    elif name == "confidence":
-      metric_values[name] = per_seed_mean(lambda p: metrics.confidence(apply_fn, p, x, y))
-    elif name == "margin":
-      metric_values[name] = per_seed_mean(lambda p: metrics.margin(apply_fn, p, x, y))
+    if name in ("loss", "confidence", "margin"):
+      finals = finals if finals is not None else jax.device_get(_jitted("final_metrics")(apply_fn, params_T, x, y))
+      metric_values[name] = np.asarray(finals[name], dtype=np.float64)
     elif name == "el2n":
-      metric_values[name] = np.asarray(metrics.el2n(apply_fn, early_params, x, y))
+      metric_values[name] = np.asarray(_jitted("el2n")(apply_fn, early_params, x, y))
     elif name == "grand":
-      metric_values[name] = np.asarray(metrics.grand(loss_fn, early_params, data))
+      metric_values[name] = np.asarray(_jitted("grand")(loss_fn, early_params, data))
     elif name in ("forgetting", "cproxy"):
-      vals = []
-      for s in range(tr.num_seeds):
-        seq = jax.tree.map(lambda leaf, s=s: leaf[:, s], ckpts)        # (G, ...)
-        if name == "forgetting":
-          correct = metrics.correctness_along(apply_fn, seq, x, y)
-          vals.append(np.asarray(metrics.forgetting_events(correct, never_learned=float(len(curve_steps))),
-                                 dtype=np.float64))
-        else:
-          vals.append(np.asarray(metrics.c_proxy(metrics.confidence_along(apply_fn, seq, x, y))))
-      metric_values[name] = np.mean(np.stack(vals), axis=0)
+      along = along if along is not None else jax.device_get(_jitted("along_metrics")(apply_fn, ckpts, x, y))
+      metric_values[name] = np.asarray(along[name], dtype=np.float64)
     elif name == "memorization":
       masks = np.asarray(metrics.random_half_masks(keys["memorization"], mc.memorization_models, n))
       mem_steps = mc.memorization_steps or T
@@ -1191,7 +1304,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
                           temperature=tr.temperature, clip_norm=clip, data_mask=as_mask(masks[r]),
                           steps_per_chunk=max(1, min(100, mem_steps)), history_stride=max(1, mem_steps // 10),
                           progress=False, **sgld_kwargs)
-        correct.append(np.asarray(metrics.correctness(apply_fn, res.state.params, x, y)))
+        correct.append(np.asarray(_jitted("correctness")(apply_fn, res.state.params, x, y)))
       metric_values[name] = np.asarray(metrics.memorization(np.stack(correct), masks), dtype=np.float64)
   tick("metrics")
 
@@ -1224,33 +1337,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   forget_reports = []
   membership_points = []
   pct = 100 * ec.floor_quantile
-  grid_np = np.asarray(grid)
 
-  @jax.jit
-  def evaluate_oracle(oracle, xf, yf, key):
-    """Oracle scores (R, m), the noise floor, the oracle-vs-oracle barrier and forget accuracy."""
-    oracle_scores = evaluation.logit_confidence(apply_fn, oracle, xf, yf)
-    floor = evaluation.noise_floor(oracle_scores, key, num_splits=8)
-    pair = jax.tree.map(lambda leaf: jnp.roll(leaf, 1, axis=0), oracle)
-    oo_barrier, _ = evaluation.barriers_along(loss_fn, jax.tree.map(lambda leaf: leaf[None], oracle), pair, (xf, yf),
-                                              num_points=ec.barrier_points, paired_seeds=True)
-    acc_o = evaluation.accuracy_and_loss(apply_fn, oracle, xf, yf, seed_axis=True)[0]
-    return oracle_scores, floor, jnp.mean(oo_barrier), jnp.mean(acc_o)
-
-  @jax.jit
-  def evaluate_method(recorded, oracle, oracle_scores, floor, xf, yf):
-    """Empirical steps, distances, barriers along the grid, forget accuracy and membership epsilon."""
-    scores_g = evaluation.scores_along(apply_fn, recorded, xf, yf)                   # (G, R, m)
-    steps_res = evaluation.empirical_steps_to_unlearn(grid_np, scores_g, oracle_scores, floor=floor, percentile=pct)
-    barriers, _ = evaluation.barriers_along(loss_fn, recorded, oracle, (xf, yf), num_points=ec.barrier_points,
-                                            paired_seeds=True)
-    last = jax.tree.map(lambda leaf: leaf[-1], recorded)
-    acc_f = evaluation.accuracy_and_loss(apply_fn, last, xf, yf, seed_axis=True)[0]
-    out = {"steps": steps_res.steps, "median": steps_res.median_distances, "threshold": steps_res.threshold,
-           "barriers": jnp.mean(barriers, axis=1), "acc_f": jnp.mean(acc_f)}
-    if ec.membership:
-      out["membership"] = evaluation.membership_epsilon(scores_g[-1], oracle_scores, delta=ec.delta)
-    return out
   for f_idx, (label, idx) in enumerate(selections):
     _stage(progress, f"forget set {f_idx + 1}/{len(selections)} ({label}, {idx.size} examples): "
                      f"{R} oracle(s) x {retrain_steps} steps, methods {', '.join(uc.methods)} x {grid[-1]} steps")
@@ -1264,7 +1351,8 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
         history_stride=max(1, retrain_steps // 10), progress=progress, **sgld_kwargs)
     tick("oracles")
     _save_params_npz(params_dir / f"oracle_{f_idx}.npz", oracle)
-    oracle_scores, floor, oo_barrier, acc_o = evaluate_oracle(oracle, xf, yf, jax.random.fold_in(keys["floor"], f_idx))
+    oracle_scores, floor, oo_barrier, acc_o = _jitted("evaluate_oracle")(
+        apply_fn, loss_fn, ec.barrier_points, oracle, xf, yf, jax.random.fold_in(keys["floor"], f_idx))
     group_p4 = float(np.asarray(accounting.group_privacy_loss(realized_mean, idx))[i4])
     cert_set = float(bounds.group_steps_to_unlearn(jnp.asarray(p4), jnp.asarray(idx), pv.epsilon, **constants))
     entry_common = {
@@ -1290,7 +1378,9 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
       if not vmap_seeds:                                                              # (R, G, ...) -> (G, R, ...)
         recorded = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), recorded)
       tick("unlearn")
-      ev = jax.device_get(evaluate_method(recorded, oracle, oracle_scores, floor, xf, yf))
+      ev = jax.device_get(_jitted("evaluate_method")(
+          apply_fn, loss_fn, ec.barrier_points, tuple(grid), pct, ec.membership, ec.delta,
+          recorded, oracle, oracle_scores, floor, xf, yf))
       barriers = np.asarray(ev["barriers"], dtype=np.float64)                          # (G,)
       entry = dict(entry_common)
       entry.update({

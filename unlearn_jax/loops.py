@@ -22,8 +22,9 @@ compile again (the jitted functions are cached per configuration).
 
 Keys: per-step keys are ``jax.random.fold_in(chain_key, t)`` (t = 0-based step index). With
 ``num_seeds=None`` the chain key is ``key`` itself; with ``num_seeds=R`` seed r uses
-``chain_key_r = jax.random.fold_in(key, r)``, all R chains run in one vmapped call, and seed r equals a
-``num_seeds=None`` run with ``key=jax.random.fold_in(key, r)``. When parameters are initialised from the
+``chain_key_r = jax.random.fold_in(key, r)``, all R chains run in one vmapped call, and seed r matches a
+``num_seeds=None`` run with ``key=jax.random.fold_in(key, r)`` (to float rounding: a batched matmul may
+round differently from R single ones, ~1e-7 relative per step). When parameters are initialised from the
 key (``params`` a callable ``init_key -> params``, as in :func:`retrain`), the initialisation key is
 ``jax.random.fold_in(chain_key, 2**32 - 1)`` (a tag no step index reaches), so every seed gets its own
 initialisation; a params pytree is shared by all seeds unless ``params_per_seed=True`` says its leaves
@@ -34,7 +35,9 @@ Checkpoints and interruption (issue 10): with ``checkpoint_dir`` the driver hold
 and every ``checkpoint_every`` steps writes the whole carry (parameters, SGLD / optimizer state, ledger,
 step), the history and recorded parameters so far, the key data and a fingerprint of the configuration,
 atomically (``checkpoint.py``). With ``resume=True`` a later call with the same configuration continues
-from the newest valid checkpoint and returns results bitwise identical to an uninterrupted run: the
+from the newest valid checkpoint (a directory holding another run's checkpoints is refused with
+:class:`~unlearn_jax.checkpoint.CheckpointError`; ``resume=False`` clears it and starts over) and
+returns results bitwise identical to an uninterrupted run: the
 per-step keys depend only on the step index, and the same compiled chunk runs the same steps. A run
 killed at any moment loses at most the steps since its last checkpoint. SIGINT (Ctrl-C) finishes the
 running chunk, writes a checkpoint and raises :class:`Interrupted` (a ``KeyboardInterrupt``; the CLI
@@ -686,7 +689,13 @@ def _restore(checkpoint_dir, state, fingerprint, record_steps):
       rec = [int(s) for s in meta.get("recorded_steps", [])]
       if not set(rec) <= set(record_steps):
         raise ckpt_lib.CheckpointError(f"{path}: recorded steps {rec} are not among {list(record_steps)}")
-      history = {k: jax.ShapeDtypeStruct((hist_len,) + tuple(s), d) for k, (s, d) in hist_spec.items()}
+      if not 0 <= hist_len <= int(meta["step"]) or not isinstance(hist_spec, dict):
+        raise ckpt_lib.CheckpointError(f"{path}: history length {hist_len} is inconsistent with its step")
+      history = {}
+      for k, (s, d) in hist_spec.items():
+        if np.dtype(d).kind not in "biuf":
+          raise ckpt_lib.CheckpointError(f"{path}: history entry {k!r} has unsupported dtype {d!r}")
+        history[k] = jax.ShapeDtypeStruct((hist_len,) + tuple(int(v) for v in s), np.dtype(d))
       return {"state": state_host, "history": history,
               "recorded": {str(s): params_host for s in rec}}
 
@@ -695,7 +704,7 @@ def _restore(checkpoint_dir, state, fingerprint, record_steps):
     except ckpt_lib.CheckpointError as e:
       errors.append(str(e))
       continue
-    if int(meta["step"]) != step:
+    if meta.get("step") != step:
       errors.append(f"{path}: metadata step {meta['step']} != file name step {step}")
       continue
     restored_state = _strong(tree["state"])

@@ -448,6 +448,11 @@ def rankdata_average(a: ArrayLike) -> jax.Array:
   if arr.ndim != 1 or arr.shape[0] == 0:
     raise ValueError(f"a must be a non-empty 1-D array, got shape {arr.shape}")
   _checks.check_finite_array("a", arr)
+  return _rankdata_core(arr)
+
+
+@jax.jit
+def _rankdata_core(arr):
   sorted_a = jnp.sort(arr)
   left = jnp.searchsorted(sorted_a, arr, side="left")
   right = jnp.searchsorted(sorted_a, arr, side="right")
@@ -478,8 +483,15 @@ def spearman(a: ArrayLike, b: ArrayLike) -> jax.Array:
   a_arr, b_arr = jnp.asarray(a), jnp.asarray(b)
   if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or a_arr.shape[0] < 2:
     raise ValueError(f"a and b must be 1-D arrays of the same length n >= 2, got shapes {a_arr.shape} and {b_arr.shape}")
-  ra = rankdata_average(a_arr)
-  rb = rankdata_average(b_arr)
+  _checks.check_finite_array("a", a_arr)
+  _checks.check_finite_array("b", b_arr)
+  return _spearman_core(a_arr, b_arr)
+
+
+@jax.jit
+def _spearman_core(a, b):
+  ra = _rankdata_core(a)
+  rb = _rankdata_core(b)
   ra = ra - jnp.mean(ra)
   rb = rb - jnp.mean(rb)
   return jnp.sum(ra * rb) / jnp.sqrt(jnp.sum(ra**2) * jnp.sum(rb**2))

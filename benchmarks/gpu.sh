@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the benchmarks at accelerator sizes (CIFAR-10 shapes, ResNet-18, batch 256-1024) in under ~8 min
+# and appends their tables to one file.
+#
+#   benchmarks/gpu.sh [OUT_FILE]          # default benchmarks/gpu_results.txt
+#   TINY=1 benchmarks/gpu.sh /tmp/x.txt   # tiny shapes: checks the script runs (CPU, seconds)
+#   PYTHON=/path/to/python benchmarks/gpu.sh
+#
+# Each benchmark runs under `timeout` so one slow peer cannot eat the whole budget; a benchmark script
+# that does not exist yet is skipped with a note.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${1:-benchmarks/gpu_results.txt}"
+PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || PY=python
+TINY="${TINY:-0}"
+: > "$OUT"
+{
+  echo "# unlearn_jax accelerator benchmarks  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "# host $(hostname); $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+} >> "$OUT"
+
+run() {  # run LIMIT_S TITLE CMD...
+  local limit="$1"; shift
+  local title="$1"; shift
+  echo "" >> "$OUT"; echo "## $title" >> "$OUT"; echo "\$ $*" >> "$OUT"
+  if [ ! -f "$2" ]; then echo "(skipped: $2 not found)" | tee -a "$OUT"; return; fi
+  timeout "$limit" "$@" 2>&1 | tee -a "$OUT" | tail -n 40
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || echo "(exit status $rc; 124 = hit the ${limit}s limit)" >> "$OUT"
+}
+
+if [ "$TINY" = 1 ]; then
+  run 120 "1. per-example norms (tiny)" "$PY" benchmarks/bench_norms.py --tiny --models mlp,cnn32,resnet18
+  run 120 "3. SGLD step (tiny)" "$PY" benchmarks/bench_sgld_step.py --tiny
+  run 120 "2. ledger update (tiny)" "$PY" benchmarks/bench_ledger.py --tiny
+  run 120 "4. demo end to end (tiny)" "$PY" benchmarks/bench_demo.py --tiny
+else
+  run 150 "1a. per-example norms: MLP and CIFAR-shaped CNN, n=256,1024" \
+      "$PY" benchmarks/bench_norms.py --models mlp,cnn32 --batch-sizes 256,1024 --repeats 10
+  run 150 "1b. per-example norms: ResNet-18 on 32x32x3, n=256,1024 (vmap at 256 only)" \
+      "$PY" benchmarks/bench_norms.py --models resnet18 --resnet-batch-sizes 256 --repeats 5
+  run 90 "1c. ResNet-18 ghost only at n=1024" \
+      "$PY" benchmarks/bench_norms.py --models resnet18 --resnet-batch-sizes 1024 --repeats 5 --no-vmap --no-opacus
+  run 60 "3. SGLD step" "$PY" benchmarks/bench_sgld_step.py --batch-size 1024
+  run 60 "2. ledger update" "$PY" benchmarks/bench_ledger.py
+  run 60 "4. demo end to end" "$PY" benchmarks/bench_demo.py
+fi
+echo "wrote $OUT"

@@ -1,0 +1,116 @@
+"""Tests of the unlearn-jax command line: --help texts, exit codes and messages of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from unlearn_jax import checkpoint, cli
+
+
+def _run_main(argv, capsys):
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:
+    code = e.code
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+  code, out, _ = _run_main(["--help"], capsys)
+  assert code == 0
+  for word in ("demo", "run", "certify-testbed", "report.json", "per_example.csv"):
+    assert word in out
+
+
+@pytest.mark.parametrize("sub,needles", [
+    ("demo", ["digits", "5 minutes", "--out", "--quiet", "--seed", "--devices", "--data-dir"]),
+    ("run", ["--config", "TOML", "JSON", "step_size", "--out", "--quiet", "--seed", "--devices"]),
+    ("certify-testbed", ["exact", "worst-case", "--alpha", "--epsilon", "--n"]),
+])
+def test_subcommand_help(sub, needles, capsys):
+  code, out, _ = _run_main([sub, "--help"], capsys)
+  assert code == 0
+  for needle in needles:
+    assert needle in out, needle
+
+
+def test_no_subcommand_is_an_error(capsys):
+  code, _, err = _run_main([], capsys)
+  assert code == 2 and "demo" in err
+
+
+def test_run_needs_config(capsys):
+  code, _, err = _run_main(["run"], capsys)
+  assert code == 2 and "--config" in err
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+  bad = tmp_path / "bad.toml"
+  bad.write_text("[training]\nstep_size = -1.0\n")
+  code, _, err = _run_main(["run", "--config", str(bad), "--quiet"], capsys)
+  assert code == cli.EXIT_CONFIG
+  assert "'training.step_size'" in err and "-1.0" in err and "positive" in err
+  bad.write_text("[training]\ntemprature = 1.0\n")
+  code, _, err = _run_main(["run", "--config", str(bad), "--quiet"], capsys)
+  assert code == cli.EXIT_CONFIG and "did you mean 'temperature'" in err
+  code, _, err = _run_main(["run", "--config", str(tmp_path / "missing.toml")], capsys)
+  assert code == cli.EXIT_CONFIG and "does not exist" in err
+
+
+def test_bad_devices_and_seed_are_config_errors(tmp_path, capsys):
+  code, _, err = _run_main(["demo", "--devices", "0", "--out", str(tmp_path / "o")], capsys)
+  assert code == cli.EXIT_CONFIG and "'devices'" in err
+  code, _, err = _run_main(["demo", "--seed", "-3", "--out", str(tmp_path / "o")], capsys)
+  assert code == cli.EXIT_CONFIG and "'seed'" in err
+  code, _, err = _run_main(["demo", "--seed", "abc"], capsys)
+  assert code == 2 and "--seed" in err
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  code, _, err = _run_main(["demo", "--quiet", "--out", str(blocker / "sub")], capsys)
+  assert code == cli.EXIT_OUTPUT and "cannot be created or written" in err and "a_file" in err
+
+
+def test_locked_output_dir_is_refused(tmp_path, capsys):
+  out = tmp_path / "out"
+  out.mkdir()
+  # Another live process (this test's own pid is alive) holds the lock of the output directory.
+  with checkpoint.RunLock(out):
+    code, _, err = _run_main(["demo", "--quiet", "--out", str(out)], capsys)
+  assert code == cli.EXIT_OUTPUT and str(out) in err
+
+
+def test_missing_data_dir(tmp_path, capsys):
+  cfg = tmp_path / "c.toml"
+  cfg.write_text('[data]\nname = "cifar10"\n[model]\nname = "resnet18"\n[privacy]\nlsi_constant = 0.01\n')
+  code, _, err = _run_main(["run", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "o")], capsys)
+  assert code == cli.EXIT_DATA and "--data-dir" in err and "data.data_dir" in err
+  code, _, err = _run_main(["run", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "o"),
+                            "--data-dir", str(tmp_path / "nope")], capsys)
+  assert code == cli.EXIT_DATA and "nope" in err and "does not exist" in err
+
+
+def test_nonconvex_model_without_lsi_constant(tmp_path, capsys):
+  cfg = tmp_path / "c.toml"
+  cfg.write_text('[model]\nname = "mlp"\n')
+  code, _, err = _run_main(["run", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "o")], capsys)
+  assert code == cli.EXIT_CONFIG and "'privacy.lsi_constant'" in err and "assumed" in err
+
+
+def test_certify_testbed_prints_table(capsys):
+  code, out, _ = _run_main(["certify-testbed", "--n", "8", "--d", "2", "--steps", "300"], capsys)
+  assert code == 0
+  assert "fraction with k* < K" in out and "sound" in out
+  code, _, err = _run_main(["certify-testbed", "--alpha", "0.5"], capsys)
+  assert code == cli.EXIT_CONFIG and "alpha" in err
+
+
+def test_console_entry_point_module():
+  res = subprocess.run([sys.executable, "-m", "unlearn_jax", "--help"], capture_output=True, text=True, timeout=120)
+  assert res.returncode == 0 and "certify-testbed" in res.stdout
