@@ -57,7 +57,8 @@ def child(args) -> dict:
 
   inputs = distributed.place_training_inputs(params, (x, y), mesh)
   n_padded = int(inputs.data_mask.shape[0])
-  result = {"devices": num_devices, "platform": jax.devices()[0].platform,
+  result = {"orders": list(accounting.accountant().orders), "devices": num_devices,
+            "platform": jax.devices()[0].platform,
             "device_kind": jax.devices()[0].device_kind, "n": args.n, "n_padded": n_padded,
             "jax": jax.__version__}
 
@@ -95,21 +96,34 @@ def child(args) -> dict:
 
 
 def parent(args) -> None:
+  # Rounds interleave the device counts (1, 2, 4, 1, 2, 4, ...) so that a change in the machine's load
+  # during the run does not favour one device count; each count's figure is the median over rounds.
+  by_devices: dict[int, list[dict]] = {}
+  for _ in range(args.rounds):
+    for num_devices in args.devices:
+      env = dict(os.environ)
+      if args.platform == "cpu":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                            f" --xla_force_host_platform_device_count={num_devices}").strip()
+        env["JAX_PLATFORMS"] = "cpu"
+      cmd = [sys.executable, os.path.abspath(__file__), "--child", "--devices", str(num_devices),
+             "--n", str(args.n), "--features", str(args.features), "--hidden", str(args.hidden),
+             "--steps", str(args.steps), "--repeats", str(args.repeats)]
+      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+      if proc.returncode != 0:
+        print(f"devices={num_devices}: FAILED\n{proc.stderr[-3000:]}")
+        continue
+      by_devices.setdefault(num_devices, []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
   rows = []
   for num_devices in args.devices:
-    env = dict(os.environ)
-    if args.platform == "cpu":
-      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                          f" --xla_force_host_platform_device_count={num_devices}").strip()
-      env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--devices", str(num_devices),
-           "--n", str(args.n), "--features", str(args.features), "--hidden", str(args.hidden),
-           "--steps", str(args.steps), "--repeats", str(args.repeats)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-      print(f"devices={num_devices}: FAILED\n{proc.stderr[-3000:]}")
+    runs = by_devices.get(num_devices)
+    if not runs:
       continue
-    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    row = dict(runs[0])
+    for tag in ("ledger_step_s", "no_ledger_step_s"):
+      row[tag] = statistics.median(r[tag] for r in runs)
+      row[tag + "_rounds"] = [r[tag] for r in runs]
+    rows.append(row)
   if not rows:
     return
   first = rows[0]
@@ -118,7 +132,13 @@ def parent(args) -> None:
           else f"{first['device_kind']} accelerators")
   print(f"jax {first['jax']}; {kind}")
   print(f"MLP {args.features}-{args.hidden}-10, n = {args.n}, full-batch SGLD step, clip 1, "
-        f"{args.steps} steps per jitted scan, median of {args.repeats}")
+        f"{len(first.get('orders', [])) or 'default'} orders; {args.steps} steps per jitted scan, median "
+        f"of {args.repeats} calls per round, median over {args.rounds} interleaved round(s)")
+  if first["platform"] == "cpu":
+    try:
+      print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores")
+    except OSError:  # pragma: no cover - not on every OS
+      pass
   print("| devices | n padded | step with ledger (ms) | x 1 device | step without ledger (ms) | "
         "x 1 device | ledger/no-ledger | ledger sharding |")
   print("|---|---|---|---|---|---|---|---|")
@@ -128,6 +148,10 @@ def parent(args) -> None:
           f"{base_l / r['ledger_step_s']:.2f}x speed | {1e3 * r['no_ledger_step_s']:.2f} | "
           f"{base_n / r['no_ledger_step_s']:.2f}x speed | {r['ledger_step_s'] / r['no_ledger_step_s']:.2f} | "
           f"P{tuple(r['ledger_spec'])} on {r['ledger_num_devices']} |")
+  if args.rounds > 1:
+    print("per-round seconds per step with ledger: " + "; ".join(
+        f"{r['devices']} dev: " + ", ".join(f"{1e3 * t:.1f} ms" for t in r["ledger_step_s_rounds"])
+        for r in rows))
 
 
 def main(argv=None) -> None:
@@ -140,6 +164,7 @@ def main(argv=None) -> None:
   p.add_argument("--hidden", type=int, default=256)
   p.add_argument("--steps", type=int, default=10, help="steps per timed jitted call")
   p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the device counts")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.child:

@@ -99,6 +99,7 @@ def test_sampled_gaussian_matches_dp_accounting_on_full_grid(rdp_fn):
   _check_grid(rdp_fn, FULL_GRID_Q, FULL_GRID_Z)
 
 
+@pytest.mark.slow
 def test_finite_where_dp_accounting_gives_up(rdp_fn):
   """dp_accounting answers inf at q = 0.5 (series not converged in 1,000 terms); ours is finite and
   an upper bound on the exact RDP (its series uses |binomial coefficients|)."""
@@ -152,6 +153,7 @@ def test_rdp_to_dp_matches_compute_epsilon(x64):
   assert eps.shape == (2,) and float(eps[0]) < float(eps[1])
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(x64):
   orders = (1.5, 2.5, 3.0, 16.0)
   f = jax.jit(lambda q, z: acc.sampled_gaussian_rdp(q, z, orders).sum())
@@ -168,6 +170,7 @@ def test_gradients_match_finite_differences(x64):
       np.testing.assert_allclose(float(gz[k]), float(fz), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_float32_accuracy(rdp_fn):
   """float32 (the default dtype) agrees with float64 to ~1e-4 relative for costs that are not tiny."""
   z = np.array([0.8, 2.0, 10.0])

@@ -114,3 +114,84 @@ def test_certify_testbed_prints_table(capsys):
 def test_console_entry_point_module():
   res = subprocess.run([sys.executable, "-m", "unlearn_jax", "--help"], capture_output=True, text=True, timeout=120)
   assert res.returncode == 0 and "certify-testbed" in res.stdout
+
+
+_TINY_TOML = """
+seed = 0
+[data]
+num_train = 120
+num_test = 40
+[model]
+hidden = [16]
+[training]
+num_steps = {steps}
+num_seeds = 1
+num_checkpoints = 2
+[privacy]
+lsi_constant = 0.02
+[forget_sets]
+size = 4
+selections = ["privacy_loss:top", "random"]
+[unlearning]
+methods = ["sgld"]
+step_grid = [0, 10]
+num_seeds = 4
+retrain_steps = 20
+[metrics]
+names = ["loss"]
+"""
+
+
+@pytest.mark.slow
+def test_sigint_saves_checkpoint_and_exits_130(tmp_path):
+  import signal
+  import time
+
+  cfg = tmp_path / "c.toml"
+  cfg.write_text(_TINY_TOML.format(steps=200000))
+  out = tmp_path / "out"
+  proc = subprocess.Popen([sys.executable, "-m", "unlearn_jax", "run", "--config", str(cfg), "--out", str(out),
+                           "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  ckpt_dir = out / "checkpoints" / "train" / "seed_0"   # one training seed, run per seed (vmap_seeds = false)
+
+  def steps():
+    return [step for step, _ in checkpoint.list_checkpoints(ckpt_dir)] if ckpt_dir.is_dir() else []
+
+  deadline = time.time() + 400
+  while time.time() < deadline and not steps() and proc.poll() is None:
+    time.sleep(0.5)
+  first = steps()
+  assert first, "training wrote no periodic checkpoint"
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == cli.EXIT_INTERRUPTED, err
+  assert "interrupted" in err
+  # The driver checkpointed the step it had reached when interrupted (past the first periodic one).
+  assert max(steps()) > max(first)
+  assert not (out / ".unlearn_jax.lock").exists()
+
+
+@pytest.mark.slow
+def test_devices_option_on_forced_cpu_devices(tmp_path):
+  import json
+  import os
+
+  cfg = tmp_path / "c.toml"
+  cfg.write_text(_TINY_TOML.format(steps=30))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  outs = {}
+  for devices in ("1", "2"):
+    out = tmp_path / f"out{devices}"
+    res = subprocess.run([sys.executable, "-m", "unlearn_jax", "run", "--config", str(cfg), "--out", str(out),
+                          "--quiet", "--devices", devices], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    outs[devices] = json.loads((out / "report.json").read_text())
+  # Same ledger up to float tolerance whether the examples are sharded over 1 or 2 devices (n = 120 split evenly).
+  a = outs["1"]["privacy"]["privacy_loss_summary"]
+  b = outs["2"]["privacy"]["privacy_loss_summary"]
+  for k in ("min", "median", "max"):
+    assert a[k] == pytest.approx(b[k], rel=1e-4)
+  res = subprocess.run([sys.executable, "-m", "unlearn_jax", "run", "--config", str(cfg), "--out",
+                        str(tmp_path / "o3"), "--quiet", "--devices", "3"], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == cli.EXIT_CONFIG and "'devices'" in res.stderr and "2 cpu device" in res.stderr

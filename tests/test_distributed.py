@@ -193,6 +193,8 @@ def _assert_training_matches(r, rtol):
   n = r["n"]
   for key in ("params", "loss_history", "realized", "worst_case"):
     _assert_close(r, key, rtol)
+  if "privacy_loss_mean_scale" in r:  # the history's mean over examples (when loops records it)
+    _assert_close(r, "privacy_loss_mean", rtol)
   assert r["realized_scale"] > 0 and r["loss_history_scale"] > 0  # something was compared
   assert r["ref_realized_min"] >= 0.0
   assert r["active_bitwise"] and r["flags_equal"]  # booleans and counters identical

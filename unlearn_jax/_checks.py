@@ -127,3 +127,44 @@ def check_finite_array(name: str, value: Any) -> None:
 def optional_inf(value: Any) -> float:
   """None -> inf (no clipping / no projection); otherwise float(value)."""
   return math.inf if value is None else float(value)
+
+
+def check_index_set(name: str, indices: Any, num_examples: int) -> np.ndarray | Any:
+  """Checks a set of example indices: non-empty, 1-D, integer, distinct, in [0, num_examples).
+
+  Returns the indices as a NumPy array (a traced value is returned unchecked).
+  """
+  if _is_traced(indices):
+    return indices
+  arr = np.asarray(indices)
+  if arr.ndim != 1 or arr.size == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D array of example indices, got shape {arr.shape}")
+  if arr.dtype.kind not in "iu":
+    raise TypeError(f"{name} must hold integer example indices, got dtype {arr.dtype}")
+  bad = arr[(arr < 0) | (arr >= num_examples)]
+  if bad.size:
+    raise ValueError(f"{name} must lie in [0, {num_examples}), got out-of-range {bad[:10].tolist()}")
+  uniq, counts = np.unique(arr, return_counts=True)
+  if np.any(counts > 1):
+    raise ValueError(f"{name} must be distinct, got duplicated {uniq[counts > 1][:10].tolist()}")
+  return arr
+
+
+def check_labels(name: str, labels: Any, num_classes: int | None = None) -> None:
+  """Checks class labels: 1-D, integer (or integral floats), in [0, num_classes) (>= 0 if None)."""
+  if _is_traced(labels):
+    return
+  arr = np.asarray(labels)
+  if arr.ndim != 1:
+    raise ValueError(f"{name} must be a 1-D array of integer class labels, got shape {arr.shape}")
+  if arr.dtype.kind not in "iu":
+    integral = arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.round(arr)))
+    if not integral:
+      raise TypeError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
+  if arr.size == 0:
+    return
+  hi = math.inf if num_classes is None else num_classes
+  bad = arr[(arr < 0) | (arr >= hi)]
+  if bad.size:
+    allowed = ">= 0" if num_classes is None else f"in [0, num_classes) = [0, {num_classes})"
+    raise ValueError(f"{name} must be {allowed}, got {bad.size} label(s) outside, e.g. {bad[:5].tolist()}")

@@ -215,6 +215,51 @@ def _frac_terms(fp: _FracPlan, i0, q, log_q, log_1mq, sigma, z0, inv_2s2, dtype,
   return t0, t1, (d0_dq, d1_dq, d0_ds, d1_ds)
 
 
+# Gauss-Laguerre nodes/weights for the analytic tail of the fractional series (see _frac_tail).
+_TAIL_NODES = 10
+_LAG_T, _LAG_W = np.polynomial.laguerre.laggauss(_TAIL_NODES)
+# The tail is used once a rigorous bound on it is this many nats below the non-head terms (1e-4):
+# the quadrature is accurate to ~1e-3 of the tail, so its error stays below ~1e-7 of the result.
+_TAIL_NATS = 9.2
+
+
+def _log_mills(x):
+  """log(Φ(-x) e^{x²/2}) for any x, stable for large x (asymptotic series beyond x = 8)."""
+  big = x > 8.0
+  xs = jnp.where(big, 8.0, x)
+  direct = jax.scipy.special.log_ndtr(-xs) + 0.5 * xs * xs
+  xb = jnp.where(big, x, 8.0)
+  r = 1.0 / (xb * xb)
+  asym = -jnp.log(xb) - 0.5 * math.log(2.0 * math.pi) + jnp.log1p(r * (-1.0 + r * (3.0 + r * (-15.0 + r * 105.0))))
+  return jnp.where(big, asym, direct)
+
+
+def _frac_tail(fp: _FracPlan, n0, log_1mq, sigma, z0, dtype):
+  """log Σ_{i≥n0} of both MTZ19 series (|binomial|) for every fractional order, (K_f, m), by quadrature.
+
+  For i > α the terms are the values at integer s of the smooth function
+  f(s) = g(s) (1-q)^α e^{-z0²/(2σ²)} [R((s - z0)/σ) + R((s - α + z0)/σ)], with
+  g(s) = Γ(α+1)|sin πα| Γ(s-α) / (π Γ(s+1)) (= |C(α, s)| at integers) and R(x) = Φ(-x) e^{x²/2}
+  (the algebra of ``_frac_core``'s bound). Σ_{i≥n0} f(i) ≈ ∫_{n0-1/2}^∞ f(s) ds (midpoint rule,
+  relative error ~(α+2)(α+3)/(24 n0²)), evaluated with s = (n0 - 1/2) e^{v} and Gauss–Laguerre in
+  αv (f(s)·s decays like s^{-α} to s^{-α-1}). Only used where the tail is ≲ 1e-4 of the result.
+  """
+  a = jnp.asarray(fp.alphas, dtype)[:, None, None]  # (K_f, 1, 1)
+  t = jnp.asarray(_LAG_T, dtype)[None, :, None]
+  logw = jnp.asarray(np.log(_LAG_W), dtype)[None, :, None] + t - jnp.log(a)
+  s = (n0 - 0.5) * jnp.exp(t / a)  # (K_f, n, 1)
+  lg = (
+      jnp.asarray(_sp_special.gammaln(fp.alphas + 1.0) + np.log(np.abs(np.sin(np.pi * fp.alphas))) - math.log(math.pi), dtype)[:, None, None]
+      + jax.lax.lgamma(s - a)
+      - jax.lax.lgamma(s + 1.0)
+  )
+  zz = z0[None, None, :]
+  sg = sigma[None, None, :]
+  common = lg + jnp.log(s) + a * log_1mq - (zz / sg) ** 2 * 0.5
+  lr = jnp.logaddexp(_log_mills((s - zz) / sg), _log_mills((s - a + zz) / sg))
+  return jax.nn.logsumexp(logw + common + lr, axis=1)
+
+
 def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   """Fractional orders: log A (K_f, m), and d log A/dq, d log A/dσ when asked.
 
@@ -270,17 +315,36 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
     bound = jnp.where(ratio > 0, jnp.log(jnp.where(ratio > 0, ratio, 1.0)) + log_last, jnp.inf)
     return (i0 + _BLOCK, mx2, acc_s, dq, ds, bound)
 
-  def cond(carry):
-    i0, mx, acc_s, _, _, bound = carry
+  def tail_ok(i0, mx, acc_s, bound):
+    """Where the quadrature tail may replace further terms: both Mills arguments ≥ 1 at n0 - 1/2,
+    n0 > α + 1, and the rigorous bound ``_TAIL_NATS`` below the non-head terms."""
+    lse_rest = mx + jnp.log(acc_s)
+    s0 = i0 - 0.5
+    geom = ((s0 - z0) / sigma >= 1.0)[None, :] & ((s0 - alphas + z0[None, :]) / sigma[None, :] >= 1.0) & (s0 > alphas + 1.0)
+    return geom & (bound < jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - _TAIL_NATS)
+
+  def done(i0, mx, acc_s, bound):
     lse_rest = mx + jnp.log(acc_s)
     target = jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - 30.0
-    return (i0 < plan.max_terms) & jnp.any(~(bound < target))
+    return (bound < target) | tail_ok(i0, mx, acc_s, bound)
+
+  def cond(carry):
+    i0, mx, acc_s, _, _, bound = carry
+    return (i0 < plan.max_terms) & jnp.any(~done(i0, mx, acc_s, bound))
 
   zeros = jnp.zeros((kf, m), dtype)
   carry0 = (jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype), zeros, zeros, zeros, jnp.full((kf, m), jnp.inf, dtype))
-  _, mx, acc_s, dq, ds, bound = jax.lax.while_loop(cond, body, carry0)
+  n0, mx, acc_s, dq, ds, bound = jax.lax.while_loop(cond, body, carry0)
   lse_rest = mx + jnp.log(acc_s)
-  rest_total = jnp.logaddexp(lse_rest, bound)  # never below the full series
+  use_tail = tail_ok(n0, mx, acc_s, bound)
+  tail_fn = lambda q_, s_: _frac_tail(fp, n0, jnp.log1p(-q_), s_, s_**2 * (jnp.log1p(-q_) - jnp.log(q_)) + 0.5, dtype)
+  if with_grads:
+    tail, tail_dq = jax.jvp(tail_fn, (q, sigma), (jnp.ones_like(q), jnp.zeros_like(sigma)))
+    _, tail_ds = jax.jvp(tail_fn, (q, sigma), (jnp.zeros_like(q), jnp.ones_like(sigma)))
+  else:
+    tail = tail_fn(q, sigma)
+  tail = jnp.where(use_tail, tail, bound)  # the rigorous bound where the quadrature is not used
+  rest_total = jnp.logaddexp(lse_rest, tail)
   log_a_plain = jnp.logaddexp(head, rest_total)
   # Precise path for A close to 1: A - 1 = rest - (1 - head), with
   # 1 - head = -expm1((a-1) log(1-q) + log1p((a-1) q)) + (1-q)^a Phi(-z0/s) + a q (1-q)^(a-1) Phi((1-z0)/s).
@@ -307,8 +371,9 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   )
   wh = jnp.exp(t0h - log_a_plain[:, None, :])
   w_rest = jnp.exp(mx - log_a_plain)
-  dlog_dq = jnp.sum(wh * hq, axis=1) + w_rest * dq
-  dlog_ds = jnp.sum(wh * hs, axis=1) + w_rest * ds
+  w_tail = jnp.where(use_tail, jnp.exp(tail - log_a_plain), 0.0)
+  dlog_dq = jnp.sum(wh * hq, axis=1) + w_rest * dq + w_tail * jnp.where(use_tail, tail_dq, 0.0)
+  dlog_ds = jnp.sum(wh * hs, axis=1) + w_rest * ds + w_tail * jnp.where(use_tail, tail_ds, 0.0)
   return log_a, (dlog_dq, dlog_ds)
 
 
@@ -500,6 +565,9 @@ def full_batch_costs(
   """
   orders = _checks.check_orders(orders)
   _check_step(step_size, temperature)
+  if not _checks._is_traced(sq_dist) and np.any(np.asarray(sq_dist, dtype=float) < 0):
+    raise ValueError(f"sq_dist must be non-negative squared distances ||g_i - gbar||^2, got "
+                     f"{np.asarray(sq_dist, dtype=float)[np.asarray(sq_dist, dtype=float) < 0][:3].tolist()}")
   d = jnp.asarray(sq_dist)
   dtype = jnp.result_type(d.dtype, float)
   nm1 = jnp.asarray(num_active, dtype) - 1.0
@@ -621,9 +689,15 @@ def poisson_worst_case_cost(
   Examples:
     >>> poisson_worst_case_cost(1.0, 1.0, 2.0, [2.0], 2.0, 1.0).round(6).tolist()
     [0.25]
+    >>> poisson_worst_case_cost(float("inf"), 0.5, 2.0, [2.0], 2.0, 1.0).tolist()  # unclipped: no worst case
+    [inf]
   """
-  _checks.check_positive("clip_norm", clip_norm)
+  _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
   c = jnp.reshape(jnp.asarray(clip_norm, jnp.result_type(float)), (1,))
+  if not _checks._is_traced(clip_norm) and math.isinf(float(np.asarray(clip_norm))):
+    # Unclipped gradients have no worst case (as in full_batch_worst_case_cost): +inf, never NaN.
+    cost = poisson_costs(jnp.ones_like(c), q, denominator, orders, step_size, temperature, num_terms=num_terms)[0]
+    return jnp.full_like(cost, jnp.inf)
   return poisson_costs(c, q, denominator, orders, step_size, temperature, num_terms=num_terms)[0]
 
 
@@ -855,6 +929,12 @@ def ledger_update(
     ([[0.1], [0.2]], 1, True)
   """
   _check_ledger_costs(ledger, costs, config)
+  _checks.check_nonnegative("weight", weight)
+  if not _checks._is_traced(costs):
+    negative = np.asarray(costs, dtype=float) < 0  # NaN/inf are handled below (finite flag)
+    if np.any(negative):
+      raise ValueError(f"costs must be non-negative (a privacy loss never decreases), got "
+                       f"{np.asarray(costs, dtype=float)[negative][:3].tolist()}")
   if np.shape(worst_case_cost) != ledger.worst_case.shape:
     raise ValueError(f"worst_case_cost must have shape {ledger.worst_case.shape}, got {np.shape(worst_case_cost)}")
   dtype = ledger.realized.dtype
@@ -953,8 +1033,8 @@ def group_privacy_loss(realized: ArrayLike, forget_indices: ArrayLike) -> jax.Ar
     raise ValueError(f"realized must have shape (n, K), got {realized.shape}")
   if idx.ndim != 1 or not jnp.issubdtype(idx.dtype, jnp.integer):
     raise ValueError(f"forget_indices must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}")
-  if not isinstance(idx, jax.core.Tracer) and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= realized.shape[0]):
-    raise ValueError(f"forget_indices must lie in [0, {realized.shape[0]}), got min {int(idx.min())} max {int(idx.max())}")
+  # Empty, duplicated or out-of-range indices would give a silently wrong bound (jax clamps indices).
+  _checks.check_index_set("forget_indices", idx, realized.shape[0])
   return idx.shape[0] * jnp.sum(realized[idx], axis=0)
 
 
@@ -1001,6 +1081,12 @@ def rdp_to_dp(
   orders_np = _checks.check_orders(orders)
   _check_delta(delta)
   _checks.check_choice("method", method, ("improved", "classic"))
+  if not _checks._is_traced(rdp):
+    rdp_np = np.asarray(rdp, dtype=float)
+    if np.any(np.isnan(rdp_np)) or np.any(rdp_np < 0):
+      raise ValueError("rdp must be non-negative Renyi losses (+inf allowed), got "
+                       f"{int(np.sum(np.isnan(rdp_np)))} NaN and {int(np.sum(rdp_np < 0))} negative value(s), "
+                       f"e.g. {rdp_np[np.isnan(rdp_np) | (rdp_np < 0)][:3].tolist()}")
   rdp = jnp.asarray(rdp)
   if rdp.shape[-1:] != (orders_np.shape[0],):
     raise ValueError(f"rdp must have a last axis of size K = {orders_np.shape[0]} (one per order), got {rdp.shape}")

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
       "demo", formatter_class=argparse.RawDescriptionHelpFormatter,
       help="run the whole study on built-in digits (a few minutes on 2 CPU cores)",
       description="Run the whole study on scikit-learn's bundled digits (1,400 train / 397 test, MLP "
-                  "64-128-10, full-batch noisy GD with the ledger), sized to finish in under 5 minutes on "
+                  "64-64-10, full-batch noisy GD with the ledger), sized to finish in under 5 minutes on "
                   "2 CPU cores. The same settings are in configs/demo.toml.")
   _add_study_options(demo, default_out="runs/demo")
 

@@ -36,6 +36,8 @@ from typing import Any, Mapping
 
 __all__ = [
     "ConfigError",
+    "OutputDirError",
+    "DataMissingError",
     "DataConfig",
     "ModelConfig",
     "TrainingConfig",
@@ -632,16 +634,17 @@ def demo_config() -> Config:
 _DEMO: dict[str, Any] = {
     "seed": 0,
     "out_dir": "runs/demo",
+    "vmap_seeds": False,
     "data": {"name": "digits"},
-    "model": {"name": "mlp", "hidden": [128]},
-    "training": {"mode": "full_batch", "num_steps": 1500, "step_size": 0.5, "temperature": 1e-5,
-                 "clip_norm": 5.0, "weight_decay": 1e-3, "num_seeds": 8, "num_checkpoints": 10},
+    "model": {"name": "mlp", "hidden": [64]},
+    "training": {"mode": "full_batch", "num_steps": 600, "step_size": 0.5, "temperature": 1e-5,
+                 "clip_norm": 5.0, "weight_decay": 1e-3, "num_seeds": 4, "num_checkpoints": 10},
     "privacy": {"orders": [2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "alpha": 2.0, "epsilon": 1.0,
-                "lsi_constant": 0.02},
+                "lsi_constant": 0.02, "e1": 0.0, "e2": 0.0},
     "forget_sets": {"size": 20, "selections": ["privacy_loss:top", "privacy_loss:bottom", "random",
-                                               "el2n:top", "loss:top", "memorization:top"]},
-    "unlearning": {"methods": ["sgld", "sgd", "l1_sparse"], "step_grid": [0, 50, 100, 200, 400, 800],
-                   "num_seeds": 16},
+                                               "el2n:top", "memorization:top"]},
+    "unlearning": {"methods": ["sgld", "sgd", "l1_sparse"], "step_grid": [0, 25, 50, 100, 200, 400],
+                   "num_seeds": 8},
     "evaluation": {"barrier_points": 11, "membership": True, "delta": 1e-5},
     "metrics": {"early_fraction": 0.1, "memorization_models": 8},
 }
@@ -1090,7 +1093,7 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - start
     (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in timings.items()}, indent=2) + "\n",
                                       encoding="utf-8")
-    _write_markdown(out / "report.md", report, timings)
+    write_report_md(out / "report.md", report, timings)
     return report
   finally:
     lock.release()
@@ -1104,7 +1107,7 @@ def _stack_trees(trees: list[Any]) -> Any:
 
 
 def _seeded(driver: Any, *, num_seeds: int, key: Any, vmap_seeds: bool, per_seed_params: Any = None,
-            params_arg: str | None = None, pick: Any, **kwargs: Any) -> Any:
+            params_arg: str | None = None, pick: Any, desc: str = "", **kwargs: Any) -> Any:
   """Runs ``driver`` for ``num_seeds`` chains: one vmapped call, or one call per seed (same results).
 
   ``loops`` documents that seed r of a ``num_seeds=R`` call equals a single-chain call with
@@ -1120,7 +1123,12 @@ def _seeded(driver: Any, *, num_seeds: int, key: Any, vmap_seeds: bool, per_seed
     return pick(driver(key=key, num_seeds=num_seeds, **kwargs), True)
   outs = []
   base_dir = kwargs.pop("checkpoint_dir", None)
-  for r in range(num_seeds):
+  seeds = range(num_seeds)
+  if kwargs.get("progress") and num_seeds > 1:
+    import tqdm  # pylint: disable=import-outside-toplevel
+    seeds = tqdm.tqdm(seeds, desc=f"{desc} ({num_seeds} seeds)", leave=False, unit="seed")
+    kwargs["progress"] = False
+  for r in seeds:
     if base_dir is not None:
       kwargs["checkpoint_dir"] = os.path.join(base_dir, f"seed_{r}")
     if per_seed_params is not None:
@@ -1219,7 +1227,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
     return {"params": res.state.params, "ledger": res.ledger, "recorded": res.recorded}
 
   trained = _seeded(
-      loops.train, num_seeds=tr.num_seeds, key=keys["train"], vmap_seeds=vmap_seeds, pick=pick_train,
+      loops.train, num_seeds=tr.num_seeds, key=keys["train"], vmap_seeds=vmap_seeds, pick=pick_train, desc="train",
       loss_fn=loss_fn, params=init_fn, data=train_data, data_mask=pad_mask, num_steps=T, step_size=tr.step_size,
       temperature=tr.temperature, accounting=acc_cfg, clip_norm=clip, checkpoint_steps=ckpt_steps,
       checkpoint_dir=str(out / "checkpoints" / "train"),
@@ -1338,13 +1346,14 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   membership_points = []
   pct = 100 * ec.floor_quantile
 
+  top_set = dict(selections).get("privacy_loss:top")
   for f_idx, (label, idx) in enumerate(selections):
     _stage(progress, f"forget set {f_idx + 1}/{len(selections)} ({label}, {idx.size} examples): "
                      f"{R} oracle(s) x {retrain_steps} steps, methods {', '.join(uc.methods)} x {grid[-1]} steps")
     mask = as_mask(jnp.ones((n,), jnp.float32).at[jnp.asarray(idx)].set(0.0))
     xf, yf = x[idx], y[idx]
     oracle = _seeded(
-        loops.retrain, num_seeds=R, key=keys["oracle"], vmap_seeds=vmap_seeds,
+        loops.retrain, num_seeds=R, key=keys["oracle"], vmap_seeds=vmap_seeds, desc="oracles",
         pick=lambda res, seeded: res.state.params,
         loss_fn=loss_fn, init_fn=init_fn, retain_data=train_data, num_steps=retrain_steps, step_size=tr.step_size,
         temperature=tr.temperature, clip_norm=clip, data_mask=mask, steps_per_chunk=max(1, min(100, retrain_steps)),
@@ -1363,6 +1372,8 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
         "worst_case_steps": worst_steps(int(idx.size)),
         "oracle_barrier": float(oo_barrier),
     }
+    if top_set is not None:
+      entry_common["overlap_with_privacy_loss_top"] = int(np.intersect1d(idx, top_set).size)
     for m_idx, method in enumerate(uc.methods):
       kwargs = dict(loss_fn=loss_fn, retain_data=train_data, method=method, step_size=eta_u, record_steps=grid,
                     clip_norm=clip, weight_decay=tr.weight_decay, projection_radius=radius,
@@ -1374,6 +1385,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
         kwargs["l1_strength"] = uc.l1_strength
       recorded = _seeded(
           loops.unlearn, num_seeds=R, key=jax.random.fold_in(keys["unlearn"], m_idx), vmap_seeds=vmap_seeds,
+          desc=f"unlearn {method}",
           per_seed_params=start_params, params_arg="params", pick=lambda res, seeded: res.params, **kwargs)
       if not vmap_seeds:                                                              # (R, G, ...) -> (G, R, ...)
         recorded = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), recorded)
@@ -1540,10 +1552,18 @@ def _findings(report: Mapping[str, Any], methods: tuple[str, ...]) -> dict[str, 
         comp[sel] = {"steps": _steps_text(e), "at_least_as_hard": _hardness(top) >= _hardness(e),
                      "at_least_as_many_steps": float(top["empirical_steps"]) >= float(e["empirical_steps"])}
       if comp:
-        c_rows[method] = {"privacy_loss:top_steps": _steps_text(top), "vs": comp,
-                          "verdict": "holds" if all(v["at_least_as_many_steps"] for v in comp.values())
-                          else "does not hold for " + ", ".join(k for k, v in comp.items()
-                                                                if not v["at_least_as_many_steps"])}
+        fewer = [k for k, v in comp.items() if not v["at_least_as_many_steps"]]
+        closer = [k for k, v in comp.items() if v["at_least_as_many_steps"] and not v["at_least_as_hard"]]
+        if fewer:
+          verdict = "does not hold: fewer steps than " + ", ".join(fewer)
+        elif closer:
+          verdict = ("holds on steps (tied), but by the mean distance to the oracle " + ", ".join(closer) +
+                     " is harder")
+        else:
+          verdict = "holds"
+        comp_dist = {k: _hardness(sets[(k, method)])[1] for k in comp}
+        c_rows[method] = {"privacy_loss:top_steps": _steps_text(top), "privacy_loss:top_distance": _hardness(top)[1],
+                          "vs": comp, "vs_distance": comp_dist, "verdict": verdict}
   out["b_high_privacy_loss_needs_more_steps"] = b_rows or {"verdict": "not measured (needs privacy_loss:top, "
                                                                       "privacy_loss:bottom and random)"}
   out["c_privacy_loss_sets_at_least_as_hard_as_metric_sets"] = c_rows or {
@@ -1586,8 +1606,10 @@ def _figures(out: pathlib.Path, report: Mapping[str, Any], p4: Any, certified_st
   alpha = report["privacy"]["alpha"]
   plots.privacy_loss_histogram(p4, out / "privacy_loss_histogram.png", order=4 * alpha)
   figs["privacy_loss_histogram"] = "privacy_loss_histogram.png"
-  plots.certified_vs_worst_case(p4, certified_steps, worst_single, out / "certified_vs_worst_case.png",
-                                label=lsi_label if len(lsi_label) < 90 else lsi_label[:87] + "...")
+  pv = report["privacy"]
+  short = (f"{pv['lsi_status']} C_LSI = {pv['lsi_constant']:.3g}, target ε = {pv['epsilon']:g} at α = {alpha:g}"
+           + (", E1 = E2 = 0 assumed" if "stationarity" in pv["stationarity"] else ""))
+  plots.certified_vs_worst_case(p4, certified_steps, worst_single, out / "certified_vs_worst_case.png", label=short)
   figs["certified_vs_worst_case"] = "certified_vs_worst_case.png"
   entries = report["forget_sets"]
   methods = list(dict.fromkeys(e["method"] for e in entries))
@@ -1640,8 +1662,20 @@ _FIGURE_CAPTIONS = {
 }
 
 
-def _write_markdown(path: pathlib.Path, report: Mapping[str, Any], timings: Mapping[str, float]) -> None:
-  """Writes the human summary ``report.md`` with the tables and the figures embedded."""
+def write_report_md(path: str | os.PathLike, report: Mapping[str, Any],
+                    timings: Mapping[str, float] | None = None) -> pathlib.Path:
+  """Writes the human summary ``report.md`` (tables, the four findings, figures embedded) of a report.
+
+  Args:
+    path: output file.
+    report: the report returned by :func:`run` (or read back from ``report.json``).
+    timings: stage -> seconds (``timings.json``), for the wall time line.
+
+  Returns:
+    The path written.
+  """
+  path = pathlib.Path(path)
+  timings = timings or {}
   pv, tr, ds = report["privacy"], report["training"], report["dataset"]
   cfg = report["config"]
   lines = [f"# Per-instance unlearning study: {ds['name']} / {cfg['model']['name']}", ""]
@@ -1678,9 +1712,11 @@ def _write_markdown(path: pathlib.Path, report: Mapping[str, Any], timings: Mapp
             "Empirical steps: first step of the grid where the median (over the set) symmetric KL between "
             "unlearned and oracle seeds falls to the oracle-vs-oracle floor (THEORY §6); `> N` = not within "
             "the grid. Barrier: original vs oracle on the forget set (mean over paired seeds).", "",
-            _md_table(["selection", "method", "mean P", "certified (group)", "worst case", "empirical",
+            _md_table(["selection", "method", "mean P", "overlap with P-top", "certified (group)", "worst case",
+                       "empirical",
                        "barrier", "oracle barrier", "forget acc (unl. / oracle)", "membership ε (median / max)"],
-                      [[e["selection"], e["method"], e["mean_privacy_loss"], e["certified_steps"],
+                      [[e["selection"], e["method"], e["mean_privacy_loss"],
+                        e.get("overlap_with_privacy_loss_top", "—"), e["certified_steps"],
                         e["worst_case_steps"], _steps_text(e), e["loss_barrier"], e["oracle_barrier"],
                         f"{100 * e['forget_accuracy_unlearned']:.0f}% / {100 * e['forget_accuracy_oracle']:.0f}%",
                         (f"{_md_num(e['membership_epsilon']['median'])} / {_md_num(e['membership_epsilon']['max'])}"
@@ -1711,8 +1747,10 @@ def _write_markdown(path: pathlib.Path, report: Mapping[str, Any], timings: Mapp
   else:
     for m, row in cc.items():
       lines += [f"- **(c) [{m}] Privacy-loss-selected sets at least as hard as metric-selected ones: "
-                f"{row['verdict']}.** privacy_loss:top {row['privacy_loss:top_steps']} steps vs " +
-                ", ".join(f"{k} {v['steps']}" for k, v in row["vs"].items()) + "."]
+                f"{row['verdict']}.** privacy_loss:top {row['privacy_loss:top_steps']} steps (mean median distance "
+                f"{_md_num(row['privacy_loss:top_distance'])}) vs " +
+                ", ".join(f"{k} {v['steps']} ({_md_num(row['vs_distance'][k])})" for k, v in row["vs"].items()) +
+                "."]
   d = f["d_certified_below_worst_case"]
   lines += [f"- **(d) Certified steps below the worst case for most examples: {d['verdict']}** "
             f"({100 * d['fraction_below']:.1f}% below K = {_md_num(d['worst_case_steps'])}; median certified "
@@ -1729,3 +1767,4 @@ def _write_markdown(path: pathlib.Path, report: Mapping[str, Any], timings: Mapp
                    "the unlearning steps; dashed: the noise-floor threshold of each set.")
       lines += [f"![{name}]({file})", "", f"*{caption or name}*", ""]
   path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return path

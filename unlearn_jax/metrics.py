@@ -52,7 +52,13 @@ def _logits(apply_fn, params, x):
   return jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
 
 
+def _check_label_range(y, logits):
+  """Labels must index the logits' class axis (an out-of-range label would be clamped silently)."""
+  _checks.check_labels("y", y, logits.shape[-1])
+
+
 def _label_log_probs(logits, y):
+  _check_label_range(y, logits)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return jnp.take_along_axis(log_probs, jnp.asarray(y)[:, None], axis=-1)[:, 0]
 
@@ -61,6 +67,7 @@ def _check_xy(x, y):
   n = _checks.check_batch((x, y), "(x, y)")
   if np.ndim(y) != 1:
     raise ValueError(f"y must be a 1-D array of integer labels, got shape {np.shape(y)}")
+  _checks.check_labels("y", y)
   return n
 
 
@@ -155,6 +162,7 @@ def margin(
   if logits.shape[-1] < 2:
     raise ValueError(f"margin needs num_classes >= 2, got logits of shape {logits.shape}")
   values = jax.nn.softmax(logits, axis=-1) if kind == "prob" else logits
+  _check_label_range(y, logits)
   is_label = jax.nn.one_hot(jnp.asarray(y), logits.shape[-1], dtype=bool)
   own = jnp.sum(jnp.where(is_label, values, 0.0), axis=-1)
   best_other = jnp.max(jnp.where(is_label, -jnp.inf, values), axis=-1)
@@ -186,6 +194,7 @@ def el2n(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y
 
   def one(p):
     logits = _logits(apply_fn, p, x)
+    _check_label_range(y, logits)
     onehot = jax.nn.one_hot(jnp.asarray(y), logits.shape[-1], dtype=logits.dtype)
     return jnp.linalg.norm(jax.nn.softmax(logits, axis=-1) - onehot, axis=-1)
 
@@ -259,7 +268,9 @@ def correctness(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: Array
     [True, False]
   """
   _check_xy(x, y)
-  return jnp.argmax(_logits(apply_fn, params, x), axis=-1) == jnp.asarray(y)
+  logits = _logits(apply_fn, params, x)
+  _check_label_range(y, logits)
+  return jnp.argmax(logits, axis=-1) == jnp.asarray(y)
 
 
 def correctness_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:

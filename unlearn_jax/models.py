@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
@@ -64,6 +65,8 @@ def _check_num_classes(num_classes: Any) -> int:
 
 def _from_module(module: nn.Module, name: str) -> Model:
   def init_fn(key: jax.Array, example_x: ArrayLike) -> Params:
+    if np.size(example_x) == 0:
+      raise ValueError(f"example_x must be one example with at least one feature, got shape {np.shape(example_x)}")
     return module.init(key, jnp.asarray(example_x))["params"]
 
   def apply_fn(params: Params, x: ArrayLike) -> jax.Array:

@@ -194,12 +194,12 @@ def empirical_steps_by_privacy_loss(group_privacy_loss: ArrayLike, steps: Mappin
     if s.shape != x.shape:
       raise ValueError(f"steps[{method!r}] must have shape {x.shape}, got {s.shape}")
     drawn = np.where(np.isfinite(s), s, cap_draw)
-    offset = 1.0 + 0.03 * (j - (len(steps) - 1) / 2)  # small horizontal jitter so methods don't overlap
-    line = ax.plot(x[order] * offset, drawn[order], marker="o", label=method)[0]
-    inf = ~np.isfinite(s[order])
-    if inf.any():
-      ax.scatter((x[order] * offset)[inf], drawn[order][inf], s=80, facecolors="none",
-                 edgecolors=line.get_color())
+    offset = 1.0 + 0.06 * (j - (len(steps) - 1) / 2)  # small horizontal jitter so methods don't overlap
+    fin = np.isfinite(s[order])
+    pts = ax.scatter((x[order] * offset)[fin], drawn[order][fin], s=30, label=method, zorder=3)
+    if (~fin).any():
+      ax.scatter((x[order] * offset)[~fin], drawn[order][~fin], s=60, marker="^", facecolors="none",
+                 edgecolors=pts.get_facecolor()[0], zorder=3)
   if grid_end is not None:
     ax.axhline(grid_end, color="gray", linestyle=":", linewidth=1, label=f"grid end ({grid_end:g}); above: not unlearned")
   if group_labels is not None:
@@ -346,10 +346,14 @@ def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: Ar
       sel = np.array([l == lab for l in labels])
       ax.scatter(c_draw[sel], e[sel], s=10, alpha=0.7, label=lab)
     ax.legend(fontsize=7)
-  ax.plot([0, hi], [0, hi], color="k", linewidth=1, linestyle="--", label="y = x")
-  ax.set_xlim(0, hi * 1.02)
-  ax.set_ylim(0, hi * 1.02)
-  ax.set_xlabel("certified ε (upper bound, §4 as (ε, δ))")
+  ax.plot([1e-3, hi], [1e-3, hi], color="k", linewidth=1, linestyle="--", label="y = x")
+  # Certified bounds and empirical lower bounds differ by orders of magnitude: log x, symlog y.
+  lo_x = max(1e-3, float(np.min(c_draw[c_draw > 0])) / 2) if np.any(c_draw > 0) else 1e-3
+  ax.set_xscale("log")
+  ax.set_yscale("symlog", linthresh=0.1)
+  ax.set_xlim(lo_x, hi * 1.5)
+  ax.set_ylim(0, hi * 1.5)
+  ax.set_xlabel("certified ε (upper bound, §4 as (ε, δ); log scale)")
   ax.set_ylabel("membership ε (empirical lower bound, §6)")
   violations = int(np.sum(np.isfinite(c) & (e > c)))
   ax.set_title(f"Membership ε vs certified ε ({violations} above the diagonal)", fontsize=10)

@@ -284,6 +284,7 @@ def sgld(
     accounting: acc.AccountingConfig | None = None,
     norm_method: str = "auto",
     chunk_size: int | None = None,
+    denominator: float | None = None,
 ) -> Algorithm:
   """Builds the noisy step (THEORY §0–§1) with the per-instance ledger (§2–§3) wired in.
 
@@ -313,6 +314,8 @@ def sgld(
     accounting: an :class:`~unlearn_jax.accounting.AccountingConfig`, or None (no ledger).
     norm_method: "auto", "vmap" or "ghost" (see ``per_example.per_example_grad_norms``).
     chunk_size: examples per chunk for the per-example norms (bounds memory).
+    denominator: poisson mode's fixed b (default q · number of real rows); e.g. to compare a filtered
+      run with one on a data set without the removed examples at the same b.
 
   Returns:
     An :class:`Algorithm` ``(init, step)``.
@@ -353,6 +356,10 @@ def sgld(
     batch_size = int(batch_size)
   if accounting is not None and not isinstance(accounting, acc.AccountingConfig):
     raise TypeError(f"accounting must be an AccountingConfig from accountant(...) or None, got {type(accounting).__name__}")
+  if denominator is not None:
+    if mode != "poisson":
+      raise ValueError(f"denominator is only used with mode='poisson', got {denominator!r} with mode={mode!r}")
+    _checks.check_positive("denominator", denominator)
   clip_c = math.inf if clip_norm is None else float(clip_norm)
   wd = float(weight_decay)
 
@@ -423,7 +430,7 @@ def sgld(
     # ---- which examples enter the estimate, and with what weight ----
     if mode == "poisson":
       sampled = jax.random.bernoulli(_sample_key(key), sampling_rate, (n,)).astype(dtype)
-      b = sampling_rate * jnp.sum(real)
+      b = sampling_rate * jnp.sum(real) if denominator is None else jnp.asarray(denominator, dtype)
       if accounting is not None:
         clipped = norms * factors * active
 

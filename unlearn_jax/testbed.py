@@ -230,7 +230,7 @@ def gaussian_renyi(alpha: Any, mu1: ArrayLike, S1: ArrayLike, mu2: ArrayLike, S2
     A float (or array over the leading axes), ≥ 0 or +inf.
 
   Raises:
-    ValueError: α ≤ 1 or non-finite.
+    ValueError: α ≤ 1 or non-finite; S1 or S2 not a finite positive-definite (d, d) matrix.
 
   Examples:
     >>> round(float(gaussian_renyi(2.0, np.zeros(1), np.eye(1), np.ones(1), np.eye(1))), 6)
@@ -241,6 +241,14 @@ def gaussian_renyi(alpha: Any, mu1: ArrayLike, S1: ArrayLike, mu2: ArrayLike, S2
     raise ValueError(f"alpha must be a finite Renyi order > 1, got {alpha!r}")
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   S1, S2 = np.asarray(S1, np.float64), np.asarray(S2, np.float64)
+  for name, S in (("S1", S1), ("S2", S2)):
+    if S.ndim < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] != mu1.shape[-1]:
+      raise ValueError(f"{name} must be a (..., d, d) covariance with d = {mu1.shape[-1]}, got shape {S.shape}")
+    if not np.all(np.isfinite(S)):
+      raise ValueError(f"{name} must be finite, got NaN/Inf entries")
+    eig_min = np.linalg.eigvalsh(0.5 * (S + np.swapaxes(S, -1, -2)))[..., 0]
+    if np.any(eig_min <= 0):
+      raise ValueError(f"{name} must be positive definite, got smallest eigenvalue {float(np.min(eig_min))!r}")
   Sa = a * S2 + (1.0 - a) * S1
   Sa = 0.5 * (Sa + np.swapaxes(Sa, -1, -2))
   lam_min = np.linalg.eigvalsh(Sa)[..., 0]
@@ -420,6 +428,17 @@ def certify_testbed_table(
 
   from unlearn_jax import bounds
 
+  # Check the caller's values here, so that errors name them (not a derived order such as 4α − 1).
+  a = _checks._as_float("alpha", alpha)
+  if a is None or not (math.isfinite(a) and a > 1):
+    raise ValueError(f"alpha must be a finite Renyi order > 1, got {alpha!r}")
+  _checks.check_positive("eps", eps)
+  _checks.check_positive("step_size", step_size)
+  _checks.check_positive("temperature", temperature)
+  if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
+    raise ValueError(f"T must be a non-negative integer number of training steps, got {T!r}")
+  if clip_norm is not None:
+    _checks.check_positive("clip_norm", clip_norm)
   with jax.enable_x64(True):
     return _certify_testbed_table(problem, alpha, eps, T, step_size, temperature, mu0, S0, clip_norm,
                                   max_steps, bounds)
