@@ -238,6 +238,10 @@ ROWS = [
     Row("worst_case_n_zero", lambda t: bounds.worst_case_epsilon(2.0, 10, m=1.0, step_size=0.1, temperature=1.0,
                                                                  num_removed=1, clip_norm=1.0, n=0),
         ValueError, ("n", "0")),
+    Row("worst_case_removes_more_than_n", lambda t: bounds.worst_case_epsilon(2.0, 10, m=1.0, step_size=0.1,
+                                                                             temperature=1.0, num_removed=20,
+                                                                             clip_norm=1.0, n=10),
+        ValueError, ("num_removed", "20", "n = 10")),
     # ---- sgld --------------------------------------------------------------------------------------
     Row("sgld_mode_unknown", lambda t: sgld.sgld(loss_fn, mode="full"), ValueError, ("mode", "'full'")),
     Row("sgld_clip_norm_zero", lambda t: sgld.sgld(loss_fn, clip_norm=0.0), ValueError, ("clip_norm", "0.0")),
@@ -413,6 +417,18 @@ def test_api_bad_input_is_refused_at_the_boundary(row, tmp_path):
   assert _PKG_DIR in frame.parents, f"{row.id}: raised in {frame}, not at the unlearn_jax boundary"
 
 
+def test_boundary_check_is_not_vacuous(tmp_path):
+  # An error raised deep inside jax (no boundary check) must fail the row assertions above.
+  row = Row("deep", lambda t: jnp.reshape(jnp.ones(3), (2,)), VT, ("3",))
+  with pytest.raises(AssertionError, match="not at the unlearn_jax boundary"):
+    test_api_bad_input_is_refused_at_the_boundary(row, tmp_path)
+  row = Row("wrong_message", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=0.5, step_size=0.1,
+                                                               temperature=1.0, lsi_constant=1.0),
+            ValueError, ("alpha", "0.25"))
+  with pytest.raises(AssertionError, match="not in message"):
+    test_api_bad_input_is_refused_at_the_boundary(row, tmp_path)
+
+
 @pytest.mark.parametrize("row", [r for r in ROWS if r.cli], ids=lambda r: r.id)
 def test_cli_bad_input_exits_non_zero_naming_the_key(row, tmp_path, capsys):
   code = row.call(tmp_path)
@@ -470,3 +486,62 @@ def test_nan_costs_are_never_silently_summed():
   costs = jnp.zeros((N, 2)).at[3, 1].set(jnp.nan)
   new = accounting.ledger_update(led, costs, jnp.zeros(2), config=cfg)
   assert not bool(new.finite)
+
+
+_DIVERGING_TOML = """
+seed = 0
+[data]
+num_train = 30
+num_test = 10
+[model]
+name = "logistic_regression"
+[training]
+num_steps = 12
+num_seeds = 1
+num_checkpoints = 2
+step_size = 1e6
+weight_decay = 0.01
+[privacy]
+lsi_constant = 0.02
+orders = [2.0, 8.0]
+[forget_sets]
+size = 2
+selections = ["privacy_loss:top"]
+[unlearning]
+methods = ["sgld"]
+step_grid = [0, 3]
+num_seeds = 4
+retrain_steps = 6
+[metrics]
+names = ["loss"]
+"""
+
+
+def test_cli_diverging_run_is_a_clean_error_naming_the_step(tmp_path, capsys):
+  # η·wd = 1e4 > 2: the parameters blow up within a few steps. The run must stop with one line naming
+  # the step (issue 10, divergence), a non-zero exit status and no Python traceback.
+  code = _cli(["run", "--quiet", "--config", _write(tmp_path, "c.toml", _DIVERGING_TOML), "--out",
+               str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert code not in (0, None), err
+  assert "diverged at step" in err and "step_size" in err, err
+  assert "Traceback" not in err, err
+
+
+def test_cli_output_dir_holding_another_run_is_a_clean_error(tmp_path, capsys):
+  # The output directory keeps the checkpoints of an earlier run with another config (a user re-running
+  # with a changed config and the same --out): refused with one line naming the directory and a
+  # non-zero exit status (3: the output directory cannot be used), never a Python traceback.
+  from unlearn_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  out = tmp_path / "out"
+  for sub in ("train", os.path.join("train", "seed_0")):
+    path = checkpoint.checkpoint_path(out / "checkpoints" / sub, 5)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    checkpoint.save_checkpoint(path, {"a": np.zeros(1)}, metadata={"fingerprint": "another run"})
+  toml = _DIVERGING_TOML.replace("step_size = 1e6\nweight_decay = 0.01\n", "")
+  code = _cli(["run", "--quiet", "--config", _write(tmp_path, "c.toml", toml), "--out", str(out)])
+  err = capsys.readouterr().err
+  assert code == cli.EXIT_OUTPUT, err
+  assert str(out) in err and "different run" in err, err
+  assert "Traceback" not in err, err

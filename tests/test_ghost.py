@@ -161,7 +161,8 @@ def test_unused_leaf(x64):
   np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
-@pytest.mark.parametrize("model,kind", [(MLP(), "vec"), (ConvNet(), "img")], ids=["mlp", "conv"])
+@pytest.mark.parametrize("model,kind", [(MLP(), "vec"), pytest.param(ConvNet(), "img", marks=pytest.mark.slow)],
+                         ids=["mlp", "conv"])
 def test_ghost_under_jit_vmap_chunks_and_clipped_sum(x64, model, kind):
   loss_fn, params, batch = _problem(model, kind, n=7)
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")
@@ -181,6 +182,7 @@ def test_ghost_under_jit_vmap_chunks_and_clipped_sum(x64, model, kind):
   chex.assert_trees_all_close(g1, g2, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # float64 exactness (test_ghost_equals_vmap_float64) covers the identity; ~35 s
 def test_ghost_float32_close_to_vmap():
   loss_fn, params, batch = _problem(ConvNet(), "img", n=8)
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")

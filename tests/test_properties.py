@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from unlearn_jax import accounting, bounds, sgld
@@ -229,7 +229,7 @@ def _nan_paths(obj, path=""):
 
 
 @pytest.mark.slow
-@settings(max_examples=3, **_SETTINGS)
+@settings(max_examples=3, phases=[Phase.explicit, Phase.generate], **_SETTINGS)  # each run ~1-2 min: no shrink
 @given(tiny_configs())
 def test_random_tiny_configs_run_end_to_end_with_finite_results(raw):
   from unlearn_jax import experiment  # pylint: disable=import-outside-toplevel
@@ -240,8 +240,9 @@ def test_random_tiny_configs_run_end_to_end_with_finite_results(raw):
     on_disk = json.loads((pathlib.Path(out) / "report.json").read_text())
     rows = list(csv.DictReader((pathlib.Path(out) / "per_example.csv").open()))
   assert on_disk == report
-  # No NaN anywhere, except a rank correlation with a constant column (undefined by definition).
-  bad = [p for p in _nan_paths(report) if not p.startswith(".correlations")]
+  # No NaN anywhere, except a rank correlation with a constant column (undefined by definition: e.g.
+  # empirical steps all +inf on a 2-step grid, or every gradient clipped so that all P are equal).
+  bad = [p for p in _nan_paths(report) if not ("correlation" in p or "spearman" in p)]
   assert not bad, bad
   assert len(rows) == 40
   p = np.array([float(r["privacy_loss"]) for r in rows])

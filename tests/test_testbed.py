@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unlearn_jax import bounds
+from unlearn_jax import metrics
 from unlearn_jax import testbed as tb
 
 
@@ -174,7 +175,7 @@ def instances(draw):
 @settings(max_examples=210, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(instances())
-def test_bound_sound_on_random_instances(inst):
+def _bound_sound_on_instance(inst):
   problem, eta, tau, T, k, alpha, mu0, S0 = inst
   qs, idx = [], []
   for i in range(problem.num_examples):
@@ -219,10 +220,11 @@ def test_bound_sound_on_random_instances(inst):
   _COUNT["nontrivial"] = _COUNT.get("nontrivial", 0) + int(np.sum(np.isfinite(real) & (real > 1e-6)))
 
 
-def test_soundness_ran_enough_instances():
-  # runs after the property test in file order; guards against hypothesis silently running few cases
-  if _COUNT["instances"] == 0:
-    pytest.skip("property test not run in this session (deselected)")
+def test_bound_sound_on_random_instances():
+  """THEORY §4 on >= 200 hypothesis-drawn testbed instances: bound >= exact divergence, every step."""
+  _COUNT["instances"] = _COUNT["cases"] = _COUNT["nontrivial"] = 0
+  _bound_sound_on_instance()  # hypothesis runs every drawn instance (derandomized)
+  # guard against hypothesis silently running few cases, or a vacuous test
   assert _COUNT["instances"] >= 200, _COUNT
   assert _COUNT["nontrivial"] >= 0.5 * _COUNT["cases"], _COUNT  # most cases test a positive divergence
 
@@ -283,13 +285,8 @@ def test_realized_sum_standin_ranks_like_exact():
   realized = numpy_realized(p, orders, T, eta, tau, 32, 0, np.zeros(3), np.eye(3))
   exact = _exact_grid(p, orders, T, eta, tau, np.zeros(3), np.eye(3))
   for j in range(len(orders)):
-    assert tb.spearman(realized[:, j], exact[:, j]) >= 0.8
+    assert metrics.spearman(realized[:, j], exact[:, j]) >= 0.8
     assert np.mean(realized[:, j] >= exact[:, j]) >= 0.8
-
-
-def test_spearman_matches_scipy_with_ties():
-  a, b = [1.0, 2.0, 2.0, 5.0, 3.0], [3.0, 1.0, 4.0, 4.0, 9.0]
-  assert tb.spearman(a, b) == pytest.approx(scipy.stats.spearmanr(a, b)[0], rel=1e-14)
 
 
 def test_project_sgld_ledger_against_exact():

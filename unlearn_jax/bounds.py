@@ -465,6 +465,8 @@ def worst_case_epsilon(
   for name, v in (("m", m), ("step_size", step_size), ("temperature", temperature),
                   ("num_removed", num_removed), ("clip_norm", clip_norm), ("n", n)):
     _checks.check_positive(name, v)
+  if not (_checks._is_traced(num_removed) or _checks._is_traced(n)) and np.any(np.asarray(num_removed) > np.asarray(n)):
+    raise ValueError(f"num_removed must not exceed the training-set size n = {n!r}, got {num_removed!r}")
   alpha = _float(alpha)
   s, c, nn = _float(num_removed), _float(clip_norm), _float(n)
   return jnp.exp(-_float(K) * m * step_size / alpha) * 4.0 * alpha * s**2 * c**2 / (

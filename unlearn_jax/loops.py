@@ -406,7 +406,55 @@ def _finite_tree(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _build_init(program: _Program, init_params_fn, num_seeds, params_per_seed) -> Callable:
+def _on_mesh(state, mesh, num_seeds):
+  """Keeps a state on ``mesh`` (issue 9): its ledger split along examples, the rest replicated.
+
+  Inside the jitted init and chunk this is a sharding constraint (``distributed.shard_state``); with
+  ``num_seeds`` every leaf carries the seed axis, which goes along the mesh's ``"seeds"`` axis.
+  """
+  if mesh is None:
+    return state
+  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.shard_state(state, mesh, seed_axis=num_seeds is not None)
+
+
+def _place_on_mesh(mesh, data, mask, params, params_seed_axis):
+  """Pads (copies of example 0, masked out), shards data and mask along "data", replicates params.
+
+  Returns ``(data, mask, params, num_real)``; ``num_real`` is the unpadded n (None without a mesh).
+  """
+  if mesh is None:
+    return data, mask, params, None
+  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"mesh must be None or a jax.sharding.Mesh from distributed.make_mesh, got {mesh!r}")
+  num_real = _num_examples(data)
+  size = distributed.data_axis_size(mesh)
+  data, pad_mask = distributed.pad_to_multiple(data, size)
+  if mask is not None:
+    mask = distributed.pad_to_multiple(mask, size)[0] * pad_mask.astype(mask.dtype)
+  elif _num_examples(data) != num_real:
+    mask = pad_mask.astype(jnp.result_type(float))
+  data = distributed.shard_data(data, mesh)
+  mask = None if mask is None else distributed.shard_data(mask, mesh)
+  if not callable(params):
+    params = distributed.replicate(params, mesh, seed_axis=params_seed_axis)
+  return data, mask, params, num_real
+
+
+def _unpad_results(ledger, history, num_real, num_padded, num_seeds):
+  """Drops the ledger's padding rows; rescales the history's mean over examples to the real ones."""
+  if num_real is None or num_real == num_padded:
+    return ledger, history
+  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  if ledger is not None:
+    ledger = distributed.unpad(ledger, num_real, seed_axis=num_seeds is not None)
+  if "privacy_loss_mean" in history:  # padding rows hold 0: mean over real rows = mean * n_pad / n
+    history = dict(history, privacy_loss_mean=history["privacy_loss_mean"] * (num_padded / num_real))
+  return ledger, history
+
+
+def _build_init(program: _Program, init_params_fn, num_seeds, params_per_seed, mesh=None) -> Callable:
   """Jits the initialisation ``(params, data, keys) -> state`` (per seed with ``num_seeds``)."""
 
   def init_one(params, data, chain_key):
@@ -416,14 +464,14 @@ def _build_init(program: _Program, init_params_fn, num_seeds, params_per_seed) -
 
   def init(params, data, keys):
     if num_seeds is None:
-      return init_one(params, data, keys)
+      return _on_mesh(init_one(params, data, keys), mesh, num_seeds)
     p_axis = 0 if (params_per_seed and init_params_fn is None) else None
-    return jax.vmap(init_one, in_axes=(p_axis, None, 0))(params, data, keys)
+    return _on_mesh(jax.vmap(init_one, in_axes=(p_axis, None, 0))(params, data, keys), mesh, num_seeds)
 
   return jax.jit(init)
 
 
-def _build_chunk(program: _Program, eval_fn, num_seeds, chunk_len, stride) -> Callable:
+def _build_chunk(program: _Program, eval_fn, num_seeds, chunk_len, stride, mesh=None) -> Callable:
   """Jits one chunk ``(state, data, mask, keys, hp, start, end) -> (state, outs)`` of scanned steps."""
 
   def one_step(state, data, mask, chain_key, hp, t):
@@ -454,7 +502,8 @@ def _build_chunk(program: _Program, eval_fn, num_seeds, chunk_len, stride) -> Ca
       def skip(c):
         return c, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
 
-      return jax.lax.cond(t < end, run, skip, carry)
+      new_carry, outs = jax.lax.cond(t < end, run, skip, carry)
+      return _on_mesh(new_carry, mesh, num_seeds), outs
 
     return jax.lax.scan(body, state, jnp.arange(chunk_len, dtype=jnp.int32))
 
@@ -476,17 +525,17 @@ def _cached(key: tuple, build: Callable[[], Any]) -> Any:
 
 
 def _get_engine(spec_prog: tuple, make_program: Callable[[], _Program], *, init_params_fn, eval_fn, num_seeds,
-                params_per_seed, chunk_len, stride) -> _Engine:
+                params_per_seed, chunk_len, stride, mesh=None) -> _Engine:
   """The jitted init and chunk of a configuration, shared by every call with the same static settings.
 
   The chunk does not depend on how parameters are initialised, so runs that differ only there (a params
   pytree, an init callable, per-seed params) share one compiled chunk.
   """
   program = _cached(("program", spec_prog), make_program)
-  init = _cached(("init", spec_prog, init_params_fn, num_seeds, params_per_seed),
-                 lambda: _build_init(program, init_params_fn, num_seeds, params_per_seed))
-  chunk = _cached(("chunk", spec_prog, eval_fn, num_seeds, chunk_len, stride),
-                  lambda: _build_chunk(program, eval_fn, num_seeds, chunk_len, stride))
+  init = _cached(("init", spec_prog, init_params_fn, num_seeds, params_per_seed, mesh),
+                 lambda: _build_init(program, init_params_fn, num_seeds, params_per_seed, mesh))
+  chunk = _cached(("chunk", spec_prog, eval_fn, num_seeds, chunk_len, stride, mesh),
+                  lambda: _build_chunk(program, eval_fn, num_seeds, chunk_len, stride, mesh))
   return _Engine(init, chunk)
 
 
@@ -909,6 +958,7 @@ def train(
     progress: bool = True,
     data_mask: ArrayLike | None = None,
     clip_norm: float | None = None,
+    mesh: Any = None,
     **sgld_kwargs: Any,
 ) -> TrainResult:
   """Trains for ``num_steps`` steps in jitted ``lax.scan`` chunks, with the ledger, history and checkpoints.
@@ -953,6 +1003,10 @@ def train(
     data_mask: (n,) 0/1 marks the examples that count (retain set / padding); None: all.
     clip_norm: per-example clip C for SGLD (forwarded to ``sgld.sgld``) and for the ledger with
       ``optimizer``.
+    mesh: a ``jax.sharding.Mesh`` from ``distributed.make_mesh`` to run on several devices (None: as
+      usual). The data set is padded to a multiple of the mesh's "data" axis (padding rows masked out)
+      and split along it with the ledger; parameters are replicated (seeds split along "seeds"). The
+      returned ``ledger`` has the real n rows; ``state.ledger`` keeps the padded, sharded carry.
     **sgld_kwargs: further keyword arguments of ``sgld.sgld`` (``mode``, ``weight_decay``,
       ``projection_radius``, ``sampling_rate``, ``batch_size``, ``norm_method``, ``chunk_size``).
 
@@ -988,6 +1042,8 @@ def train(
     _check_params(params, num_seeds, params_per_seed)
   elif params_per_seed:
     raise ValueError("params_per_seed=True needs a params pytree, got an initialisation callable")
+  data, mask, params, num_real = _place_on_mesh(mesh, data, mask, params,
+                                                num_seeds is not None and params_per_seed)
   record_steps = _check_steps("checkpoint_steps", checkpoint_steps, num_steps)
   if algorithm is not None and optimizer is not None:
     raise ValueError("pass at most one of algorithm and optimizer")
@@ -1041,15 +1097,19 @@ def train(
   if eval_fn is not None:
     description["eval_fn"] = getattr(eval_fn, "__qualname__", repr(type(eval_fn)))
   description["loss_fn"] = getattr(loss_fn, "__qualname__", repr(type(loss_fn)))
+  if mesh is not None:
+    description["mesh"] = repr(dict(mesh.shape))
   engine = _get_engine(spec_prog, make_program, init_params_fn=init_params_fn, eval_fn=eval_fn,
                        num_seeds=num_seeds, params_per_seed=params_per_seed, chunk_len=steps_per_chunk,
-                       stride=history_stride)
+                       stride=history_stride, mesh=mesh)
   state, history, recorded, start = _run(
       driver="train", engine=engine, params=params, data=data, data_mask=mask, key=key,
       num_seeds=num_seeds, hparams=hparams, num_steps=num_steps, chunk_len=steps_per_chunk,
       stride=history_stride, record_steps=record_steps, checkpoint_dir=checkpoint_dir,
       checkpoint_every=checkpoint_every, resume=resume, progress=progress, description=description)
-  return TrainResult(state=state, ledger=getattr(state, "ledger", None), history=history,
+  ledger, history = _unpad_results(getattr(state, "ledger", None), history, num_real, _num_examples(data),
+                                   num_seeds)
+  return TrainResult(state=state, ledger=ledger, history=history,
                      recorded=_recorded_stack(recorded, record_steps),
                      recorded_steps=np.asarray(record_steps, np.int64), num_steps=num_steps,
                      resumed_from=start)
@@ -1130,6 +1190,7 @@ def unlearn(
     progress: bool = True,
     norm_method: str = "auto",
     chunk_size: int | None = None,
+    mesh: Any = None,
 ) -> UnlearnResult:
   """Fine-tunes trained ``params`` on the retain set and returns the parameters at ``record_steps``.
 
@@ -1165,6 +1226,7 @@ def unlearn(
     num_seeds, params_per_seed, data_mask, steps_per_chunk, history_stride, eval_fn, checkpoint_dir,
       checkpoint_every, resume, progress: as in :func:`train`.
     norm_method, chunk_size: per-example gradient norm settings (``per_example.py``).
+    mesh: a ``jax.sharding.Mesh`` to run on several devices (see :func:`train`); None: as usual.
 
   Returns:
     An :class:`UnlearnResult`; ``params`` leaves (G, [R,] ...).
@@ -1196,6 +1258,8 @@ def unlearn(
   key = _check_key(key)
   _, mask = _check_data(retain_data, data_mask, "retain_data")
   _check_params(params, num_seeds, params_per_seed)
+  retain_data, mask, params, _ = _place_on_mesh(mesh, retain_data, mask, params,
+                                                num_seeds is not None and params_per_seed)
   hparams = {"step_size": _hparam("step_size", step_size)}
   if clip_norm is not None:
     _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
@@ -1231,8 +1295,11 @@ def unlearn(
                  "loss_fn": getattr(loss_fn, "__qualname__", repr(type(loss_fn)))}
   if eval_fn is not None:
     description["eval_fn"] = getattr(eval_fn, "__qualname__", repr(type(eval_fn)))
+  if mesh is not None:
+    description["mesh"] = repr(dict(mesh.shape))
   engine = _get_engine(spec_prog, make_program, init_params_fn=None, eval_fn=eval_fn, num_seeds=num_seeds,
-                       params_per_seed=params_per_seed, chunk_len=steps_per_chunk, stride=history_stride)
+                       params_per_seed=params_per_seed, chunk_len=steps_per_chunk, stride=history_stride,
+                       mesh=mesh)
   state, history, recorded, start = _run(
       driver=f"unlearn-{method}", engine=engine, params=params, data=retain_data, data_mask=mask,
       key=key, num_seeds=num_seeds, hparams=hparams, num_steps=num_steps, chunk_len=steps_per_chunk,

@@ -32,7 +32,6 @@ __all__ = [
   "make_outlier_problem",
   "per_instance_exact",
   "realized_vs_exact",
-  "spearman",
   "stationary_law",
   "unlearned_laws",
 ]
@@ -523,18 +522,6 @@ def format_table(rows: list[TableRow], summary: dict[str, Any]) -> str:
 # the project's realized ledger against the exact divergence
 
 
-def spearman(a: ArrayLike, b: ArrayLike) -> float:
-  """Spearman rank correlation with average ranks for ties (THEORY §6).
-
-  Examples:
-    >>> round(spearman([1., 2., 3., 4.], [10., 20., 20., 40.]), 6)
-    0.948683
-  """
-  import scipy.stats  # local: scipy is a core dependency, imported on use only
-
-  return float(scipy.stats.spearmanr(np.asarray(a, np.float64), np.asarray(b, np.float64))[0])
-
-
 def ridge_loss(theta: Any, example: Any) -> Any:
   """½(aᵀθ − y)² for one example ``(a, y)`` (jax-traceable)."""
   a, y = example
@@ -564,7 +551,7 @@ def realized_vs_exact(
   import jax
   import jax.numpy as jnp
 
-  from unlearn_jax import accounting, sgld
+  from unlearn_jax import accounting, metrics, sgld
 
   if problem is None:
     problem = make_outlier_problem()
@@ -602,7 +589,7 @@ def realized_vs_exact(
   mean, std = realized.mean(0), realized.std(0)
   return dict(
     orders=np.asarray(orders), realized_mean=mean, realized_std=std, exact=exact,
-    spearman=np.array([spearman(mean[:, j], exact[:, j]) for j in range(len(orders))]),
+    spearman=np.array([float(metrics.spearman(mean[:, j], exact[:, j])) for j in range(len(orders))]),
     fraction_realized_ge_exact=np.mean(mean >= exact, axis=0),
     ratio_median=np.median(mean / exact, axis=0),
   )
