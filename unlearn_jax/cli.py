@@ -9,7 +9,8 @@ Subcommands:
 
 Exit status: 0 on success, 2 for a bad command line or config (the message names the key and the
 allowed values), 3 when the output directory cannot be used (not writable, or locked by another run),
-4 when the data are missing, 130 when interrupted (Ctrl-C; the training driver saves a checkpoint first).
+4 when the data are missing, 5 when training diverged (the message names the step; the last good
+checkpoint is kept), 130 when interrupted (Ctrl-C; the training driver saves a checkpoint first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = ["main", "build_parser"]
 EXIT_CONFIG = 2
 EXIT_OUTPUT = 3
 EXIT_DATA = 4
+EXIT_DIVERGED = 5
 EXIT_INTERRUPTED = 130
 
 _DESCRIPTION = """\
@@ -108,7 +110,7 @@ def _error(msg: str, code: int) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-  from unlearn_jax import experiment  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import checkpoint, experiment, loops  # pylint: disable=import-outside-toplevel
 
   try:
     if args.command == "demo":
@@ -137,6 +139,11 @@ def _study(args: argparse.Namespace) -> int:
     return _error(str(e), EXIT_OUTPUT)
   except experiment.DataMissingError as e:
     return _error(str(e), EXIT_DATA)
+  except loops.DivergenceError as e:
+    return _error(str(e), EXIT_DIVERGED)
+  except checkpoint.CheckpointError as e:
+    return _error(f"{e}. The output directory {config.out_dir!r} holds checkpoints this run cannot resume "
+                  "from: use another --out, or delete its checkpoints/ folder to start over", EXIT_OUTPUT)
   except KeyboardInterrupt:
     print(f"unlearn-jax: interrupted; checkpoints (if any) are in {config.out_dir}/checkpoints and "
           "the same command resumes from them", file=sys.stderr)
