@@ -118,5 +118,5 @@ def test_check_forget_indices():
     sel.check_forget_indices([], 4)
   with pytest.raises(ValueError, match="larger"):
     sel.check_forget_indices(np.arange(5), 4)
-  with pytest.raises(TypeError, match="integers"):
+  with pytest.raises(TypeError, match="integer"):
     sel.check_forget_indices([0.5], 4)

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from unlearn_jax import _checks
+
 __all__ = [
   "bottom_k_percent",
   "check_forget_indices",
@@ -266,8 +268,8 @@ def check_forget_indices(indices: ArrayLike, num_examples: int) -> jax.Array:
     The indices as a sorted int32 array.
 
   Raises:
-    ValueError: if the set is empty, not 1-D, not integer, has duplicates, indices outside [0, n) or
-      more indices than n.
+    ValueError: if the set is empty, not 1-D, has duplicates or indices outside [0, n).
+    TypeError: if the indices are not integers.
 
   Examples:
     >>> check_forget_indices([4, 1], 5).tolist()
@@ -279,17 +281,8 @@ def check_forget_indices(indices: ArrayLike, num_examples: int) -> jax.Array:
   """
   if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
     raise ValueError(f"num_examples must be an int >= 1, got {num_examples!r}")
-  arr = np.asarray(indices)
-  if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f"forget indices must be a non-empty 1-D array, got shape {arr.shape}")
-  if arr.dtype.kind not in "iu":
-    raise TypeError(f"forget indices must be integers, got dtype {arr.dtype}")
-  if arr.size > num_examples:
-    raise ValueError(f"forget set of {arr.size} indices is larger than the n = {num_examples} examples")
-  bad = arr[(arr < 0) | (arr >= num_examples)]
-  if bad.size:
-    raise ValueError(f"forget indices must lie in [0, {num_examples}), got out-of-range {bad[:10].tolist()}")
-  uniq, counts = np.unique(arr, return_counts=True)
-  if np.any(counts > 1):
-    raise ValueError(f"forget indices must be distinct, got duplicated {uniq[counts > 1][:10].tolist()}")
+  size = np.size(indices)
+  if size > num_examples:
+    raise ValueError(f"forget set of {size} indices is larger than the n = {num_examples} examples")
+  arr = _checks.check_index_set("forget indices", indices, num_examples)
   return _as_indices(arr)
