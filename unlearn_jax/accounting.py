@@ -99,6 +99,23 @@ class _FracPlan(NamedTuple):
   alphas: np.ndarray  # (K_f,)
   table_shift: np.ndarray  # (R,)
   gather_idx: np.ndarray  # (K_f, B) int32
+  fast: _FracFast
+
+
+class _FracFast(NamedTuple):
+  """The fractional orders laid out for the matrix-product evaluation of a block (``_frac_block_fast``).
+
+  Group g holds the orders sharing one fractional part (rows padded to Kg); its table of second-series
+  values j = ``shift[g, t]`` - i0 is padded to Rg entries; ``onehot[g, r, b, t]`` is 1 where term b of
+  row r reads table entry t."""
+
+  rows: np.ndarray  # (G, Kg) int32 positions in the fractional ordering; K_f (a zero row) for padding
+  onehot: np.ndarray  # (G, Kg, B, Rg)
+  shift: np.ndarray  # (G, Rg)
+  out_idx: np.ndarray  # (K_f,) int32: flat g * Kg + r of each fractional order
+  last_idx: np.ndarray  # (K_f,) int32: flat g * Rg + t of each order's last term in a block
+  group_of: np.ndarray  # (K_f,) int32
+  row_spread: float  # largest spread of log|C(α, i)| over any block of _BLOCK terms within max_terms
 
 
 class _SgmPlan(NamedTuple):
@@ -143,8 +160,48 @@ def _sgm_plan(orders: tuple[float, ...], max_terms: int) -> _SgmPlan:
         index.append(i)
         alphas.append(orders[i])
         gather.append(base + (kmax - k) + np.arange(_BLOCK))
-    frac = _FracPlan(tuple(index), np.asarray(alphas), np.asarray(shifts), np.asarray(gather, np.int32))
+    frac = _FracPlan(
+        tuple(index), np.asarray(alphas), np.asarray(shifts), np.asarray(gather, np.int32),
+        _frac_fast_layout(orders, fracs, max_terms),
+    )
   return _SgmPlan(len(orders), tuple(int_groups), frac, max_terms)
+
+
+def _frac_fast_layout(orders: tuple[float, ...], fracs: dict[float, list[int]], max_terms: int) -> _FracFast:
+  groups = [idxs for _, idxs in sorted(fracs.items())]
+  num_groups = len(groups)
+  kg = max(len(g) for g in groups)
+  rg = max(_BLOCK + max(int(math.floor(orders[i])) for i in g) - min(int(math.floor(orders[i])) for i in g) for g in groups)
+  kf = sum(len(g) for g in groups)
+  rows = np.full((num_groups, kg), kf, np.int32)
+  onehot = np.zeros((num_groups, kg, _BLOCK, rg))
+  shift = np.zeros((num_groups, rg))
+  out_idx, last_idx, group_of = [], [], []
+  pos = 0
+  for g, idxs in enumerate(groups):
+    ks = [int(math.floor(orders[i])) for i in idxs]
+    f = orders[idxs[0]] - ks[0]
+    kmax, kmin = max(ks), min(ks)
+    vals = [f + kmax - t for t in range(_BLOCK + kmax - kmin)]
+    shift[g] = vals + [vals[-1]] * (rg - len(vals))  # padding repeats a real entry: finite, never read
+    for r, k in enumerate(ks):
+      rows[g, r] = pos
+      for b in range(_BLOCK):
+        onehot[g, r, b, kmax - k + b] = 1.0
+      out_idx.append(g * kg + r)
+      last_idx.append(g * rg + kmax - k + _BLOCK - 1)
+      group_of.append(g)
+      pos += 1
+  # Spread of log|C(α, i)| over every block i0 .. i0 + B - 1 that the series can reach: it bounds how far
+  # below the scaling the largest product in a row can fall (see _frac_block_fast).
+  alphas = np.asarray([orders[i] for g in groups for i in g])[:, None]
+  i = np.arange(max_terms + _BLOCK, dtype=np.float64)[None, :]
+  logc = _sp_special.gammaln(alphas + 1) - _sp_special.gammaln(i + 1) - _sp_special.gammaln(alphas - i + 1)  # log|C(α, i)|
+  nb = (max_terms + _BLOCK - 1) // _BLOCK
+  blocks = logc[:, : nb * _BLOCK].reshape(len(alphas), nb, _BLOCK)
+  spread = float(np.max(blocks.max(axis=2) - blocks.min(axis=2)))
+  return _FracFast(rows, onehot, shift, np.asarray(out_idx, np.int32), np.asarray(last_idx, np.int32),
+                   np.asarray(group_of, np.int32), spread)
 
 
 def _log_expm1(x: jax.Array) -> jax.Array:
@@ -264,6 +321,47 @@ def _frac_tail(fp: _FracPlan, n0, log_1mq, sigma, z0, dtype):
   return jax.nn.logsumexp(logw + common + lr, axis=1)
 
 
+def _frac_tail_ok(i0, lse_rest, bound, head, sigma, z0, alphas):
+  """Where the quadrature tail may replace further terms: both Mills arguments ≥ 2 at n0 - 1/2,
+  n0 > α + 1, and the rigorous bound ``_TAIL_NATS`` below the non-head terms."""
+  s0 = i0 - 0.5
+  geom = ((s0 - z0) / sigma >= 2.0)[None, :] & ((s0 - alphas + z0[None, :]) / sigma[None, :] >= 2.0) & (s0 > alphas + 1.0)
+  return geom & (bound < jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - _TAIL_NATS)
+
+
+def _frac_done(i0, lse_rest, bound, head, sigma, z0, alphas):
+  target = jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - 30.0
+  return (bound < target) | _frac_tail_ok(i0, lse_rest, bound, head, sigma, z0, alphas)
+
+
+def _frac_head(alphas, log_q, log_1mq, sigma, z0):
+  """Terms i = 0, 1 of the first series, (K_f, 2, m), their log-sum and the log Φ values (2, m)."""
+  u_h = jnp.stack([z0 / sigma, (z0 - 1.0) / sigma])  # (2, m)
+  log_phi_h = jax.scipy.special.log_ndtr(u_h)
+  t0h = jnp.stack(
+      [alphas * log_1mq + log_phi_h[0][None, :], jnp.log(alphas) + log_q + (alphas - 1.0) * log_1mq + log_phi_h[1][None, :]],
+      axis=1,
+  )
+  return t0h, jax.nn.logsumexp(t0h, axis=1), u_h, log_phi_h
+
+
+def _frac_assemble(head, rest_total, alphas, q, log_1mq, sigma, z0):
+  """log A from the head and the log-sum of every other term; (log A, the plain log-sum)."""
+  log_a_plain = jnp.logaddexp(head, rest_total)
+  # Precise path for A close to 1: A - 1 = rest - (1 - head), with
+  # 1 - head = -expm1((a-1) log(1-q) + log1p((a-1) q)) + (1-q)^a Phi(-z0/s) + a q (1-q)^(a-1) Phi((1-z0)/s).
+  ndtr = jax.scipy.special.ndtr
+  one_minus_head = (
+      -jnp.expm1((alphas - 1.0) * log_1mq + jnp.log1p((alphas - 1.0) * q))
+      + jnp.exp(alphas * log_1mq) * ndtr(-z0 / sigma)[None, :]
+      + alphas * q * jnp.exp((alphas - 1.0) * log_1mq) * ndtr((1.0 - z0) / sigma)[None, :]
+  )
+  small = log_a_plain < 1.0
+  rest = jnp.exp(jnp.where(small, rest_total, 0.0))
+  log_a = jnp.where(small, jnp.log1p(jnp.where(small, rest - one_minus_head, 0.0)), log_a_plain)
+  return log_a, log_a_plain
+
+
 def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   """Fractional orders: log A (K_f, m), and d log A/dq, d log A/dσ when asked.
 
@@ -293,13 +391,7 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   # Head: terms i = 0, 1 of the first series, t0_0 = α log(1-q) + log Φ(z0/σ) and
   # t0_1 = log α + log q + (α-1) log(1-q) + log Φ((z0-1)/σ) (also in closed form below, for A - 1).
   big_l = log_1mq - log_q
-  u_h = jnp.stack([z0 / sigma, (z0 - 1.0) / sigma])  # (2, m)
-  log_phi_h = jax.scipy.special.log_ndtr(u_h)
-  t0h = jnp.stack(
-      [alphas * log_1mq + log_phi_h[0][None, :], jnp.log(alphas) + log_q + (alphas - 1.0) * log_1mq + log_phi_h[1][None, :]],
-      axis=1,
-  )  # (K_f, 2, m)
-  head = jax.nn.logsumexp(t0h, axis=1)
+  t0h, head, u_h, log_phi_h = _frac_head(alphas, log_q, log_1mq, sigma, z0)
 
   def body(carry):
     i0, mx, acc_s, dq, ds, _ = carry
@@ -322,28 +414,15 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
     bound = jnp.where(ratio > 0, jnp.log(jnp.where(ratio > 0, ratio, 1.0)) + log_last, jnp.inf)
     return (i0 + _BLOCK, mx2, acc_s, dq, ds, bound)
 
-  def tail_ok(i0, mx, acc_s, bound):
-    """Where the quadrature tail may replace further terms: both Mills arguments ≥ 2 at n0 - 1/2,
-    n0 > α + 1, and the rigorous bound ``_TAIL_NATS`` below the non-head terms."""
-    lse_rest = mx + jnp.log(acc_s)
-    s0 = i0 - 0.5
-    geom = ((s0 - z0) / sigma >= 2.0)[None, :] & ((s0 - alphas + z0[None, :]) / sigma[None, :] >= 2.0) & (s0 > alphas + 1.0)
-    return geom & (bound < jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - _TAIL_NATS)
-
-  def done(i0, mx, acc_s, bound):
-    lse_rest = mx + jnp.log(acc_s)
-    target = jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - 30.0
-    return (bound < target) | tail_ok(i0, mx, acc_s, bound)
-
   def cond(carry):
     i0, mx, acc_s, _, _, bound = carry
-    return (i0 < plan.max_terms) & jnp.any(~done(i0, mx, acc_s, bound))
+    return (i0 < plan.max_terms) & jnp.any(~_frac_done(i0, mx + jnp.log(acc_s), bound, head, sigma, z0, alphas))
 
   zeros = jnp.zeros((kf, m), dtype)
   carry0 = (jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype), zeros, zeros, zeros, jnp.full((kf, m), jnp.inf, dtype))
   n0, mx, acc_s, dq, ds, bound = jax.lax.while_loop(cond, body, carry0)
   lse_rest = mx + jnp.log(acc_s)
-  use_tail = tail_ok(n0, mx, acc_s, bound)
+  use_tail = _frac_tail_ok(n0, lse_rest, bound, head, sigma, z0, alphas)
   tail_fn = lambda q_, s_: _frac_tail(fp, n0, jnp.log1p(-q_), s_, s_**2 * (jnp.log1p(-q_) - jnp.log(q_)) + 0.5, dtype)
   if with_grads:
     tail, tail_dq = jax.jvp(tail_fn, (q, sigma), (jnp.ones_like(q), jnp.zeros_like(sigma)))
@@ -351,19 +430,7 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   else:
     tail = tail_fn(q, sigma)
   tail = jnp.where(use_tail, tail, bound)  # the rigorous bound where the quadrature is not used
-  rest_total = jnp.logaddexp(lse_rest, tail)
-  log_a_plain = jnp.logaddexp(head, rest_total)
-  # Precise path for A close to 1: A - 1 = rest - (1 - head), with
-  # 1 - head = -expm1((a-1) log(1-q) + log1p((a-1) q)) + (1-q)^a Phi(-z0/s) + a q (1-q)^(a-1) Phi((1-z0)/s).
-  ndtr = jax.scipy.special.ndtr
-  one_minus_head = (
-      -jnp.expm1((alphas - 1.0) * log_1mq + jnp.log1p((alphas - 1.0) * q))
-      + jnp.exp(alphas * log_1mq) * ndtr(-z0 / sigma)[None, :]
-      + alphas * q * jnp.exp((alphas - 1.0) * log_1mq) * ndtr((1.0 - z0) / sigma)[None, :]
-  )
-  small = log_a_plain < 1.0
-  rest = jnp.exp(jnp.where(small, rest_total, 0.0))
-  log_a = jnp.where(small, jnp.log1p(jnp.where(small, rest - one_minus_head, 0.0)), log_a_plain)
+  log_a, log_a_plain = _frac_assemble(head, jnp.logaddexp(lse_rest, tail), alphas, q, log_1mq, sigma, z0)
   if not with_grads:
     return log_a, None
   lam_h = jnp.exp(_log_npdf(u_h) - log_phi_h)  # (2, m)
@@ -384,6 +451,129 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   return log_a, (dlog_dq, dlog_ds)
 
 
+
+
+def _log_ndtr_fast(x: jax.Array) -> jax.Array:
+  """log Φ(x) with one erfc and one log (``jax.scipy.special.log_ndtr`` costs ~3x more).
+
+  log(erfc(-x/√2)/2) above a threshold where erfc is still a normal number (-37 in float64, -10 in
+  float32); below it the asymptotic series Φ(x) = φ(x)/(-x)·Σ_k (-1)^k (2k-1)!! x^{-2k} to k = 6
+  (truncation error < 1e-17 resp. 2e-9 relative there). Absolute error ≲ 5e-13 in float64 (the values
+  are only ever added to other logarithms, so absolute error is what matters); near 0 for large x.
+  """
+  thr = -37.0 if x.dtype == jnp.float64 else -10.0
+  big = x > thr
+  xs = jnp.where(big, thr, x)
+  r = 1.0 / (xs * xs)
+  ser = 1.0 + r * (-1.0 + r * (3.0 + r * (-15.0 + r * (105.0 + r * (-945.0 + r * 10395.0)))))
+  inner = jnp.where(big, 0.5 * jax.scipy.special.erfc(jnp.where(big, x, 0.0) * -(0.5**0.5)), ser / -xs)
+  return jnp.log(inner) + jnp.where(big, 0.0, -0.5 * xs * xs - 0.5 * math.log(2.0 * math.pi))
+
+
+# Largest gap (nats) between a block's scaling and the largest product it contains for which the
+# matrix-product evaluation keeps every term that matters (within ~37 nats of the largest in float64,
+# ~17 in float32) above the dtype's smallest normal number (e^-708 resp. e^-87).
+_FAST_GAP = {np.dtype(np.float32): 50.0, np.dtype(np.float64): 550.0}
+
+
+def _frac_block_fast(fp: _FracPlan, i0, log_q, log_1mq, sigma, z0, inv_2s2, dtype):
+  """Terms i0..i0+B-1 of both MTZ19 series, summed per (order, example), as matrix products.
+
+  A term is |C(α,i)|·(1-q)^α times a factor that depends on (i, example) only — first series
+  ``H0[i] = (i²-i)/(2σ²) + log Φ((z0-i)/σ) - s·i``, second series ``H1[j] = (j²-j)/(2σ²) +
+  log Φ((j-z0)/σ) - s·j`` with j = α - i and s = log((1-q)/q) (the q-powers rewritten:
+  q^i (1-q)^(α-i) = (1-q)^α e^{-s i}). So a block's sums are products of the (orders × terms) matrix
+  exp(log|C| - row max) with the (terms × examples) matrix exp(H - column max): one exp per
+  (term, example) instead of one per (order, term, example). Orders sharing a fractional part share the
+  values j; each order reads a window of B of them (``fp.fast.onehot``).
+
+  Scaling: in the first series every order reads every column, so the largest product in a row is at
+  most ``row_spread`` (static, ~17 nats for the default orders) below the row's scale. In the second
+  series an order reads only its window of the table, so the gap can also include the spread of H1 over
+  the table; where that exceeds :data:`_FAST_GAP` (small noise multipliers) the second series is summed
+  term by term instead (``lax.cond``, exact either way).
+
+  Returns (log of the block's sum over both series, without the first series' i < 2 terms (the head),
+  log of the block's last term (for the tail bound)), each (K_f, m).
+  """
+  ff = fp.fast
+  alphas = jnp.asarray(fp.alphas, dtype)[:, None]  # (K_f, 1)
+  i_row = i0 + jnp.arange(_BLOCK, dtype=dtype)  # (B,)
+  s = log_1mq - log_q
+  rowlog = jax.lax.lgamma(alphas + 1.0) - jax.lax.lgamma(i_row[None, :] + 1.0) - jax.lax.lgamma(alphas - i_row[None, :] + 1.0)
+  rmax = jnp.max(rowlog, axis=1, keepdims=True)
+  rmat = jnp.exp(rowlog - rmax)  # (K_f, B), entries in (0, 1]
+  const = rmax + alphas * log_1mq  # (K_f, 1)
+  # First series: (K_f, B) @ (B, m).
+  u = (z0[None, :] - i_row[:, None]) / sigma[None, :]
+  h0 = (i_row * i_row - i_row)[:, None] * inv_2s2[None, :] + _log_ndtr_fast(u) - s * i_row[:, None]
+  h0 = jnp.where((i_row >= 2.0)[:, None], h0, -jnp.inf)  # the head (i = 0, 1) is added separately
+  c0max = jnp.max(h0, axis=0)  # (m,)
+  sum0 = jnp.dot(jnp.where((i_row >= 2.0)[None, :], rmat, 0.0), jnp.exp(h0 - c0max[None, :]), precision="highest")
+  log0 = jnp.log(sum0) + const + c0max[None, :]
+  # Second series: per fractional part g, (Kg, Rg) @ (Rg, m).
+  j = jnp.asarray(ff.shift, dtype) - i0  # (G, Rg)
+  h1 = ((j * j - j)[:, :, None] * inv_2s2 + _log_ndtr_fast((j[:, :, None] - z0) / sigma) - s * j[:, :, None])
+  c1max = jnp.max(h1, axis=1)  # (G, m)
+  c1min = jnp.min(h1, axis=1)
+  rows = jnp.concatenate([rmat, jnp.zeros((1, _BLOCK), dtype)])[jnp.asarray(ff.rows)]  # (G, Kg, B)
+  gap_ok = jnp.max(c1max - c1min) + ff.row_spread <= _FAST_GAP[np.dtype(dtype)]
+
+  def fast1(_):
+    window = jnp.einsum("gkb,gkbt->gkt", rows, jnp.asarray(ff.onehot, dtype))
+    sum1 = jnp.einsum("gkt,gtm->gkm", window, jnp.exp(h1 - c1max[:, None, :]), precision="highest")
+    sum1 = sum1.reshape(-1, sum1.shape[-1])[jnp.asarray(ff.out_idx)]  # (K_f, m)
+    return jnp.log(sum1) + c1max[jnp.asarray(ff.group_of)]
+
+  def direct1(_):
+    h1_flat = h1.reshape(-1, h1.shape[-1])
+    t1 = rowlog[:, :, None] + jnp.take(h1_flat, jnp.asarray(ff.last_idx)[:, None] - (_BLOCK - 1) + jnp.arange(_BLOCK), axis=0)
+    return jax.nn.logsumexp(t1, axis=1) - rmax
+
+  log1 = jax.lax.cond(gap_ok, fast1, direct1, None) + const
+  h1_last = jnp.take(h1.reshape(-1, h1.shape[-1]), jnp.asarray(ff.last_idx), axis=0)  # (K_f, m)
+  last = rowlog[:, -1:] + alphas * log_1mq + jnp.logaddexp(h0[-1][None, :], h1_last)
+  return jnp.logaddexp(log0, log1), last
+
+
+def _frac_core_fast(plan: _SgmPlan, q, sigma, dtype):
+  """Fractional orders: log A (K_f, m) — the value of :func:`_frac_core`, with each block of terms
+  summed as matrix products (:func:`_frac_block_fast`) and the quadrature tail evaluated only when some
+  example of the batch uses it. Same stopping rules, bound and tail as ``_frac_core``."""
+  fp = plan.frac
+  log_q = jnp.log(q)
+  log_1mq = jnp.log1p(-q)
+  inv_2s2 = 1.0 / (2.0 * sigma**2)
+  z0 = sigma**2 * (log_1mq - log_q) + 0.5
+  m = sigma.shape[0]
+  kf = len(fp.index)
+  alphas = jnp.asarray(fp.alphas, dtype)[:, None]
+  _, head, _, _ = _frac_head(alphas, log_q, log_1mq, sigma, z0)
+
+  def body(carry):
+    i0, lse, _ = carry
+    blk, last = _frac_block_fast(fp, i0, log_q, log_1mq, sigma, z0, inv_2s2, dtype)
+    ratio = (i0 + _BLOCK - 1 - alphas) / alphas  # (M - 1 - alpha) / alpha, as in _frac_core
+    bound = jnp.where(ratio > 0, jnp.log(jnp.where(ratio > 0, ratio, 1.0)) + last, jnp.inf)
+    return (i0 + _BLOCK, jnp.logaddexp(lse, blk), bound)
+
+  def cond(carry):
+    i0, lse, bound = carry
+    return (i0 < plan.max_terms) & jnp.any(~_frac_done(i0, lse, bound, head, sigma, z0, alphas))
+
+  carry0 = (jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype), jnp.full((kf, m), jnp.inf, dtype))
+  n0, lse_rest, bound = jax.lax.while_loop(cond, body, carry0)
+  use_tail = _frac_tail_ok(n0, lse_rest, bound, head, sigma, z0, alphas)
+  tail = jax.lax.cond(
+      jnp.any(use_tail), lambda: _frac_tail(fp, n0, log_1mq, sigma, z0, dtype), lambda: bound
+  )
+  tail = jnp.where(use_tail, tail, bound)
+  return _frac_assemble(head, jnp.logaddexp(lse_rest, tail), alphas, q, log_1mq, sigma, z0)[0]
+
+
+def _fast_frac_ok(plan: _SgmPlan) -> bool:
+  return plan.frac is not None and plan.frac.fast.row_spread <= 40.0
+
 @functools.lru_cache(maxsize=64)
 def _log_a_fn(orders: tuple[float, ...], max_terms: int):
   """log A_α(q, σ) for all orders, 0 < q < 1, finite σ > 0 (flat (m,)) -> (K, m); custom jvp."""
@@ -402,6 +592,8 @@ def _log_a_fn(orders: tuple[float, ...], max_terms: int):
 
   @jax.custom_jvp
   def frac_log_a(q, sigma):
+    if _fast_frac_ok(plan):
+      return _frac_core_fast(plan, q, sigma, sigma.dtype)
     return _frac_core(plan, q, sigma, sigma.dtype, with_grads=False)[0]
 
   @frac_log_a.defjvp
@@ -440,7 +632,9 @@ def sampled_gaussian_rdp(
   fractional α: ``(1/(α−1)) log(A₀ + A₁)`` with the two series of MTZ19 §3.3 (as ``dp_accounting``
   evaluates them: absolute binomial coefficients), summed in blocks of 16 terms until the rest is
   negligible (a rigorous bound on it is added) or smooth enough to be integrated (a quadrature
-  estimate, ≲ 1e-6 of the result, is added), at most ``num_terms`` terms.
+  estimate, ≲ 1e-6 of the result, is added), at most ``num_terms`` terms. Each block is evaluated as
+  matrix products — a term factors into (order, term) × (term, example) parts, so one exponential per
+  (term, example) serves all orders — and large batches are processed in chunks sorted by z.
   q = 1 gives exactly ``α/(2z²)``; z = ∞ (zero sensitivity) gives 0. All in log space.
 
   Differentiable in ``q`` and ``noise_multiplier`` (both may be traced). ``orders`` must be concrete.
@@ -492,10 +686,14 @@ def sampled_gaussian_rdp(
   q_safe = jnp.where(q_full, 1e-3, q)  # any q < 1 whose series converges fast
 
   if m > _RDP_CHUNK:
+    # Chunks of similar noise multipliers: the fractional series then stops (and skips its quadrature
+    # tail) per chunk as early as its own examples allow, instead of waiting for the slowest of a mix.
+    perm = jnp.argsort(z_safe)
     pad = (-m) % _RDP_CHUNK
-    zc = jnp.concatenate([z_safe, jnp.ones((pad,), dtype)]).reshape(-1, _RDP_CHUNK)
+    zc = jnp.concatenate([z_safe[perm], jnp.ones((pad,), dtype)]).reshape(-1, _RDP_CHUNK)
     log_a = jax.lax.map(lambda zz: log_a_fn(q_safe, zz), zc)  # (C, K, chunk)
     log_a = jnp.moveaxis(log_a, 1, 0).reshape(len(orders_t), -1)[:, :m]
+    log_a = jnp.take(log_a, jnp.argsort(perm), axis=1)  # back to the caller's order
   else:
     log_a = log_a_fn(q_safe, z_safe)
   rdp_general = (log_a / (alphas - 1.0)[:, None]).T  # (m, K)
