@@ -321,6 +321,13 @@ def _frac_tail(fp: _FracPlan, n0, log_1mq, sigma, z0, dtype):
   return jax.nn.logsumexp(logw + common + lr, axis=1)
 
 
+def _frac_setup(fp: _FracPlan, q, sigma, dtype):
+  """log q, log(1-q), 1/(2σ²), z0 = σ² log((1-q)/q) + 1/2 (MTZ19's split point) and the orders (K_f, 1)."""
+  log_q = jnp.log(q)
+  log_1mq = jnp.log1p(-q)
+  return log_q, log_1mq, 1.0 / (2.0 * sigma**2), sigma**2 * (log_1mq - log_q) + 0.5, jnp.asarray(fp.alphas, dtype)[:, None]
+
+
 def _frac_tail_ok(i0, lse_rest, bound, head, sigma, z0, alphas):
   """Where the quadrature tail may replace further terms: both Mills arguments ≥ 2 at n0 - 1/2,
   n0 > α + 1, and the rigorous bound ``_TAIL_NATS`` below the non-head terms."""
@@ -377,13 +384,9 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   tail Σ_{i≥M} equals |C(α,M)|·M/α. Hence Σ_{i≥M} term_i ≤ ((M-1-α)/α) · term_{M-1}.
   """
   fp = plan.frac
-  log_q = jnp.log(q)
-  log_1mq = jnp.log1p(-q)
-  inv_2s2 = 1.0 / (2.0 * sigma**2)
-  z0 = sigma**2 * (log_1mq - log_q) + 0.5
+  log_q, log_1mq, inv_2s2, z0, alphas = _frac_setup(fp, q, sigma, dtype)
   m = sigma.shape[0]
   kf = len(fp.index)
-  alphas = jnp.asarray(fp.alphas, dtype)[:, None]
 
   def block(i0, grads):
     return _frac_terms(fp, i0, q, log_q, log_1mq, sigma, z0, inv_2s2, dtype, grads)
@@ -541,13 +544,9 @@ def _frac_core_fast(plan: _SgmPlan, q, sigma, dtype):
   summed as matrix products (:func:`_frac_block_fast`) and the quadrature tail evaluated only when some
   example of the batch uses it. Same stopping rules, bound and tail as ``_frac_core``."""
   fp = plan.frac
-  log_q = jnp.log(q)
-  log_1mq = jnp.log1p(-q)
-  inv_2s2 = 1.0 / (2.0 * sigma**2)
-  z0 = sigma**2 * (log_1mq - log_q) + 0.5
+  log_q, log_1mq, inv_2s2, z0, alphas = _frac_setup(fp, q, sigma, dtype)
   m = sigma.shape[0]
   kf = len(fp.index)
-  alphas = jnp.asarray(fp.alphas, dtype)[:, None]
   _, head, _, _ = _frac_head(alphas, log_q, log_1mq, sigma, z0)
 
   def body(carry):
