@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import linear_softmax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,21 +12,11 @@ from scipy import stats
 from unlearn_jax import metrics
 
 NUM_FEATURES, NUM_CLASSES = 3, 4
-
-
-def apply_fn(params, x):
-  return x @ params["w"] + params["b"]
-
-
-def loss_fn(params, example):
-  x, y = example
-  return -jax.nn.log_softmax(apply_fn(params, x))[y]
+apply_fn, loss_fn = linear_softmax.apply_fn, linear_softmax.loss_fn
 
 
 def make_params(key, scale=1.0):
-  k1, k2 = jax.random.split(key)
-  return {"w": scale * jax.random.normal(k1, (NUM_FEATURES, NUM_CLASSES)),
-          "b": scale * jax.random.normal(k2, (NUM_CLASSES,))}
+  return linear_softmax.make_params(key, NUM_FEATURES, NUM_CLASSES, scale)
 
 
 def stack(trees):
