@@ -328,17 +328,16 @@ def _frac_setup(fp: _FracPlan, q, sigma, dtype):
   return log_q, log_1mq, 1.0 / (2.0 * sigma**2), sigma**2 * (log_1mq - log_q) + 0.5, jnp.asarray(fp.alphas, dtype)[:, None]
 
 
-def _frac_tail_ok(i0, lse_rest, bound, head, sigma, z0, alphas):
-  """Where the quadrature tail may replace further terms: both Mills arguments ≥ 2 at n0 - 1/2,
-  n0 > α + 1, and the rigorous bound ``_TAIL_NATS`` below the non-head terms."""
+def _frac_stop(i0, lse_rest, bound, head, sigma, z0, alphas):
+  """Stopping rules after the terms below ``i0``, (K_f, m) each: ``tail_ok`` where the quadrature tail
+  may replace further terms (both Mills arguments ≥ 2 at i0 - 1/2, i0 > α + 1, and the rigorous bound
+  ``_TAIL_NATS`` below the non-head terms), ``done`` where that holds or the bound is 30 nats below both
+  the total and the non-head terms."""
+  ref = jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest)
   s0 = i0 - 0.5
   geom = ((s0 - z0) / sigma >= 2.0)[None, :] & ((s0 - alphas + z0[None, :]) / sigma[None, :] >= 2.0) & (s0 > alphas + 1.0)
-  return geom & (bound < jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - _TAIL_NATS)
-
-
-def _frac_done(i0, lse_rest, bound, head, sigma, z0, alphas):
-  target = jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest) - 30.0
-  return (bound < target) | _frac_tail_ok(i0, lse_rest, bound, head, sigma, z0, alphas)
+  tail_ok = geom & (bound < ref - _TAIL_NATS)
+  return tail_ok, (bound < ref - 30.0) | tail_ok
 
 
 def _frac_head(alphas, log_q, log_1mq, sigma, z0):
@@ -419,13 +418,13 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
 
   def cond(carry):
     i0, mx, acc_s, _, _, bound = carry
-    return (i0 < plan.max_terms) & jnp.any(~_frac_done(i0, mx + jnp.log(acc_s), bound, head, sigma, z0, alphas))
+    return (i0 < plan.max_terms) & jnp.any(~_frac_stop(i0, mx + jnp.log(acc_s), bound, head, sigma, z0, alphas)[1])
 
   zeros = jnp.zeros((kf, m), dtype)
   carry0 = (jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype), zeros, zeros, zeros, jnp.full((kf, m), jnp.inf, dtype))
   n0, mx, acc_s, dq, ds, bound = jax.lax.while_loop(cond, body, carry0)
   lse_rest = mx + jnp.log(acc_s)
-  use_tail = _frac_tail_ok(n0, lse_rest, bound, head, sigma, z0, alphas)
+  use_tail = _frac_stop(n0, lse_rest, bound, head, sigma, z0, alphas)[0]
   tail_fn = lambda q_, s_: _frac_tail(fp, n0, jnp.log1p(-q_), s_, s_**2 * (jnp.log1p(-q_) - jnp.log(q_)) + 0.5, dtype)
   if with_grads:
     tail, tail_dq = jax.jvp(tail_fn, (q, sigma), (jnp.ones_like(q), jnp.zeros_like(sigma)))
@@ -549,20 +548,19 @@ def _frac_core_fast(plan: _SgmPlan, q, sigma, dtype):
   kf = len(fp.index)
   _, head, _, _ = _frac_head(alphas, log_q, log_1mq, sigma, z0)
 
-  def body(carry):
-    i0, lse, _ = carry
+  def step(i0, lse):
     blk, last = _frac_block_fast(fp, i0, log_q, log_1mq, sigma, z0, inv_2s2, dtype)
+    lse = jnp.logaddexp(lse, blk)
     ratio = (i0 + _BLOCK - 1 - alphas) / alphas  # (M - 1 - alpha) / alpha, as in _frac_core
     bound = jnp.where(ratio > 0, jnp.log(jnp.where(ratio > 0, ratio, 1.0)) + last, jnp.inf)
-    return (i0 + _BLOCK, jnp.logaddexp(lse, blk), bound)
+    tail_ok, done = _frac_stop(i0 + _BLOCK, lse, bound, head, sigma, z0, alphas)
+    return i0 + _BLOCK, lse, bound, tail_ok, jnp.any(~done)
 
-  def cond(carry):
-    i0, lse, bound = carry
-    return (i0 < plan.max_terms) & jnp.any(~_frac_done(i0, lse, bound, head, sigma, z0, alphas))
-
-  carry0 = (jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype), jnp.full((kf, m), jnp.inf, dtype))
-  n0, lse_rest, bound = jax.lax.while_loop(cond, body, carry0)
-  use_tail = _frac_tail_ok(n0, lse_rest, bound, head, sigma, z0, alphas)
+  # The first block always runs (nothing is known before it); the loop carries whether to go on.
+  carry0 = step(jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype))
+  n0, lse_rest, bound, use_tail, _ = jax.lax.while_loop(
+      lambda c: (c[0] < plan.max_terms) & c[4], lambda c: step(c[0], c[1]), carry0
+  )
   tail = jax.lax.cond(
       jnp.any(use_tail), lambda: _frac_tail(fp, n0, log_1mq, sigma, z0, dtype), lambda: bound
   )
@@ -572,6 +570,7 @@ def _frac_core_fast(plan: _SgmPlan, q, sigma, dtype):
 
 def _fast_frac_ok(plan: _SgmPlan) -> bool:
   return plan.frac is not None and plan.frac.fast.row_spread <= 40.0
+
 
 @functools.lru_cache(maxsize=64)
 def _log_a_fn(orders: tuple[float, ...], max_terms: int):
