@@ -13,8 +13,12 @@ jitted ``lax.scan`` (no host round trip between steps), the carry constrained to
 every step, as ``loops.train(mesh=...)`` does. Reported: median seconds per step over ``--repeats``
 timed calls after a warm-up (compile) call, with and without the ledger, and the ratio to 1 device.
 
+``--reduction-blocks R`` times the opt-in fixed reduction order (``sgld.sgld(reduction_blocks=R)``,
+bitwise identical results on every device count dividing R/2; see docs/distributed.md).
+
 Usage:
   python benchmarks/bench_scaling.py                       # CPU host devices 1, 2, 4
+  python benchmarks/bench_scaling.py --reduction-blocks 8  # the same with the fixed reduction order
   python benchmarks/bench_scaling.py --devices 1 2 4 8 --platform gpu --n 65536 --hidden 1024
 """
 
@@ -60,11 +64,12 @@ def child(args) -> dict:
   result = {"orders": list(accounting.accountant().orders), "devices": num_devices,
             "platform": jax.devices()[0].platform,
             "device_kind": jax.devices()[0].device_kind, "n": args.n, "n_padded": n_padded,
-            "jax": jax.__version__}
+            "jax": jax.__version__, "reduction_blocks": args.reduction_blocks}
 
   for with_ledger in (True, False):
     config = accounting.accountant() if with_ledger else None
-    algo = sgld.sgld(loss_fn, mode="full_batch", clip_norm=1.0, accounting=config)
+    algo = sgld.sgld(loss_fn, mode="full_batch", clip_norm=1.0, accounting=config,
+                     reduction_blocks=args.reduction_blocks)
     state = distributed.shard_state(algo.init(inputs.params, n_padded), mesh)
 
     @jax.jit
@@ -109,6 +114,8 @@ def parent(args) -> None:
       cmd = [sys.executable, os.path.abspath(__file__), "--child", "--devices", str(num_devices),
              "--n", str(args.n), "--features", str(args.features), "--hidden", str(args.hidden),
              "--steps", str(args.steps), "--repeats", str(args.repeats)]
+      if args.reduction_blocks is not None:
+        cmd += ["--reduction-blocks", str(args.reduction_blocks)]
       proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
       if proc.returncode != 0:
         print(f"devices={num_devices}: FAILED\n{proc.stderr[-3000:]}")
@@ -133,7 +140,8 @@ def parent(args) -> None:
   print(f"jax {first['jax']}; {kind}")
   print(f"MLP {args.features}-{args.hidden}-10, n = {args.n}, full-batch SGLD step, clip 1, "
         f"{len(first.get('orders', [])) or 'default'} orders; {args.steps} steps per jitted scan, median "
-        f"of {args.repeats} calls per round, median over {args.rounds} interleaved round(s)")
+        f"of {args.repeats} calls per round, median over {args.rounds} interleaved round(s); "
+        f"reduction_blocks={args.reduction_blocks}")
   if first["platform"] == "cpu":
     try:
       print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores")
@@ -165,8 +173,16 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=10, help="steps per timed jitted call")
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the device counts")
+  p.add_argument("--reduction-blocks", type=int, default=None,
+                 help="sgld reduction_blocks R (fixed reduction order); n and every device count must "
+                      "divide it suitably (n a multiple of R, R a multiple of the device count)")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.reduction_blocks is not None:
+    bad = [d for d in args.devices if args.reduction_blocks % d] + ([] if args.n % args.reduction_blocks == 0 else ["n"])
+    if args.reduction_blocks < 1 or bad:
+      p.error(f"--reduction-blocks {args.reduction_blocks} must be a positive multiple of every device count "
+              f"and divide --n {args.n}")
   if args.child:
     print(json.dumps(child(args)))
   else:

@@ -357,11 +357,73 @@ def scenario_metrics():
   return out
 
 
+BLOCKS = 8  # reduction_blocks of the bitwise checks: 2 x the largest device count (see docs/distributed.md)
+
+
+def _blocks_scenario(filter_budget, extra_runs=(), dtype="float64", **kwargs):
+  """``reduction_blocks=8``: one device (no mesh) vs meshes of 1, 2 and 4 devices; n = 13 (padded to 16).
+
+  ``extra_runs``: names of further runs compared with the same reference: "r4_on_4" (reduction_blocks=4
+  on 4 devices: one block per device), "off_4" (the default reduction order on 4 devices); neither is
+  expected to be bitwise.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+
+  n = 13
+  params, data, loss_fn, _ = _problem(n, np.dtype(dtype))
+  kw = dict(accounting=_accounting(filter_budget=filter_budget), clip_norm=1.0, **kwargs)
+
+  def values(res):
+    return {"params": res.params, "loss_history": res.history["loss"],
+            "grad_norm": res.history["grad_norm"],
+            "privacy_loss_mean": res.history["privacy_loss_mean"], "realized": res.ledger.realized,
+            "worst_case": res.ledger.worst_case, "active": res.ledger.active}
+
+  ref = _train(loss_fn, params, data, reduction_blocks=BLOCKS, **kw)
+  ref_v = values(ref)
+  out = {"n": n, "num_inactive": int(np.sum(~np.asarray(ref.ledger.active))),
+         "num_active": int(np.sum(np.asarray(ref.ledger.active))), "realized_scale": _scale(ref.ledger.realized)}
+  runs = {f"on_{d}": _train(loss_fn, params, data, mesh=distributed.make_mesh(d), reduction_blocks=BLOCKS, **kw)
+          for d in (1, 2, 4)}
+  if "r4_on_4" in extra_runs:
+    runs["r4_on_4"] = _train(loss_fn, params, data, mesh=distributed.make_mesh(4), reduction_blocks=4, **kw)
+  if "off_4" in extra_runs:
+    runs["off_4"] = _train(loss_fn, params, data, mesh=distributed.make_mesh(4), **kw)
+  for name, res in runs.items():
+    got = values(res)
+    for k in ref_v:
+      _compare(out, f"{name}_{k}", ref_v[k], got[k])
+    out[f"{name}_flags_equal"] = all(
+        bool(np.asarray(getattr(ref.ledger, f)) == np.asarray(getattr(res.ledger, f)))
+        for f in ("num_steps", "num_accounted", "finite", "certified", "exact"))
+  out["on_4_state_rows"] = int(np.shape(runs["on_4"].state.ledger.realized)[0])
+  out["on_4_state_realized_spec"] = _spec(runs["on_4"].state.ledger.realized)
+  out["on_4_state_realized_num_devices"] = len(runs["on_4"].state.ledger.realized.sharding.device_set)
+  return out
+
+
+def scenario_blocks_full_batch():
+  return _blocks_scenario(175.0)
+
+
+def scenario_blocks_poisson():
+  return _blocks_scenario(500.0, mode="poisson", sampling_rate=0.5)
+
+
+def scenario_blocks_f32():
+  return _blocks_scenario(175.0, dtype="float32")
+
+
 # The default (fast) set run by tests/test_distributed.py; the others are its slow tests.
-FAST = ("mesh", "train_filter_padded", "unlearn_padded", "metrics")
-SLOW = ("per_example", "train_x64", "train_f32", "train_padded", "train_poisson_padded", "seeds")
+FAST = ("mesh", "train_filter_padded", "unlearn_padded", "metrics", "blocks_full_batch")
+SLOW = ("per_example", "train_x64", "train_f32", "train_padded", "train_poisson_padded", "seeds",
+        "blocks_poisson", "blocks_f32")
 
 SCENARIOS = {
+    "blocks_f32": scenario_blocks_f32,
+    "blocks_full_batch": scenario_blocks_full_batch,
+    "blocks_poisson": scenario_blocks_poisson,
     "mesh": scenario_mesh,
     "per_example": scenario_per_example,
     "train_x64": scenario_train_x64,

@@ -7,7 +7,10 @@ places the arrays of a run on a device mesh with JAX's own SPMD engine — ``jax
 inside — and leaves the rest to the compiler: a jitted step that receives sharded data and a sharded
 ledger runs its per-example work on every device's shard, and the reductions over examples (the mean
 gradient ḡ, the number of examples N, the mean loss) become the compiler's collectives (all-reduce).
-There is no hand-written parallel layer.
+There is no hand-written parallel layer. The all-reduce adds in another order than one device, so
+results agree to rounding; ``sgld.sgld(..., reduction_blocks=R)`` (and the drivers' ``reduction_blocks``)
+fixes the order of those sums for results that are bitwise the same on every device count
+(``docs/distributed.md``).
 
 The mesh has two axes:
 

@@ -216,11 +216,21 @@ def _tree_sq_norm(tree) -> jax.Array:
   return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
 
 
-def _sgld_program(algorithm, *, own_shuffle_key: bool = False) -> _Program:
+def _example_sum(x, reduction_blocks):
+  """Sum over examples (axis 0): ``jnp.sum``, or the fixed order of ``sgld.fixed_order_sum``."""
+  if reduction_blocks is None:
+    return jnp.sum(x, axis=0)
+  from unlearn_jax import sgld as sgld_lib  # pylint: disable=import-outside-toplevel
+  return sgld_lib.fixed_order_sum(x, reduction_blocks)
+
+
+def _sgld_program(algorithm, *, own_shuffle_key: bool = False, reduction_blocks: int | None = None) -> _Program:
   """Adapts an ``sgld.Algorithm`` (init, step) to the engine.
 
   With ``own_shuffle_key`` (algorithms built here by ``sgld.sgld``), each chain's shuffled-mode
   permutations are drawn from ``fold_in(chain_key, 2**32 - 2)``, so seeds shuffle independently.
+  With ``reduction_blocks`` (the algorithm's own setting) the history's sums over examples use the
+  same fixed order as the step (``sgld.fixed_order_sum``).
   """
 
   def init(params, n, chain_key):
@@ -238,7 +248,7 @@ def _sgld_program(algorithm, *, own_shuffle_key: bool = False) -> _Program:
     old = state.params
     state, info = algorithm.step(state, data, key, hp["step_size"], hp["temperature"], **kwargs)
     used = info.batch_mask
-    grad_norm = jnp.sum(info.grad_norms * used) / jnp.maximum(jnp.sum(used), 1)
+    grad_norm = _example_sum(info.grad_norms * used, reduction_blocks) / jnp.maximum(jnp.sum(used), 1)
     update = jax.tree.map(lambda a, b: a - b, state.params, old)
     scalars = {
         "loss": info.loss,
@@ -247,7 +257,11 @@ def _sgld_program(algorithm, *, own_shuffle_key: bool = False) -> _Program:
         "update_norm": jnp.sqrt(_tree_sq_norm(update)),
     }
     if getattr(state, "ledger", None) is not None:
-      scalars["privacy_loss_mean"] = jnp.mean(state.ledger.realized, axis=0)
+      realized = state.ledger.realized
+      if reduction_blocks is None:
+        scalars["privacy_loss_mean"] = jnp.mean(realized, axis=0)
+      else:
+        scalars["privacy_loss_mean"] = _example_sum(realized, reduction_blocks) / realized.shape[0]
     return state, scalars
 
   return _Program(init, step)
@@ -342,13 +356,15 @@ def _project(params, radius):
   return jax.tree.map(lambda x: x * scale.astype(x.dtype), params)
 
 
-def _gd_program(loss_fn, *, clipped: bool, norm_method, chunk_size) -> _Program:
+def _gd_program(loss_fn, *, clipped: bool, norm_method, chunk_size, reduction_blocks=None) -> _Program:
   """Noise-free full-batch fine-tuning on the (masked) data: the gradient part of the SGLD step.
 
   ``θ ← Π_R(θ − η (ĝ + weight_decay·θ + γ_t·sign θ))`` with ĝ the mean of the per-example gradients
   clipped at C (THEORY §0, §1 "full batch, mean") and ``γ_t = l1_schedule(t, T, l1_strength)`` (the
   subgradient of ``γ_t‖θ‖₁``, sign 0 at 0; γ = 0 for plain "sgd"). C, weight decay, R (inf: no
   projection), γ and T are array arguments (``hp``), so one compiled program serves every setting.
+  With ``reduction_blocks`` = R the sums over examples are taken per block of n/R examples (vmapped, the
+  same shapes on any device count) and the block sums added in a fixed order (``sgld.fixed_order_sum``).
   """
 
   def init(params, n, chain_key):
@@ -362,15 +378,29 @@ def _gd_program(loss_fn, *, clipped: bool, norm_method, chunk_size) -> _Program:
     dtype = jax.tree.leaves(params)[0].dtype
     w = _weights(data_mask, n, dtype)
     count = jnp.maximum(jnp.sum(w), 1)
-    losses = per_example.per_example_losses(loss_fn, params, data)
-    loss = jnp.sum(w * losses) / count
+
+    def grad_sum(p, d, ww):
+      losses = per_example.per_example_losses(loss_fn, p, d)
+      if clipped:
+        g, norms = per_example.clipped_grad_sum(loss_fn, p, d, hp["clip_norm"], weights=ww,
+                                                method=norm_method, chunk_size=chunk_size)
+        return losses, g, norms
+      return losses, per_example.weighted_grad_sum(loss_fn, p, d, ww), None
+
+    if reduction_blocks is None:
+      losses, g_sum, norms = grad_sum(params, data, w)
+    else:  # per block of n/R with its own copy of the parameters: see sgld._example_ops
+      from unlearn_jax import sgld as sgld_lib  # pylint: disable=import-outside-toplevel
+      r = reduction_blocks
+      losses, g_blocks, norms = jax.vmap(grad_sum)(
+          sgld_lib._broadcast_blocks(params, r), sgld_lib._split_blocks(data, r), jnp.reshape(w, (r, n // r)))
+      g_sum = jax.tree.map(lambda b: _example_sum(b, r), g_blocks)  # blocks of one block sum each
+      losses = jnp.reshape(losses, (n,))
+      norms = None if norms is None else jnp.reshape(norms, (n,))
+    loss = _example_sum(w * losses, reduction_blocks) / count
     scalars = {"loss": loss}
     if clipped:
-      g_sum, norms = per_example.clipped_grad_sum(loss_fn, params, data, hp["clip_norm"], weights=w,
-                                                  method=norm_method, chunk_size=chunk_size)
-      scalars["grad_norm"] = jnp.sum(norms * w) / count
-    else:
-      g_sum = per_example.weighted_grad_sum(loss_fn, params, data, w)
+      scalars["grad_norm"] = _example_sum(norms * w, reduction_blocks) / count
     gamma = l1_schedule(t, hp["num_steps"], hp["l1_strength"])
 
     def update(p, g):
@@ -418,23 +448,43 @@ def _on_mesh(state, mesh, num_seeds):
   return distributed.shard_state(state, mesh, seed_axis=num_seeds is not None)
 
 
-def _place_on_mesh(mesh, data, mask, params, params_seed_axis):
+def _check_reduction_blocks(value: Any, mesh: Any) -> int | None:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"reduction_blocks must be None or a positive integer, got {value!r}")
+  if mesh is not None and isinstance(mesh, jax.sharding.Mesh):
+    from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+    size = distributed.data_axis_size(mesh)
+    if value % size:
+      raise ValueError(
+          f"reduction_blocks must be a multiple of the mesh's 'data' axis size {size}, got {value}; "
+          "choose R = 2 x the largest device count you compare (e.g. 8 for 1, 2 and 4 devices)")
+  return int(value)
+
+
+def _place_on_mesh(mesh, data, mask, params, params_seed_axis, reduction_blocks=None):
   """Pads (copies of example 0, masked out), shards data and mask along "data", replicates params.
 
-  Returns ``(data, mask, params, num_real)``; ``num_real`` is the unpadded n (None without a mesh).
+  The padded size is a multiple of ``reduction_blocks`` when it is set (also without a mesh: then the
+  same n_padded, hence the same blocks, on every device count), else of the "data" axis size.
+  Returns ``(data, mask, params, num_real)``; ``num_real`` is the unpadded n (None when nothing was
+  done).
   """
-  if mesh is None:
+  if mesh is None and reduction_blocks is None:
     return data, mask, params, None
   from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
-  if not isinstance(mesh, jax.sharding.Mesh):
+  if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
     raise TypeError(f"mesh must be None or a jax.sharding.Mesh from distributed.make_mesh, got {mesh!r}")
   num_real = _num_examples(data)
-  size = distributed.data_axis_size(mesh)
+  size = reduction_blocks if reduction_blocks is not None else distributed.data_axis_size(mesh)
   data, pad_mask = distributed.pad_to_multiple(data, size)
   if mask is not None:
     mask = distributed.pad_to_multiple(mask, size)[0] * pad_mask.astype(mask.dtype)
   elif _num_examples(data) != num_real:
     mask = pad_mask.astype(jnp.result_type(float))
+  if mesh is None:
+    return data, mask, params, num_real
   data = distributed.shard_data(data, mesh)
   mask = None if mask is None else distributed.shard_data(mask, mesh)
   if not callable(params):
@@ -919,7 +969,7 @@ def _sgld_spec(loss_fn, accounting, kwargs: dict):
   algorithm = sgld_lib.sgld(loss_fn, accounting=accounting, **full)  # validates the settings now
 
   def make_program():
-    return _sgld_program(algorithm, own_shuffle_key=True)
+    return _sgld_program(algorithm, own_shuffle_key=True, reduction_blocks=full.get("reduction_blocks"))
 
   return ("sgld", loss_fn, accounting, _freeze(full)), make_program, full
 
@@ -1008,7 +1058,11 @@ def train(
       and split along it with the ledger; parameters are replicated (seeds split along "seeds"). The
       returned ``ledger`` has the real n rows; ``state.ledger`` keeps the padded, sharded carry.
     **sgld_kwargs: further keyword arguments of ``sgld.sgld`` (``mode``, ``weight_decay``,
-      ``projection_radius``, ``sampling_rate``, ``batch_size``, ``norm_method``, ``chunk_size``).
+      ``projection_radius``, ``sampling_rate``, ``batch_size``, ``norm_method``, ``chunk_size``,
+      ``reduction_blocks``). ``reduction_blocks=R`` (R a multiple of the mesh's "data" axis size;
+      R = 8 for 1, 2 and 4 devices) pads the data to a multiple of R, with or without a mesh, and
+      fixes the order of every sum over examples: the runs on 1, 2 and 4 devices were then bitwise
+      identical (``docs/distributed.md``).
 
   Returns:
     A :class:`TrainResult`.
@@ -1042,8 +1096,9 @@ def train(
     _check_params(params, num_seeds, params_per_seed)
   elif params_per_seed:
     raise ValueError("params_per_seed=True needs a params pytree, got an initialisation callable")
+  reduction_blocks = _check_reduction_blocks(sgld_kwargs.get("reduction_blocks"), mesh)
   data, mask, params, num_real = _place_on_mesh(mesh, data, mask, params,
-                                                num_seeds is not None and params_per_seed)
+                                                num_seeds is not None and params_per_seed, reduction_blocks)
   record_steps = _check_steps("checkpoint_steps", checkpoint_steps, num_steps)
   if algorithm is not None and optimizer is not None:
     raise ValueError("pass at most one of algorithm and optimizer")
@@ -1082,7 +1137,8 @@ def train(
       if clip_norm is not None:
         kwargs["clip_norm"] = clip_norm
       spec_prog, make_program, kwargs = _sgld_spec(loss_fn, accounting, kwargs)
-      description = {"kind": "sgld", "accounting": repr(accounting), "sgld": repr(sorted(kwargs.items()))}
+      description = {"kind": "sgld", "accounting": repr(accounting), "sgld": repr(sorted(
+          (k, v) for k, v in kwargs.items() if not (k == "reduction_blocks" and v is None)))}
     else:
       if not (hasattr(algorithm, "init") and hasattr(algorithm, "step")):
         raise TypeError(f"algorithm must be an sgld.Algorithm (init, step), got {algorithm!r}")
@@ -1191,6 +1247,7 @@ def unlearn(
     norm_method: str = "auto",
     chunk_size: int | None = None,
     mesh: Any = None,
+    reduction_blocks: int | None = None,
 ) -> UnlearnResult:
   """Fine-tunes trained ``params`` on the retain set and returns the parameters at ``record_steps``.
 
@@ -1227,6 +1284,8 @@ def unlearn(
       checkpoint_every, resume, progress: as in :func:`train`.
     norm_method, chunk_size: per-example gradient norm settings (``per_example.py``).
     mesh: a ``jax.sharding.Mesh`` to run on several devices (see :func:`train`); None: as usual.
+    reduction_blocks: None, or R for a fixed order of the sums over examples (R = 8 for 1, 2 and 4
+      devices; see :func:`train` and ``sgld.sgld``).
 
   Returns:
     An :class:`UnlearnResult`; ``params`` leaves (G, [R,] ...).
@@ -1258,8 +1317,9 @@ def unlearn(
   key = _check_key(key)
   _, mask = _check_data(retain_data, data_mask, "retain_data")
   _check_params(params, num_seeds, params_per_seed)
+  reduction_blocks = _check_reduction_blocks(reduction_blocks, mesh)
   retain_data, mask, params, _ = _place_on_mesh(mesh, retain_data, mask, params,
-                                                num_seeds is not None and params_per_seed)
+                                                num_seeds is not None and params_per_seed, reduction_blocks)
   hparams = {"step_size": _hparam("step_size", step_size)}
   if clip_norm is not None:
     _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
@@ -1275,7 +1335,8 @@ def unlearn(
       raise ValueError("method='sgld' needs a temperature τ > 0 (the training temperature)")
     hparams["temperature"] = _hparam("temperature", temperature)
     kwargs = {"mode": "full_batch", "clip_norm": clip_norm, "weight_decay": weight_decay,
-              "projection_radius": projection_radius, "norm_method": norm_method, "chunk_size": chunk_size}
+              "projection_radius": projection_radius, "norm_method": norm_method, "chunk_size": chunk_size,
+              "reduction_blocks": reduction_blocks}
     spec_prog, make_program, kwargs = _sgld_spec(loss_fn, None, kwargs)
   else:
     hparams["weight_decay"] = jnp.asarray(weight_decay, jnp.result_type(float))
@@ -1287,11 +1348,14 @@ def unlearn(
     if clip_norm is not None:
       hparams["clip_norm"] = jnp.asarray(float(clip_norm), jnp.result_type(float))
     kwargs = {"clipped": clip_norm is not None, "norm_method": norm_method, "chunk_size": chunk_size}
+    if reduction_blocks is not None:  # (absent by default: the fingerprints of earlier runs stay valid)
+      kwargs["reduction_blocks"] = reduction_blocks
     spec_prog = ("gd", loss_fn, _freeze(kwargs))
 
     def make_program():
       return _gd_program(loss_fn, **kwargs)
-  description = {"kind": f"unlearn-{method}", "settings": repr(sorted(kwargs.items())),
+  description = {"kind": f"unlearn-{method}", "settings": repr(sorted(
+                     (k, v) for k, v in kwargs.items() if not (k == "reduction_blocks" and v is None))),
                  "loss_fn": getattr(loss_fn, "__qualname__", repr(type(loss_fn)))}
   if eval_fn is not None:
     description["eval_fn"] = getattr(eval_fn, "__qualname__", repr(type(eval_fn)))

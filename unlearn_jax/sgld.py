@@ -45,6 +45,7 @@ __all__ = [
     "Algorithm",
     "SGLDInfo",
     "SGLDState",
+    "fixed_order_sum",
     "langevin_noise",
     "sgld",
     "step_costs",
@@ -136,6 +137,143 @@ def _losses_and_weighted_grad(loss_fn, params, data, weights):
   return losses, grad
 
 
+def _broadcast_blocks(tree: PyTree, blocks: int) -> PyTree:
+  """One copy of every leaf per block (R, ...), behind an optimization barrier.
+
+  Every product of per-example data with parameters is then a *batched* dot with the block as batch
+  dimension, whose per-block result XLA computes the same way whatever the number of blocks a device
+  holds; with the parameters shared (unbatched), XLA merges the blocks into one larger dot whose
+  kernel (and rounding) depends on the number of rows per device. The barrier keeps XLA from folding
+  the broadcast back.
+  """
+  return jax.lax.optimization_barrier(jax.tree.map(lambda p: jnp.broadcast_to(p, (blocks,) + jnp.shape(p)), tree))
+
+
+def _split_blocks(tree: PyTree, blocks: int) -> PyTree:
+  return jax.tree.map(lambda x: jnp.reshape(x, (blocks, jnp.shape(x)[0] // blocks) + jnp.shape(x)[1:]), tree)
+
+
+class _ExampleOps(NamedTuple):
+  norms: Callable  # () -> (n,) unclipped per-example gradient norms
+  grads: Callable  # (weights (n,)) -> (losses (n,), Σ_i w_i ∇ℓ_i)
+  inner: Callable  # (direction) -> (n,) <∇ℓ_i, direction>
+
+
+def _example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> _ExampleOps:
+  """The per-example computations of a step, plain or in R blocks with a fixed reduction order.
+
+  With ``blocks`` = R the n examples are split into R contiguous blocks of n/R; every per-example
+  computation is vmapped over the blocks with one copy of the parameters per block
+  (:func:`_broadcast_blocks`), so each block is computed with the same shapes whether a device holds
+  R, R/2 or R/4 of them, and each block's weighted gradient sum is its own backward pass; the R block
+  sums are then added in a fixed order (:func:`_fixed_order_block_sum`). The results then do not
+  depend on how the examples are split over devices, as long as every device holds at least two
+  blocks (with one, XLA drops the size-1 block axis and compiles other kernels; docs/distributed.md).
+  """
+  if blocks is None:
+    return _ExampleOps(
+        norms=lambda: pe.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method),
+        grads=lambda w: _losses_and_weighted_grad(loss_fn, params, data, w),
+        inner=lambda g: pe.per_example_inner(loss_fn, params, data, g),
+    )
+  bparams = _broadcast_blocks(params, blocks)
+  bdata = _split_blocks(data, blocks)
+
+  def norms():
+    out = jax.vmap(lambda p, d: pe.per_example_grad_norms(loss_fn, p, d, chunk_size=chunk_size, method=norm_method))(
+        bparams, bdata)
+    return jnp.reshape(out, (n,))
+
+  def grads(weights):
+    weights = jax.lax.stop_gradient(weights)
+    losses, block_grads = jax.vmap(lambda p, d, w: _losses_and_weighted_grad(loss_fn, p, d, w))(
+        bparams, bdata, jnp.reshape(weights, (blocks, n // blocks)))
+    return jnp.reshape(losses, (n,)), jax.tree.map(_fixed_order_block_sum, block_grads)
+
+  def inner(direction):
+    out = jax.vmap(lambda p, d, g: pe.per_example_inner(loss_fn, p, d, g))(
+        bparams, bdata, _broadcast_blocks(direction, blocks))
+    return jnp.reshape(out, (n,))
+
+  return _ExampleOps(norms=norms, grads=grads, inner=inner)
+
+
+def _halving_sum(x: jax.Array, axis: int, *, barrier: bool = False) -> jax.Array:
+  """Sum along ``axis`` by repeated halving (x[:m/2] + x[m/2:]): an order fixed by the shape alone.
+
+  Only elementwise additions of slices: XLA does not reassociate them (unlike a ``reduce``, whose
+  order the compiler and the SPMD partitioner choose).
+  """
+  m = x.shape[axis]
+  if m == 0:
+    return jnp.sum(x, axis=axis)
+  while m > 1:
+    half = m // 2
+    lo, hi = jax.lax.slice_in_dim(x, 0, half, axis=axis), jax.lax.slice_in_dim(x, half, 2 * half, axis=axis)
+    if barrier:  # the addition then sees two arrays, not two slices of one it could turn into a reduce
+      lo, hi = jax.lax.optimization_barrier((lo, hi))
+    s = lo + hi
+    if m % 2:
+      s = jnp.concatenate([s, jax.lax.slice_in_dim(x, 2 * half, m, axis=axis)], axis=axis)
+    x, m = s, s.shape[axis]
+  return jnp.squeeze(x, axis=axis)
+
+
+def _fixed_order_block_sum(block_sums: jax.Array) -> jax.Array:
+  """Adds R block sums (R, ...) in a fixed order (pairwise), after an optimization barrier.
+
+  The barrier keeps XLA from fusing the additions into the computation of the block sums (e.g. a
+  ``reduce`` of a batched ``dot`` rewritten as one ``dot`` contracting over every example).
+  """
+  block_sums = jax.lax.optimization_barrier(block_sums)
+  return _halving_sum(block_sums, 0, barrier=True)
+
+
+def fixed_order_sum(x: ArrayLike, num_blocks: int | None) -> jax.Array:
+  """Sum over the leading (example) axis in an order that does not depend on the device count.
+
+  ``num_blocks`` = None is ``jnp.sum(x, axis=0)``. With R blocks, the n rows (n a multiple of R) are
+  split into R contiguous blocks; each block is summed by repeated halving and the R block sums are
+  then added pairwise in a fixed order. Only elementwise additions of slices are used (no ``reduce``
+  whose order the compiler or the SPMD partitioner would choose), so on a mesh whose ``"data"`` axis
+  size divides R the result does not depend on the device count (see ``sgld(..., reduction_blocks=R)``
+  and ``docs/distributed.md``).
+
+  Args:
+    x: array (n, ...).
+    num_blocks: R >= 1 dividing n, or None.
+
+  Returns:
+    The sum over axis 0, shape ``x.shape[1:]``.
+
+  Raises:
+    ValueError: ``num_blocks`` is not a positive integer dividing n.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(fixed_order_sum(jnp.arange(8.0), 4)), float(fixed_order_sum(jnp.arange(8.0), None))
+    (28.0, 28.0)
+  """
+  x = jnp.asarray(x)
+  if num_blocks is None:
+    return jnp.sum(x, axis=0)
+  num_blocks = _check_blocks(num_blocks)
+  if x.ndim == 0 or x.shape[0] % num_blocks:
+    raise ValueError(
+        f"x must have a leading axis whose size is a multiple of num_blocks = {num_blocks}, got shape "
+        f"{x.shape}; pad it (distributed.pad_to_multiple) and mask the padding rows"
+    )
+  n = x.shape[0]
+  blocks = jnp.reshape(x, (num_blocks, n // num_blocks) + x.shape[1:])
+  return _fixed_order_block_sum(_halving_sum(blocks, 1))
+
+
+def _check_blocks(value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"reduction_blocks must be None or a positive integer, got {value!r}")
+  return int(value)
+
+
 def _check_static_float(name: str, value: Any, *, positive: bool, allow_none: bool = True) -> None:
   if value is None:
     if not allow_none:
@@ -171,9 +309,9 @@ def _orders_of(accounting: acc.AccountingConfig | None, orders: Any) -> tuple[fl
 # ----------------------------------------------------------------------------------------------------
 
 
-def _mean_costs(loss_fn, params, data, norms, factors, mask, gbar, orders, step_size, temperature):
+def _mean_costs(inner_fn, norms, factors, mask, gbar, orders, step_size, temperature):
   """§2a costs of every example in ``mask`` for the clipped mean ``gbar`` over ``mask``."""
-  inner = pe.per_example_inner(loss_fn, params, data, gbar)  # <grad l_i, gbar>, one jvp
+  inner = inner_fn(gbar)  # <grad l_i, gbar>, one jvp
   clipped_sq = (norms * factors) ** 2
   sq_dist = clipped_sq - 2.0 * factors * inner + _tree_vdot(gbar, gbar)
   sq_dist = jnp.maximum(sq_dist, 0.0) * mask
@@ -197,6 +335,7 @@ def step_costs(
     norm_method: str = "auto",
     chunk_size: int | None = None,
     num_terms: int = acc.DEFAULT_NUM_TERMS,
+    reduction_blocks: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-example costs of one step at fixed ``params`` (THEORY §2a/§2b), for any optimizer's run.
 
@@ -219,6 +358,7 @@ def step_costs(
     norm_method: per-example norm method ("auto", "vmap", "ghost").
     chunk_size: examples per chunk for the norms.
     num_terms: see :func:`~unlearn_jax.accounting.sampled_gaussian_rdp`.
+    reduction_blocks: None, or R (dividing n) for the fixed reduction order of ḡ (see :func:`sgld`).
 
   Returns:
     ``(costs (n, K), worst_case (K,), norms (n,))`` — norms are the unclipped gradient norms.
@@ -244,7 +384,11 @@ def step_costs(
   m = jnp.ones((n,)) if mask is None else jnp.asarray(mask)
   if m.shape != (n,):
     raise ValueError(f"mask must have shape (n,) = ({n},), got {m.shape}")
-  norms = pe.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method)
+  blocks = None if reduction_blocks is None else _check_blocks(reduction_blocks)
+  if blocks is not None and n % blocks:
+    raise ValueError(f"data has n = {n} examples, which must be a multiple of reduction_blocks = {blocks}")
+  ops = _example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size)
+  norms = ops.norms()
   m = m.astype(norms.dtype)
   factors = pe.clip_factors(norms, clip_norm)
   c_inf = math.inf if clip_norm is None else clip_norm
@@ -261,8 +405,8 @@ def step_costs(
       worst = acc.poisson_worst_case_cost(c_inf, sampling_rate, b, orders_t, step_size, temperature, num_terms=num_terms)
     return costs, worst, norms
   num = jnp.sum(m)
-  _, gsum = _losses_and_weighted_grad(loss_fn, params, data, m * factors / jnp.maximum(num, 1.0))
-  costs, num = _mean_costs(loss_fn, params, data, norms, factors, m, gsum, orders_t, step_size, temperature)
+  _, gsum = ops.grads(m * factors / jnp.maximum(num, 1.0))
+  costs, num = _mean_costs(ops.inner, norms, factors, m, gsum, orders_t, step_size, temperature)
   worst = acc.full_batch_worst_case_cost(c_inf, num, orders_t, step_size, temperature)
   return costs, worst, norms
 
@@ -285,6 +429,7 @@ def sgld(
     norm_method: str = "auto",
     chunk_size: int | None = None,
     denominator: float | None = None,
+    reduction_blocks: int | None = None,
 ) -> Algorithm:
   """Builds the noisy step (THEORY §0–§1) with the per-instance ledger (§2–§3) wired in.
 
@@ -316,6 +461,15 @@ def sgld(
     chunk_size: examples per chunk for the per-example norms (bounds memory).
     denominator: poisson mode's fixed b (default q · number of real rows); e.g. to compare a filtered
       run with one on a data set without the removed examples at the same b.
+    reduction_blocks: None (default: sums over examples as XLA chooses, fastest), or R >= 1 for a
+      fixed reduction order: the n rows (n must be a multiple of R; pad with
+      ``distributed.pad_to_multiple`` and pass the mask as ``data_mask``) are split into R contiguous
+      blocks, each block's clipped gradient sum and loss sum is computed separately with the same
+      shapes, and the R block sums are added in a fixed order (:func:`fixed_order_sum`). With R at
+      least twice the mesh's ``"data"`` axis size and a multiple of it (R = 8 for 1, 2 and 4 devices),
+      results were bitwise identical on 1, 2 and 4 devices and on two processes (measured on XLA CPU,
+      ``docs/distributed.md``); on one device they equal the default to rounding. Costs R/D copies
+      of the parameters per device.
 
   Returns:
     An :class:`Algorithm` ``(init, step)``.
@@ -362,6 +516,7 @@ def sgld(
     _checks.check_positive("denominator", denominator)
   clip_c = math.inf if clip_norm is None else float(clip_norm)
   wd = float(weight_decay)
+  blocks = None if reduction_blocks is None else _check_blocks(reduction_blocks)
 
   def init(params: PyTree, num_examples: int, *, shuffle_key: jax.Array | None = None) -> SGLDState:
     """Initial state: step 0, an empty ledger when accounting is on."""
@@ -406,6 +561,11 @@ def sgld(
         )
     if mode == "shuffled" and batch_size > n:
       raise ValueError(f"batch_size = {batch_size} exceeds the number of examples n = {n}")
+    if blocks is not None and n % blocks:
+      raise ValueError(
+          f"data has n = {n} examples, which must be a multiple of reduction_blocks = {blocks}; pad it "
+          f"with distributed.pad_to_multiple(data, {blocks}) and pass the returned mask as data_mask"
+      )
     params = state.params
     dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(params)], float)
     eta = jnp.asarray(step_size, dtype)
@@ -416,8 +576,8 @@ def sgld(
       raise ValueError(f"data_mask must have shape (n,) = ({n},), got {real.shape}")
     active = real if ledger is None else real * ledger.active.astype(dtype)
 
-    norms = pe.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method)
-    norms = norms.astype(dtype)
+    ops = _example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size)
+    norms = ops.norms().astype(dtype)
     factors = pe.clip_factors(norms, clip_norm)
     orders = None if accounting is None else accounting.orders
     stride = 1 if accounting is None else accounting.stride
@@ -448,7 +608,7 @@ def sgld(
         active = active * keep.astype(dtype)
       batch_mask = sampled * active
       weights = batch_mask * factors / b
-      losses, ghat = _losses_and_weighted_grad(loss_fn, params, data, weights)
+      losses, ghat = ops.grads(weights)
       num_used = jnp.sum(batch_mask)
     else:
       if mode == "shuffled":
@@ -465,7 +625,7 @@ def sgld(
 
       def mean_grad(mask):
         num = jnp.sum(mask)
-        losses, g = _losses_and_weighted_grad(loss_fn, params, data, mask * factors / jnp.maximum(num, 1.0))
+        losses, g = ops.grads(mask * factors / jnp.maximum(num, 1.0))
         return losses, g
 
       if accounting is None:
@@ -474,7 +634,7 @@ def sgld(
       else:
 
         def costs_for(mask, g):
-          c, num = _mean_costs(loss_fn, params, data, norms, factors, mask, g, orders, eta, tau_acc)
+          c, num = _mean_costs(ops.inner, norms, factors, mask, g, orders, eta, tau_acc)
           w = acc.full_batch_worst_case_cost(clip_c, num, orders, eta, tau_acc)
           return c.astype(dtype) * stride, w.astype(dtype) * stride
 
@@ -545,7 +705,7 @@ def sgld(
       )
       info_costs, info_worst = charged, worst
     info = SGLDInfo(
-        loss=jnp.sum(losses * batch_mask) / jnp.maximum(num_used, 1.0),
+        loss=fixed_order_sum(losses * batch_mask, blocks) / jnp.maximum(num_used, 1.0),
         grad_norms=norms,
         batch_mask=batch_mask,
         noise_norm=_tree_norm(noise),
