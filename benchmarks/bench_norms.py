@@ -13,6 +13,7 @@ when ``torch`` and ``opacus`` import (``pip install -e '.[bench]'``); otherwise 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -159,7 +160,9 @@ def main(argv=None) -> int:
     emit(f"torch {torch.__version__} (threads {torch.get_num_threads()}); opacus {opacus.__version__}")
   else:
     emit(f"Opacus peer skipped: {why}")
-  emit(f"repeats {args.repeats} (median ms, after one warm-up call); float32")
+  emit(f"repeats {args.repeats} (median ms, after one warm-up call); float32; "
+       f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+  emit("load average at start: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
   head = (f"{'model':<9} {'n':>5} {'batch grad':>11} {'ghost':>9} {'vmap':>10} {'ghost/bg':>9} "
           f"{'vmap/bg':>8} {'vmap/ghost':>10} {'torch bg':>9} {'opacus':>9} {'opacus/tbg':>10} {'opacus/ghost':>12}")
   emit(head)
@@ -195,6 +198,7 @@ def main(argv=None) -> int:
            f"{t_op / t_gh:>12.1f}")
   emit("bg = one batch gradient (jit(grad) of the summed loss); ghost/vmap = all n per-example norms;")
   emit("torch bg = PyTorch batch gradient; opacus = GradSampleModule per-sample grads then norms.")
+  emit("load average at end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
   if args.out:
     with open(args.out, "a") as f:
       f.write("\n".join(lines) + "\n")

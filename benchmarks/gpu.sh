@@ -34,7 +34,7 @@ run() {  # run LIMIT_S TITLE CMD...
 if [ "$TINY" = 1 ]; then
   run 120 "1. per-example norms (tiny)" "$PY" benchmarks/bench_norms.py --tiny --models mlp,cnn32,resnet18
   run 120 "3. SGLD step (tiny)" "$PY" benchmarks/bench_sgld_step.py --tiny
-  run 120 "2. ledger update (tiny)" "$PY" benchmarks/bench_ledger.py --tiny
+  run 120 "2. ledger update (tiny)" "$PY" benchmarks/bench_ledger.py --n 2000 --dp-subset 2 --repeats 2 --skip-training
   run 120 "4. demo end to end (tiny)" "$PY" benchmarks/bench_demo.py --tiny
 else
   run 120 "1a. per-example norms: MLP and CIFAR-shaped CNN, n=256,1024" \

@@ -74,6 +74,29 @@ class Tied(nn.Module):
     return emb.attend(h)
 
 
+class PoolNet(nn.Module):
+  """Max-pooling (tiling windows with SAME padding on odd sizes: the fast path; overlapping windows:
+  the XLA primitive), a dilated convolution and a transposed (input-dilated) convolution."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))
+    h = nn.max_pool(h[None], (2, 2), strides=(2, 2), padding="SAME")[0]       # 7x6 -> 4x3, padded
+    h = nn.relu(nn.Conv(3, (2, 2), kernel_dilation=(2, 1), padding="SAME")(h))
+    h = nn.max_pool(h[None], (2, 2), strides=(1, 1), padding="VALID")[0]      # overlapping: fallback
+    h = jnp.tanh(nn.ConvTranspose(2, (2, 2), strides=(2, 2))(h))
+    return nn.Dense(3)(h.reshape(-1))
+
+
+def _nchw_loss(params, ex):
+  """A raw NCHW/OIHW convolution with stride, asymmetric padding and a dilated kernel."""
+  x, y = ex
+  h = jax.lax.conv_general_dilated(x[None], params["k"], (2, 1), ((1, 0), (2, 1)), rhs_dilation=(1, 2),
+                                   dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  z = jnp.tanh(h).reshape(-1) @ params["w"]
+  return jax.nn.logsumexp(z) - z[y]
+
+
 def _problem(model, kind, n=5, seed=0):
   k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
   if kind == "vec":
@@ -92,12 +115,17 @@ def _problem(model, kind, n=5, seed=0):
   return ce_loss(model.apply), params, (x, y)
 
 
-CASES = [(MLP(), "vec", None), (Residual(), "vec", None)] + [
-    (m, k, f) for m, k in [(ConvNet(), "img"), (EmbedModel(), "tok")] for f in FORMS]
+CASES = [(MLP(), "vec", None), (Residual(), "vec", None), (PoolNet(), "img", None)] + [
+    (m, k, f) for m, k in [(ConvNet(), "img"), (EmbedModel(), "tok")] for f in FORMS] + [
+    pytest.param(PoolNet(), "img", f, marks=pytest.mark.slow) for f in FORMS[1:]]  # forms: numpy test
 
 
-@pytest.mark.parametrize("model,kind,form", CASES,
-                         ids=[f"{type(m).__name__}-{f}" for m, _, f in CASES])
+def _case_id(c):
+  m, _, f = c.values if hasattr(c, "values") else c
+  return f"{type(m).__name__}-{f}"
+
+
+@pytest.mark.parametrize("model,kind,form", CASES, ids=[_case_id(c) for c in CASES])
 def test_ghost_equals_vmap_float64(x64, monkeypatch, model, kind, form):
   monkeypatch.setattr(pe, "_FORCE_FORM", form)  # None: cheaper form; "gram"/"direct": forced
   loss_fn, params, batch = _problem(model, kind)
@@ -109,6 +137,75 @@ def test_ghost_equals_vmap_float64(x64, monkeypatch, model, kind, form):
   assert got.dtype == jnp.float64
   np.testing.assert_allclose(got, want, rtol=RTOL)
   np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch), want, rtol=RTOL)
+
+
+@pytest.mark.parametrize("form", [None] + [pytest.param(f, marks=pytest.mark.slow) for f in FORMS[1:]])
+def test_nchw_strided_dilated_conv_equals_vmap(x64, monkeypatch, form):
+  monkeypatch.setattr(pe, "_FORCE_FORM", form)
+  k = jax.random.split(jax.random.key(4), 4)
+  params = {"k": jax.random.normal(k[0], (3, 2, 2, 2)), "w": jax.random.normal(k[1], (3 * 4 * 7, 3))}
+  batch = (jax.random.normal(k[2], (4, 2, 7, 6)), jax.random.randint(k[3], (4,), 0, 3))
+  assert jax.eval_shape(lambda: _nchw_loss(params, (batch[0][0], 0))).shape == ()
+  plan = pe._ghost_plan(_nchw_loss, params, batch)
+  assert plan.fallback == () and sorted(s.kind for s in plan.sites) == ["conv", "dot"]
+  want = pe.per_example_grad_norms(_nchw_loss, params, batch, method="vmap")
+  np.testing.assert_allclose(pe.per_example_grad_norms(_nchw_loss, params, batch, method="ghost"), want,
+                             rtol=RTOL)
+
+
+def test_conv_direct_form_against_numpy_loop(x64):
+  # Independent reference: the per-example kernel gradient summed position by position in NumPy.
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(3, 6, 5, 2))           # (n, H, W, C)
+  kern = rng.normal(size=(3, 2, 2, 4))        # HWIO
+  d = rng.normal(size=(3, 3, 4, 4))           # output grads for stride 2, SAME padding
+  dn = jax.lax.conv_dimension_numbers((1, 6, 5, 2), kern.shape, ("NHWC", "HWIO", "NHWC"))
+  pads = jax.lax.padtype_to_pads((6, 5), (3, 2), (2, 1), "SAME")
+  p = {"window_strides": (2, 1), "padding": pads, "lhs_dilation": (1, 1), "rhs_dilation": (1, 1)}
+  xt = jnp.transpose(jnp.asarray(x)[:, None], (0, 1, 4, 2, 3))   # (n, N, C, H, W)
+  dt = jnp.transpose(jnp.asarray(d)[:, None], (0, 1, 4, 2, 3))
+  want = []
+  for i in range(3):
+    xp = np.pad(x[i], (pads[0], pads[1], (0, 0)))
+    g = np.zeros(kern.shape)
+    for a in range(3):
+      for b in range(4):
+        g += np.einsum("hwc,o->hwco", xp[2 * a:2 * a + 3, b:b + 2], d[i, a, b])
+    want.append(np.sum(g ** 2))
+  assert dn.lhs_spec == (0, 3, 1, 2)
+  for gram in (False, True):
+    got = pe._conv_sq_norms_by_offsets(xt, dt, (3, 2), p, gram)
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_fast_window_max_matches_xla_values_and_gradients(x64):
+  # Ties (ReLU zeros, repeated values) must route the cotangent like XLA's select_and_scatter.
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(np.maximum(rng.normal(size=(2, 7, 6, 3)), 0.0))
+  x = x.at[0, 0, 0, 0].set(1.5).at[0, 0, 1, 0].set(1.5).at[0, 1, 0, 0].set(1.5)
+  for win, pad in [((1, 2, 2, 1), "SAME"), ((1, 3, 2, 1), "SAME"), ((1, 1, 3, 1), "VALID")]:
+    ref = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, win, win, pad)
+    pads = tuple(jax.lax.padtype_to_pads(x.shape, win, win, pad))
+    fast = lambda v: pe._window_max(v, pads, win)
+    np.testing.assert_array_equal(fast(x), ref(x))
+    g = jnp.asarray(rng.normal(size=ref(x).shape))
+    np.testing.assert_array_equal(jax.vjp(fast, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0])
+    t = jnp.asarray(rng.normal(size=x.shape))
+    np.testing.assert_array_equal(jax.jvp(fast, (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])
+
+
+def test_fast_pool_used_only_for_tiling_windows(x64, monkeypatch):
+  loss_fn, params, batch = _problem(PoolNet(), "img")
+  plan = pe._ghost_plan(loss_fn, params, batch)
+  pools = [e for e in plan.closed.jaxpr.eqns if e.primitive.name == "reduce_window_max"]
+  x = jnp.zeros(pools[0].invars[0].aval.shape)
+  assert len(pools) == 2
+  assert pe._window_max_spec(pools[0], x) is not None                  # 2x2 stride 2: fast path
+  assert pe._window_max_spec(pools[1], jnp.zeros(pools[1].invars[0].aval.shape)) is None  # overlapping
+  want = pe.per_example_grad_norms(loss_fn, params, batch, method="ghost")
+  monkeypatch.setattr(pe, "_FAST_POOL", False)
+  np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"), want,
+                             rtol=RTOL)
 
 
 def test_site_kinds_found(x64):

@@ -306,3 +306,46 @@ def test_cnn_rejects_non_image_example():
   model = models.small_cnn(3)
   with pytest.raises(ValueError, match=r"one HWC image \(3 axes\), got shape \(64,\)"):
     model.init_fn(jax.random.key(0), jnp.ones(64))
+
+
+def test_small_cnn_gradients_equal_flax_max_pool_reference():
+  # small_cnn pools with a scatter-free max-pool; values, gradients (reverse and forward mode) must equal
+  # the same network built on flax's nn.max_pool (XLA reduce_window / select_and_scatter), ties included.
+  import flax.linen as nn
+
+  class Ref(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = x[None]
+      for i, c in enumerate((3, 2)):
+        h = nn.relu(nn.Conv(c, (3, 3), padding="SAME", name=f"conv_{i}")(h))
+        h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+      return nn.Dense(4, name="head")(h.reshape(-1))
+
+  with jax.enable_x64(True):
+    model = models.small_cnn(4, channels=(3, 2))
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(3, 7, 6, 2)))   # odd sizes: padded windows
+    params = _perturb(model.init_fn(jax.random.key(0), x[0]), seed=8)
+    ref_apply = lambda p, v: Ref().apply({"params": p}, v)
+    loss = lambda apply: lambda p: jnp.sum(jax.vmap(apply, (None, 0))(p, x) ** 2)
+    np.testing.assert_array_equal(jax.vmap(model.apply_fn, (None, 0))(params, x),
+                                  jax.vmap(ref_apply, (None, 0))(params, x))
+    g, g_ref = jax.grad(loss(model.apply_fn))(params), jax.grad(loss(ref_apply))(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    t = jax.tree.map(jnp.ones_like, params)
+    np.testing.assert_allclose(jax.jvp(loss(model.apply_fn), (params,), (t,))[1],
+                               jax.jvp(loss(ref_apply), (params,), (t,))[1], rtol=1e-12)
+
+
+def test_small_cnn_ghost_norms_equal_vmap_float64():
+  from unlearn_jax import per_example as pe
+  with jax.enable_x64(True):
+    model = models.small_cnn(3, channels=(2, 3))
+    x = jnp.asarray(np.random.default_rng(9).normal(size=(4, 9, 8, 1)))
+    params = _perturb(model.init_fn(jax.random.key(0), x[0]), seed=10)
+    loss_fn = models.cross_entropy_loss_fn(model.apply_fn)
+    batch = (x, jnp.array([0, 1, 2, 1]))
+    assert pe._ghost_plan(loss_fn, params, batch).fallback == ()
+    np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"),
+                               pe.per_example_grad_norms(loss_fn, params, batch, method="vmap"), rtol=1e-10)

@@ -13,7 +13,10 @@ same pytree with a leading axis of size n on every leaf. Two ways to get the per
   a_i: ``‖a_i‖²‖δ_i‖²`` for a weight applied once per example, the Gram form
   ``Σ_{p,q} ⟨a_ip, a_iq⟩⟨δ_ip, δ_iq⟩`` (or the materialised per-example weight gradient, whichever is
   cheaper) for a weight applied at several positions, ``‖Σ_p δ_ip‖²`` for a bias. Any leaf used in another
-  way falls back to vmap for that leaf alone. Exact, not approximate.
+  way falls back to vmap for that leaf alone. Exact, not approximate. Convolutions are handled per kernel
+  offset (input slices, small batched matmuls; no identity-kernel patch convolution), and max-pooling
+  with tiling windows is differentiated without XLA's slow-on-CPU ``select_and_scatter_add`` (same
+  cotangent: each window's first maximum).
 - ``method="auto"`` (default): ghost where the trace succeeds, vmap otherwise; exact either way.
 
 Clipped gradient sums use the two-pass method: norms first, then one backward pass of the reweighted
@@ -476,7 +479,8 @@ def _eval_with_taps(jaxpr, consts, args, path, plan, taps, acts):
       inner_consts = getattr(inner, "consts", ())
       outs = _eval_with_taps(inner_jaxpr, inner_consts, invals, here, plan, taps, acts)
     else:
-      outs = _bind(eqn, invals)
+      fast = _fast_window_max(eqn, invals) if eqn.primitive.name == "reduce_window_max" else None
+      outs = _bind(eqn, invals) if fast is None else fast
       if not eqn.primitive.multiple_results:
         outs = [outs]
       if here in plan.site_paths:
@@ -487,6 +491,78 @@ def _eval_with_taps(jaxpr, consts, args, path, plan, taps, acts):
     for v, o in zip(eqn.outvars, outs):
       env[v] = o
   return [read(v) for v in jaxpr.outvars]
+
+
+def _window_max_spec(eqn, x):
+  """(pads, window) when ``eqn`` is a max-pool with non-overlapping, tiling windows on float ``x``."""
+  p = eqn.params
+  win = tuple(int(w) for w in p["window_dimensions"])
+  pads = tuple((int(lo), int(hi)) for lo, hi in p["padding"])
+  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    return None
+  if (tuple(p["window_strides"]) != win or any(d != 1 for d in p["base_dilation"])
+      or any(d != 1 for d in p["window_dilation"])):
+    return None
+  if any(lo < 0 or hi < 0 for lo, hi in pads):
+    return None
+  if any((s + lo + hi) % w for s, (lo, hi), w in zip(np.shape(x), pads, win)):
+    return None
+  return pads, win
+
+
+def _split_windows(x, win):
+  """(..., S_d, ...) -> (..., S_d / w_d, ...) + window axes flattened last: shape (*out, prod(win))."""
+  shape = np.shape(x)
+  split = []
+  for s, w in zip(shape, win):
+    split += [s // w, w]
+  x = jnp.reshape(x, split)
+  nd = len(shape)
+  x = jnp.transpose(x, [2 * j for j in range(nd)] + [2 * j + 1 for j in range(nd)])
+  return jnp.reshape(x, tuple(s // w for s, w in zip(shape, win)) + (-1,))
+
+
+def _window_max_value(x, pads, win):
+  """(padded window view (*out, K), max over each window)."""
+  neg = jnp.array(-jnp.inf, x.dtype)
+  xw = _split_windows(jax.lax.pad(x, neg, [(lo, hi, 0) for lo, hi in pads]), win)
+  return xw, jnp.max(xw, axis=-1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _window_max(x, pads, win):
+  """Max over tiling windows (max-pooling); the derivative routes to each window's first maximum."""
+  return _window_max_value(x, pads, win)[1]
+
+
+@_window_max.defjvp
+def _window_max_jvp(pads, win, primals, tangents):
+  (x,), (t,) = primals, tangents
+  xw, y = _window_max_value(x, pads, win)
+  first = jnp.argmax(xw, axis=-1)  # the first maximum in row-major window order, as XLA selects
+  onehot = first[..., None] == jnp.arange(xw.shape[-1], dtype=first.dtype)
+  tw = _split_windows(jax.lax.pad(t, jnp.zeros((), t.dtype), [(lo, hi, 0) for lo, hi in pads]), win)
+  return y, jnp.sum(jnp.where(onehot, tw, jnp.zeros((), tw.dtype)), axis=-1)
+
+
+def _fast_window_max(eqn, invals):
+  """``reduce_window_max`` with tiling windows (max-pooling) with a scatter-free backward pass.
+
+  XLA:CPU's ``select_and_scatter_add`` (the transpose JAX emits for max-pooling) is slow; for
+  non-overlapping windows the same cotangent — routed to the first maximum of each window, as XLA's
+  ``select`` with ``ge`` does — is a one-hot mask. Same values and gradients; None when not applicable.
+  """
+  if _FAST_POOL is False:
+    return None
+  x = invals[0]
+  spec = _window_max_spec(eqn, x)
+  if spec is None:
+    return None
+  return _window_max(x, *spec)
+
+
+# Test hook: False disables the max-pool fast path in the ghost evaluator.
+_FAST_POOL: bool = True
 
 
 def _bind(eqn, invals):
@@ -570,18 +646,62 @@ def _sq_rows(x: jax.Array) -> jax.Array:
   return jnp.sum(jnp.reshape(jnp.square(x), (x.shape[0], -1)), axis=1)
 
 
-def _gram_or_direct(a: jax.Array, d: jax.Array) -> jax.Array:
+def _gram_or_direct(a: jax.Array, d: jax.Array, form: str | None = None) -> jax.Array:
   """Σ_b ‖Σ_l a[n,b,l,:] ⊗ d[n,b,l,:]‖² per n; a (n,B,L,C), d (n,B,L,R): Gram form or direct."""
   _, _, L, C = a.shape
   R = d.shape[-1]
   if L == 1:
     return jnp.sum(jnp.sum(a[:, :, 0] ** 2, -1) * jnp.sum(d[:, :, 0] ** 2, -1), axis=1)
-  if (_FORCE_FORM == "gram") or (_FORCE_FORM is None and L * L * (C + R) <= L * C * R):
+  form = form or _FORCE_FORM
+  if (form == "gram") or (form is None and L * L * (C + R) <= L * C * R):
     ga = jnp.einsum("nblc,nbmc->nblm", a, a)
     gd = jnp.einsum("nblr,nbmr->nblm", d, d)
     return jnp.sum(ga * gd, axis=(1, 2, 3))
   g = jnp.einsum("nblc,nblr->nbcr", a, d)
   return _sq_rows(g)
+
+
+def _conv_offset_slices(x, filt, p, out_spatial):
+  """The input seen by each kernel offset of a convolution (lhs_dilation 1), channels first.
+
+  ``x`` is (n, N, C, *spatial). Returns one array (n, N, C, P) per kernel offset k (row-major over
+  ``filt``), P = prod(out_spatial): output position y reads ``x_pad[y·s + k·r]`` at offset k. Pure
+  slicing (no identity-kernel convolution as in ``conv_general_dilated_patches``).
+  """
+  n, nb, c = x.shape[:3]
+  nd = len(filt)
+  zero = jnp.zeros((), x.dtype)
+  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 3 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]])
+  strides = tuple(int(v) for v in p["window_strides"])
+  rdil = tuple(int(v) for v in p["rhs_dilation"])
+  out = []
+  for k in np.ndindex(*filt):
+    start = [0, 0, 0] + [k[j] * rdil[j] for j in range(nd)]
+    limit = [n, nb, c] + [k[j] * rdil[j] + (out_spatial[j] - 1) * strides[j] + 1 for j in range(nd)]
+    sl = jax.lax.slice(xp, start, limit, [1, 1, 1] + list(strides))
+    out.append(jnp.reshape(sl, (n, nb, c, -1)))
+  return out
+
+
+def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
+  """Per-example squared kernel-gradient norms of a convolution with lhs_dilation 1.
+
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial). Direct form: the per-example kernel gradient
+  at offset k is S_k δ (C×O, one small batched matmul per offset) and the squared norm sums over k;
+  Gram form: ``Σ_{p,q} ⟨a_p, a_q⟩⟨δ_p, δ_q⟩`` with the patches a = [S_k]_k.
+  """
+  n, nb, o = d.shape[:3]
+  out_spatial = d.shape[3:]
+  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)         # (n, N, P, O)
+  slices = _conv_offset_slices(x, filt, p, out_spatial)
+  if gram:
+    a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)        # (n, N, P, F)
+    return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)),
+                           form="gram")
+  sq = jnp.zeros((n,), d.dtype)
+  for s in slices:
+    sq = sq + _sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl))
+  return sq
 
 
 def _site_sq_norms(site: _Site, leaf, act, delta) -> jax.Array:
@@ -631,6 +751,9 @@ def _site_sq_norms(site: _Site, leaf, act, delta) -> jax.Array:
     gram = num_pos * (F + O) + _size(filt) * F <= F * O  # Gram over positions is cheaper
     if _FORCE_FORM is not None:
       gram = _FORCE_FORM == "gram"
+    if all(int(v) == 1 for v in p["lhs_dilation"]):
+      return _conv_sq_norms_by_offsets(x.astype(d.dtype), d, filt, p, gram)
+    # Transposed (input-dilated) convolutions: patches / per-example kernel gradients.
     if gram:
       patches = jax.vmap(lambda xi: jax.lax.conv_general_dilated_patches(
           xi, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"]))(x)
