@@ -338,6 +338,7 @@ def test_small_cnn_gradients_equal_flax_max_pool_reference():
                                jax.jvp(loss(ref_apply), (params,), (t,))[1], rtol=1e-12)
 
 
+@pytest.mark.slow  # 29 s; the pool and conv paths are also covered by test_ghost.py's PoolNet / ConvNet
 def test_small_cnn_ghost_norms_equal_vmap_float64():
   from unlearn_jax import per_example as pe
   with jax.enable_x64(True):
