@@ -54,12 +54,6 @@ def _mp_exact(q, sigma, alpha):
 
 
 @pytest.fixture(scope="module")
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
-@pytest.fixture(scope="module")
 def rdp_fn(x64):
   return jax.jit(lambda q, z: acc.sampled_gaussian_rdp(q, z, ORDERS))
 

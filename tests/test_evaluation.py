@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import jax
-import linear_softmax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
 from unlearn_jax import evaluation as ev
+
+import linear_softmax  # tests/ helper module
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,30 +16,15 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 from unlearn_jax import accounting as acc
 from unlearn_jax import sgld as sg
 
+from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
+
 logging.getLogger("absl").setLevel(logging.ERROR)
-
-
-def logistic_loss(w, ex):
-  x, y = ex
-  z = x @ w
-  return jnp.logaddexp(0.0, z) - y * z
 
 
 def linear_loss(w, ex):
   """ℓ = y ⟨w, x⟩: gradient y·x, independent of w."""
   x, y = ex
   return y * (x @ w)
-
-
-def _logistic_grads_np(w, x, y):
-  p = 1.0 / (1.0 + np.exp(-(x @ w)))
-  return (p - y)[:, None] * x
-
-
-@pytest.fixture(scope="module")
-def x64():
-  with jax.enable_x64(True):
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +92,7 @@ def test_full_batch_costs_match_numpy_reference(data):
           orders=orders, mask=jnp.asarray(mask),
       )
   )(jnp.asarray(w))
-  g = _logistic_grads_np(w, x, y)
+  g = logistic_grads_np(w, x, y)
   nrm = np.linalg.norm(g, axis=1)
   gc = g * np.minimum(1.0, clip / nrm)[:, None]
   n_act = mask.sum()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import jax
-import linear_softmax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
 from unlearn_jax import metrics
+
+import linear_softmax  # tests/ helper module
 
 NUM_FEATURES, NUM_CLASSES = 3, 4
 apply_fn, loss_fn = linear_softmax.apply_fn, linear_softmax.loss_fn

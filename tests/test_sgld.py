@@ -11,27 +11,12 @@ import pytest
 from unlearn_jax import accounting as acc
 from unlearn_jax import sgld as sg
 
-
-def logistic_loss(w, ex):
-  x, y = ex
-  z = x @ w
-  return jnp.logaddexp(0.0, z) - y * z
+from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
 
 
 def ridge_loss(w, ex):
   a, y = ex
   return 0.5 * (a @ w - y) ** 2
-
-
-def _logistic_grads_np(w, x, y):
-  p = 1.0 / (1.0 + np.exp(-(x @ w)))
-  return (p - y)[:, None] * x
-
-
-@pytest.fixture(scope="module")
-def x64():
-  with jax.enable_x64(True):
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +36,7 @@ def test_temperature_zero_is_clipped_gd(logistic_data):
   w = np.zeros(3)
   for t in range(4):
     state, info = step(state, (jnp.asarray(x), jnp.asarray(y)), jax.random.key(t), eta, 0.0)
-    g = _logistic_grads_np(w, x, y)
+    g = logistic_grads_np(w, x, y)
     norms = np.linalg.norm(g, axis=1)
     np.testing.assert_allclose(np.asarray(info.grad_norms), norms, rtol=1e-10)
     gc = g * np.minimum(1.0, clip / norms)[:, None]
@@ -121,7 +106,7 @@ def test_poisson_inclusion_rate_and_estimate(logistic_data):
   assert abs(masks.mean() - q) <= 5 * np.sqrt(q * (1 - q) / total)
   # The estimate is (1/b) sum over the batch of clipped gradients, b = q n.
   state, info = step(state0, data, jax.random.key(7), 0.1, 0.0)
-  g = _logistic_grads_np(np.asarray(w0), x, y)
+  g = logistic_grads_np(np.asarray(w0), x, y)
   gc = g * np.minimum(1.0, clip / np.linalg.norm(g, axis=1))[:, None]
   mask = np.asarray(info.batch_mask)
   expected = np.asarray(w0) - 0.1 * (mask[:, None] * gc).sum(0) / (q * n)
