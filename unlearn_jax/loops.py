@@ -451,8 +451,8 @@ def _on_mesh(state, mesh, num_seeds):
 def _check_reduction_blocks(value: Any, mesh: Any) -> int | None:
   if value is None:
     return None
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"reduction_blocks must be None or a positive integer, got {value!r}")
+  from unlearn_jax import sgld as sgld_lib  # pylint: disable=import-outside-toplevel
+  value = sgld_lib._check_blocks(value)  # one validation, shared with sgld.sgld
   if mesh is not None and isinstance(mesh, jax.sharding.Mesh):
     from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
     size = distributed.data_axis_size(mesh)
