@@ -40,7 +40,7 @@ def main(argv):
     from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
 
     params, data, loss_fn, _ = w._problem(13, np.float64)
-    kw = dict(accounting=w._accounting(filter_budget=175.0), clip_norm=1.0, reduction_blocks=8)
+    kw = dict(accounting=w._accounting(filter_budget=w.FULL_BATCH_BUDGET), clip_norm=1.0, reduction_blocks=8)
     mesh = distributed.make_mesh()
     out["mesh_shape"] = dict(mesh.shape)
     got = w._train(loss_fn, params, data, mesh=mesh, **kw)

@@ -237,7 +237,14 @@ def test_average_and_group(x64):
   np.testing.assert_allclose(np.asarray(std), r.std(0))
   realized = jnp.asarray(np.random.default_rng(1).uniform(size=(5, 2)))
   g = acc.group_privacy_loss(realized, jnp.array([1, 3, 4]))
-  np.testing.assert_allclose(np.asarray(g), 3 * np.asarray(realized)[[1, 3, 4]].sum(0))
+  # k ((n-1)/(n-k))^2 = 3 (4/2)^2 = 12 with the mean over the data set (THEORY §3); k with a fixed one.
+  np.testing.assert_allclose(np.asarray(g), 12 * np.asarray(realized)[[1, 3, 4]].sum(0))
+  g_fixed = acc.group_privacy_loss(realized, jnp.array([1, 3, 4]), fixed_denominator=True)
+  np.testing.assert_allclose(np.asarray(g_fixed), 3 * np.asarray(realized)[[1, 3, 4]].sum(0))
+  g_n = acc.group_privacy_loss(realized, jnp.array([1, 3]), num_examples=11)
+  np.testing.assert_allclose(np.asarray(g_n), 2 * (10 / 9) ** 2 * np.asarray(realized)[[1, 3]].sum(0))
+  with pytest.raises(ValueError, match="group_size"):
+    acc.group_factor(3, 3)
 
 
 def test_max_steps_for_epsilon(rdp_fn):

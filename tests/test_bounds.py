@@ -270,7 +270,11 @@ def test_group_steps():
   forget = np.array([1, 2])
   k = float(bounds.group_steps_to_unlearn(p, forget, 0.1, alpha=2.0, step_size=0.1, temperature=1.0,
                                           lsi_constant=1.0))
-  assert k == brute_force_steps(2 * (2.0 + 5.0), 0.1, 2.0, 0.1, 1.0, 1.0)
+  # k ((n-1)/(n-k))^2 with n = 4, k = 2: 2 (3/2)^2 = 4.5 (THEORY §3, mean over the data set)
+  assert k == brute_force_steps(4.5 * (2.0 + 5.0), 0.1, 2.0, 0.1, 1.0, 1.0)
+  k_fixed = float(bounds.group_steps_to_unlearn(p, forget, 0.1, alpha=2.0, step_size=0.1, temperature=1.0,
+                                                lsi_constant=1.0, fixed_denominator=True))
+  assert k_fixed == brute_force_steps(2 * (2.0 + 5.0), 0.1, 2.0, 0.1, 1.0, 1.0) < k
   # a group is never cheaper than its hardest member
   k1 = float(bounds.steps_to_unlearn(5.0, 0.1, alpha=2.0, step_size=0.1, temperature=1.0,
                                      lsi_constant=1.0))

@@ -351,7 +351,7 @@ def _assert_blocks_scenario(r):
 
 
 def test_reduction_blocks_bitwise_on_one_two_four_devices(four_devices):
-  # n = 13 padded to 16, x64, full batch, individual Renyi filter on (the while loop over active sets ran).
+  # n = 13 padded to 16, x64, full batch, individual Renyi filter on (fixed denominator b = 13).
   _assert_blocks_scenario(_result(four_devices, "blocks_full_batch"))
 
 

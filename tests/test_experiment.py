@@ -304,8 +304,12 @@ def test_empirical_steps_consistent_with_distances(tiny_run):
     expected = grid[np.argmax(passed)] if passed.any() else "inf"
     assert fs["empirical_steps"] == expected
     mem = fs["membership_epsilon"]
-    # Without Clopper-Pearson the estimate is capped by log(N (1 - delta)) with N = 4 models.
-    assert 0 <= mem["median"] <= mem["max"] <= math.log(4) + 1e-6
+    # The point estimate is capped by log(N (1 - delta)) with N = 4 models; the reported lower bound
+    # (simultaneous Clopper-Pearson) by the resolvable cap, which is 0 for 4 models.
+    point, lower = mem["point_estimate"], mem["lower_bound"]
+    assert 0 <= point["median"] <= point["max"] <= math.log(4) + 1e-6
+    assert mem["num_models"] == 4 and mem["resolvable_cap"] == 0.0
+    assert lower["median"] == lower["max"] == 0.0
 
 
 def test_same_config_same_bytes(tiny_run, tmp_path):

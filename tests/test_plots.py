@@ -63,7 +63,7 @@ def test_membership_vs_certified_counts_violations(tmp_path, monkeypatch):
   cert = np.array([1.0, 1.0, 2.0, np.inf])
   emp = np.array([0.5, 1.5, 2.5, 9.0])  # two finite violations; the inf certificate is never violated
   plots.membership_vs_certified(cert, emp, tmp_path / "m.png", labels=["a", "a", "b", "b"])
-  assert "(2 above the diagonal)" in titles[-1]
+  assert "(2 lower bounds above the diagonal)" in titles[-1]
 
 
 @pytest.mark.parametrize("fn,args", [

@@ -21,11 +21,16 @@ training step (``unlearn_jax.sgld``).
   improved one of Canonne, Kamath, Steinke 2020 (arXiv 2004.00010, Prop. 12) that ``dp_accounting``
   uses.
 
-Precision: under ``jax_enable_x64`` the sampled Gaussian RDP matches ``dp_accounting`` to ~1e-12
-relative wherever ``dp_accounting``'s series converges within ``num_terms`` terms; in float32 (the
-default dtype) expect ~1e-5 relative, and an absolute floor of ~1e-7·(α−1)⁻¹ on the RDP value, since
-log A_α is computed to float32 precision. Use float64 for accounting (``jax.enable_x64``) when the
-per-step costs are tiny (q ≪ 1, large noise multipliers).
+Precision: under ``jax_enable_x64`` the sampled Gaussian RDP equals the |binomial| series evaluated at
+40 digits to ~1e-9 relative (tests), and ``dp_accounting`` wherever ``dp_accounting``'s own float64
+evaluation is accurate: at integer orders to ~1e-12; at fractional orders ``dp_accounting`` sums the
+same |binomial| series but loses up to ~4e-3 relative in float64 (and answers ``inf`` where its loop
+gives up), so there the 40-digit value is the reference. The |binomial| series is an upper bound on the
+exact RDP and is not monotone in α; the ledger's costs (:func:`poisson_costs`) are its monotone envelope
+(:func:`monotone_in_order`), sound because RDP is non-decreasing in α. In float32 (the default dtype)
+expect ~1e-5 relative, and an absolute floor of ~1e-7·(α−1)⁻¹ on the RDP value, since log A_α is
+computed to float32 precision. Use float64 for accounting (``jax.enable_x64``) when the per-step costs
+are tiny (q ≪ 1, large noise multipliers).
 """
 
 from __future__ import annotations
@@ -53,10 +58,12 @@ __all__ = [
     "full_batch_costs",
     "full_batch_worst_case_cost",
     "gaussian_rdp",
+    "group_factor",
     "group_privacy_loss",
     "ledger_init",
     "ledger_update",
     "max_steps_for_epsilon",
+    "monotone_in_order",
     "poisson_costs",
     "poisson_worst_case_cost",
     "rdp_to_dp",
@@ -665,14 +672,12 @@ def sampled_gaussian_rdp(
   orders_t = _static_orders(orders, "sampled_gaussian_rdp")
   if not isinstance(num_terms, (int, np.integer)) or isinstance(num_terms, bool) or num_terms < 1:
     raise ValueError(f"num_terms must be a positive int, got {num_terms!r}")
-  log_a_fn = _log_a_fn(orders_t, int(num_terms))
   z = jnp.asarray(noise_multiplier)
   if not jnp.issubdtype(z.dtype, jnp.floating):
     z = z.astype(jnp.result_type(float))
   dtype = z.dtype
-  q = jnp.asarray(q, dtype)
-  if q.ndim != 0:
-    raise ValueError(f"q must be a scalar sampling rate, got shape {q.shape}")
+  if np.ndim(q) != 0:
+    raise ValueError(f"q must be a scalar sampling rate, got shape {np.shape(q)}")
   batch_shape = z.shape
   zf = z.reshape(-1)
   m = zf.shape[0]
@@ -680,6 +685,11 @@ def sampled_gaussian_rdp(
 
   is_inf = jnp.isinf(zf)
   z_safe = jnp.where(is_inf, 1.0, zf)  # double-where: no NaN gradients through the unused branch
+  if not _checks._is_traced(q) and float(q) == 1.0:  # the Gaussian mechanism: no series to evaluate
+    rdp = jnp.where(is_inf[:, None], 0.0, alphas[None, :] / (2.0 * z_safe[:, None] ** 2))
+    return rdp.reshape(batch_shape + (len(orders_t),))
+  log_a_fn = _log_a_fn(orders_t, int(num_terms))
+  q = jnp.asarray(q, dtype)
   q_full = q >= 1.0
   q_safe = jnp.where(q_full, 1e-3, q)  # any q < 1 whose series converges fast
 
@@ -862,7 +872,37 @@ def poisson_costs(
   _checks.check_nonnegative("norms", norms, allow_inf=True)
   dtype = jnp.result_type(jnp.asarray(norms).dtype, float)
   z = _poisson_noise_multiplier(norms, q, denominator, step_size, temperature, dtype)
-  return sampled_gaussian_rdp(q, z, orders, num_terms=num_terms)
+  orders_t = _static_orders(orders, "poisson_costs")
+  return monotone_in_order(sampled_gaussian_rdp(q, z, orders_t, num_terms=num_terms), orders_t)
+
+
+def monotone_in_order(values: ArrayLike, orders: ArrayLike | Sequence[float]) -> jax.Array:
+  """Each value at order α replaced by the minimum of the values at orders ≥ α (THEORY §2b).
+
+  RDP is non-decreasing in α, so if every entry upper-bounds the RDP at its order, so does the
+  minimum over the higher orders: the result is a sound, tighter cost that is monotone in α. The
+  |binomial| series of fractional orders is not monotone in α (it overshoots the exact RDP by a
+  varying margin); integer orders are exact, so the envelope mostly moves fractional entries down to
+  the next order's value.
+
+  Args:
+    values: (..., K) upper bounds on RDP at ``orders``.
+    orders: (K,) Rényi orders (any order; concrete).
+
+  Returns:
+    (..., K), non-decreasing in the order, ≤ ``values``.
+
+  Examples:
+    >>> monotone_in_order(jnp.array([1.0, 3.0, 2.0]), [2.0, 3.0, 4.0]).tolist()
+    [1.0, 2.0, 2.0]
+  """
+  orders_np = np.asarray(_checks.check_orders(orders), dtype=float)
+  perm = np.argsort(orders_np, kind="stable")
+  inverse = np.argsort(perm)
+  v = jnp.asarray(values)
+  ascending = jnp.take(v, jnp.asarray(perm), axis=-1)
+  suffix_min = jnp.flip(jax.lax.cummin(jnp.flip(ascending, axis=-1), axis=v.ndim - 1), axis=-1)
+  return jnp.take(suffix_min, jnp.asarray(inverse), axis=-1)
 
 
 def poisson_worst_case_cost(
@@ -1215,23 +1255,69 @@ def average_ledgers(ledgers: Ledger | ArrayLike) -> tuple[jax.Array, jax.Array]:
   return jnp.mean(realized, axis=0), jnp.std(realized, axis=0)
 
 
-def group_privacy_loss(realized: ArrayLike, forget_indices: ArrayLike) -> jax.Array:
-  """Group bound for full-batch accounting (THEORY §3): ``P(F, α) ≤ |F| · Σ_{x∈F} P(x, α)``.
+def group_factor(num_examples: int, group_size: int, *, fixed_denominator: bool = False) -> float:
+  """The factor of the group bound (THEORY §3): ``P(F, α) ≤ factor · Σ_{x∈F} P(x, α)``.
 
-  Cauchy–Schwarz: ‖Σ_{x∈F} d_x‖² ≤ |F| Σ ‖d_x‖², so the §2a costs of removing F are bounded by
-  |F| times the sum of the individual costs, step by step.
+  - Mean over the data set (§2a, no filter): removing F moves the reference mean to ḡ_{D∖F}, and
+    Σ_{x∈F}(g_x − ḡ_{D∖F}) = (n/(n−k)) Σ_{x∈F}(g_x − ḡ_D), so the group's per-step cost is
+    αη‖Σ_F(g_x − ḡ_D)‖²/(4τ(n−k)²); with Cauchy–Schwarz ‖Σ_F d_x‖² ≤ k Σ_F ‖d_x‖² the factor is
+    ``k · ((n−1)/(n−k))²``.
+  - Fixed denominator b (the certified full-batch filter, Poisson sampling at q = 1): the group's cost is
+    αη‖Σ_F g_x‖²/(4τb²), so the factor is ``k``.
+
+  Args:
+    num_examples: n, the examples in the mean (k < n).
+    group_size: k = |F| ≥ 1.
+    fixed_denominator: True for the fixed-denominator estimate.
+
+  Returns:
+    The factor (a Python float).
+
+  Raises:
+    ValueError: unless 1 ≤ k < n.
+
+  Examples:
+    >>> group_factor(10, 2)  # 2 * (9/8)**2
+    2.53125
+    >>> group_factor(10, 2, fixed_denominator=True)
+    2.0
+  """
+  for name, v in (("num_examples", num_examples), ("group_size", group_size)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+      raise TypeError(f"{name} must be an integer, got {v!r}")
+  if not 1 <= group_size < num_examples:
+    raise ValueError(f"group_size must satisfy 1 <= k < n = {num_examples}, got k = {group_size}")
+  k, n = float(group_size), float(num_examples)
+  return k if fixed_denominator else k * ((n - 1.0) / (n - k)) ** 2
+
+
+def group_privacy_loss(
+    realized: ArrayLike,
+    forget_indices: ArrayLike,
+    *,
+    num_examples: int | None = None,
+    fixed_denominator: bool = False,
+) -> jax.Array:
+  """Group bound for full-batch accounting (THEORY §3): ``P(F, α) ≤ group_factor · Σ_{x∈F} P(x, α)``.
+
+  With the mean over the data set (§2a) the factor is ``k((n−1)/(n−k))²``; with a fixed denominator
+  (the certified filter) it is ``k`` (:func:`group_factor`). The bound holds step by step, so it holds
+  for the realized sums; like them it is a certified group RDP bound only with the individual filter.
+  It is a full-batch result: Poisson-sampled and shuffled runs have no group bound here.
 
   Args:
     realized: (n, K) realized losses.
-    forget_indices: (|F|,) integer indices of the group.
+    forget_indices: (k,) distinct integer indices of the group.
+    num_examples: n of the mean (default: the rows of ``realized``).
+    fixed_denominator: True when the run used a fixed denominator (the certified full-batch filter).
 
   Returns:
     (K,) bound on the group's loss.
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> group_privacy_loss(jnp.array([[1.0], [2.0], [4.0]]), jnp.array([0, 2])).tolist()
-    [10.0]
+    >>> group_privacy_loss(jnp.array([[1.0], [2.0], [4.0]]), jnp.array([0, 2])).tolist()  # 2*(2/1)^2*5
+    [40.0]
   """
   realized = jnp.asarray(realized)
   idx = jnp.asarray(forget_indices)
@@ -1241,7 +1327,9 @@ def group_privacy_loss(realized: ArrayLike, forget_indices: ArrayLike) -> jax.Ar
     raise ValueError(f"forget_indices must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}")
   # Empty, duplicated or out-of-range indices would give a silently wrong bound (jax clamps indices).
   _checks.check_index_set("forget_indices", idx, realized.shape[0])
-  return idx.shape[0] * jnp.sum(realized[idx], axis=0)
+  n = realized.shape[0] if num_examples is None else num_examples
+  factor = group_factor(n, int(idx.shape[0]), fixed_denominator=fixed_denominator)
+  return factor * jnp.sum(realized[idx], axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -522,12 +522,13 @@ def worst_case_steps(
 def group_steps_to_unlearn(
   privacy_loss_4alpha: ArrayLike, forget_indices: ArrayLike, target: ArrayLike, *,
   alpha: ArrayLike, step_size: ArrayLike, temperature: ArrayLike, lsi_constant: ArrayLike,
-  e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
+  e1: ArrayLike = 0.0, e2: ArrayLike = 0.0, fixed_denominator: bool = False,
 ) -> jax.Array:
   """Certified steps to unlearn a whole forget set F: :func:`steps_to_unlearn` at P(F, 4α).
 
-  D' = D minus F; P(F, 4α) ≤ |F| Σ_{x∈F} P(x, 4α) (THEORY §3, full batch); E₁, E₂, C_LSI must be those
-  of the D' chain.
+  D' = D minus F; P(F, 4α) ≤ k((n−1)/(n−k))² Σ_{x∈F} P(x, 4α) with the mean over the data set, or
+  k Σ_{x∈F} P(x, 4α) with a fixed denominator (THEORY §3, full batch; ``accounting.group_privacy_loss``);
+  E₁, E₂, C_LSI must be those of the D' chain.
 
   Args:
     privacy_loss_4alpha: P(x, 4α) for all n examples, shape (n,).
@@ -539,20 +540,21 @@ def group_steps_to_unlearn(
     lsi_constant: C_LSI > 0 of the D' stationary law.
     e1: E₁ ≥ 0.
     e2: E₂ ≥ 0.
+    fixed_denominator: True when training used a fixed denominator (the certified filter).
 
   Returns:
     k* for the set (scalar).
 
   Examples:
     >>> float(group_steps_to_unlearn(jnp.array([1., 2., 3.]), jnp.array([0, 2]), 0.1, alpha=2.,
-    ...                              step_size=0.1, temperature=1., lsi_constant=1.))
-    99.0
+    ...                              step_size=0.1, temperature=1., lsi_constant=1.))  # P(F) <= 8 * 4
+    127.0
   """
   _check_loss("privacy_loss_4alpha", privacy_loss_4alpha)
   p = _float(privacy_loss_4alpha)
   if p.ndim != 1:
     raise ValueError(f"privacy_loss_4alpha must have shape (n,), got {p.shape}")
-  p_group = accounting.group_privacy_loss(p[:, None], forget_indices)[0]  # |F| sum_F P (§3)
+  p_group = accounting.group_privacy_loss(p[:, None], forget_indices, fixed_denominator=fixed_denominator)[0]
   return steps_to_unlearn(p_group, target, alpha=alpha, step_size=step_size, temperature=temperature,
                           lsi_constant=lsi_constant, e1=e1, e2=e2)
 

@@ -9,8 +9,11 @@ Everything here works on trained parameters and the scores they give; nothing tr
   symmetric KL between Gaussian fits (:func:`gaussian_symmetric_kl`), the oracle-vs-oracle noise floor
   (:func:`noise_floor`), the decision (:func:`is_unlearned`) and the empirical steps to unlearn
   (:func:`empirical_steps_to_unlearn`).
-* **Membership epsilon lower bound** per forget example, as scored in the NeurIPS 2023 unlearning
-  challenge (:func:`membership_epsilon`), optionally with Clopper–Pearson bounds.
+* **Membership epsilon** per forget example, as scored in the NeurIPS 2023 unlearning challenge
+  (:func:`membership_epsilon`: the uncorrected point estimate, which is *not* a lower bound — about
+  log 4 for two identical laws at N = 16–32), and the lower bound the study reports
+  (:func:`membership_lower_bound`: one-sided simultaneous Clopper–Pearson, 0 on identical laws) with
+  the most that N models can resolve (:func:`membership_resolvable_cap`).
 * **Accuracy and loss** on the forget, retain and test sets (:func:`accuracy_and_loss`,
   :func:`split_report`).
 
@@ -51,6 +54,8 @@ __all__ = [
   "logit_confidence_from_logits",
   "loss_barrier",
   "membership_epsilon",
+  "membership_lower_bound",
+  "membership_resolvable_cap",
   "noise_floor",
   "scores_along",
   "split_report",
@@ -775,6 +780,70 @@ def membership_epsilon(
       level = 1.0 - 2.0 * (1.0 - level) / num_bounds
     upper = jnp.asarray(_clopper_pearson_upper(num_models, level), dtype=u.dtype)
   return _membership_core(u, r, jnp.asarray(delta, u.dtype), upper, bool(one_sided))
+
+
+def membership_lower_bound(
+  unlearned_scores: ArrayLike,
+  retrained_scores: ArrayLike,
+  *,
+  delta: float,
+  confidence: float = 0.95,
+) -> jax.Array:
+  """The membership ε *lower bound* reported by the study (THEORY §6).
+
+  :func:`membership_epsilon` with one-sided Clopper–Pearson upper ends of FPR and FNR, Bonferroni-
+  corrected over every threshold and direction (``confidence``, ``one_sided=True``,
+  ``simultaneous=True``): with probability ≥ ``confidence`` the two laws are not (ε, δ)-close for any
+  smaller ε in the direction a certificate on D_α(ρ_k ‖ π_T(D')) speaks about. It is 0 on two
+  identical laws (up to the ``1 − confidence`` chance), unlike the point estimate, whose median for
+  identical laws is about log 4 at N = 16–32 models and 1.4–1.5 at N = 64–1,000. It cannot exceed
+  :func:`membership_resolvable_cap` of the number of models.
+
+  Args:
+    unlearned_scores: ``(N, m)`` scores from N unlearned models.
+    retrained_scores: ``(N, m)`` scores from N retrained models.
+    delta: δ in [0, 1).
+    confidence: level in (0, 1) of the simultaneous bound.
+
+  Returns:
+    ``(m,)`` lower bounds, finite and ≥ 0.
+
+  Examples:
+    >>> import jax
+    >>> a, b = jax.random.normal(jax.random.key(0), (2, 64, 3))
+    >>> membership_lower_bound(a, b, delta=1e-5).tolist()  # two identical laws
+    [0.0, 0.0, 0.0]
+  """
+  return membership_epsilon(unlearned_scores, retrained_scores, delta=delta, confidence=confidence,
+                            one_sided=True, simultaneous=True)
+
+
+def membership_resolvable_cap(num_models: int, *, delta: float, confidence: float = 0.95) -> float:
+  """The largest value :func:`membership_lower_bound` can take with ``num_models`` models per side.
+
+  It is reached by perfectly separated samples (no error at the best threshold); below it N models
+  cannot tell an ε apart. For δ = 1e-5 and 95%: 0 for N ≤ 10 (no leakage can be shown at all), about
+  0.45 for N = 16, 1.2 for N = 32, 1.9 for N = 64.
+
+  Args:
+    num_models: N ≥ 1 models per side.
+    delta: δ in [0, 1).
+    confidence: level of the bound.
+
+  Returns:
+    The cap (a Python float, ≥ 0).
+
+  Examples:
+    >>> membership_resolvable_cap(8, delta=1e-5)
+    0.0
+    >>> round(membership_resolvable_cap(32, delta=1e-5), 2)
+    1.18
+  """
+  if isinstance(num_models, bool) or not isinstance(num_models, (int, np.integer)) or num_models < 1:
+    raise ValueError(f"num_models must be an integer >= 1, got {num_models!r}")
+  separated = jnp.arange(num_models, dtype=jnp.float32)[:, None]
+  return float(membership_lower_bound(separated + num_models, separated - num_models, delta=delta,
+                                      confidence=confidence)[0])
 
 
 @functools.partial(jax.jit, static_argnums=4)

@@ -943,7 +943,8 @@ def _evaluate_method(apply_fn, loss_fn, num_points, grid, percentile, membership
   out = {"steps": steps_res.steps, "median": steps_res.median_distances, "threshold": steps_res.threshold,
          "barriers": jnp.mean(barriers, axis=1), "acc_f": jnp.mean(acc_f)}
   if membership:
-    out["membership"] = evaluation.membership_epsilon(scores_g[-1], oracle_scores, delta=delta)
+    out["membership_lower_bound"] = evaluation.membership_lower_bound(scores_g[-1], oracle_scores, delta=delta)
+    out["membership_point_estimate"] = evaluation.membership_epsilon(scores_g[-1], oracle_scores, delta=delta)
   return out
 
 
@@ -1342,6 +1343,9 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   params_dir.mkdir(exist_ok=True)
   _save_params_npz(params_dir / "trained.npz", start_params)
   half_orders = [a / 4 for a in pv.orders if any(math.isclose(a / 4, b) for b in pv.orders) and a / 4 > 1]
+  group_bound_ok = tr.mode == "full_batch"
+  fixed_b = pv.filter_budget is not None  # the certified full-batch filter divides by a fixed b = n
+  membership_cap = evaluation.membership_resolvable_cap(R, delta=ec.delta) if ec.membership else None
   forget_reports = []
   membership_points = []
   pct = 100 * ec.floor_quantile
@@ -1362,11 +1366,17 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
     _save_params_npz(params_dir / f"oracle_{f_idx}.npz", oracle)
     oracle_scores, floor, oo_barrier, acc_o = _jitted("evaluate_oracle")(
         apply_fn, loss_fn, ec.barrier_points, oracle, xf, yf, jax.random.fold_in(keys["floor"], f_idx))
-    group_p4 = float(np.asarray(accounting.group_privacy_loss(realized_mean, idx))[i4])
-    cert_set = float(bounds.group_steps_to_unlearn(jnp.asarray(p4), jnp.asarray(idx), pv.epsilon, **constants))
+    if group_bound_ok:  # THEORY §3's group bound is a full-batch result
+      group_all = np.asarray(accounting.group_privacy_loss(realized_mean, idx, fixed_denominator=fixed_b))
+      group_p4 = float(group_all[i4])
+      cert_set = float(bounds.steps_to_unlearn(jnp.asarray(group_p4), pv.epsilon, **constants))
+    else:
+      group_all, group_p4, cert_set = None, None, None
     entry_common = {
         "selection": label, "size": int(idx.size), "indices": idx,
         "mean_privacy_loss": float(np.mean(p4[idx])), "group_privacy_loss_bound": group_p4,
+        "group_factor": (accounting.group_factor(n, int(idx.size), fixed_denominator=fixed_b)
+                         if group_bound_ok else None),
         "certified_steps": cert_set,
         "certified_steps_per_example_median": float(np.median(certified_steps[idx])),
         "worst_case_steps": worst_steps(int(idx.size)),
@@ -1413,17 +1423,22 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
                                               (xf, yf), num_points=ec.barrier_points, paired_seeds=True)
         entry["loss_barrier"] = float(np.mean(np.asarray(orig_b)))
       if ec.membership:
-        mem = np.asarray(ev["membership"], dtype=np.float64)
-        entry["membership_epsilon"] = {"median": float(np.median(mem)), "max": float(np.max(mem)),
-                                       "per_example": mem}
-        if method == "sgld" and half_orders:
-          group_all = np.asarray(accounting.group_privacy_loss(realized_mean, idx))
+        mem = np.asarray(ev["membership_lower_bound"], dtype=np.float64)
+        point = np.asarray(ev["membership_point_estimate"], dtype=np.float64)
+        entry["membership_epsilon"] = {
+            "lower_bound": {"median": float(np.median(mem)), "max": float(np.max(mem)), "per_example": mem},
+            "point_estimate": {"median": float(np.median(point)), "max": float(np.max(point)),
+                               "per_example": point},
+            "num_models": R, "resolvable_cap": membership_cap, "confidence": 0.95,
+            "note": (f"lower bound: one-sided Clopper-Pearson, simultaneous over thresholds (95%); {R} vs {R} "
+                     f"models resolve at most {membership_cap:.3g}. The point estimate is not a bound.")}
+        if method == "sgld" and half_orders and group_all is not None:
           rdp = np.array([float(bounds.unlearning_bound(
               group_all[_index_of(pv.orders, 4 * a)], grid[-1], alpha=a, step_size=eta_u, temperature=tau_u,
               lsi_constant=lsi, e1=pv.e1, e2=pv.e2)) for a in half_orders])
           cert_eps, _ = accounting.rdp_to_dp(jnp.asarray(rdp), half_orders, ec.delta)
           entry["certified_epsilon"] = float(cert_eps)
-          membership_points.append((label, float(cert_eps), mem))
+          membership_points.append((label, float(cert_eps), mem, point))
       forget_reports.append(entry)
       tick("evaluate")
 
@@ -1435,7 +1450,8 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   cert_vs_emp = {}
   for method in uc.methods:
     rows = [e for e in forget_reports if e["method"] == method]
-    cert_vs_emp[method] = _spearman([e["certified_steps"] for e in rows], [e["empirical_steps"] for e in rows])
+    certified = [math.nan if e["certified_steps"] is None else e["certified_steps"] for e in rows]
+    cert_vs_emp[method] = _spearman(certified, [e["empirical_steps"] for e in rows])
   tick("correlations")
 
   # ---- outputs -------------------------------------------------------------------------------------
@@ -1640,10 +1656,14 @@ def _figures(out: pathlib.Path, report: Mapping[str, Any], p4: Any, certified_st
                             title="Spearman correlation between per-example scores")
   figs["correlation_heatmap"] = "correlation_heatmap.png"
   if membership_points:
-    cert = np.concatenate([np.full(len(mem), c) for _, c, mem in membership_points])
-    emp = np.concatenate([np.asarray(mem, dtype=float) for _, _, mem in membership_points])
-    labs = [lab for lab, _, mem in membership_points for _ in range(len(mem))]
-    plots.membership_vs_certified(cert, emp, out / "membership_vs_certified.png", labels=labs)
+    cert = np.concatenate([np.full(len(mem), c) for _, c, mem, _ in membership_points])
+    emp = np.concatenate([np.asarray(mem, dtype=float) for _, _, mem, _ in membership_points])
+    point = np.concatenate([np.asarray(p, dtype=float) for _, _, _, p in membership_points])
+    labs = [lab for lab, _, mem, _ in membership_points for _ in range(len(mem))]
+    first = next(e for e in entries if "membership_epsilon" in e)["membership_epsilon"]
+    plots.membership_vs_certified(cert, emp, out / "membership_vs_certified.png", labels=labs,
+                                  point_estimates=point, cap=first["resolvable_cap"],
+                                  num_models=first["num_models"])
     figs["membership_vs_certified"] = "membership_vs_certified.png"
   return figs
 
@@ -1656,9 +1676,10 @@ _FIGURE_CAPTIONS = {
                                        "loss, one line per method (above the dotted line: not unlearned "
                                        "within the grid).",
     "correlation_heatmap": "Spearman rank correlations between privacy loss and the difficulty metrics.",
-    "membership_vs_certified": "Per-example membership ε lower bounds (SGLD unlearning, grid end) against the "
-                               "certified ε of the whole forget set (group bound); sound when on or below "
-                               "the diagonal.",
+    "membership_vs_certified": "Per-example membership ε lower bounds (one-sided simultaneous Clopper–Pearson, "
+                               "SGLD unlearning, grid end) against the certified ε of the whole forget set "
+                               "(group bound); sound when on or below the diagonal. Grey: the uncorrected "
+                               "point estimates (not bounds); dotted: the most the models can resolve.",
 }
 
 
@@ -1714,12 +1735,15 @@ def write_report_md(path: str | os.PathLike, report: Mapping[str, Any],
             "the grid. Barrier: original vs oracle on the forget set (mean over paired seeds).", "",
             _md_table(["selection", "method", "mean P", "overlap with P-top", "certified (group)", "worst case",
                        "empirical",
-                       "barrier", "oracle barrier", "forget acc (unl. / oracle)", "membership ε (median / max)"],
+                       "barrier", "oracle barrier", "forget acc (unl. / oracle)",
+                       "membership ε lower bound (median / max)"],
                       [[e["selection"], e["method"], e["mean_privacy_loss"],
                         e.get("overlap_with_privacy_loss_top", "—"), e["certified_steps"],
                         e["worst_case_steps"], _steps_text(e), e["loss_barrier"], e["oracle_barrier"],
                         f"{100 * e['forget_accuracy_unlearned']:.0f}% / {100 * e['forget_accuracy_oracle']:.0f}%",
-                        (f"{_md_num(e['membership_epsilon']['median'])} / {_md_num(e['membership_epsilon']['max'])}"
+                        (f"{_md_num(e['membership_epsilon']['lower_bound']['median'])} / "
+                         f"{_md_num(e['membership_epsilon']['lower_bound']['max'])} (cap "
+                         f"{_md_num(e['membership_epsilon']['resolvable_cap'])})"
                          if "membership_epsilon" in e else "—")]
                        for e in report["forget_sets"]]), ""]
   lines += ["## Harder groups (hardest first)", "",

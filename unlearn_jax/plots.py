@@ -306,16 +306,21 @@ def correlation_heatmap(matrix: ArrayLike, labels: Sequence[str], path: str | os
 
 
 def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: ArrayLike,
-                            path: str | os.PathLike, *, labels: Sequence[str] | None = None) -> pathlib.Path:
-  """Empirical membership ε lower bounds against certified (ε, δ) upper bounds, with the line y = x.
+                            path: str | os.PathLike, *, labels: Sequence[str] | None = None,
+                            point_estimates: ArrayLike | None = None, cap: float | None = None,
+                            num_models: int | None = None) -> pathlib.Path:
+  """Membership ε lower bounds against certified (ε, δ) upper bounds, with the line y = x.
 
-  A sound certificate keeps every point on or below the diagonal.
+  A sound certificate keeps every lower bound on or below the diagonal.
 
   Args:
     certified_epsilon: (m,) certified upper bound of each point (inf drawn at the right edge).
-    membership_epsilon: (m,) empirical lower bound of each point.
+    membership_epsilon: (m,) lower bound of each point (``evaluation.membership_lower_bound``).
     path: output ``.png``.
     labels: (m,) group of each point (one colour per distinct label).
+    point_estimates: (m,) the uncorrected point estimates, drawn grey and labelled as not bounds.
+    cap: the most the models can resolve (``evaluation.membership_resolvable_cap``), a dotted line.
+    num_models: models per side, for the legend.
 
   Returns:
     The path written.
@@ -330,23 +335,32 @@ def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: Ar
   e = _vector("membership_epsilon", membership_epsilon)
   if c.shape != e.shape:
     raise ValueError(f"certified_epsilon and membership_epsilon must have the same shape, got {c.shape}, {e.shape}")
+  p = None if point_estimates is None else _vector("point_estimates", point_estimates)
+  if p is not None and p.shape != e.shape:
+    raise ValueError(f"point_estimates must have the shape of membership_epsilon {e.shape}, got {p.shape}")
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
   finite_c = c[np.isfinite(c)]
-  hi = max(float(np.nanmax(np.where(np.isfinite(e), e, np.nan))) if np.isfinite(e).any() else 1.0,
+  shown = e if p is None else np.concatenate([e, p])
+  hi = max(float(np.nanmax(np.where(np.isfinite(shown), shown, np.nan))) if np.isfinite(shown).any() else 1.0,
            float(finite_c.max()) if finite_c.size else 1.0, 1e-3) * 1.1
   c_draw = np.where(np.isfinite(c), c, hi)
+  if p is not None:
+    ax.scatter(c_draw, p, s=8, color="0.75", marker="x", label="point estimate (not a bound)")
   if labels is None:
-    ax.scatter(c_draw, e, s=10, alpha=0.7)
+    ax.scatter(c_draw, e, s=10, alpha=0.7, label="lower bound")
   else:
     labels = list(labels)
     if len(labels) != c.size:
       raise ValueError(f"labels must have {c.size} entries, got {len(labels)}")
     for lab in dict.fromkeys(labels):
       sel = np.array([l == lab for l in labels])
-      ax.scatter(c_draw[sel], e[sel], s=10, alpha=0.7, label=lab)
-    ax.legend(fontsize=7)
+      ax.scatter(c_draw[sel], e[sel], s=10, alpha=0.7, label=f"{lab}: lower bound")
+  if cap is not None:
+    who = f" ({num_models} vs {num_models} models)" if num_models else ""
+    ax.axhline(cap, color="k", linestyle=":", linewidth=1, label=f"resolvable cap {cap:.2f}{who}")
   ax.plot([1e-3, hi], [1e-3, hi], color="k", linewidth=1, linestyle="--", label="y = x")
+  ax.legend(fontsize=7)
   # Certified bounds and empirical lower bounds differ by orders of magnitude: log x, symlog y.
   lo_x = max(1e-3, float(np.min(c_draw[c_draw > 0])) / 2) if np.any(c_draw > 0) else 1e-3
   ax.set_xscale("log")
@@ -354,7 +368,7 @@ def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: Ar
   ax.set_xlim(lo_x, hi * 1.5)
   ax.set_ylim(0, hi * 1.5)
   ax.set_xlabel("certified ε (upper bound, §4 as (ε, δ); log scale)")
-  ax.set_ylabel("membership ε (empirical lower bound, §6)")
+  ax.set_ylabel("membership ε lower bound (Clopper–Pearson, §6)")
   violations = int(np.sum(np.isfinite(c) & (e > c)))
-  ax.set_title(f"Membership ε vs certified ε ({violations} above the diagonal)", fontsize=10)
+  ax.set_title(f"Membership ε vs certified ε ({violations} lower bounds above the diagonal)", fontsize=10)
   return _save(fig, path)

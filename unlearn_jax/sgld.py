@@ -6,7 +6,9 @@ THEORY §0 (the update), §1 (gradient estimates), §2–§3 (per-step costs, le
 
 with ĝ one of the estimates of §1:
 
-- ``"full_batch"``: ĝ = (1/N) Σ_{i active} clip_C(∇ℓ_i), N = number of active examples. Costs §2a.
+- ``"full_batch"``: ĝ = (1/N) Σ_{i active} clip_C(∇ℓ_i), N = number of active examples; costs §2a (an
+  estimate). With a fixed ``denominator`` b, or with the individual Rényi filter (then b = n by
+  default), ĝ = (1/b) Σ_{i active} clip_C(∇ℓ_i) and the costs are §2b at q = 1 (certified with the filter).
 - ``"poisson"``: each example enters independently with probability q (a mask over all n rows, so
   shapes stay fixed); ĝ = (1/b) Σ_{i sampled} clip_C(∇ℓ_i), b = q·n fixed (n = real rows). Costs §2b,
   for every active example (sampled or not), from its own clipped norm.
@@ -82,6 +84,8 @@ class SGLDInfo(NamedTuple):
     costs: (n, K) this step's per-example costs (times the stride, zeros at unaccounted steps), or
       None when accounting is off.
     worst_case_cost: (K,) this step's worst-case cost (same conventions), or None.
+    recomputed_costs: bool, True when the §2a distances were recomputed by direct differences because
+      the fast three-term form would have lost precision (g_i ≈ ḡ).
   """
 
   loss: jax.Array
@@ -90,6 +94,7 @@ class SGLDInfo(NamedTuple):
   noise_norm: jax.Array
   costs: jax.Array | None
   worst_case_cost: jax.Array | None = None
+  recomputed_costs: jax.Array | None = None
 
 
 class Algorithm(NamedTuple):
@@ -157,6 +162,50 @@ class _ExampleOps(NamedTuple):
   norms: Callable  # () -> (n,) unclipped per-example gradient norms
   grads: Callable  # (weights (n,)) -> (losses (n,), Σ_i w_i ∇ℓ_i)
   inner: Callable  # (direction) -> (n,) <∇ℓ_i, direction>
+  centered_sq: Callable  # pure (params, data, factors, mask) -> (n,) ‖s_i ∇ℓ_i − ḡ‖², ḡ the mean over mask
+  params_and_data: tuple  # the (params, data) that ``centered_sq`` is called with
+
+
+def _centered_sq_direct(loss_fn, params, data, factors, mask, chunk_size):
+  """‖s_i ∇ℓ_i − ḡ‖² for every example by direct differences (no cancellation), ḡ the mean over ``mask``.
+
+  The three-term form ‖g_i‖² − 2⟨g_i, ḡ⟩ + ‖ḡ‖² loses every digit when g_i ≈ ḡ (each term carries a
+  rounding error of order ε‖g‖², the difference is ‖g_i − ḡ‖²). Here every clipped per-example gradient
+  is taken relative to the first example of the mask, r: the differences G_i − r of nearby gradients
+  are exact in floating point (Sterbenz), their mean m over the mask is computed from those small
+  numbers, and ‖(G_i − r) − m‖² then only carries the rounding of G_i itself. Per-example gradients are
+  materialised ``chunk_size`` at a time (two passes over the data): this is the slow path, taken only
+  at steps where the fast form is imprecise.
+  """
+  n = mask.shape[0]
+  chunk = n if chunk_size is None else min(int(chunk_size), n)
+  first = jnp.argmax(mask > 0)
+  example0 = jax.tree.map(lambda x: x[first], data)
+  ref = jax.tree.map(lambda g: g * factors[first].astype(g.dtype), jax.grad(loss_fn)(params, example0))
+  grads_fn = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))
+  padded, valid, _ = pe._pad_batch((data, factors, mask), n, chunk)
+  chunks = pe._to_chunks((padded, valid), chunk)
+
+  def shifted(c):
+    (d, f, w), ok = c
+    g = grads_fn(params, d)
+    return jax.tree.map(lambda gi, r: gi * f.reshape((-1,) + (1,) * (gi.ndim - 1)).astype(gi.dtype) - r, g, ref), \
+        w * ok
+
+  def add_shift(total, c):
+    diff, w = shifted(c)
+    return jax.tree.map(lambda t, x: t + jnp.tensordot(w.astype(x.dtype), x, axes=1), total, diff), None
+
+  zero = jax.tree.map(jnp.zeros_like, ref)
+  total, _ = jax.lax.scan(add_shift, zero, chunks)
+  mean = jax.tree.map(lambda t: t / jnp.maximum(jnp.sum(mask), 1.0).astype(t.dtype), total)
+
+  def sq(c):
+    diff, _ = shifted(c)
+    return sum(jnp.sum(jnp.reshape((x - m) ** 2, (x.shape[0], -1)), axis=1) for x, m in
+               zip(jax.tree.leaves(diff), jax.tree.leaves(mean)))
+
+  return jnp.reshape(jax.lax.map(sq, chunks), (-1,))[:n]
 
 
 def _example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> _ExampleOps:
@@ -175,6 +224,8 @@ def _example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> _
         norms=lambda: pe.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method),
         grads=lambda w: _losses_and_weighted_grad(loss_fn, params, data, w),
         inner=lambda g: pe.per_example_inner(loss_fn, params, data, g),
+        centered_sq=lambda p, d, f, m: _centered_sq_direct(loss_fn, p, d, f, m, chunk_size or 256),
+        params_and_data=(params, data),
     )
   bparams = _broadcast_blocks(params, blocks)
   bdata = _split_blocks(data, blocks)
@@ -195,7 +246,10 @@ def _example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> _
         bparams, bdata, _broadcast_blocks(direction, blocks))
     return jnp.reshape(out, (n,))
 
-  return _ExampleOps(norms=norms, grads=grads, inner=inner)
+  def centered_sq(p, d, factors, mask):  # the slow exact path, rare: no fixed block order (see _mean_costs)
+    return _centered_sq_direct(loss_fn, p, d, factors, mask, chunk_size or 256)
+
+  return _ExampleOps(norms=norms, grads=grads, inner=inner, centered_sq=centered_sq, params_and_data=(params, data))
 
 
 def _halving_sum(x: jax.Array, axis: int, *, barrier: bool = False) -> jax.Array:
@@ -285,15 +339,36 @@ def _check_static_float(name: str, value: Any, *, positive: bool, allow_none: bo
     _checks.check_nonnegative(name, value)
 
 
-def _as_bool(x: Any) -> jax.Array:
-  return jnp.asarray(x, bool)
-
-
 def _when(pred: Any, fn: Callable, zeros: Callable) -> Any:
   """``fn()`` if ``pred`` else ``zeros()``; a Python True skips the cond."""
   if pred is True:
     return fn()
   return jax.lax.cond(pred, lambda _: fn(), lambda _: zeros(), None)
+
+
+def _only_if(pred: jax.Array, fn: Callable, operands: tuple, out: jax.ShapeDtypeStruct) -> jax.Array:
+  """``fn(*operands)`` where ``pred`` holds, zeros elsewhere; ``fn`` runs only when some ``pred`` holds.
+
+  A ``lax.cond``, except under ``vmap``: a vmapped cond with a batched predicate runs both branches
+  for every element, which would make a rare slow path the common cost of vmapped seeds. The batching
+  rule instead runs the vmapped ``fn`` once when any element needs it. No gradient flows through
+  ``fn`` (its operands are stopped): it serves values only.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def run(pred, operands):
+    return jax.lax.cond(pred, lambda: fn(*operands), lambda: jnp.zeros(out.shape, out.dtype))
+
+  @run.def_vmap
+  def rule(axis_size, in_batched, pred, operands):
+    pred_batched, operands_batched = in_batched
+    preds = pred if pred_batched else jnp.broadcast_to(pred, (axis_size,))
+    axes = tuple(jax.tree.map(lambda b: 0 if b else None, operands_batched))
+    zeros = jnp.zeros((axis_size,) + tuple(out.shape), out.dtype)
+    values = jax.lax.cond(jnp.any(preds), lambda: jax.vmap(fn, in_axes=axes)(*operands), lambda: zeros)
+    return values, True
+
+  return run(pred, jax.lax.stop_gradient(operands))
 
 
 def _orders_of(accounting: acc.AccountingConfig | None, orders: Any) -> tuple[float, ...]:
@@ -309,14 +384,33 @@ def _orders_of(accounting: acc.AccountingConfig | None, orders: Any) -> tuple[fl
 # ----------------------------------------------------------------------------------------------------
 
 
-def _mean_costs(inner_fn, norms, factors, mask, gbar, orders, step_size, temperature):
-  """§2a costs of every example in ``mask`` for the clipped mean ``gbar`` over ``mask``."""
-  inner = inner_fn(gbar)  # <grad l_i, gbar>, one jvp
+# Rounding-error allowance of the three-term form of ‖g_i − ḡ‖², in units of ε·(‖g_i‖² + 2|⟨g_i, ḡ⟩| + ‖ḡ‖²),
+# and the relative error of a §2a cost that is tolerated before the direct difference is used instead.
+_CANCELLATION_ULPS = 8.0
+_COST_RTOL = 1e-4
+
+
+def _mean_costs(ops, norms, factors, mask, gbar, orders, step_size, temperature):
+  """§2a costs of every example in ``mask`` for the clipped mean ``gbar`` over ``mask``.
+
+  Fast form ‖g_i‖² − 2 s_i⟨∇ℓ_i, ḡ⟩ + ‖ḡ‖² (norms, one jvp); where its rounding error could exceed
+  ``_COST_RTOL`` of the result (g_i ≈ ḡ: in float32 from ‖g_i − ḡ‖ ≲ 0.1‖g_i‖), the step recomputes
+  every distance by direct differences (:func:`_centered_sq_direct`, under ``lax.cond``: only those
+  steps pay for it). Returns (costs, N, whether the direct path ran).
+  """
+  inner = ops.inner(gbar)  # <grad l_i, gbar>, one jvp
   clipped_sq = (norms * factors) ** 2
-  sq_dist = clipped_sq - 2.0 * factors * inner + _tree_vdot(gbar, gbar)
-  sq_dist = jnp.maximum(sq_dist, 0.0) * mask
+  cross = 2.0 * factors * inner
+  gbar_sq = _tree_vdot(gbar, gbar)
+  sq_dist = jnp.maximum(clipped_sq - cross + gbar_sq, 0.0)
+  eps = jnp.finfo(sq_dist.dtype).eps
+  error = _CANCELLATION_ULPS * eps * (clipped_sq + jnp.abs(cross) + gbar_sq)
+  imprecise = jnp.any((mask > 0) & (error > _COST_RTOL * sq_dist))
+  direct = _only_if(imprecise, ops.centered_sq, ops.params_and_data + (factors, mask),
+                    jax.ShapeDtypeStruct(sq_dist.shape, sq_dist.dtype))
+  sq_dist = jnp.where(imprecise, direct, sq_dist) * mask
   num = jnp.sum(mask)
-  return acc.full_batch_costs(sq_dist, num, orders, step_size, temperature), num
+  return acc.full_batch_costs(sq_dist, num, orders, step_size, temperature), num, imprecise
 
 
 def step_costs(
@@ -392,21 +486,25 @@ def step_costs(
   m = m.astype(norms.dtype)
   factors = pe.clip_factors(norms, clip_norm)
   c_inf = math.inf if clip_norm is None else clip_norm
-  if mode == "poisson":
-    if sampling_rate is None:
-      raise ValueError("sampling_rate q is required for mode='poisson'")
-    _checks.check_probability("sampling_rate", sampling_rate, open_low=True, open_high=False)
-    b = sampling_rate * jnp.sum(m) if denominator is None else denominator
+  if denominator is not None and mode == "shuffled":
+    raise ValueError("denominator is used with mode='poisson' or 'full_batch', got mode='shuffled'")
+  if mode == "poisson" or denominator is not None:
+    if mode == "poisson":
+      if sampling_rate is None:
+        raise ValueError("sampling_rate q is required for mode='poisson'")
+      _checks.check_probability("sampling_rate", sampling_rate, open_low=True, open_high=False)
+    q = sampling_rate if mode == "poisson" else 1.0
+    b = q * jnp.sum(m) if denominator is None else denominator
     clipped = norms * factors * m
-    costs = acc.poisson_costs(clipped, sampling_rate, b, orders_t, step_size, temperature, num_terms=num_terms)
+    costs = acc.poisson_costs(clipped, q, b, orders_t, step_size, temperature, num_terms=num_terms)
     if clip_norm is None:
       worst = jnp.full((len(orders_t),), jnp.inf, costs.dtype)
     else:
-      worst = acc.poisson_worst_case_cost(c_inf, sampling_rate, b, orders_t, step_size, temperature, num_terms=num_terms)
+      worst = acc.poisson_worst_case_cost(c_inf, q, b, orders_t, step_size, temperature, num_terms=num_terms)
     return costs, worst, norms
   num = jnp.sum(m)
   _, gsum = ops.grads(m * factors / jnp.maximum(num, 1.0))
-  costs, num = _mean_costs(ops.inner, norms, factors, m, gsum, orders_t, step_size, temperature)
+  costs, num, _ = _mean_costs(ops, norms, factors, m, gsum, orders_t, step_size, temperature)
   worst = acc.full_batch_worst_case_cost(c_inf, num, orders_t, step_size, temperature)
   return costs, worst, norms
 
@@ -444,9 +542,12 @@ def sgld(
   Accounting (``accounting=accountant(...)``): at every ``stride``-th step the costs of THEORY §2 are
   computed inside the step and added to ``state.ledger`` with weight ``stride``. With the individual
   Rényi filter (budget B at order α*), an example whose ``P(x, α*) + ε_t(x, α*)`` would exceed B is
-  removed from this and every later gradient and charged nothing more; in full-batch mode removing
-  examples changes ḡ and hence the others' costs, so the active set is iterated (``lax.while_loop``)
-  until stable and the costs of the final set are charged: no certified loss ever exceeds B.
+  removed from this and every later gradient and charged nothing more. The filter needs each removal
+  to depend on the history and that example alone (Feldman & Zrnic 2021), so in full-batch mode it
+  uses a fixed denominator: ĝ = (1/b) Σ_{active} g_i with b fixed for the run (default the number of
+  real rows n), and example x's cost is α η ‖g_t(x)‖² / (4 τ b²) (the q = 1 case of THEORY §2b), a
+  function of θ_t and x only; no certified loss ever exceeds B. Without the filter the full-batch mode
+  averages over the active examples (THEORY §2a): an estimate.
 
   Args:
     loss_fn: ``loss_fn(params, example) -> scalar`` for ONE example.
@@ -459,8 +560,9 @@ def sgld(
     accounting: an :class:`~unlearn_jax.accounting.AccountingConfig`, or None (no ledger).
     norm_method: "auto", "vmap" or "ghost" (see ``per_example.per_example_grad_norms``).
     chunk_size: examples per chunk for the per-example norms (bounds memory).
-    denominator: poisson mode's fixed b (default q · number of real rows); e.g. to compare a filtered
-      run with one on a data set without the removed examples at the same b.
+    denominator: a fixed b of ĝ = (1/b) Σ (poisson mode: default q · number of real rows; full-batch
+      mode: switches to the fixed-denominator estimate, the default with the filter being b = n); e.g.
+      to compare a filtered run with one on a data set without the removed examples at the same b.
     reduction_blocks: None (default: sums over examples as XLA chooses, fastest), or R >= 1 for a
       fixed reduction order: the n rows (n must be a multiple of R; pad with
       ``distributed.pad_to_multiple`` and pass the mask as ``data_mask``) are split into R contiguous
@@ -511,9 +613,13 @@ def sgld(
   if accounting is not None and not isinstance(accounting, acc.AccountingConfig):
     raise TypeError(f"accounting must be an AccountingConfig from accountant(...) or None, got {type(accounting).__name__}")
   if denominator is not None:
-    if mode != "poisson":
-      raise ValueError(f"denominator is only used with mode='poisson', got {denominator!r} with mode={mode!r}")
+    if mode == "shuffled":
+      raise ValueError(f"denominator is used with mode='poisson' or 'full_batch', got {denominator!r} with "
+                       "mode='shuffled'")
     _checks.check_positive("denominator", denominator)
+  if mode == "shuffled" and accounting is not None and accounting.uses_filter:
+    raise ValueError("the individual Renyi filter (filter_budget) certifies full-batch and Poisson runs only; "
+                     "shuffled-minibatch costs are estimates (THEORY §2a), so there is nothing to certify")
   clip_c = math.inf if clip_norm is None else float(clip_norm)
   wd = float(weight_decay)
   blocks = None if reduction_blocks is None else _check_blocks(reduction_blocks)
@@ -588,91 +694,59 @@ def sgld(
       return jnp.zeros((n, k_orders), dtype), jnp.zeros((k_orders,), dtype)
 
     # ---- which examples enter the estimate, and with what weight ----
-    if mode == "poisson":
-      sampled = jax.random.bernoulli(_sample_key(key), sampling_rate, (n,)).astype(dtype)
-      b = sampling_rate * jnp.sum(real) if denominator is None else jnp.asarray(denominator, dtype)
+    fixed_b = mode == "poisson" or denominator is not None or (accounting is not None and accounting.uses_filter)
+    recomputed = jnp.zeros((), bool)
+    if fixed_b:
+      # Poisson sampling (q < 1) or a fixed denominator over the full batch (q = 1): ĝ = (1/b) Σ_{used}
+      # g_i and example i's cost (THEORY §2b) depends on θ_t and its own clipped norm alone, so the
+      # individual filter decides for each example by itself (Feldman & Zrnic 2021).
+      q = sampling_rate if mode == "poisson" else 1.0
+      if mode == "poisson":
+        sampled = jax.random.bernoulli(_sample_key(key), sampling_rate, (n,)).astype(dtype)
+      else:
+        sampled = jnp.ones((n,), dtype)
+      b = q * jnp.sum(real) if denominator is None else jnp.asarray(denominator, dtype)
+      keep = None if ledger is None else ledger.active
       if accounting is not None:
         clipped = norms * factors * active
 
-        def poisson_cost(_):
-          c = acc.poisson_costs(clipped, sampling_rate, b, orders, eta, tau_acc, num_terms=accounting.num_terms)
+        def fixed_b_costs():
+          c = acc.poisson_costs(clipped, q, b, orders, eta, tau_acc, num_terms=accounting.num_terms)
           if clip_norm is None:
             w = jnp.full((k_orders,), jnp.inf, dtype)
           else:
-            w = acc.poisson_worst_case_cost(clip_c, sampling_rate, b, orders, eta, tau_acc, num_terms=accounting.num_terms)
+            w = acc.poisson_worst_case_cost(clip_c, q, b, orders, eta, tau_acc, num_terms=accounting.num_terms)
           return c.astype(dtype), w.astype(dtype)
 
-        costs, worst = _when(do_account, lambda: poisson_cost(None), zeros)
+        costs, worst = _when(do_account, fixed_b_costs, zeros)
         costs, worst = costs * stride, worst * stride
         keep = jnp.where(do_account, acc.filter_admits(ledger, costs, accounting), ledger.active)
         active = active * keep.astype(dtype)
       batch_mask = sampled * active
-      weights = batch_mask * factors / b
-      losses, ghat = ops.grads(weights)
-      num_used = jnp.sum(batch_mask)
+      losses, ghat = ops.grads(batch_mask * factors / b)
     else:
+      # The mean over the active examples (full batch) or over a shuffled minibatch: THEORY §2a, an
+      # estimate (no filter: a removal would change the others' costs through N and ḡ).
       if mode == "shuffled":
-        real_n = n
-        steps_per_epoch = max(real_n // batch_size, 1)
+        steps_per_epoch = max(n // batch_size, 1)
         epoch = state.step // steps_per_epoch
         pos = state.step % steps_per_epoch
         perm = jax.random.permutation(jax.random.fold_in(state.shuffle_key, epoch), n)
         idx = jax.lax.dynamic_slice(perm, (pos * batch_size,), (batch_size,))
-        in_batch = jnp.zeros((n,), dtype).at[idx].set(1.0)
-        base = in_batch * active
+        batch_mask = jnp.zeros((n,), dtype).at[idx].set(1.0) * active
       else:
-        base = active
+        batch_mask = active
+      losses, ghat = ops.grads(batch_mask * factors / jnp.maximum(jnp.sum(batch_mask), 1.0))
+      keep = None if ledger is None else ledger.active
+      if accounting is not None:
 
-      def mean_grad(mask):
-        num = jnp.sum(mask)
-        losses, g = ops.grads(mask * factors / jnp.maximum(num, 1.0))
-        return losses, g
-
-      if accounting is None:
-        losses, ghat = mean_grad(base)
-        batch_mask = base
-      else:
-
-        def costs_for(mask, g):
-          c, num = _mean_costs(ops.inner, norms, factors, mask, g, orders, eta, tau_acc)
+        def mean_costs():
+          c, num, slow = _mean_costs(ops, norms, factors, batch_mask, ghat, orders, eta, tau_acc)
           w = acc.full_batch_worst_case_cost(clip_c, num, orders, eta, tau_acc)
-          return c.astype(dtype) * stride, w.astype(dtype) * stride
+          return c.astype(dtype) * stride, w.astype(dtype) * stride, slow
 
-        if accounting.uses_filter:
-          a_idx = accounting.filter_index
-          budget = accounting.filter_budget
-
-          def admitted(mask, costs):
-            return mask * (ledger.realized[:, a_idx] + costs[:, a_idx] <= budget).astype(dtype)
-
-          def body(carry):
-            mask, _, _, _, _ = carry
-            losses, g = mean_grad(mask)
-            costs, worst = costs_for(mask, g)
-            new_mask = admitted(mask, costs)
-            return new_mask, mask, losses, costs, worst
-
-          def cond(carry):
-            new_mask, mask, _, _, _ = carry
-            return jnp.any(new_mask != mask)
-
-          def filtered(_):
-            losses0, g0 = mean_grad(base)
-            c0, w0 = costs_for(base, g0)
-            init_carry = (admitted(base, c0), base, losses0, c0, w0)
-            mask, _, losses, costs, worst = jax.lax.while_loop(cond, body, init_carry)
-            return mask, costs, worst
-
-          def unfiltered(_):
-            return base, jnp.zeros((n, k_orders), dtype), jnp.zeros((k_orders,), dtype)
-
-          batch_mask, costs, worst = _when(do_account, lambda: filtered(None), lambda: unfiltered(None))
-          losses, ghat = mean_grad(batch_mask)
-        else:
-          losses, ghat = mean_grad(base)
-          batch_mask = base
-          costs, worst = _when(do_account, lambda: costs_for(base, ghat), zeros)
-      num_used = jnp.sum(batch_mask)
+        costs, worst, recomputed = _when(do_account, mean_costs, lambda: zeros() + (jnp.zeros((), bool),))
+    num_used = jnp.sum(batch_mask)
 
     # ---- the update ----
     noise = _gaussian_like(params, _noise_key(key))
@@ -691,13 +765,9 @@ def sgld(
     if accounting is not None:
       # The filter decision was taken above (the gradient already excludes removed examples); charge
       # exactly the examples that stay active, and only at accounted steps.
-      if mode == "poisson":
-        still = keep
-      else:
-        still = jnp.where(_as_bool(do_account) & (base > 0), batch_mask > 0, ledger.active)
-      charged = costs * still[:, None].astype(dtype)
+      charged = costs * keep[:, None].astype(dtype)
       ledger = acc.ledger_update(
-          ledger._replace(active=still),
+          ledger._replace(active=keep),
           charged,
           worst,
           config=acc.AccountingConfig(accounting.orders, 1, None, None, accounting.num_terms),
@@ -711,6 +781,7 @@ def sgld(
         noise_norm=_tree_norm(noise),
         costs=info_costs,
         worst_case_cost=info_worst,
+        recomputed_costs=recomputed,
     )
     return state._replace(params=new_params, step=state.step + 1, ledger=ledger), info
 
