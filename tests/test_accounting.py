@@ -14,6 +14,8 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
 from unlearn_jax import accounting as acc
+from unlearn_jax.accounting import sgm
+from unlearn_jax.accounting import sgm_fractional as frac
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -280,7 +282,7 @@ def test_bad_inputs(call, match):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The matrix-product evaluation of the fractional series (accounting._frac_block_fast / _frac_core_fast)
+# The matrix-product evaluation of the fractional series (accounting.sgm_fractional)
 # ----------------------------------------------------------------------------------------------------
 
 _FRAC = tuple(o for o in ORDERS if not float(o).is_integer())
@@ -292,10 +294,10 @@ def test_log_ndtr_fast_matches_mpmath(x64):
   mp.mp.dps = 30
   x = np.concatenate([np.linspace(-80.0, 10.0, 901), [-37.0001, -36.9999, -10.0001, -9.9999, 0.0, 40.0]])
   ref = np.array([float(mp.log(mp.ncdf(v))) for v in x])
-  got = np.asarray(acc._log_ndtr_fast(jnp.asarray(x)))
+  got = np.asarray(frac._log_ndtr_fast(jnp.asarray(x)))
   assert np.max(np.abs(got - ref)) < 1e-11
   with jax.enable_x64(False):
-    got32 = np.asarray(acc._log_ndtr_fast(jnp.asarray(x, jnp.float32)), np.float64)
+    got32 = np.asarray(frac._log_ndtr_fast(jnp.asarray(x, jnp.float32)), np.float64)
   # float32: the value's own rounding (|log Φ| up to 3,200 here) plus 1e-6.
   assert np.all(np.abs(got32 - ref) <= 1e-6 + 2e-7 * np.abs(ref))
 
@@ -306,10 +308,10 @@ def test_fast_block_equals_term_by_term(x64, i0):
   term-by-term block of the reference path; small σ takes the term-by-term branch of the second series.
   Tolerance 1e-8 absolute in the log: the reference uses ``jax.scipy.special.log_ndtr``, whose own
   asymptotic branch is off by up to 4e-9 (test_log_ndtr_fast_matches_mpmath holds ours to 1e-11)."""
-  plan = acc._sgm_plan(_FRAC, 1024)
+  plan = sgm._sgm_plan(_FRAC, 1024)
   fp = plan.frac
-  terms = jax.jit(lambda q, lq, l1q, s, z, w: acc._frac_terms(fp, jnp.asarray(i0), q, lq, l1q, s, z, w, jnp.float64, False)[:2])
-  fast = jax.jit(lambda lq, l1q, s, z, w: acc._frac_block_fast(fp, jnp.asarray(i0), lq, l1q, s, z, w, jnp.float64))
+  terms = jax.jit(lambda q, lq, l1q, s, z, w: frac._frac_terms(fp, jnp.asarray(i0), q, lq, l1q, s, z, w, jnp.float64, False)[:2])
+  fast = jax.jit(lambda lq, l1q, s, z, w: frac._frac_block_fast(fp, jnp.asarray(i0), lq, l1q, s, z, w, jnp.float64))
   for q in (1e-4, 0.01, 0.5, 0.95):
     sigma = jnp.asarray(np.geomspace(0.05, 80.0, 41))
     qq = jnp.asarray(q)
@@ -317,7 +319,7 @@ def test_fast_block_equals_term_by_term(x64, i0):
     inv = 1.0 / (2.0 * sigma**2)
     z0 = sigma**2 * (log_1mq - log_q) + 0.5
     t0, t1 = terms(qq, log_q, log_1mq, sigma, z0, inv)
-    i = i0 + np.arange(acc._BLOCK)
+    i = i0 + np.arange(frac._BLOCK)
     t0 = np.where((i >= 2)[None, :, None], np.asarray(t0), -np.inf)
     ref = np.logaddexp(np.logaddexp.reduce(t0, axis=1), np.logaddexp.reduce(np.asarray(t1), axis=1))
     ref_last = np.logaddexp(np.asarray(t0)[:, -1], np.asarray(t1)[:, -1]) if i0 > 0 else None
@@ -333,10 +335,10 @@ def test_fast_core_equals_reference_core(x64):
   """log A of every fractional order: the fast value path equals the term-by-term path (the one the
   custom JVP differentiates) to 1e-9 relative (1e-14 absolute: log A ~ 1e-5 is A - 1 in float64), over q
   and σ from tiny to large."""
-  plan = acc._sgm_plan(_FRAC, 1024)
+  plan = sgm._sgm_plan(_FRAC, 1024)
   sigma = jnp.asarray(np.geomspace(0.1, 80.0, 60))
-  ref_fn = jax.jit(lambda q, s: acc._frac_core(plan, q, s, jnp.float64, False)[0])
-  fast_fn = jax.jit(lambda q, s: acc._frac_core_fast(plan, q, s, jnp.float64))
+  ref_fn = jax.jit(lambda q, s: frac._frac_core(plan, q, s, jnp.float64, False)[0])
+  fast_fn = jax.jit(lambda q, s: frac._frac_core_fast(plan, q, s, jnp.float64))
   for q in (1e-5, 1e-2, 0.3, 0.5, 0.9, 0.99):
     ref = np.asarray(ref_fn(jnp.asarray(q), sigma))
     got = np.asarray(fast_fn(jnp.asarray(q), sigma))

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import distributed, loops, sgld
+from unlearn_jax import distributed, loops, per_example, sgld
 
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 FAST = ("mesh", "train_filter_padded", "unlearn_padded", "metrics", "blocks_full_batch")
@@ -284,14 +284,14 @@ def test_fixed_order_sum_matches_float64_sum_and_checks_blocks():
   x = rng.normal(size=(24, 3))
   with jax.enable_x64(True):
     for blocks in (None, 1, 2, 3, 4, 8, 24):
-      got = np.asarray(sgld.fixed_order_sum(jnp.asarray(x), blocks))
+      got = np.asarray(per_example.fixed_order_sum(jnp.asarray(x), blocks))
       np.testing.assert_allclose(got, np.sum(x, axis=0), rtol=1e-14, atol=1e-14)
     # Integers are summed exactly, whatever the blocks.
-    np.testing.assert_array_equal(np.asarray(sgld.fixed_order_sum(jnp.arange(10.0), 5)), 45.0)
+    np.testing.assert_array_equal(np.asarray(per_example.fixed_order_sum(jnp.arange(10.0), 5)), 45.0)
   with pytest.raises(ValueError, match="multiple of num_blocks = 5"):
-    sgld.fixed_order_sum(jnp.ones(12), 5)
+    per_example.fixed_order_sum(jnp.ones(12), 5)
   with pytest.raises(ValueError, match="reduction_blocks must be None or a positive integer"):
-    sgld.fixed_order_sum(jnp.ones(12), 0)
+    per_example.fixed_order_sum(jnp.ones(12), 0)
 
 
 def _small_problem(n=10):

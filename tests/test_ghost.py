@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from unlearn_jax import per_example as pe
+from unlearn_jax.per_example import ghost, ghost_rules, pooling
 
 RTOL = 1e-10
 
@@ -127,9 +128,9 @@ def _case_id(c):
 
 @pytest.mark.parametrize("model,kind,form", CASES, ids=[_case_id(c) for c in CASES])
 def test_ghost_equals_vmap_float64(x64, monkeypatch, model, kind, form):
-  monkeypatch.setattr(pe, "_FORCE_FORM", form)  # None: cheaper form; "gram"/"direct": forced
+  monkeypatch.setattr(ghost_rules, "FORCE_FORM", form)  # None: cheaper form; "gram"/"direct": forced
   loss_fn, params, batch = _problem(model, kind)
-  plan = pe._ghost_plan(loss_fn, params, batch)
+  plan = ghost.ghost_plan(loss_fn, params, batch)
   assert plan.fallback == ()  # every leaf is covered: the ghost path really ran
   assert len(plan.sites) == len(jax.tree.leaves(params))
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")
@@ -141,12 +142,12 @@ def test_ghost_equals_vmap_float64(x64, monkeypatch, model, kind, form):
 
 @pytest.mark.parametrize("form", [None] + [pytest.param(f, marks=pytest.mark.slow) for f in FORMS[1:]])
 def test_nchw_strided_dilated_conv_equals_vmap(x64, monkeypatch, form):
-  monkeypatch.setattr(pe, "_FORCE_FORM", form)
+  monkeypatch.setattr(ghost_rules, "FORCE_FORM", form)
   k = jax.random.split(jax.random.key(4), 4)
   params = {"k": jax.random.normal(k[0], (3, 2, 2, 2)), "w": jax.random.normal(k[1], (3 * 4 * 7, 3))}
   batch = (jax.random.normal(k[2], (4, 2, 7, 6)), jax.random.randint(k[3], (4,), 0, 3))
   assert jax.eval_shape(lambda: _nchw_loss(params, (batch[0][0], 0))).shape == ()
-  plan = pe._ghost_plan(_nchw_loss, params, batch)
+  plan = ghost.ghost_plan(_nchw_loss, params, batch)
   assert plan.fallback == () and sorted(s.kind for s in plan.sites) == ["conv", "dot"]
   want = pe.per_example_grad_norms(_nchw_loss, params, batch, method="vmap")
   np.testing.assert_allclose(pe.per_example_grad_norms(_nchw_loss, params, batch, method="ghost"), want,
@@ -174,7 +175,7 @@ def test_conv_direct_form_against_numpy_loop(x64):
     want.append(np.sum(g ** 2))
   assert dn.lhs_spec == (0, 3, 1, 2)
   for gram in (False, True):
-    got = pe._conv_sq_norms_by_offsets(xt, dt, (3, 2), p, gram)
+    got = ghost_rules._conv_sq_norms_by_offsets(xt, dt, (3, 2), p, gram)
     np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
@@ -186,7 +187,7 @@ def test_fast_window_max_matches_xla_values_and_gradients(x64):
   for win, pad in [((1, 2, 2, 1), "SAME"), ((1, 3, 2, 1), "SAME"), ((1, 1, 3, 1), "VALID")]:
     ref = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, win, win, pad)
     pads = tuple(jax.lax.padtype_to_pads(x.shape, win, win, pad))
-    fast = lambda v: pe._window_max(v, pads, win)
+    fast = lambda v: pooling.window_max(v, pads, win)
     np.testing.assert_array_equal(fast(x), ref(x))
     g = jnp.asarray(rng.normal(size=ref(x).shape))
     np.testing.assert_array_equal(jax.vjp(fast, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0])
@@ -196,27 +197,27 @@ def test_fast_window_max_matches_xla_values_and_gradients(x64):
 
 def test_fast_pool_used_only_for_tiling_windows(x64, monkeypatch):
   loss_fn, params, batch = _problem(PoolNet(), "img")
-  plan = pe._ghost_plan(loss_fn, params, batch)
+  plan = ghost.ghost_plan(loss_fn, params, batch)
   pools = [e for e in plan.closed.jaxpr.eqns if e.primitive.name == "reduce_window_max"]
   x = jnp.zeros(pools[0].invars[0].aval.shape)
   assert len(pools) == 2
-  assert pe._window_max_spec(pools[0], x) is not None                  # 2x2 stride 2: fast path
-  assert pe._window_max_spec(pools[1], jnp.zeros(pools[1].invars[0].aval.shape)) is None  # overlapping
+  assert pooling.window_max_spec(pools[0], x) is not None                  # 2x2 stride 2: fast path
+  assert pooling.window_max_spec(pools[1], jnp.zeros(pools[1].invars[0].aval.shape)) is None  # overlapping
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="ghost")
-  monkeypatch.setattr(pe, "_FAST_POOL", False)
+  monkeypatch.setattr(pooling, "FAST_POOL", False)
   np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"), want,
                              rtol=RTOL)
 
 
 def test_site_kinds_found(x64):
-  kinds = lambda m, k: sorted(s.kind for s in pe._ghost_plan(*_problem(m, k)[:3]).sites)
+  kinds = lambda m, k: sorted(s.kind for s in ghost.ghost_plan(*_problem(m, k)[:3]).sites)
   assert kinds(ConvNet(), "img") == ["add", "add", "add", "conv", "conv", "conv", "dot"]
   assert kinds(EmbedModel(), "tok") == ["add", "add", "dot", "dot", "gather"]
 
 
 def test_tied_weight_falls_back_for_that_leaf_only(x64):
   loss_fn, params, batch = _problem(Tied(), "tok")
-  plan = pe._ghost_plan(loss_fn, params, batch)
+  plan = ghost.ghost_plan(loss_fn, params, batch)
   names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   fallback = [names[i] for i in plan.fallback]
   assert len(fallback) == 1 and "embedding" in fallback[0]
@@ -238,7 +239,7 @@ def test_other_uses_fall_back(x64):
             "scale": jax.random.normal(k[2], (4,)), "shift": jax.random.normal(k[3], (4,)),
             "v": jax.random.normal(k[4], (4, 2))}
   batch = (jax.random.normal(k[5], (6, 3)), jnp.ones((6, 2)))
-  plan = pe._ghost_plan(loss_fn, params, batch)
+  plan = ghost.ghost_plan(loss_fn, params, batch)
   names = sorted(params)
   assert sorted(names[i] for i in plan.fallback) == ["scale", "shift"]
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")
@@ -251,7 +252,7 @@ def test_unused_leaf(x64):
   loss_fn = lambda p, ex: jnp.sum(jnp.tanh(ex @ p["w"]))
   params = {"w": jnp.ones((3, 2)) * 0.5, "unused": jnp.ones((4,))}
   batch = jnp.arange(12.0).reshape(4, 3) / 10
-  plan = pe._ghost_plan(loss_fn, params, batch)
+  plan = ghost.ghost_plan(loss_fn, params, batch)
   assert plan.fallback == () and len(plan.sites) == 1
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")
   got = pe.per_example_grad_norms(loss_fn, params, batch, method="ghost")

@@ -341,12 +341,13 @@ def test_small_cnn_gradients_equal_flax_max_pool_reference():
 @pytest.mark.slow  # 29 s; the pool and conv paths are also covered by test_ghost.py's PoolNet / ConvNet
 def test_small_cnn_ghost_norms_equal_vmap_float64():
   from unlearn_jax import per_example as pe
+  from unlearn_jax.per_example import ghost
   with jax.enable_x64(True):
     model = models.small_cnn(3, channels=(2, 3))
     x = jnp.asarray(np.random.default_rng(9).normal(size=(4, 9, 8, 1)))
     params = _perturb(model.init_fn(jax.random.key(0), x[0]), seed=10)
     loss_fn = models.cross_entropy_loss_fn(model.apply_fn)
     batch = (x, jnp.array([0, 1, 2, 1]))
-    assert pe._ghost_plan(loss_fn, params, batch).fallback == ()
+    assert ghost.ghost_plan(loss_fn, params, batch).fallback == ()
     np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"),
                                pe.per_example_grad_norms(loss_fn, params, batch, method="vmap"), rtol=1e-10)

@@ -203,7 +203,7 @@ def test_clip_bound_holds(seed, clip_norm):
     p, batch = _jax(params, x, y)
     grads = pe.per_example_grads(mlp_loss, p, batch)
     clipped, norms = pe.clip_per_example(grads, clip_norm)
-    new_norms = np.sqrt(np.asarray(pe._per_example_sq_norms_of(clipped)))
+    new_norms = np.sqrt(np.asarray(pe.api._per_example_sq_norms_of(clipped)))
     assert np.all(new_norms <= clip_norm * (1 + 1e-12))
     small = np.asarray(norms) <= clip_norm
     _close(new_norms[small], np.asarray(norms)[small], rtol=1e-14)  # untouched below C

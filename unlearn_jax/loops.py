@@ -66,6 +66,7 @@ from jax.typing import ArrayLike
 from unlearn_jax import _checks
 from unlearn_jax import checkpoint as ckpt_lib
 from unlearn_jax import per_example
+from unlearn_jax.per_example import blocks as _blocks
 
 __all__ = [
     "TrainResult",
@@ -393,7 +394,7 @@ def _gd_program(loss_fn, *, clipped: bool, norm_method, chunk_size, reduction_bl
       from unlearn_jax import sgld as sgld_lib  # pylint: disable=import-outside-toplevel
       r = reduction_blocks
       losses, g_blocks, norms = jax.vmap(grad_sum)(
-          sgld_lib._broadcast_blocks(params, r), sgld_lib._split_blocks(data, r), jnp.reshape(w, (r, n // r)))
+          _blocks._broadcast_blocks(params, r), _blocks._split_blocks(data, r), jnp.reshape(w, (r, n // r)))
       g_sum = jax.tree.map(lambda b: _example_sum(b, r), g_blocks)  # blocks of one block sum each
       losses = jnp.reshape(losses, (n,))
       norms = None if norms is None else jnp.reshape(norms, (n,))
@@ -452,7 +453,7 @@ def _check_reduction_blocks(value: Any, mesh: Any) -> int | None:
   if value is None:
     return None
   from unlearn_jax import sgld as sgld_lib  # pylint: disable=import-outside-toplevel
-  value = sgld_lib._check_blocks(value)  # one validation, shared with sgld.sgld
+  value = _blocks.check_blocks(value)  # one validation, shared with sgld.sgld
   if mesh is not None and isinstance(mesh, jax.sharding.Mesh):
     from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
     size = distributed.data_axis_size(mesh)

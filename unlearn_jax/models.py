@@ -25,7 +25,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
-from unlearn_jax.per_example import _window_max
+from unlearn_jax.per_example.pooling import window_max
 
 __all__ = [
     "Model",
@@ -172,7 +172,7 @@ def _max_pool_2x2(h: jax.Array) -> jax.Array:
   """
   win = (1, 2, 2, 1)
   pads = tuple(jax.lax.padtype_to_pads(h.shape, win, win, "SAME"))
-  return _window_max(h, pads, win)
+  return window_max(h, pads, win)
 
 
 def small_cnn(num_classes: int = 10, channels: Sequence[int] = (16, 32)) -> Model:

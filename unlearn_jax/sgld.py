@@ -41,6 +41,16 @@ from jax.typing import ArrayLike
 from unlearn_jax import _checks
 from unlearn_jax import accounting as acc
 from unlearn_jax import per_example as pe
+from unlearn_jax.per_example import distances as _distances
+from unlearn_jax.per_example.blocks import check_blocks as _check_blocks
+from unlearn_jax.per_example.blocks import example_ops as _example_ops
+from unlearn_jax.per_example.blocks import fixed_order_sum
+
+
+def _mean_costs(ops, norms, factors, mask, gbar, orders, step_size, temperature):
+  sq_dist, imprecise = _distances.centered_sq_norms(ops, norms, factors, mask, gbar)
+  num = jnp.sum(mask)
+  return acc.full_batch_costs(sq_dist, num, orders, step_size, temperature), num, imprecise
 
 __all__ = [
     "MODES",
@@ -134,198 +144,24 @@ def _tree_norm(a: PyTree) -> jax.Array:
   return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
-def _losses_and_weighted_grad(loss_fn, params, data, weights):
-  """Per-example losses (n,) and Σ_i w_i ∇ℓ_i in one backward pass (weights held constant)."""
-  weights = jax.lax.stop_gradient(weights)
-  losses, vjp = jax.vjp(lambda p: jax.vmap(loss_fn, in_axes=(None, 0))(p, data), params)
-  (grad,) = vjp(weights.astype(losses.dtype))
-  return losses, grad
 
 
-def _broadcast_blocks(tree: PyTree, blocks: int) -> PyTree:
-  """One copy of every leaf per block (R, ...), behind an optimization barrier.
-
-  Every product of per-example data with parameters is then a *batched* dot with the block as batch
-  dimension, whose per-block result XLA computes the same way whatever the number of blocks a device
-  holds; with the parameters shared (unbatched), XLA merges the blocks into one larger dot whose
-  kernel (and rounding) depends on the number of rows per device. The barrier keeps XLA from folding
-  the broadcast back.
-  """
-  return jax.lax.optimization_barrier(jax.tree.map(lambda p: jnp.broadcast_to(p, (blocks,) + jnp.shape(p)), tree))
 
 
-def _split_blocks(tree: PyTree, blocks: int) -> PyTree:
-  return jax.tree.map(lambda x: jnp.reshape(x, (blocks, jnp.shape(x)[0] // blocks) + jnp.shape(x)[1:]), tree)
 
 
-class _ExampleOps(NamedTuple):
-  norms: Callable  # () -> (n,) unclipped per-example gradient norms
-  grads: Callable  # (weights (n,)) -> (losses (n,), Σ_i w_i ∇ℓ_i)
-  inner: Callable  # (direction) -> (n,) <∇ℓ_i, direction>
-  centered_sq: Callable  # pure (params, data, factors, mask) -> (n,) ‖s_i ∇ℓ_i − ḡ‖², ḡ the mean over mask
-  params_and_data: tuple  # the (params, data) that ``centered_sq`` is called with
 
 
-def _centered_sq_direct(loss_fn, params, data, factors, mask, chunk_size):
-  """‖s_i ∇ℓ_i − ḡ‖² for every example by direct differences (no cancellation), ḡ the mean over ``mask``.
-
-  The three-term form ‖g_i‖² − 2⟨g_i, ḡ⟩ + ‖ḡ‖² loses every digit when g_i ≈ ḡ (each term carries a
-  rounding error of order ε‖g‖², the difference is ‖g_i − ḡ‖²). Here every clipped per-example gradient
-  is taken relative to the first example of the mask, r: the differences G_i − r of nearby gradients
-  are exact in floating point (Sterbenz), their mean m over the mask is computed from those small
-  numbers, and ‖(G_i − r) − m‖² then only carries the rounding of G_i itself. Per-example gradients are
-  materialised ``chunk_size`` at a time (two passes over the data): this is the slow path, taken only
-  at steps where the fast form is imprecise.
-  """
-  n = mask.shape[0]
-  chunk = n if chunk_size is None else min(int(chunk_size), n)
-  first = jnp.argmax(mask > 0)
-  example0 = jax.tree.map(lambda x: x[first], data)
-  ref = jax.tree.map(lambda g: g * factors[first].astype(g.dtype), jax.grad(loss_fn)(params, example0))
-  grads_fn = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))
-  padded, valid, _ = pe._pad_batch((data, factors, mask), n, chunk)
-  chunks = pe._to_chunks((padded, valid), chunk)
-
-  def shifted(c):
-    (d, f, w), ok = c
-    g = grads_fn(params, d)
-    return jax.tree.map(lambda gi, r: gi * f.reshape((-1,) + (1,) * (gi.ndim - 1)).astype(gi.dtype) - r, g, ref), \
-        w * ok
-
-  def add_shift(total, c):
-    diff, w = shifted(c)
-    return jax.tree.map(lambda t, x: t + jnp.tensordot(w.astype(x.dtype), x, axes=1), total, diff), None
-
-  zero = jax.tree.map(jnp.zeros_like, ref)
-  total, _ = jax.lax.scan(add_shift, zero, chunks)
-  mean = jax.tree.map(lambda t: t / jnp.maximum(jnp.sum(mask), 1.0).astype(t.dtype), total)
-
-  def sq(c):
-    diff, _ = shifted(c)
-    return sum(jnp.sum(jnp.reshape((x - m) ** 2, (x.shape[0], -1)), axis=1) for x, m in
-               zip(jax.tree.leaves(diff), jax.tree.leaves(mean)))
-
-  return jnp.reshape(jax.lax.map(sq, chunks), (-1,))[:n]
 
 
-def _example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> _ExampleOps:
-  """The per-example computations of a step, plain or in R blocks with a fixed reduction order.
-
-  With ``blocks`` = R the n examples are split into R contiguous blocks of n/R; every per-example
-  computation is vmapped over the blocks with one copy of the parameters per block
-  (:func:`_broadcast_blocks`), so each block is computed with the same shapes whether a device holds
-  R, R/2 or R/4 of them, and each block's weighted gradient sum is its own backward pass; the R block
-  sums are then added in a fixed order (:func:`_fixed_order_block_sum`). The results then do not
-  depend on how the examples are split over devices, as long as every device holds at least two
-  blocks (with one, XLA drops the size-1 block axis and compiles other kernels; docs/distributed.md).
-  """
-  if blocks is None:
-    return _ExampleOps(
-        norms=lambda: pe.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method),
-        grads=lambda w: _losses_and_weighted_grad(loss_fn, params, data, w),
-        inner=lambda g: pe.per_example_inner(loss_fn, params, data, g),
-        centered_sq=lambda p, d, f, m: _centered_sq_direct(loss_fn, p, d, f, m, chunk_size or 256),
-        params_and_data=(params, data),
-    )
-  bparams = _broadcast_blocks(params, blocks)
-  bdata = _split_blocks(data, blocks)
-
-  def norms():
-    out = jax.vmap(lambda p, d: pe.per_example_grad_norms(loss_fn, p, d, chunk_size=chunk_size, method=norm_method))(
-        bparams, bdata)
-    return jnp.reshape(out, (n,))
-
-  def grads(weights):
-    weights = jax.lax.stop_gradient(weights)
-    losses, block_grads = jax.vmap(lambda p, d, w: _losses_and_weighted_grad(loss_fn, p, d, w))(
-        bparams, bdata, jnp.reshape(weights, (blocks, n // blocks)))
-    return jnp.reshape(losses, (n,)), jax.tree.map(_fixed_order_block_sum, block_grads)
-
-  def inner(direction):
-    out = jax.vmap(lambda p, d, g: pe.per_example_inner(loss_fn, p, d, g))(
-        bparams, bdata, _broadcast_blocks(direction, blocks))
-    return jnp.reshape(out, (n,))
-
-  def centered_sq(p, d, factors, mask):  # the slow exact path, rare: no fixed block order (see _mean_costs)
-    return _centered_sq_direct(loss_fn, p, d, factors, mask, chunk_size or 256)
-
-  return _ExampleOps(norms=norms, grads=grads, inner=inner, centered_sq=centered_sq, params_and_data=(params, data))
 
 
-def _halving_sum(x: jax.Array, axis: int, *, barrier: bool = False) -> jax.Array:
-  """Sum along ``axis`` by repeated halving (x[:m/2] + x[m/2:]): an order fixed by the shape alone.
-
-  Only elementwise additions of slices: XLA does not reassociate them (unlike a ``reduce``, whose
-  order the compiler and the SPMD partitioner choose).
-  """
-  m = x.shape[axis]
-  if m == 0:
-    return jnp.sum(x, axis=axis)
-  while m > 1:
-    half = m // 2
-    lo, hi = jax.lax.slice_in_dim(x, 0, half, axis=axis), jax.lax.slice_in_dim(x, half, 2 * half, axis=axis)
-    if barrier:  # the addition then sees two arrays, not two slices of one it could turn into a reduce
-      lo, hi = jax.lax.optimization_barrier((lo, hi))
-    s = lo + hi
-    if m % 2:
-      s = jnp.concatenate([s, jax.lax.slice_in_dim(x, 2 * half, m, axis=axis)], axis=axis)
-    x, m = s, s.shape[axis]
-  return jnp.squeeze(x, axis=axis)
 
 
-def _fixed_order_block_sum(block_sums: jax.Array) -> jax.Array:
-  """Adds R block sums (R, ...) in a fixed order (pairwise), after an optimization barrier.
-
-  The barrier keeps XLA from fusing the additions into the computation of the block sums (e.g. a
-  ``reduce`` of a batched ``dot`` rewritten as one ``dot`` contracting over every example).
-  """
-  block_sums = jax.lax.optimization_barrier(block_sums)
-  return _halving_sum(block_sums, 0, barrier=True)
 
 
-def fixed_order_sum(x: ArrayLike, num_blocks: int | None) -> jax.Array:
-  """Sum over the leading (example) axis in an order that does not depend on the device count.
-
-  ``num_blocks`` = None is ``jnp.sum(x, axis=0)``. With R blocks, the n rows (n a multiple of R) are
-  split into R contiguous blocks; each block is summed by repeated halving and the R block sums are
-  then added pairwise in a fixed order. Only elementwise additions of slices are used (no ``reduce``
-  whose order the compiler or the SPMD partitioner would choose), so on a mesh whose ``"data"`` axis
-  size divides R the result does not depend on the device count (see ``sgld(..., reduction_blocks=R)``
-  and ``docs/distributed.md``).
-
-  Args:
-    x: array (n, ...).
-    num_blocks: R >= 1 dividing n, or None.
-
-  Returns:
-    The sum over axis 0, shape ``x.shape[1:]``.
-
-  Raises:
-    ValueError: ``num_blocks`` is not a positive integer dividing n.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> float(fixed_order_sum(jnp.arange(8.0), 4)), float(fixed_order_sum(jnp.arange(8.0), None))
-    (28.0, 28.0)
-  """
-  x = jnp.asarray(x)
-  if num_blocks is None:
-    return jnp.sum(x, axis=0)
-  num_blocks = _check_blocks(num_blocks)
-  if x.ndim == 0 or x.shape[0] % num_blocks:
-    raise ValueError(
-        f"x must have a leading axis whose size is a multiple of num_blocks = {num_blocks}, got shape "
-        f"{x.shape}; pad it (distributed.pad_to_multiple) and mask the padding rows"
-    )
-  n = x.shape[0]
-  blocks = jnp.reshape(x, (num_blocks, n // num_blocks) + x.shape[1:])
-  return _fixed_order_block_sum(_halving_sum(blocks, 1))
 
 
-def _check_blocks(value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"reduction_blocks must be None or a positive integer, got {value!r}")
-  return int(value)
 
 
 def _check_static_float(name: str, value: Any, *, positive: bool, allow_none: bool = True) -> None:
@@ -346,29 +182,6 @@ def _when(pred: Any, fn: Callable, zeros: Callable) -> Any:
   return jax.lax.cond(pred, lambda _: fn(), lambda _: zeros(), None)
 
 
-def _only_if(pred: jax.Array, fn: Callable, operands: tuple, out: jax.ShapeDtypeStruct) -> jax.Array:
-  """``fn(*operands)`` where ``pred`` holds, zeros elsewhere; ``fn`` runs only when some ``pred`` holds.
-
-  A ``lax.cond``, except under ``vmap``: a vmapped cond with a batched predicate runs both branches
-  for every element, which would make a rare slow path the common cost of vmapped seeds. The batching
-  rule instead runs the vmapped ``fn`` once when any element needs it. No gradient flows through
-  ``fn`` (its operands are stopped): it serves values only.
-  """
-
-  @jax.custom_batching.custom_vmap
-  def run(pred, operands):
-    return jax.lax.cond(pred, lambda: fn(*operands), lambda: jnp.zeros(out.shape, out.dtype))
-
-  @run.def_vmap
-  def rule(axis_size, in_batched, pred, operands):
-    pred_batched, operands_batched = in_batched
-    preds = pred if pred_batched else jnp.broadcast_to(pred, (axis_size,))
-    axes = tuple(jax.tree.map(lambda b: 0 if b else None, operands_batched))
-    zeros = jnp.zeros((axis_size,) + tuple(out.shape), out.dtype)
-    values = jax.lax.cond(jnp.any(preds), lambda: jax.vmap(fn, in_axes=axes)(*operands), lambda: zeros)
-    return values, True
-
-  return run(pred, jax.lax.stop_gradient(operands))
 
 
 def _orders_of(accounting: acc.AccountingConfig | None, orders: Any) -> tuple[float, ...]:
@@ -384,33 +197,8 @@ def _orders_of(accounting: acc.AccountingConfig | None, orders: Any) -> tuple[fl
 # ----------------------------------------------------------------------------------------------------
 
 
-# Rounding-error allowance of the three-term form of ‖g_i − ḡ‖², in units of ε·(‖g_i‖² + 2|⟨g_i, ḡ⟩| + ‖ḡ‖²),
-# and the relative error of a §2a cost that is tolerated before the direct difference is used instead.
-_CANCELLATION_ULPS = 8.0
-_COST_RTOL = 1e-4
 
 
-def _mean_costs(ops, norms, factors, mask, gbar, orders, step_size, temperature):
-  """§2a costs of every example in ``mask`` for the clipped mean ``gbar`` over ``mask``.
-
-  Fast form ‖g_i‖² − 2 s_i⟨∇ℓ_i, ḡ⟩ + ‖ḡ‖² (norms, one jvp); where its rounding error could exceed
-  ``_COST_RTOL`` of the result (g_i ≈ ḡ: in float32 from ‖g_i − ḡ‖ ≲ 0.1‖g_i‖), the step recomputes
-  every distance by direct differences (:func:`_centered_sq_direct`, under ``lax.cond``: only those
-  steps pay for it). Returns (costs, N, whether the direct path ran).
-  """
-  inner = ops.inner(gbar)  # <grad l_i, gbar>, one jvp
-  clipped_sq = (norms * factors) ** 2
-  cross = 2.0 * factors * inner
-  gbar_sq = _tree_vdot(gbar, gbar)
-  sq_dist = jnp.maximum(clipped_sq - cross + gbar_sq, 0.0)
-  eps = jnp.finfo(sq_dist.dtype).eps
-  error = _CANCELLATION_ULPS * eps * (clipped_sq + jnp.abs(cross) + gbar_sq)
-  imprecise = jnp.any((mask > 0) & (error > _COST_RTOL * sq_dist))
-  direct = _only_if(imprecise, ops.centered_sq, ops.params_and_data + (factors, mask),
-                    jax.ShapeDtypeStruct(sq_dist.shape, sq_dist.dtype))
-  sq_dist = jnp.where(imprecise, direct, sq_dist) * mask
-  num = jnp.sum(mask)
-  return acc.full_batch_costs(sq_dist, num, orders, step_size, temperature), num, imprecise
 
 
 def step_costs(

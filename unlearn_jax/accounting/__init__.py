@@ -1,0 +1,62 @@
+"""Per-instance privacy accounting (THEORY §2, §3): RDP numerics, per-step costs, the ledger, conversions.
+
+- :mod:`~unlearn_jax.accounting.sgm`: the sampled Gaussian mechanism's RDP (and its fractional-order
+  kernels in :mod:`~unlearn_jax.accounting.sgm_fractional`);
+- :mod:`~unlearn_jax.accounting.costs`: the per-step costs ε_t(x; α) of §2a / §2b and their worst cases;
+- :mod:`~unlearn_jax.accounting.ledger`: the ledger P(x, α), the individual Rényi filter, the group bound;
+- :mod:`~unlearn_jax.accounting.conversions`: RDP → (ε, δ).
+
+Everything is a pure ``jax.numpy`` function: it composes under ``jit``, ``vmap`` and ``grad`` and runs
+inside the jitted training step.
+"""
+
+from unlearn_jax.accounting.conversions import max_steps_for_epsilon, rdp_to_dp
+from unlearn_jax.accounting.costs import (
+    full_batch_costs,
+    full_batch_worst_case_cost,
+    poisson_costs,
+    poisson_worst_case_cost,
+)
+from unlearn_jax.accounting.ledger import (
+    AccountingConfig,
+    Ledger,
+    accountant,
+    average_ledgers,
+    check_ledger,
+    filter_admits,
+    group_factor,
+    group_privacy_loss,
+    ledger_init,
+    ledger_update,
+)
+from unlearn_jax.accounting.sgm import (
+    DEFAULT_NUM_TERMS,
+    DEFAULT_ORDERS,
+    gaussian_rdp,
+    monotone_in_order,
+    sampled_gaussian_rdp,
+)
+
+__all__ = [
+    "DEFAULT_NUM_TERMS",
+    "DEFAULT_ORDERS",
+    "AccountingConfig",
+    "Ledger",
+    "accountant",
+    "average_ledgers",
+    "check_ledger",
+    "filter_admits",
+    "full_batch_costs",
+    "full_batch_worst_case_cost",
+    "gaussian_rdp",
+    "group_factor",
+    "group_privacy_loss",
+    "ledger_init",
+    "ledger_update",
+    "max_steps_for_epsilon",
+    "monotone_in_order",
+    "poisson_costs",
+    "poisson_worst_case_cost",
+    "rdp_to_dp",
+    "sampled_gaussian_rdp",
+]

@@ -1,0 +1,45 @@
+"""Chunking over the example axis: pad to a multiple of the chunk size, ``lax.map`` over chunks.
+
+Padding repeats the first example, so padded rows give finite values; their outputs are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def pad_batch(batch: PyTree, n: int, chunk_size: int) -> tuple[PyTree, jax.Array, int]:
+  """Pads by repeating the first example (so padded rows give finite values); returns (padded, mask, n_pad)."""
+  num_chunks = -(-n // chunk_size)
+  n_pad = num_chunks * chunk_size
+
+  def pad(x):
+    x = jnp.asarray(x)
+    if n_pad == n:
+      return x
+    fill = jnp.broadcast_to(x[:1], (n_pad - n,) + x.shape[1:])
+    return jnp.concatenate([x, fill], axis=0)
+
+  mask = (jnp.arange(n_pad) < n)
+  return jax.tree.map(pad, batch), mask, n_pad
+
+
+def to_chunks(tree: PyTree, chunk_size: int) -> PyTree:
+  return jax.tree.map(lambda x: jnp.reshape(x, (-1, chunk_size) + x.shape[1:]), tree)
+
+
+def from_chunks(tree: PyTree, n: int) -> PyTree:
+  return jax.tree.map(lambda x: jnp.reshape(x, (-1,) + x.shape[2:])[:n], tree)
+
+
+def map_per_example(fn: Callable, params: PyTree, batch: PyTree, n: int, chunk_size: int | None) -> PyTree:
+  """``fn(params, batch)`` for a per-example-output ``fn``, ``chunk_size`` examples at a time when asked."""
+  if chunk_size is None or chunk_size >= n:
+    return fn(params, batch)
+  padded, _, _ = pad_batch(batch, n, chunk_size)
+  return from_chunks(jax.lax.map(lambda c: fn(params, c), to_chunks(padded, chunk_size)), n)

@@ -1,0 +1,234 @@
+"""The ghost-norm rules: per-example squared gradient norms of one parameter site, one rule per kind.
+
+A *site* (found by :mod:`unlearn_jax.per_example.ghost`) is one use of a parameter leaf whose gradient
+factors through the site's input activations ``a_i`` and output gradients ``δ_i``:
+
+| kind | layer | per-example squared norm |
+|---|---|---|
+| ``"dot"`` | Dense, attention projections, one-hot embeddings (``dot_general``) | ``‖a_i‖²‖δ_i‖²`` for one position; Gram ``Σ_{p,q}⟨a_ip, a_iq⟩⟨δ_ip, δ_iq⟩`` or the materialised gradient, whichever is cheaper, for several |
+| ``"conv"`` | Conv (``conv_general_dilated``) | per kernel offset: input slices times output gradients (direct or Gram) |
+| ``"gather"`` | Embedding lookups (``gather`` of table rows) | ``Σ_{p,q: idx_p = idx_q} ⟨δ_p, δ_q⟩`` |
+| ``"add"`` | biases | ``‖Σ_p δ_ip‖²`` (through the view chain from the leaf) |
+
+:data:`RULES` maps each kind to its rule ``rule(site, leaf, activation, delta) -> (n,)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Test hook: None chooses the cheaper of the Gram and direct forms; "gram" / "direct": forced.
+FORCE_FORM: str | None = None
+
+
+def size(shape) -> int:
+  return int(math.prod(shape))
+
+
+def bind(eqn, invals):
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = ()
+  if isinstance(params, tuple):  # older JAX: (subfuns, params)
+    subfuns, params = params
+  ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
+  if ctx is None:
+    return eqn.primitive.bind(*subfuns, *invals, **params)
+  with ctx:
+    return eqn.primitive.bind(*subfuns, *invals, **params)
+
+
+def _unbroadcast(d: jax.Array, shape: tuple) -> jax.Array:
+  """Sums a per-example cotangent d (n, *out) down to (n, *shape) (reverse of implicit broadcasting)."""
+  out = d.shape[1:]
+  lead = len(out) - len(shape)
+  axes = tuple(1 + j for j in range(lead))
+  axes += tuple(1 + lead + j for j, s in enumerate(shape) if s == 1 and out[lead + j] != 1)
+  d = jnp.sum(d, axis=axes, keepdims=True) if axes else d
+  return jnp.reshape(d, (d.shape[0],) + tuple(shape))
+
+
+def _chain_fn(chain):
+  def f(x):
+    for eqn in chain:
+      x = bind(eqn, [x])
+    return x
+  return f
+
+
+def sq_rows(x: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.reshape(jnp.square(x), (x.shape[0], -1)), axis=1)
+
+
+def _gram_or_direct(a: jax.Array, d: jax.Array, form: str | None = None) -> jax.Array:
+  """Σ_b ‖Σ_l a[n,b,l,:] ⊗ d[n,b,l,:]‖² per n; a (n,B,L,C), d (n,B,L,R): Gram form or direct."""
+  _, _, L, C = a.shape
+  R = d.shape[-1]
+  if L == 1:
+    return jnp.sum(jnp.sum(a[:, :, 0] ** 2, -1) * jnp.sum(d[:, :, 0] ** 2, -1), axis=1)
+  form = form or FORCE_FORM
+  if (form == "gram") or (form is None and L * L * (C + R) <= L * C * R):
+    ga = jnp.einsum("nblc,nbmc->nblm", a, a)
+    gd = jnp.einsum("nblr,nbmr->nblm", d, d)
+    return jnp.sum(ga * gd, axis=(1, 2, 3))
+  g = jnp.einsum("nblc,nblr->nbcr", a, d)
+  return sq_rows(g)
+
+
+def _conv_offset_slices(x, filt, p, out_spatial):
+  """The input seen by each kernel offset of a convolution (lhs_dilation 1), channels first.
+
+  ``x`` is (n, N, C, *spatial). Returns one array (n, N, C, P) per kernel offset k (row-major over
+  ``filt``), P = prod(out_spatial): output position y reads ``x_pad[y·s + k·r]`` at offset k. Pure
+  slicing (no identity-kernel convolution as in ``conv_general_dilated_patches``).
+  """
+  n, nb, c = x.shape[:3]
+  nd = len(filt)
+  zero = jnp.zeros((), x.dtype)
+  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 3 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]])
+  strides = tuple(int(v) for v in p["window_strides"])
+  rdil = tuple(int(v) for v in p["rhs_dilation"])
+  out = []
+  for k in np.ndindex(*filt):
+    start = [0, 0, 0] + [k[j] * rdil[j] for j in range(nd)]
+    limit = [n, nb, c] + [k[j] * rdil[j] + (out_spatial[j] - 1) * strides[j] + 1 for j in range(nd)]
+    sl = jax.lax.slice(xp, start, limit, [1, 1, 1] + list(strides))
+    out.append(jnp.reshape(sl, (n, nb, c, -1)))
+  return out
+
+
+def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
+  """Per-example squared kernel-gradient norms of a convolution with lhs_dilation 1.
+
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial). Direct form: the per-example kernel gradient
+  at offset k is S_k δ (C×O, one small batched matmul per offset) and the squared norm sums over k;
+  Gram form: ``Σ_{p,q} ⟨a_p, a_q⟩⟨δ_p, δ_q⟩`` with the patches a = [S_k]_k.
+  """
+  n, nb, o = d.shape[:3]
+  out_spatial = d.shape[3:]
+  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)         # (n, N, P, O)
+  slices = _conv_offset_slices(x, filt, p, out_spatial)
+  if gram:
+    a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)        # (n, N, P, F)
+    return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)),
+                           form="gram")
+  sq = jnp.zeros((n,), d.dtype)
+  for s in slices:
+    sq = sq + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl))
+  return sq
+
+
+def _add_rule(site, leaf, act, delta) -> jax.Array:
+  """A bias: the per-example gradient is δ summed over the broadcast axes (through the view chain)."""
+  del act
+  g = _unbroadcast(delta, site.param_shape)
+  if site.chain:
+    f = _chain_fn(site.chain)
+    zero = jnp.zeros(np.shape(leaf), jnp.result_type(leaf))
+    _, vjp = jax.vjp(f, zero)
+    g = jax.vmap(lambda c: vjp(c.astype(_vjp_dtype(f, zero)))[0])(g)
+  return sq_rows(g)
+
+
+def _dot_rule(site, leaf, act, delta) -> jax.Array:
+  """``dot_general``: activations and output gradients laid out as (n, batch, positions, features)."""
+  del leaf
+  n = delta.shape[0]
+  (lc, rc), (lb, rb) = site.eqn_params["dimension_numbers"]
+  x_is_lhs = site.param_arg == 1
+  xc, xb = (lc, lb) if x_is_lhs else (rc, rb)
+  x_ndim = len(site.act_shape)
+  xf = [j for j in range(x_ndim) if j not in xc and j not in xb]
+  nb = len(xb)
+  out_ndim = len(site.out_shape)
+  npf = out_ndim - nb - len(xf)
+  if x_is_lhs:
+    out_xf = list(range(nb, nb + len(xf)))
+    out_pf = list(range(nb + len(xf), out_ndim))
+  else:
+    out_pf = list(range(nb, nb + npf))
+    out_xf = list(range(nb + npf, out_ndim))
+  perm_a = [0] + [1 + j for j in xb] + [1 + j for j in xf] + [1 + j for j in xc]
+  a = jnp.transpose(act, perm_a)
+  B = size([site.act_shape[j] for j in xb])
+  L = size([site.act_shape[j] for j in xf])
+  a = jnp.reshape(a, (n, B, L, -1))
+  perm_d = [0] + [1 + j for j in range(nb)] + [1 + j for j in out_xf] + [1 + j for j in out_pf]
+  d = jnp.reshape(jnp.transpose(delta, perm_d), (n, B, L, -1))
+  return _gram_or_direct(a.astype(d.dtype), d)
+
+
+def _conv_rule(site, leaf, act, delta) -> jax.Array:
+  """``conv_general_dilated`` with the kernel as the parameter: per kernel offset (or, for transposed
+  convolutions, patches / per-example kernel gradients)."""
+  del leaf
+  n = delta.shape[0]
+  p = site.eqn_params
+  dn = p["dimension_numbers"]
+  lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+  filt = tuple(site.param_shape[j] for j in rhs_spec[2:])
+  x = jnp.transpose(act, [0] + [1 + j for j in lhs_spec])      # (n, N, C, *spatial)
+  d = jnp.transpose(delta, [0] + [1 + j for j in out_spec])    # (n, N, O, *out_spatial)
+  num_pos = size(d.shape[3:]) * d.shape[1]
+  c_in = x.shape[2]
+  F = c_in * size(filt)
+  O = d.shape[2]
+  gram = num_pos * (F + O) + size(filt) * F <= F * O  # Gram over positions is cheaper
+  if FORCE_FORM is not None:
+    gram = FORCE_FORM == "gram"
+  if all(int(v) == 1 for v in p["lhs_dilation"]):
+    return _conv_sq_norms_by_offsets(x.astype(d.dtype), d, filt, p, gram)
+  # Transposed (input-dilated) convolutions: patches / per-example kernel gradients.
+  if gram:
+    patches = jax.vmap(lambda xi: jax.lax.conv_general_dilated_patches(
+        xi, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"]))(x)
+    a = jnp.moveaxis(jnp.reshape(patches, patches.shape[:3] + (-1,)), 2, 3)  # (n, N, P, F)
+    a = jnp.reshape(a, (n, 1, -1, F))
+    dd = jnp.reshape(jnp.moveaxis(jnp.reshape(d, d.shape[:3] + (-1,)), 2, 3), (n, 1, -1, O))
+    return _gram_or_direct(a.astype(dd.dtype), dd)
+  kernel = jnp.zeros(site.param_shape, delta.dtype)
+  bind_params = dict(p)
+
+  def kgrad(xi, di):
+    f = lambda k: jax.lax.conv_general_dilated_p.bind(xi.astype(k.dtype), k, **bind_params)
+    _, vjp = jax.vjp(f, kernel)
+    return vjp(di)[0]
+
+  return sq_rows(jax.vmap(kgrad)(act, delta))
+
+
+def _gather_rule(site, leaf, act, delta) -> jax.Array:
+  """``gather`` of table rows: examples that read one row several times add those δ's."""
+  del leaf
+  n = delta.shape[0]
+  table_rows = site.param_shape[0]
+  idx = jnp.reshape(act, (n, -1))
+  d = jnp.reshape(delta, (n, idx.shape[1], -1))
+  mode = str(site.eqn_params.get("mode", "")).upper()
+  if "FILL" in mode:
+    valid = (idx >= 0) & (idx < table_rows)
+  else:
+    idx = jnp.clip(idx, 0, table_rows - 1)
+    valid = jnp.ones(idx.shape, bool)
+  d = jnp.where(valid[..., None], d, 0)
+  same = (idx[:, :, None] == idx[:, None, :])
+  gd = jnp.einsum("npr,nqr->npq", d, d)
+  return jnp.sum(jnp.where(same, gd, 0), axis=(1, 2))
+
+
+RULES = {"add": _add_rule, "dot": _dot_rule, "conv": _conv_rule, "gather": _gather_rule}
+"""Site kind -> ``rule(site, leaf, activation, delta) -> (n,)`` per-example squared norms of that leaf."""
+
+
+def site_sq_norms(site, leaf, act, delta) -> jax.Array:
+  """Per-example squared norms of ``leaf``'s gradient at ``site`` (the rule of its kind)."""
+  return RULES[site.kind](site, leaf, act, delta)
+
+
+def _vjp_dtype(f, x):
+  return jax.eval_shape(f, x).dtype
+
