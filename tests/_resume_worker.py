@@ -41,13 +41,14 @@ def make_problem():
 
 
 def run(checkpoint_dir, num_steps=NUM_STEPS):
-  from unlearn_jax import accounting, loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import accounting  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
 
   loss_fn, params, data = make_problem()
   return loops.train(
       loss_fn, params, data, num_steps=num_steps, key=jax.random.key(7), step_size=0.3, temperature=1e-4,
       clip_norm=1.0, weight_decay=1e-3, accounting=accounting.accountant([2.0, 4.0, 16.0]),
-      checkpoint_steps=(0, 100, num_steps), checkpoint_dir=checkpoint_dir,
+      record_steps=(0, 100, num_steps), checkpoint_dir=checkpoint_dir,
       checkpoint_every=EVERY if checkpoint_dir else None,
       steps_per_chunk=EVERY, history_stride=10, progress=False)
 
@@ -67,7 +68,7 @@ def to_arrays(result) -> dict:
 
 
 def main(argv) -> int:
-  from unlearn_jax import loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
 
   out = argv[1]
   checkpoint_dir = None if len(argv) < 3 or argv[2] == "-" else argv[2]

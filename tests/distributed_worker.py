@@ -110,7 +110,7 @@ def _compare(out, name, ref, got):
 
 def scenario_mesh():
   import jax  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   mesh = distributed.make_mesh()
   mesh2 = distributed.make_mesh(4, seeds=2)
@@ -132,7 +132,8 @@ def scenario_per_example():
   """Per-example norms, inner products and the clipped sum: sharded vs one device (x64)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed, per_example  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import per_example  # noqa
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   params, data, loss_fn, _ = _problem(16, np.float64)
   n = 16
@@ -171,7 +172,7 @@ def _accounting(filter_budget=None):
 def _train(loss_fn, params, data, *, mesh=None, data_mask=None, num_steps=12, dtype_name="float64",
            **kwargs):
   import jax  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
 
   kw = dict(num_steps=num_steps, key=jax.random.key(3), step_size=0.2, temperature=1e-4,
             progress=False, steps_per_chunk=num_steps, data_mask=data_mask)
@@ -183,7 +184,7 @@ def _train(loss_fn, params, data, *, mesh=None, data_mask=None, num_steps=12, dt
 
 def _loops_has_mesh():
   import inspect  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
 
   return "mesh" in inspect.signature(loops.train).parameters
 
@@ -195,7 +196,7 @@ def _sharded_train(loss_fn, params, data, mesh, *, data_mask=None, **kwargs):
   ``distributed.place_training_inputs`` and passed to the unchanged driver.
   """
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   if _loops_has_mesh():
     res = _train(loss_fn, params, data, mesh=mesh, data_mask=data_mask, **kwargs)
@@ -213,7 +214,7 @@ def _sharded_train(loss_fn, params, data, mesh, *, data_mask=None, **kwargs):
 
 def _train_scenario(n, dtype_name, **kwargs):
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   dtype = np.dtype(dtype_name)
   params, data, loss_fn, _ = _problem(n, dtype)
@@ -274,7 +275,8 @@ def scenario_unlearn_padded():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed, loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import runtime as loops  # noqa
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   n = 14
   params, data, loss_fn, _ = _problem(n, np.float64)
@@ -301,7 +303,7 @@ def scenario_unlearn_padded():
 def scenario_seeds():
   """4 vmapped chains on a (seeds=2, data=2) mesh vs one device (x64)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   if not _loops_has_mesh():
     return {"skipped": "loops.train has no mesh argument yet"}
@@ -325,7 +327,8 @@ def scenario_metrics():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed, evaluation, metrics  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import evaluation, metrics  # noqa
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   n = 16
   params, data, loss_fn, apply_fn = _problem(n, np.float64)
@@ -374,7 +377,7 @@ def _blocks_scenario(filter_budget, extra_runs=(), dtype="float64", **kwargs):
   expected to be bitwise.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   n = 13
   params, data, loss_fn, _ = _problem(n, np.dtype(dtype))

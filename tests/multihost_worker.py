@@ -37,7 +37,7 @@ def main(argv):
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import distributed_worker as w  # pylint: disable=import-outside-toplevel
-    from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+    from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
     params, data, loss_fn, _ = w._problem(13, np.float64)
     kw = dict(accounting=w._accounting(filter_budget=w.FULL_BATCH_BUDGET), clip_norm=1.0, reduction_blocks=8)

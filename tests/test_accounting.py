@@ -184,20 +184,20 @@ def test_cost_formulas(x64):
   orders = np.array([1.5, 2.0, 8.0])
   sq = np.array([0.0, 1.0, 4.0])
   eta, tau, n = 0.3, 0.02, 11
-  c = np.asarray(acc.full_batch_costs(jnp.asarray(sq), n, orders, eta, tau))
+  c = np.asarray(acc.full_batch_costs(jnp.asarray(sq), n, orders=orders, step_size=eta, temperature=tau))
   np.testing.assert_allclose(c, orders[None, :] * eta * sq[:, None] / (4 * tau * (n - 1) ** 2), rtol=1e-14)
-  w = np.asarray(acc.full_batch_worst_case_cost(2.0, n, orders, eta, tau))
+  w = np.asarray(acc.full_batch_worst_case_cost(2.0, n, orders=orders, step_size=eta, temperature=tau))
   np.testing.assert_allclose(w, orders * eta * 16.0 / (4 * tau * (n - 1) ** 2), rtol=1e-14)
-  np.testing.assert_allclose(np.asarray(acc.gaussian_rdp(orders, 3.0, 2.0)), orders * 9 / 8, rtol=1e-14)
+  np.testing.assert_allclose(np.asarray(acc.gaussian_rdp(3.0, 2.0, orders)), orders * 9 / 8, rtol=1e-14)
   # Poisson: z = b sqrt(2 tau / eta) / norm; norm 0 -> 0; worst case = norm C.
   q, b, clip = 0.05, 4.0, 1.5
   norms = np.array([0.0, 0.5, clip])
-  pc = np.asarray(jax.jit(lambda nr: acc.poisson_costs(nr, q, b, list(orders), eta, tau))(jnp.asarray(norms)))
+  pc = np.asarray(jax.jit(lambda nr: acc.poisson_costs(nr, q, b, orders=list(orders), step_size=eta, temperature=tau))(jnp.asarray(norms)))
   z = b * math.sqrt(2 * tau / eta) / norms[1:]
   for k, zz in enumerate(z):
     np.testing.assert_allclose(pc[k + 1], rdp_lib._compute_rdp_poisson_subsampled_gaussian(q, zz, orders), rtol=1e-6)
   assert np.all(pc[0] == 0)
-  pw = np.asarray(jax.jit(lambda: acc.poisson_worst_case_cost(clip, q, b, list(orders), eta, tau))())
+  pw = np.asarray(jax.jit(lambda: acc.poisson_worst_case_cost(clip, q, b, orders=list(orders), step_size=eta, temperature=tau))())
   np.testing.assert_allclose(pw, pc[2], rtol=1e-12)
 
 
@@ -269,8 +269,8 @@ def test_max_steps_for_epsilon(rdp_fn):
         (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], -1e-5), "delta"),
         (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], 1.0), "delta"),
         (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], 1e-5, method="x"), "method"),
-        (lambda: acc.full_batch_costs(jnp.ones(2), 3, [2.0], 0.0, 1.0), "step_size"),
-        (lambda: acc.full_batch_costs(jnp.ones(2), 3, [2.0], 0.1, -1.0), "temperature"),
+        (lambda: acc.full_batch_costs(jnp.ones(2), 3, orders=[2.0], step_size=0.0, temperature=1.0), "step_size"),
+        (lambda: acc.full_batch_costs(jnp.ones(2), 3, orders=[2.0], step_size=0.1, temperature=-1.0), "temperature"),
         (lambda: acc.accountant([2.0], filter_budget=1.0, filter_order=3.0), "filter_order"),
         (lambda: acc.accountant([2.0], stride=0), "stride"),
         (lambda: acc.ledger_init(0, acc.accountant([2.0])), "num_examples"),

@@ -32,8 +32,10 @@ import numpy as np
 import optax
 import pytest
 
-from unlearn_jax import accounting, bounds, cli, data, evaluation, experiment, loops, metrics, models
-from unlearn_jax import per_example, selection, sgld, testbed
+from unlearn_jax import accounting, bounds, cli, data, evaluation, experiment, metrics, models
+from unlearn_jax import algorithms as sgld
+from unlearn_jax import per_example, selection, testbed
+from unlearn_jax import runtime as loops
 
 _PKG_DIR = pathlib.Path(__file__).resolve().parents[1] / "unlearn_jax"
 
@@ -153,7 +155,7 @@ ROWS = [
         ValueError, ("weights", "(4,)")),
     # ---- accounting --------------------------------------------------------------------------------
     Row("orders_contain_one", lambda t: accounting.accountant([1.0, 2.0]), ValueError, ("orders", "1.0")),
-    Row("orders_below_one", lambda t: accounting.gaussian_rdp([0.5, 2.0], 1.0, 1.0), ValueError,
+    Row("orders_below_one", lambda t: accounting.gaussian_rdp(1.0, 1.0, [0.5, 2.0]), ValueError,
         ("orders", "0.5")),
     Row("orders_nan", lambda t: accounting.accountant([2.0, float("nan")]), ValueError, ("orders", "nan")),
     Row("stride_zero", lambda t: accounting.accountant(ORDERS, stride=0), ValueError, ("stride", "0")),
@@ -161,10 +163,10 @@ ROWS = [
         ValueError, ("filter_budget", "-1.0")),
     Row("q_zero", lambda t: accounting.sampled_gaussian_rdp(0.0, 1.0, ORDERS), ValueError, ("q", "0.0")),
     Row("q_above_one", lambda t: accounting.sampled_gaussian_rdp(1.5, 1.0, ORDERS), ValueError, ("q", "1.5")),
-    Row("noise_std_zero", lambda t: accounting.gaussian_rdp(ORDERS, 1.0, 0.0), ValueError, ("noise_std", "0.0")),
-    Row("costs_step_size_zero", lambda t: accounting.full_batch_costs(jnp.ones(N), N, ORDERS, 0.0, 1.0),
+    Row("noise_std_zero", lambda t: accounting.gaussian_rdp(1.0, 0.0, ORDERS), ValueError, ("noise_std", "0.0")),
+    Row("costs_step_size_zero", lambda t: accounting.full_batch_costs(jnp.ones(N), N, orders=ORDERS, step_size=0.0, temperature=1.0),
         ValueError, ("step_size", "0.0")),
-    Row("costs_temperature_negative", lambda t: accounting.poisson_costs(jnp.ones(N), 0.5, 3.0, ORDERS, 0.1, -1.0),
+    Row("costs_temperature_negative", lambda t: accounting.poisson_costs(jnp.ones(N), 0.5, 3.0, orders=ORDERS, step_size=0.1, temperature=-1.0),
         ValueError, ("temperature", "-1.0")),
     Row("ledger_init_zero_examples", lambda t: accounting.ledger_init(0, accounting.accountant(ORDERS)),
         ValueError, ("num_examples", "0")),
@@ -181,7 +183,7 @@ ROWS = [
         lambda t: accounting.ledger_update(accounting.ledger_init(N, accounting.accountant(ORDERS)),
                                            -jnp.ones((N, 2)), jnp.zeros(2), config=accounting.accountant(ORDERS)),
         ValueError, ("costs", "-1.0")),
-    Row("costs_sq_dist_negative", lambda t: accounting.full_batch_costs(-jnp.ones(N), N, ORDERS, 0.1, 1.0),
+    Row("costs_sq_dist_negative", lambda t: accounting.full_batch_costs(-jnp.ones(N), N, orders=ORDERS, step_size=0.1, temperature=1.0),
         ValueError, ("sq_dist", "-1.0")),
     Row("rdp_nan_into_conversion", lambda t: accounting.rdp_to_dp(jnp.array([jnp.nan, 1.0]), ORDERS, 1e-5),
         ValueError, ("rdp", "NaN")),
@@ -474,9 +476,9 @@ def test_infinite_privacy_loss_gives_inf_steps_and_zero_loss_gives_zero():
 
 def test_unclipped_worst_case_is_inf_not_nan():
   # No clip norm: the worst-case sensitivity is unbounded, the worst-case loss is +inf (never NaN).
-  w = accounting.full_batch_worst_case_cost(math.inf, N, ORDERS, 0.1, 1.0)
+  w = accounting.full_batch_worst_case_cost(math.inf, N, orders=ORDERS, step_size=0.1, temperature=1.0)
   assert np.all(np.isposinf(np.asarray(w)))
-  w = accounting.poisson_worst_case_cost(math.inf, 0.5, 3.0, ORDERS, 0.1, 1.0)
+  w = accounting.poisson_worst_case_cost(math.inf, 0.5, 3.0, orders=ORDERS, step_size=0.1, temperature=1.0)
   assert np.all(np.isposinf(np.asarray(w)))
 
 
@@ -532,7 +534,7 @@ def test_cli_output_dir_holding_another_run_is_a_clean_error(tmp_path, capsys):
   # The output directory keeps the checkpoints of an earlier run with another config (a user re-running
   # with a changed config and the same --out): refused with one line naming the directory and a
   # non-zero exit status (3: the output directory cannot be used), never a Python traceback.
-  from unlearn_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import checkpoint  # pylint: disable=import-outside-toplevel
 
   out = tmp_path / "out"
   for sub in ("train", os.path.join("train", "seed_0")):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from unlearn_jax import checkpoint as ck
+from unlearn_jax.runtime import checkpoint as ck
 
 
 class _State(tuple):
@@ -36,7 +36,7 @@ def _assert_trees_bitwise_equal(a, b):
   lb, tb = jax.tree.flatten(b)
   assert ta == tb
   for x, y in zip(la, lb):
-    if ck._is_key(x):
+    if ck.is_key(x):
       x, y = jax.random.key_data(x), jax.random.key_data(y)
     x, y = np.asarray(x), np.asarray(y)
     assert x.dtype == y.dtype and x.shape == y.shape
@@ -224,7 +224,7 @@ def test_lock_refuses_second_holder_in_process(tmp_path):
 
 
 def test_lock_held_by_live_subprocess_is_refused_then_stale_is_taken_over(tmp_path):
-  code = ("import sys, time; from unlearn_jax.checkpoint import RunLock; l = RunLock(sys.argv[1]).acquire(); "
+  code = ("import sys, time; from unlearn_jax.runtime.checkpoint import RunLock; l = RunLock(sys.argv[1]).acquire(); "
           "print('locked', flush=True); time.sleep(60)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
   try:

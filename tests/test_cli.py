@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from unlearn_jax import checkpoint, cli
+from unlearn_jax import cli
+from unlearn_jax.runtime import checkpoint
 
 
 def _run_main(argv, capsys):

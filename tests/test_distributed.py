@@ -34,7 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import distributed, loops, per_example, sgld
+from unlearn_jax import algorithms as sgld
+from unlearn_jax import per_example
+from unlearn_jax import runtime as loops
+from unlearn_jax.runtime import distributed
 
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 FAST = ("mesh", "train_filter_padded", "unlearn_padded", "metrics", "blocks_full_batch")

@@ -322,7 +322,7 @@ def test_same_config_same_bytes(tiny_run, tmp_path):
 
 
 def test_run_refuses_locked_or_unwritable_dir(tmp_path):
-  from unlearn_jax import checkpoint
+  from unlearn_jax.runtime import checkpoint
   with checkpoint.RunLock(tmp_path):
     with pytest.raises(experiment.OutputDirError, match=str(tmp_path)):
       experiment.run(_tiny(tmp_path))

@@ -14,7 +14,7 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
 from unlearn_jax import accounting as acc
-from unlearn_jax import sgld as sg
+from unlearn_jax import algorithms as sg
 
 from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
 
@@ -96,7 +96,7 @@ def test_full_batch_costs_match_numpy_reference(data):
   mask = np.ones(12)
   mask[[3, 7]] = 0.0
   costs, worst, norms = jax.jit(
-      lambda p: sg.step_costs(
+      lambda p: acc.step_costs(
           logistic_loss, p, (jnp.asarray(x), jnp.asarray(y)), clip_norm=clip, step_size=eta, temperature=tau,
           orders=orders, mask=jnp.asarray(mask),
       )
@@ -128,7 +128,7 @@ def test_total_loss_gradients_match_finite_differences(data):
 
   def total(eta, tau, q, mode):
     kw = dict(sampling_rate=q) if mode == "poisson" else {}
-    c, _, _ = sg.step_costs(logistic_loss, w, d, mode=mode, clip_norm=1.0, step_size=eta, temperature=tau, orders=orders, **kw)
+    c, _, _ = acc.step_costs(logistic_loss, w, d, mode=mode, clip_norm=1.0, step_size=eta, temperature=tau, orders=orders, **kw)
     return jnp.sum(c)
 
   for mode in ("full_batch", "poisson"):

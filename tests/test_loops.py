@@ -13,8 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from unlearn_jax import checkpoint as ck
-from unlearn_jax import loops
+from unlearn_jax.runtime import checkpoint as ck
+from unlearn_jax import runtime as loops
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,15 +91,16 @@ def test_unlearn_noise_free_methods_match_float64_reference(method, clip, radius
     mask = np.ones(len(y))
     mask[:5] = 0.0
     steps = (0, 3, 11, 25)
+    options = {"l1_strength": l1} if method == "l1_sparse" else {}
     res = loops.unlearn(softmax_loss, p, (x, y), method=method, key=jax.random.key(0), step_size=0.7,
                         record_steps=steps, clip_norm=clip, weight_decay=0.05, projection_radius=radius,
-                        l1_strength=l1, data_mask=mask, steps_per_chunk=7, progress=False)
+                        data_mask=mask, steps_per_chunk=7, progress=False, **options)
     ref = _np_gd_reference(p, x, y, mask, steps=25, eta=0.7, clip=clip, wd=0.05, radius=radius,
                            l1=l1 if method == "l1_sparse" else 0.0, total=25)
-    assert res.steps.tolist() == list(steps)
+    assert res.recorded_steps.tolist() == list(steps)
     for g, s in enumerate(steps):
-      np.testing.assert_allclose(np.asarray(res.params["w"][g]), ref[s][0], rtol=1e-10, atol=1e-12)
-      np.testing.assert_allclose(np.asarray(res.params["b"][g]), ref[s][1], rtol=1e-10, atol=1e-12)
+      np.testing.assert_allclose(np.asarray(res.recorded["w"][g]), ref[s][0], rtol=1e-10, atol=1e-12)
+      np.testing.assert_allclose(np.asarray(res.recorded["b"][g]), ref[s][1], rtol=1e-10, atol=1e-12)
     # The history's loss at step t is the masked mean loss at the parameters before step t.
     for t in (1, 12, 25):
       loss, _, _ = _np_softmax_grads({"w": ref[t - 1][0], "b": ref[t - 1][1]}, x, y)
@@ -113,18 +114,13 @@ def test_optimizer_training_matches_float64_reference_and_masks():
     mask = np.ones(len(y))
     mask[::4] = 0.0
     res = loops.train(softmax_loss, p, (x, y), num_steps=30, key=jax.random.key(0), step_size=0.3,
-                      optimizer=optax.sgd(0.3), data_mask=mask, checkpoint_steps=(10, 30),
+                      optimizer=optax.sgd(0.3), data_mask=mask, record_steps=(10, 30),
                       steps_per_chunk=8, history_stride=10, progress=False)
     ref = _np_gd_reference(p, x, y, mask, steps=30, eta=0.3, clip=None, wd=0.0, radius=None, l1=0.0, total=30)
     np.testing.assert_allclose(np.asarray(res.params["w"]), ref[30][0], rtol=1e-10)
     np.testing.assert_allclose(np.asarray(res.recorded["b"][0]), ref[10][1], rtol=1e-10)
     assert res.history["step"].tolist() == [10, 20, 30]
     assert res.ledger is None and res.num_steps == 30
-
-
-def test_l1_schedule_is_linear_to_zero():
-  t = np.arange(11)
-  np.testing.assert_allclose(np.asarray(loops.l1_schedule(t, 10, 0.5)), 0.5 * (1 - t / 10), rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,7 +139,7 @@ def test_noise_free_recorded_steps_equal_rerun_bitwise():
   for g, s in enumerate((4, 13, 30)):
     short = loops.unlearn(softmax_loss, p, (x, y), method="sgd", key=jax.random.key(0), step_size=0.5,
                           record_steps=(s,), clip_norm=0.5, steps_per_chunk=8, progress=False)
-    assert _leaves_equal(jax.tree.map(lambda a: a[g], full.params), jax.tree.map(lambda a: a[0], short.params))
+    assert _leaves_equal(jax.tree.map(lambda a: a[g], full.recorded), jax.tree.map(lambda a: a[0], short.recorded))
 
 
 def test_second_call_with_same_shapes_does_not_trace_or_compile_again():
@@ -200,7 +196,7 @@ def test_history_stride_rows_equal_stride_one_rows_and_eval_matches_recorded():
   np.testing.assert_array_equal(strided.history["loss"], dense.history["loss"][[7, 15, 23]])
   np.testing.assert_array_equal(strided.history["grad_norm"], dense.history["grad_norm"][[7, 15, 23]])
   for g in range(3):
-    pg = jax.tree.map(lambda a: a[g], strided.params)
+    pg = jax.tree.map(lambda a: a[g], strided.recorded)
     acc = np.mean(np.argmax(x @ np.asarray(pg["w"]) + np.asarray(pg["b"]), -1) == y)
     np.testing.assert_allclose(strided.history["acc"][g], acc, rtol=1e-6)
 
@@ -260,13 +256,13 @@ def test_in_process_resume_and_mismatched_run(tmp_path):
             progress=False)
   ref = loops.unlearn(softmax_loss, p, (x, y), **dict(kw, checkpoint_dir=None, checkpoint_every=None))
   full = loops.unlearn(softmax_loss, p, (x, y), **kw)
-  assert _leaves_equal(ref.params, full.params)
+  assert _leaves_equal(ref.recorded, full.recorded)
   # Keep only the step-10 checkpoint, as if killed after it; resuming gives the same bits.
   for s, path in ck.list_checkpoints(tmp_path):
     if s != 10:
       os.remove(path)
   resumed = loops.unlearn(softmax_loss, p, (x, y), **kw)
-  assert _leaves_equal(ref.params, resumed.params)
+  assert _leaves_equal(ref.recorded, resumed.recorded)
   np.testing.assert_array_equal(ref.history["loss"], resumed.history["loss"])
   np.testing.assert_array_equal(ref.history["step"], resumed.history["step"])
   # A different configuration in the same directory is refused unless resume=False.
@@ -286,7 +282,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
   with open(paths[20], "r+b") as f:
     f.truncate(100)
   resumed = loops.unlearn(softmax_loss, p, (x, y), **kw)
-  assert _leaves_equal(ref.params, resumed.params)
+  assert _leaves_equal(ref.recorded, resumed.recorded)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,15 +328,17 @@ def test_each_unlearning_method_closes_the_forget_set_gap_to_the_oracle():
   gap0 = abs(forget_loss(original.params) - forget_loss(oracle.params))
   assert gap0 > 2.0  # the flipped labels were memorised by the original, not by the oracle
   assert forget_acc(original.params) >= 0.5 and forget_acc(oracle.params) == 0.0
-  for method in loops.UNLEARNING_METHODS:
+  for method in ("sgld", "sgd", "l1_sparse"):
+    options = {"l1_strength": 1e-3} if method == "l1_sparse" else {}
+    temperature = {"temperature": 1e-5} if method == "sgld" else {}
     res = loops.unlearn(softmax_loss, original.params, (x, y), method=method, key=jax.random.key(2),
-                        step_size=0.5, temperature=1e-5, weight_decay=0.01, l1_strength=1e-3,
-                        record_steps=(0, 100, 400), data_mask=mask, progress=False)
-    gaps = [abs(forget_loss(jax.tree.map(lambda a: a[g], res.params)) - forget_loss(oracle.params))
+                        step_size=0.5, weight_decay=0.01, record_steps=(0, 100, 400), data_mask=mask,
+                        progress=False, **options, **temperature)
+    gaps = [abs(forget_loss(jax.tree.map(lambda a: a[g], res.recorded)) - forget_loss(oracle.params))
             for g in range(3)]
     np.testing.assert_allclose(gaps[0], gap0, rtol=1e-6)
     assert gaps[1] < gaps[0] and gaps[2] < 0.25 * gap0, (method, gaps)
-    assert forget_acc(jax.tree.map(lambda a: a[2], res.params)) <= 0.125, method
+    assert forget_acc(jax.tree.map(lambda a: a[2], res.recorded)) <= 0.125, method
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,7 +358,7 @@ def _sgld_setup(seed=0):
 
 def test_sgld_recorded_steps_equal_rerun_stopped_there_bitwise():
   x, y, p, kw = _sgld_setup()
-  full = loops.train(softmax_loss, p, (x, y), num_steps=30, key=jax.random.key(3), checkpoint_steps=(7, 19, 30),
+  full = loops.train(softmax_loss, p, (x, y), num_steps=30, key=jax.random.key(3), record_steps=(7, 19, 30),
                      **kw)
   for g, s in enumerate((7, 19)):
     short = loops.train(softmax_loss, p, (x, y), num_steps=s, key=jax.random.key(3), **kw)
@@ -373,11 +371,11 @@ def test_sgld_recorded_steps_equal_rerun_stopped_there_bitwise():
   short = loops.unlearn(softmax_loss, full.params, (x, y), method="sgld", key=jax.random.key(4),
                         step_size=0.3, temperature=1e-3, clip_norm=1.0, record_steps=(5,), steps_per_chunk=8,
                         progress=False)
-  assert _leaves_equal(jax.tree.map(lambda a: a[0], res.params), jax.tree.map(lambda a: a[0], short.params))
+  assert _leaves_equal(jax.tree.map(lambda a: a[0], res.recorded), jax.tree.map(lambda a: a[0], short.recorded))
 
 
 def test_sgld_train_equals_python_loop_over_sgld_step_with_fold_in_keys():
-  from unlearn_jax import sgld
+  from unlearn_jax import algorithms as sgld
 
   x, y, p, kw = _sgld_setup(seed=1)
   res = loops.train(softmax_loss, p, (x, y), num_steps=12, key=jax.random.key(5), **kw)
@@ -400,14 +398,14 @@ def test_vmapped_seeds_equal_seeds_run_one_by_one():
 
   kw = dict(kw, eval_fn=eval_fn, history_stride=5)
   many = loops.train(softmax_loss, init_fn, (x, y), num_seeds=3, num_steps=15, key=jax.random.key(6),
-                     checkpoint_steps=(5,), **kw)
+                     record_steps=(5,), **kw)
   assert many.params["w"].shape == (3,) + p["w"].shape
   assert many.recorded["w"].shape == (1, 3) + p["w"].shape
   assert many.history["loss"].shape == (3, 3) and many.history["acc"].shape == (3, 3)
   assert many.history["privacy_loss_mean"].shape == (3, 3, 2)
   for r in range(3):
     one = loops.train(softmax_loss, init_fn, (x, y), num_steps=15, key=jax.random.fold_in(jax.random.key(6), r),
-                      checkpoint_steps=(5,), **kw)
+                      record_steps=(5,), **kw)
     np.testing.assert_allclose(many.history["acc"][:, r], one.history["acc"], atol=1.5 / len(y))
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[r], many.params), one.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(many.ledger.realized[r], one.ledger.realized, rtol=1e-4, atol=1e-9)
@@ -418,7 +416,7 @@ def test_vmapped_seeds_equal_seeds_run_one_by_one():
   # Per-seed trained params are unlearned chain by chain with params_per_seed=True.
   un = loops.unlearn(softmax_loss, many.params, (x, y), method="sgd", key=jax.random.key(0), step_size=0.3,
                      record_steps=(0, 3), num_seeds=3, params_per_seed=True, progress=False)
-  chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], un.params), many.params, rtol=0, atol=0)
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], un.recorded), many.params, rtol=0, atol=0)
 
 
 @pytest.mark.slow
@@ -479,7 +477,7 @@ def test_digits_sgld_with_ledger_reaches_90_percent():
     ({"num_seeds": 0}, ValueError, "num_seeds"),
     ({"steps_per_chunk": 0}, ValueError, "steps_per_chunk"),
     ({"history_stride": 0}, ValueError, "history_stride"),
-    ({"checkpoint_steps": (5, 99)}, ValueError, "checkpoint_steps"),
+    ({"record_steps": (5, 99)}, ValueError, "record_steps"),
     ({"checkpoint_every": 5}, ValueError, "checkpoint_dir"),
     ({"data_mask": np.ones(3)}, ValueError, "data_mask"),
     ({"data_mask": np.zeros(40)}, ValueError, "data_mask"),
@@ -554,12 +552,12 @@ def test_shuffled_mode_state_with_typed_key_checkpoints_and_resumes_bitwise(tmp_
             clip_norm=1.0, steps_per_chunk=4, progress=False)
   ref = loops.train(softmax_loss, p, (x, y), **kw)
   full = loops.train(softmax_loss, p, (x, y), checkpoint_dir=tmp_path, checkpoint_every=4, **kw)
-  assert _leaves_equal(ref.params, full.params)
+  assert _leaves_equal(ref.recorded, full.recorded)
   for s, path in ck.list_checkpoints(tmp_path):
     if s != 8:
       os.remove(path)
   resumed = loops.train(softmax_loss, p, (x, y), checkpoint_dir=tmp_path, checkpoint_every=4, **kw)
   assert resumed.resumed_from == 8
-  assert _leaves_equal(ref.params, resumed.params)
+  assert _leaves_equal(ref.recorded, resumed.recorded)
   np.testing.assert_array_equal(jax.random.key_data(ref.state.shuffle_key),
                                 jax.random.key_data(resumed.state.shuffle_key))

@@ -29,7 +29,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from unlearn_jax import accounting, bounds, sgld
+from unlearn_jax import accounting, bounds
+from unlearn_jax import algorithms as sgld
 
 _SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

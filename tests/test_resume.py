@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from unlearn_jax import checkpoint as ck
+from unlearn_jax.runtime import checkpoint as ck
 
 WORKER = os.path.join(os.path.dirname(__file__), "_resume_worker.py")
 EVERY = 50

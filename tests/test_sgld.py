@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from unlearn_jax import accounting as acc
-from unlearn_jax import sgld as sg
+from unlearn_jax import algorithms as sg
 
 from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
 
@@ -118,7 +118,7 @@ def test_shuffled_epochs_cover_every_example_once(logistic_data):
   data = (jnp.asarray(x), jnp.asarray(y))
   alg = sg.sgld(logistic_loss, mode="shuffled", batch_size=5)
   step = jax.jit(alg.step)
-  state = alg.init(jnp.zeros(3), 10, shuffle_key=jax.random.key(5))
+  state = alg.init(jnp.zeros(3), 10, key=jax.random.key(5))
   masks = []
   for t in range(4):
     state, info = step(state, data, jax.random.key(100 + t), 0.1, 0.01)

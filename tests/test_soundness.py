@@ -17,7 +17,7 @@ import pytest
 
 from unlearn_jax import accounting as acc
 from unlearn_jax import evaluation
-from unlearn_jax import sgld as sg
+from unlearn_jax import algorithms as sg
 from unlearn_jax import testbed as tb
 
 ETA, TAU = 0.1, 0.01
@@ -35,7 +35,7 @@ def _one_step_laws(problem, forget, theta0):
 def _per_example_costs(problem, theta0, orders):
   """The library's §2a costs of one step at θ0 (the ledger after that step), float64."""
   data = (jnp.asarray(problem.X), jnp.asarray(problem.y))
-  costs, _, _ = sg.step_costs(tb.ridge_loss, jnp.asarray(theta0), data, step_size=ETA, temperature=TAU,
+  costs, _, _ = acc.step_costs(tb.ridge_loss, jnp.asarray(theta0), data, step_size=ETA, temperature=TAU,
                               orders=orders)
   return np.asarray(costs)
 
@@ -204,7 +204,7 @@ def test_float32_costs_precise_where_gradients_are_close(loss_fn, rel):
     dist = np.linalg.norm(g - g.mean(0), axis=1) / np.linalg.norm(g, axis=1)
     assert 0.3 * rel < np.median(dist) < 30 * rel
     ref = 2.0 * ETA * ((g - g.mean(0)) ** 2).sum(1) / (4 * TAU * (n - 1) ** 2)
-    costs, _, _ = jax.jit(lambda p: sg.step_costs(loss_fn, p, data, step_size=ETA, temperature=TAU,
+    costs, _, _ = jax.jit(lambda p: acc.step_costs(loss_fn, p, data, step_size=ETA, temperature=TAU,
                                                   orders=[2.0]))(jnp.asarray(w))
     assert costs.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(costs)[:, 0], ref, rtol=1e-3)
@@ -231,7 +231,7 @@ def test_costs_monotone_in_the_order(x64):
   norms = jnp.array([0.2, 1.0, 3.0])
   z = 0.2 * 20 * np.sqrt(2 * TAU / 0.05) / np.asarray(norms)
   raw = np.asarray(jax.jit(lambda zz: acc.sampled_gaussian_rdp(0.2, zz, acc.DEFAULT_ORDERS))(z))
-  costs = np.asarray(jax.jit(lambda nn: acc.poisson_costs(nn, 0.2, 0.2 * 20, acc.DEFAULT_ORDERS, 0.05, TAU))(norms))
+  costs = np.asarray(jax.jit(lambda nn: acc.poisson_costs(nn, 0.2, 0.2 * 20, orders=acc.DEFAULT_ORDERS, step_size=0.05, temperature=TAU))(norms))
   assert np.any(np.diff(raw, axis=1) < 0)  # the series violates monotonicity ...
   assert np.all(np.diff(costs, axis=1) >= 0)  # ... the charged costs do not
   assert np.all(costs <= raw)

@@ -290,7 +290,6 @@ def test_realized_sum_standin_ranks_like_exact():
 
 
 def test_project_sgld_ledger_against_exact():
-  pytest.importorskip("unlearn_jax.sgld")
   p = tb.make_outlier_problem(n=20, d=3, seed=0)
   orders, T, eta, tau = (2.0, 4.0), 1000, 0.05, 0.01
   r = tb.realized_vs_exact(p, orders=orders, T=T, step_size=eta, temperature=tau, num_seeds=32)

@@ -1,31 +1,29 @@
 """unlearn_jax: per-instance privacy accounting and certified machine unlearning in JAX.
 
-Re-exports only; importing does no work. The modules, one idea each:
+Re-exports only; importing does no work. The folders follow the pipeline:
 
 - ``per_example``: per-example gradients, norms (vmap / ghost), clipping, inner products.
-- ``sgld``: the module; ``sgld.sgld(...)`` builds the noisy step as an ``(init, step)`` pair and an optax Langevin-noise transform.
-- ``accounting``: per-step per-instance Rényi costs, sampled-Gaussian RDP, the ledger, RDP -> DP.
-- ``bounds``: the per-instance unlearning theorem, steps to unlearn, worst-case baseline, calibration.
-- ``testbed``: the exact linear-Gaussian testbed (float64).
-- ``loops`` / ``checkpoint``: train / unlearn / retrain drivers with resumable checkpoints.
-- ``metrics`` / ``evaluation`` / ``selection``: difficulty metrics, barriers, membership ε, forget sets.
-- ``data`` / ``models``: built-in data sets, CIFAR-10 / SVHN loaders, flax models.
-- ``distributed``: device meshes and shardings.
-- ``experiment`` / ``plots`` / ``cli``: the end-to-end study and the ``unlearn-jax`` command.
+- ``algorithms``: the step protocol, batch selection, the noisy update, SGLD, the unlearning methods,
+  optax-driven training.
+- ``accounting``: sampled-Gaussian RDP, per-step per-instance costs, the ledger, RDP -> (ε, δ).
+- ``certify``: the per-instance unlearning theorem, steps to unlearn, calibration, the exact testbed.
+- ``evaluate``: loss barriers, the output-distribution test, membership ε, difficulty metrics,
+  forget-set selection, statistics.
+- ``runtime``: the ``train`` / ``retrain`` / ``unlearn`` drivers, checkpoints, devices.
+- ``data`` / ``models``: data sets and models, with registries.
+- ``study``: the end-to-end study, its report and figures, and the ``unlearn-jax`` command.
 """
 
 from unlearn_jax import accounting
+from unlearn_jax import algorithms
 from unlearn_jax import bounds
-from unlearn_jax import checkpoint
 from unlearn_jax import data
-from unlearn_jax import distributed
 from unlearn_jax import evaluation
-from unlearn_jax import loops
 from unlearn_jax import metrics
 from unlearn_jax import models
 from unlearn_jax import per_example
+from unlearn_jax import runtime
 from unlearn_jax import selection
-from unlearn_jax import sgld
 from unlearn_jax import testbed
 from unlearn_jax.accounting import (
     DEFAULT_ORDERS,
@@ -39,7 +37,9 @@ from unlearn_jax.accounting import (
     ledger_update,
     rdp_to_dp,
     sampled_gaussian_rdp,
+    step_costs,
 )
+from unlearn_jax.algorithms import Algorithm, SGLDState, StepInfo, langevin_noise, sgld
 from unlearn_jax.bounds import (
     lsi_constant_strongly_convex,
     steps_to_unlearn,
@@ -53,8 +53,8 @@ from unlearn_jax.evaluation import (
     is_unlearned,
     loss_barrier,
     membership_epsilon,
+    membership_lower_bound,
 )
-from unlearn_jax.loops import retrain, train, unlearn
 from unlearn_jax.metrics import spearman
 from unlearn_jax.per_example import (
     clip_per_example,
@@ -63,27 +63,27 @@ from unlearn_jax.per_example import (
     per_example_grads,
     per_example_inner,
 )
+from unlearn_jax.runtime import retrain, train, unlearn
 from unlearn_jax.selection import select_forget_set
-from unlearn_jax.sgld import SGLDInfo, SGLDState, langevin_noise, step_costs
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccountingConfig",
     "DEFAULT_ORDERS",
+    "AccountingConfig",
+    "Algorithm",
     "Ledger",
-    "SGLDInfo",
     "SGLDState",
+    "StepInfo",
     "__version__",
     "accountant",
     "accounting",
+    "algorithms",
     "average_ledgers",
     "bounds",
-    "checkpoint",
     "clip_per_example",
     "clipped_grad_sum",
     "data",
-    "distributed",
     "empirical_steps_to_unlearn",
     "evaluation",
     "gaussian_rdp",
@@ -92,10 +92,10 @@ __all__ = [
     "langevin_noise",
     "ledger_init",
     "ledger_update",
-    "loops",
     "loss_barrier",
     "lsi_constant_strongly_convex",
     "membership_epsilon",
+    "membership_lower_bound",
     "metrics",
     "models",
     "per_example",
@@ -104,6 +104,7 @@ __all__ = [
     "per_example_inner",
     "rdp_to_dp",
     "retrain",
+    "runtime",
     "sampled_gaussian_rdp",
     "select_forget_set",
     "selection",

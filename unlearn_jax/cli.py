@@ -110,7 +110,8 @@ def _error(msg: str, code: int) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-  from unlearn_jax import checkpoint, experiment, loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import experiment, runtime  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import checkpoint  # pylint: disable=import-outside-toplevel
 
   try:
     if args.command == "demo":
@@ -139,7 +140,7 @@ def _study(args: argparse.Namespace) -> int:
     return _error(str(e), EXIT_OUTPUT)
   except experiment.DataMissingError as e:
     return _error(str(e), EXIT_DATA)
-  except loops.DivergenceError as e:
+  except runtime.DivergenceError as e:
     return _error(str(e), EXIT_DIVERGED)
   except checkpoint.CheckpointError as e:
     return _error(f"{e}. The output directory {config.out_dir!r} holds checkpoints this run cannot resume "

@@ -1077,7 +1077,7 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
   """
   import time  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import checkpoint  # pylint: disable=import-outside-toplevel
 
   if not isinstance(config, Config):
     raise TypeError(f"config must be an unlearn_jax.experiment.Config, got {type(config).__name__}")
@@ -1146,7 +1146,8 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import accounting, bounds, evaluation, loops, metrics, models, selection  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import accounting, bounds, evaluation, metrics, models, selection  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
 
   tr, pv, fc, uc, ec, mc = (config.training, config.privacy, config.forget_sets, config.unlearning,
                             config.evaluation, config.metrics)
@@ -1189,7 +1190,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   data = (x, y)
   train_data, pad_mask = data, None
   if config.devices is not None and config.devices > 1:
-    from unlearn_jax import distributed  # pylint: disable=import-outside-toplevel
+    from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
     if jax.device_count() < config.devices:
       raise ConfigError(f"config key 'devices' (--devices) asks for {config.devices} devices, but only "
                         f"{jax.device_count()} {jax.default_backend()} device(s) are visible (on CPU, force N with "
@@ -1230,7 +1231,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   trained = _seeded(
       loops.train, num_seeds=tr.num_seeds, key=keys["train"], vmap_seeds=vmap_seeds, pick=pick_train, desc="train",
       loss_fn=loss_fn, params=init_fn, data=train_data, data_mask=pad_mask, num_steps=T, step_size=tr.step_size,
-      temperature=tr.temperature, accounting=acc_cfg, clip_norm=clip, checkpoint_steps=ckpt_steps,
+      temperature=tr.temperature, accounting=acc_cfg, clip_norm=clip, record_steps=ckpt_steps,
       checkpoint_dir=str(out / "checkpoints" / "train"),
       checkpoint_every=max(steps_per_chunk, T // 10), steps_per_chunk=steps_per_chunk,
       history_stride=max(1, T // 100), progress=progress, **sgld_kwargs)
@@ -1396,7 +1397,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
       recorded = _seeded(
           loops.unlearn, num_seeds=R, key=jax.random.fold_in(keys["unlearn"], m_idx), vmap_seeds=vmap_seeds,
           desc=f"unlearn {method}",
-          per_seed_params=start_params, params_arg="params", pick=lambda res, seeded: res.params, **kwargs)
+          per_seed_params=start_params, params_arg="params", pick=lambda res, seeded: res.recorded, **kwargs)
       if not vmap_seeds:                                                              # (R, G, ...) -> (G, R, ...)
         recorded = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), recorded)
       tick("unlearn")

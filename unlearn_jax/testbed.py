@@ -560,7 +560,8 @@ def realized_vs_exact(
   import jax
   import jax.numpy as jnp
 
-  from unlearn_jax import accounting, metrics, sgld
+  from unlearn_jax import accounting, metrics
+  from unlearn_jax.algorithms import sgld
 
   if problem is None:
     problem = make_outlier_problem()
@@ -575,7 +576,7 @@ def realized_vs_exact(
                      for a in orders] for i in range(n)])
   with jax.enable_x64(True):
     cfg = accounting.accountant(orders)
-    alg = sgld.sgld(ridge_loss, mode="full_batch", clip_norm=None, weight_decay=problem.lam,
+    alg = sgld(ridge_loss, mode="full_batch", clip_norm=None, weight_decay=problem.lam,
                     accounting=cfg)
     data = (jnp.asarray(problem.X), jnp.asarray(problem.y))
     w, V = np.linalg.eigh(S0)

@@ -12,10 +12,13 @@ inside the jitted training step.
 
 from unlearn_jax.accounting.conversions import max_steps_for_epsilon, rdp_to_dp
 from unlearn_jax.accounting.costs import (
+    fixed_step_costs,
     full_batch_costs,
     full_batch_worst_case_cost,
+    mean_step_costs,
     poisson_costs,
     poisson_worst_case_cost,
+    step_costs,
 )
 from unlearn_jax.accounting.ledger import (
     AccountingConfig,
@@ -46,6 +49,7 @@ __all__ = [
     "average_ledgers",
     "check_ledger",
     "filter_admits",
+    "fixed_step_costs",
     "full_batch_costs",
     "full_batch_worst_case_cost",
     "gaussian_rdp",
@@ -54,9 +58,11 @@ __all__ = [
     "ledger_init",
     "ledger_update",
     "max_steps_for_epsilon",
+    "mean_step_costs",
     "monotone_in_order",
     "poisson_costs",
     "poisson_worst_case_cost",
     "rdp_to_dp",
     "sampled_gaussian_rdp",
+    "step_costs",
 ]

@@ -1,17 +1,21 @@
 """Per-step per-instance Rényi costs ε_t(x; α) (THEORY §2a, §2b) and their worst cases.
 
 - :func:`full_batch_costs`: §2a, the mean over the data set, α η ‖g_t(x) − ḡ_t‖² / (4 τ (N−1)²), from the
-  squared distances to the clipped mean (computed without per-example gradients, see
-  ``per_example.centered_sq_norms``).
+  squared distances to the clipped mean (``per_example.distances``: no per-example gradients, exact
+  where the fast form would cancel).
 - :func:`poisson_costs`: §2b, RDP_SGM(q, z_t(x), α) with z_t(x) = b·sqrt(2τ/η)/‖g_t(x)‖, charged as its
   monotone envelope in the order; q = 1 is the fixed-denominator full batch of the certified filter.
 - the ``*_worst_case_cost`` functions replace the per-example quantity by its bound (2C resp. C).
+- :func:`mean_step_costs` / :func:`fixed_step_costs`: one step's costs and worst case from the
+  per-example quantities a step has computed anyway (used by every algorithm), and :func:`step_costs`
+  the costs of one step at given parameters, for any optimizer's run.
+
+Orders, step size and temperature are keyword arguments everywhere.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +23,28 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
-from unlearn_jax.accounting.sgm import DEFAULT_NUM_TERMS, _static_orders, monotone_in_order, sampled_gaussian_rdp
+from unlearn_jax.accounting.sgm import (
+    DEFAULT_NUM_TERMS,
+    DEFAULT_ORDERS,
+    _static_orders,
+    monotone_in_order,
+    sampled_gaussian_rdp,
+)
+from unlearn_jax.per_example import api as pe
+from unlearn_jax.per_example import blocks, distances
 
-__all__ = ["full_batch_costs", "full_batch_worst_case_cost", "poisson_costs", "poisson_worst_case_cost"]
+__all__ = [
+    "fixed_step_costs",
+    "full_batch_costs",
+    "full_batch_worst_case_cost",
+    "mean_step_costs",
+    "poisson_costs",
+    "poisson_worst_case_cost",
+    "step_costs",
+]
+
+PyTree = Any
+
 
 def _check_step(step_size: Any, temperature: Any) -> None:
   _checks.check_positive("step_size", step_size)
@@ -30,20 +53,20 @@ def _check_step(step_size: Any, temperature: Any) -> None:
 
 def full_batch_costs(
     sq_dist: ArrayLike,
-    num_active: ArrayLike,
+    num_examples: ArrayLike,
+    *,
     orders: ArrayLike | Sequence[float],
     step_size: ArrayLike,
     temperature: ArrayLike,
 ) -> jax.Array:
   """THEORY §2a: ``ε_t(x; α) = α η ‖g_t(x) − ḡ_t‖² / (4 τ (N−1)²)`` for every example.
 
-  ``sq_dist[i] = ‖g_i − ḡ‖²`` with ḡ the clipped mean over the N active examples (the sgld step
-  obtains it from clipped norms and one jvp, never materialising per-example gradients). Examples
-  that are not active should be given ``sq_dist = 0`` (they cost nothing). N ≤ 1 gives ``inf``.
+  ``sq_dist[i] = ‖g_i − ḡ‖²`` with ḡ the clipped mean over the N examples of the mean. Examples
+  outside it should be given ``sq_dist = 0`` (they cost nothing). N ≤ 1 gives ``inf``.
 
   Args:
     sq_dist: squared distances to the clipped mean, shape (n,).
-    num_active: N, the number of examples in the mean (may be traced).
+    num_examples: N, the number of examples in the mean (may be traced).
     orders: Rényi orders, shape (K,).
     step_size: η > 0.
     temperature: τ > 0 (the accounting temperature when training noise-free).
@@ -56,7 +79,7 @@ def full_batch_costs(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> full_batch_costs(jnp.array([4.0, 0.0]), 3, [2.0], 0.5, 0.25).tolist()
+    >>> full_batch_costs(jnp.array([4.0, 0.0]), 3, orders=[2.0], step_size=0.5, temperature=0.25).tolist()
     [[1.0], [0.0]]
   """
   orders = _checks.check_orders(orders)
@@ -66,7 +89,7 @@ def full_batch_costs(
                      f"{np.asarray(sq_dist, dtype=float)[np.asarray(sq_dist, dtype=float) < 0][:3].tolist()}")
   d = jnp.asarray(sq_dist)
   dtype = jnp.result_type(d.dtype, float)
-  nm1 = jnp.asarray(num_active, dtype) - 1.0
+  nm1 = jnp.asarray(num_examples, dtype) - 1.0
   scale = jnp.asarray(step_size, dtype) / (4.0 * jnp.asarray(temperature, dtype) * nm1**2)
   scale = jnp.where(nm1 > 0, scale, jnp.inf)
   return jnp.asarray(orders, dtype)[None, :] * (d.astype(dtype) * scale)[..., None]
@@ -75,6 +98,7 @@ def full_batch_costs(
 def full_batch_worst_case_cost(
     clip_norm: ArrayLike,
     num_examples: ArrayLike,
+    *,
     orders: ArrayLike | Sequence[float],
     step_size: ArrayLike,
     temperature: ArrayLike,
@@ -95,15 +119,16 @@ def full_batch_worst_case_cost(
     ValueError: on C ≤ 0, η ≤ 0, τ ≤ 0 or an order ≤ 1.
 
   Examples:
-    >>> full_batch_worst_case_cost(1.0, 3, [2.0], 0.5, 0.25).tolist()
+    >>> full_batch_worst_case_cost(1.0, 3, orders=[2.0], step_size=0.5, temperature=0.25).tolist()
     [1.0]
   """
   _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
   c = jnp.asarray(clip_norm, jnp.result_type(float))
-  return full_batch_costs(jnp.reshape((2.0 * c) ** 2, (1,)), num_examples, orders, step_size, temperature)[0]
+  return full_batch_costs(jnp.reshape((2.0 * c) ** 2, (1,)), num_examples, orders=orders, step_size=step_size,
+                          temperature=temperature)[0]
 
 
-def _poisson_noise_multiplier(norms, q, denominator, step_size, temperature, dtype):
+def _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype):
   norms = jnp.asarray(norms, dtype)
   noise_std = jnp.asarray(denominator, dtype) * jnp.sqrt(
       2.0 * jnp.asarray(temperature, dtype) / jnp.asarray(step_size, dtype)
@@ -116,15 +141,16 @@ def poisson_costs(
     norms: ArrayLike,
     q: ArrayLike,
     denominator: ArrayLike,
+    *,
     orders: ArrayLike | Sequence[float],
     step_size: ArrayLike,
     temperature: ArrayLike,
-    *,
     num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
   """THEORY §2b: ``ε_t(x; α) = RDP_SGM(q, z_t(x), α)``, ``z_t(x) = b·sqrt(2τ/η) / ‖g_t(x)‖``.
 
-  ``norms`` are the CLIPPED per-example gradient norms ``min(‖∇ℓ_i‖, C)``; a norm of 0 costs 0.
+  ``norms`` are the CLIPPED per-example gradient norms ``min(‖∇ℓ_i‖, C)``; a norm of 0 costs 0. The
+  result is the envelope ``monotone_in_order`` of the series (RDP is non-decreasing in α).
 
   Args:
     norms: clipped norms, shape (n,).
@@ -133,7 +159,7 @@ def poisson_costs(
     orders: Rényi orders (concrete), shape (K,).
     step_size: η > 0.
     temperature: τ > 0.
-    num_terms: see :func:`sampled_gaussian_rdp`.
+    num_terms: see :func:`~unlearn_jax.accounting.sampled_gaussian_rdp`.
 
   Returns:
     Costs of shape (n, K).
@@ -143,15 +169,15 @@ def poisson_costs(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> c = poisson_costs(jnp.array([0.0, 1.0]), 1.0, 2.0, [2.0], 2.0, 1.0)  # z = 2
-    >>> c.round(6).tolist()
+    >>> c = poisson_costs(jnp.array([0.0, 1.0]), 1.0, 2.0, orders=[2.0], step_size=2.0, temperature=1.0)
+    >>> c.round(6).tolist()  # z = 2
     [[0.0], [0.25]]
   """
   _checks.check_positive("denominator", denominator)
   _check_step(step_size, temperature)
   _checks.check_nonnegative("norms", norms, allow_inf=True)
   dtype = jnp.result_type(jnp.asarray(norms).dtype, float)
-  z = _poisson_noise_multiplier(norms, q, denominator, step_size, temperature, dtype)
+  z = _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype)
   orders_t = _static_orders(orders, "poisson_costs")
   return monotone_in_order(sampled_gaussian_rdp(q, z, orders_t, num_terms=num_terms), orders_t)
 
@@ -160,22 +186,22 @@ def poisson_worst_case_cost(
     clip_norm: ArrayLike,
     q: ArrayLike,
     denominator: ArrayLike,
+    *,
     orders: ArrayLike | Sequence[float],
     step_size: ArrayLike,
     temperature: ArrayLike,
-    *,
     num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
   """THEORY §2b with ‖g_t(x)‖ replaced by C: the DP-SGD cost ``RDP_SGM(q, b·sqrt(2τ/η)/C, α)``.
 
   Args:
-    clip_norm: C > 0.
+    clip_norm: C > 0; inf (no clipping) gives inf — never NaN — also when traced.
     q: sampling rate in (0, 1].
     denominator: b > 0.
     orders: Rényi orders (concrete), shape (K,).
     step_size: η > 0.
     temperature: τ > 0.
-    num_terms: see :func:`sampled_gaussian_rdp`.
+    num_terms: see :func:`~unlearn_jax.accounting.sampled_gaussian_rdp`.
 
   Returns:
     Array of shape (K,).
@@ -184,16 +210,130 @@ def poisson_worst_case_cost(
     ValueError: on C ≤ 0 or any bad input of :func:`poisson_costs`.
 
   Examples:
-    >>> poisson_worst_case_cost(1.0, 1.0, 2.0, [2.0], 2.0, 1.0).round(6).tolist()
+    >>> poisson_worst_case_cost(1.0, 1.0, 2.0, orders=[2.0], step_size=2.0, temperature=1.0).round(6).tolist()
     [0.25]
-    >>> poisson_worst_case_cost(float("inf"), 0.5, 2.0, [2.0], 2.0, 1.0).tolist()  # unclipped: no worst case
+    >>> poisson_worst_case_cost(float("inf"), 0.5, 2.0, orders=[2.0], step_size=2.0, temperature=1.0).tolist()
     [inf]
   """
   _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
   c = jnp.reshape(jnp.asarray(clip_norm, jnp.result_type(float)), (1,))
-  if not _checks._is_traced(clip_norm) and math.isinf(float(np.asarray(clip_norm))):
-    # Unclipped gradients have no worst case (as in full_batch_worst_case_cost): +inf, never NaN.
-    cost = poisson_costs(jnp.ones_like(c), q, denominator, orders, step_size, temperature, num_terms=num_terms)[0]
-    return jnp.full_like(cost, jnp.inf)
-  return poisson_costs(c, q, denominator, orders, step_size, temperature, num_terms=num_terms)[0]
+  unclipped = jnp.isinf(c)
+  cost = poisson_costs(jnp.where(unclipped, 1.0, c), q, denominator, orders=orders, step_size=step_size,
+                       temperature=temperature, num_terms=num_terms)[0]
+  return jnp.where(unclipped, jnp.inf, cost)  # unclipped gradients have no worst case
 
+
+def mean_step_costs(
+    ops: blocks.ExampleOps, norms: jax.Array, factors: jax.Array, mask: jax.Array, gbar: PyTree, *,
+    clip_norm: ArrayLike, orders: Sequence[float], step_size: ArrayLike, temperature: ArrayLike,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """§2a costs of one step whose ĝ is the clipped mean ``gbar`` over ``mask``, and its worst case.
+
+  Returns ``(costs (n, K), worst (K,), recomputed)``; ``recomputed`` says that the distances were
+  recomputed by direct differences (``per_example.distances.centered_sq_norms``).
+  """
+  sq_dist, recomputed = distances.centered_sq_norms(ops, norms, factors, mask, gbar)
+  num = jnp.sum(mask)
+  kw = dict(orders=orders, step_size=step_size, temperature=temperature)
+  return full_batch_costs(sq_dist, num, **kw), full_batch_worst_case_cost(clip_norm, num, **kw), recomputed
+
+
+def fixed_step_costs(
+    clipped_norms: jax.Array, q: ArrayLike, denominator: ArrayLike, *, clip_norm: ArrayLike,
+    orders: Sequence[float], step_size: ArrayLike, temperature: ArrayLike, num_terms: int = DEFAULT_NUM_TERMS,
+) -> tuple[jax.Array, jax.Array]:
+  """§2b costs of one step with the fixed denominator b (q = 1: full batch), and its worst case."""
+  kw = dict(orders=orders, step_size=step_size, temperature=temperature, num_terms=num_terms)
+  costs = poisson_costs(clipped_norms, q, denominator, **kw)
+  return costs, poisson_worst_case_cost(clip_norm, q, denominator, **kw).astype(costs.dtype)
+
+
+def step_costs(
+    loss_fn: Callable,
+    params: PyTree,
+    data: PyTree,
+    *,
+    mode: str = "full_batch",
+    clip_norm: ArrayLike | None = None,
+    step_size: ArrayLike,
+    temperature: ArrayLike,
+    orders: Any = DEFAULT_ORDERS,
+    sampling_rate: ArrayLike | None = None,
+    denominator: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    norm_method: str = "auto",
+    chunk_size: int | None = None,
+    num_terms: int = DEFAULT_NUM_TERMS,
+    reduction_blocks: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-example costs of one step at fixed ``params`` (THEORY §2a/§2b), for any optimizer's run.
+
+  A pure function: call it with the parameters before each step and feed the result to
+  :func:`~unlearn_jax.accounting.ledger_update` (the optax-driven training does exactly that).
+
+  Args:
+    loss_fn: ``loss_fn(params, example) -> scalar``.
+    params: θ_t.
+    data: the examples, leading axis n.
+    mode: "full_batch" / "shuffled" (§2a, mean over ``mask``; "full_batch" with a ``denominator``: §2b
+      at q = 1) or "poisson" (§2b).
+    clip_norm: C > 0 or None (no clipping; the worst case is then inf).
+    step_size: η > 0.
+    temperature: τ > 0 (the assumed temperature for noise-free training).
+    orders: Rényi orders (concrete), shape (K,).
+    sampling_rate: q ∈ (0, 1], required for "poisson".
+    denominator: the fixed b ("poisson": default q · Σ mask; "full_batch": switches to §2b at q = 1).
+    mask: (n,) 1 for the examples in the data set (full batch: in the mean; shuffled: the batch;
+      poisson: the active examples whose costs are wanted). Default all ones.
+    norm_method: per-example norm method ("auto", "vmap", "ghost").
+    chunk_size: examples per chunk for the norms.
+    num_terms: see :func:`~unlearn_jax.accounting.sampled_gaussian_rdp`.
+    reduction_blocks: None, or R (dividing n) for the fixed reduction order of ḡ.
+
+  Returns:
+    ``(costs (n, K), worst_case (K,), norms (n,))`` — norms are the unclipped gradient norms.
+
+  Raises:
+    ValueError / TypeError: on bad inputs.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> loss_fn = lambda w, ex: 0.5 * (ex[0] @ w - ex[1]) ** 2
+    >>> data = (jnp.array([[1.0], [2.0], [0.0]]), jnp.array([0.0, 0.0, 0.0]))
+    >>> costs, worst, norms = step_costs(loss_fn, jnp.array([1.0]), data, clip_norm=10.0,
+    ...                                  step_size=0.1, temperature=0.1, orders=[2.0])
+    >>> norms.tolist(), costs[:, 0].round(4).tolist()   # gbar = 5/3; 2*0.1*d^2/(4*0.1*4)
+    ([1.0, 4.0, 0.0], [0.0556, 0.6806, 0.3472])
+  """
+  _checks.check_choice("mode", mode, ("full_batch", "poisson", "shuffled"))
+  n = _checks.check_batch(data, name="data")
+  orders_t = tuple(float(a) for a in _checks.check_orders(orders))
+  if clip_norm is not None:
+    _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
+  _check_step(step_size, temperature)
+  m = jnp.ones((n,)) if mask is None else jnp.asarray(mask)
+  if m.shape != (n,):
+    raise ValueError(f"mask must have shape (n,) = ({n},), got {m.shape}")
+  num_blocks = None if reduction_blocks is None else blocks.check_blocks(reduction_blocks)
+  if num_blocks is not None and n % num_blocks:
+    raise ValueError(f"data has n = {n} examples, which must be a multiple of reduction_blocks = {num_blocks}")
+  if denominator is not None and mode == "shuffled":
+    raise ValueError("denominator is used with mode='poisson' or 'full_batch', got mode='shuffled'")
+  if mode == "poisson":
+    if sampling_rate is None:
+      raise ValueError("sampling_rate q is required for mode='poisson'")
+    _checks.check_probability("sampling_rate", sampling_rate, open_low=True, open_high=False)
+  ops = blocks.example_ops(loss_fn, params, data, n, num_blocks, norm_method, chunk_size)
+  norms = ops.norms()
+  m = m.astype(norms.dtype)
+  clip = jnp.inf if clip_norm is None else clip_norm
+  factors = pe.clip_factors(norms, clip_norm)
+  kw = dict(clip_norm=clip, orders=orders_t, step_size=step_size, temperature=temperature)
+  if mode == "poisson" or denominator is not None:
+    q = sampling_rate if mode == "poisson" else 1.0
+    b = q * jnp.sum(m) if denominator is None else denominator
+    costs, worst = fixed_step_costs(norms * factors * m, q, b, num_terms=num_terms, **kw)
+    return costs, worst, norms
+  _, gbar = ops.grads(m * factors / jnp.maximum(jnp.sum(m), 1.0))
+  costs, worst, _ = mean_step_costs(ops, norms, factors, m, gbar, **kw)
+  return costs, worst, norms

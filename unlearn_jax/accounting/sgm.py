@@ -275,13 +275,13 @@ def sampled_gaussian_rdp(
   return rdp.reshape(batch_shape + (len(orders_t),))
 
 
-def gaussian_rdp(orders: ArrayLike | Sequence[float], sensitivity: ArrayLike, noise_std: ArrayLike) -> jax.Array:
+def gaussian_rdp(sensitivity: ArrayLike, noise_std: ArrayLike, orders: ArrayLike | Sequence[float]) -> jax.Array:
   """RDP of the Gaussian mechanism: ``α · s² / (2 σ²)`` (Mironov 2017, Prop. 7).
 
   Args:
-    orders: Rényi orders > 1, shape (K,).
     sensitivity: L2 sensitivity s ≥ 0, any shape (...).
     noise_std: noise standard deviation σ > 0, broadcastable with ``sensitivity``.
+    orders: Rényi orders > 1, shape (K,).
 
   Returns:
     Array of shape (..., K).
@@ -290,7 +290,7 @@ def gaussian_rdp(orders: ArrayLike | Sequence[float], sensitivity: ArrayLike, no
     ValueError: if an order is ≤ 1, s < 0 or σ ≤ 0 (concrete inputs).
 
   Examples:
-    >>> gaussian_rdp([2.0, 4.0], 1.0, 2.0).tolist()
+    >>> gaussian_rdp(1.0, 2.0, [2.0, 4.0]).tolist()
     [0.25, 0.5]
   """
   orders = _checks.check_orders(orders)

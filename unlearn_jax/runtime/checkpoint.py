@@ -83,14 +83,14 @@ class LockError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _is_key(leaf: Any) -> bool:
+def is_key(leaf: Any) -> bool:
   dtype = getattr(leaf, "dtype", None)
   return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def _leaf_signature(leaf: Any) -> tuple[tuple[int, ...], str]:
   """(shape, dtype name) of a leaf; a typed key is described by its key data's shape and ``key<impl>``."""
-  if _is_key(leaf):
+  if is_key(leaf):
     data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
     return tuple(data.shape), str(leaf.dtype)
   if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
@@ -99,7 +99,7 @@ def _leaf_signature(leaf: Any) -> tuple[tuple[int, ...], str]:
 
 
 def _to_numpy(leaf: Any) -> np.ndarray:
-  if _is_key(leaf):
+  if is_key(leaf):
     return np.asarray(jax.random.key_data(leaf))
   return np.asarray(leaf)
 

@@ -1,0 +1,131 @@
+"""The one step protocol every training and unlearning algorithm follows.
+
+An :class:`Algorithm` is a pair of pure functions (blackjax's ``SamplingAlgorithm``, optax's
+``GradientTransformation``):
+
+- ``init(params, num_examples, *, key=None) -> state``: the state has ``params``, ``step`` and ``ledger``
+  (None without accounting) fields; ``key`` seeds whatever the algorithm draws once per run (the
+  per-epoch permutations of shuffled batches), so that every chain of a vmapped run gets its own.
+- ``step(state, data, key, step_size, temperature=0.0, *, data_mask=None, **hyperparameters)
+  -> (state, StepInfo)``: one step on the whole data set ``data`` (leading axis n); ``data_mask`` (n,)
+  marks the rows that count. Every hyperparameter is an array argument: a new value never recompiles.
+
+The runtime (``unlearn_jax.runtime``) drives any Algorithm. An Algorithm built by this package carries
+an explicit description — ``name``, the static ``settings`` and the functions it closes over — which
+makes two equally built algorithms equal (one compiled program serves both) and gives checkpoints a
+fingerprint that is the same in every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+
+from unlearn_jax import _checks
+
+__all__ = ["HYPERPARAMETERS", "Algorithm", "StepInfo", "check_static_positive", "describe_callable"]
+
+PyTree = Any
+
+HYPERPARAMETERS = (
+    "step_size", "temperature", "accounting_temperature", "clip_norm", "weight_decay", "projection_radius",
+    "l1_strength", "l1_horizon",
+)
+"""Per-call hyperparameters a step may take (each an array; ``inf`` means "none" for the clip norm, the
+projection radius and the L1 horizon)."""
+
+
+class StepInfo(NamedTuple):
+  """Per-step diagnostics, the same fields for every algorithm.
+
+  Attributes:
+    loss: mean per-example loss over the examples that entered the gradient (at θ_t, before the step).
+    mean_grad_norm: mean unclipped per-example gradient norm over those examples.
+    grad_norms: (n,) unclipped per-example gradient norms (0 where not computed).
+    batch_mask: (n,) float, 1 for the examples that entered the gradient estimate this step.
+    noise_norm: ‖sqrt(2ητ) ξ‖ (0 for noise-free steps).
+    costs: (n, K) this step's per-example costs (times the stride, zeros at unaccounted steps), or None
+      when accounting is off.
+    worst_case_cost: (K,) this step's worst-case cost (same conventions), or None.
+    recomputed_costs: bool, True when the §2a distances were recomputed by direct differences because
+      the fast three-term form would have lost precision (g_i ≈ ḡ).
+  """
+
+  loss: jax.Array
+  mean_grad_norm: jax.Array
+  grad_norms: jax.Array
+  batch_mask: jax.Array
+  noise_norm: jax.Array
+  costs: jax.Array | None = None
+  worst_case_cost: jax.Array | None = None
+  recomputed_costs: jax.Array | None = None
+
+
+def describe_callable(fn: Any) -> str:
+  """A process-independent name of a function (module and qualified name; never a memory address)."""
+  module = getattr(fn, "__module__", None) or type(fn).__module__
+  name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+  return f"{module}:{name}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Algorithm:
+  """An ``(init, step)`` pair of pure functions (see the module docstring).
+
+  Attributes:
+    init: ``init(params, num_examples, *, key=None) -> state``.
+    step: ``step(state, data, key, step_size, temperature=0.0, *, data_mask=None, **hyperparameters)``.
+    name: what builds it (``"sgld"``, ``"optax"``, ...); ``""`` for a hand-made pair.
+    settings: the static settings, a tuple of ``(key, value)`` pairs of JSON-able values.
+    callables: the functions the step closes over (the loss function, an optax optimizer), compared
+      by identity.
+    reduction_blocks: R of a fixed order of the sums over examples (None: as XLA chooses); the runtime
+      sums its history over examples in the same order.
+
+  Two algorithms with a ``name`` are equal when their name, settings and callables are (their compiled
+  programs are then the same); a hand-made one (no name) is equal only to itself.
+  """
+
+  init: Callable
+  step: Callable
+  name: str = ""
+  settings: tuple = ()
+  callables: tuple = ()
+  reduction_blocks: int | None = None
+
+  def _key(self) -> tuple:
+    return (self.name, self.settings, tuple(id(c) for c in self.callables), self.reduction_blocks)
+
+  def __eq__(self, other: object) -> bool:
+    if not isinstance(other, Algorithm):
+      return NotImplemented
+    if not self.name or not other.name:
+      return self is other
+    return self._key() == other._key() and all(a is b for a, b in zip(self.callables, other.callables))
+
+  def __hash__(self) -> int:
+    return hash(self._key()) if self.name else id(self)
+
+  def describe(self) -> dict[str, Any]:
+    """A JSON-able description that is the same in every process (for checkpoint fingerprints)."""
+    if not self.name:
+      return {"name": "", "init": describe_callable(self.init), "step": describe_callable(self.step)}
+    return {"name": self.name, "settings": json.loads(json.dumps(dict(self.settings), default=repr)),
+            "callables": [describe_callable(c) for c in self.callables],
+            "reduction_blocks": self.reduction_blocks}
+
+
+def check_static_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:
+  """A build-time positive number (inf allowed); None stays None when allowed."""
+  if value is None:
+    if not allow_none:
+      raise ValueError(f"{name} is required, got None")
+    return None
+  _checks.check_positive(name, value, allow_inf=True)
+  if np.ndim(value) != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
+  return float(value)

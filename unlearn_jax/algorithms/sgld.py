@@ -1,0 +1,310 @@
+"""SGLD with per-example clipping and the privacy ledger: the composition of the pieces (THEORY §0–§3).
+
+One step: the per-example quantities (:mod:`unlearn_jax.per_example.blocks`), the batch selection
+(:mod:`~unlearn_jax.algorithms.batches`), the per-step costs (:mod:`unlearn_jax.accounting.costs`), the
+ledger with its individual Rényi filter (:mod:`unlearn_jax.accounting.ledger`) and the noisy update
+(:mod:`~unlearn_jax.algorithms.update`). Noise-free SGD is the same step at τ = 0, L1-sparse
+fine-tuning the same step with an L1 weight (``algorithms.methods``).
+
+Keys: ``step`` takes a key used once for this step (derive it with ``jax.random.fold_in(key, t)``);
+the noise uses ``fold_in(step_key, 0)`` and Poisson sampling ``fold_in(step_key, 1)``. Shuffled mode
+draws the permutation of epoch e from ``fold_in(shuffle_key, e)``, with ``shuffle_key`` derived in
+``init`` from the key it is given, so every chain of a vmapped run shuffles on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from unlearn_jax import _checks
+from unlearn_jax import accounting as acc
+from unlearn_jax.algorithms import batches, update
+from unlearn_jax.algorithms.base import Algorithm, StepInfo, check_static_positive
+from unlearn_jax.per_example import api as pe
+from unlearn_jax.per_example import blocks
+
+__all__ = ["SHUFFLE_TAG", "SGLDState", "sgld"]
+
+PyTree = Any
+SHUFFLE_TAG = 0xFFFFFFFE  # fold_in tag of the shuffled-mode permutation key (no step index reaches it)
+
+
+class SGLDState(NamedTuple):
+  """State of the noisy step.
+
+  Attributes:
+    params: parameter pytree θ_t.
+    step: int32 step counter t.
+    ledger: the :class:`~unlearn_jax.accounting.Ledger`, or None when accounting is off.
+    shuffle_key: key of the per-epoch permutations (shuffled mode), else None.
+  """
+
+  params: PyTree
+  step: jax.Array
+  ledger: acc.Ledger | None
+  shuffle_key: jax.Array | None = None
+
+
+class _Settings(NamedTuple):
+  """The static settings of :func:`sgld`, validated."""
+
+  mode: str
+  sampling_rate: float | None
+  batch_size: int | None
+  denominator: float | None
+  accounting: acc.AccountingConfig | None
+  norm_method: str
+  chunk_size: int | None
+  reduction_blocks: int | None
+  clip_norm: float | None
+  weight_decay: float
+  projection_radius: float | None
+
+
+def _check_int_or_none(name: str, value: Any) -> int | None:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+  return int(value)
+
+
+def _settings(loss_fn, mode, clip_norm, weight_decay, projection_radius, sampling_rate, batch_size, accounting,
+              norm_method, chunk_size, denominator, reduction_blocks) -> _Settings:
+  _checks.check_choice("mode", mode, batches.MODES)
+  if not callable(loss_fn):
+    raise TypeError(f"loss_fn must be callable as loss_fn(params, example), got {loss_fn!r}")
+  _checks.check_nonnegative("weight_decay", weight_decay)
+  _checks.check_choice("norm_method", norm_method, pe.NORM_METHODS)
+  if mode == "poisson":
+    if sampling_rate is None:
+      raise ValueError("sampling_rate q is required for mode='poisson'")
+    _checks.check_probability("sampling_rate", sampling_rate, open_low=True, open_high=False)
+  elif sampling_rate is not None:
+    raise ValueError(f"sampling_rate is only used with mode='poisson', got {sampling_rate!r} with mode={mode!r}")
+  if mode == "shuffled":
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive int for mode='shuffled', got {batch_size!r}")
+  elif batch_size is not None:
+    raise ValueError(f"batch_size is only used with mode='shuffled', got {batch_size!r} with mode={mode!r}")
+  if accounting is not None and not isinstance(accounting, acc.AccountingConfig):
+    raise TypeError(f"accounting must be an AccountingConfig from accountant(...) or None, got {type(accounting).__name__}")
+  if denominator is not None:
+    if mode == "shuffled":
+      raise ValueError(f"denominator is used with mode='poisson' or 'full_batch', got {denominator!r} with "
+                       "mode='shuffled'")
+    _checks.check_positive("denominator", denominator)
+  if mode == "shuffled" and accounting is not None and accounting.uses_filter:
+    raise ValueError("the individual Renyi filter (filter_budget) certifies full-batch and Poisson runs only; "
+                     "shuffled-minibatch costs are estimates (THEORY §2a), so there is nothing to certify")
+  return _Settings(
+      mode, None if sampling_rate is None else float(sampling_rate), None if batch_size is None else int(batch_size),
+      None if denominator is None else float(denominator), accounting, norm_method,
+      _check_int_or_none("chunk_size", chunk_size),
+      None if reduction_blocks is None else blocks.check_blocks(reduction_blocks),
+      check_static_positive("clip_norm", clip_norm), float(weight_decay),
+      check_static_positive("projection_radius", projection_radius))
+
+
+def _check_step_inputs(s: _Settings, state, data, step_size, temperature, accounting_temperature, data_mask):
+  """Eager checks of one step's inputs (values under a trace are not checkable: they pass)."""
+  n = _checks.check_batch(data, name="data")
+  _checks.check_positive("step_size", step_size)
+  _checks.check_nonnegative("temperature", temperature)
+  if accounting_temperature is not None:
+    _checks.check_positive("accounting_temperature", accounting_temperature)
+  elif s.accounting is not None and not _checks._is_traced(temperature) and np.any(np.asarray(temperature) == 0):
+    raise ValueError("temperature is 0 (noise-free training) with accounting on: pass accounting_temperature > 0, "
+                     "the temperature assumed for the privacy costs")
+  if s.accounting is not None:
+    if state.ledger is None:
+      raise ValueError("accounting is on but state.ledger is None; build the state with this algorithm's init")
+    if state.ledger.realized.shape[0] != n:
+      raise ValueError(f"the ledger was created for {state.ledger.realized.shape[0]} examples but data has n = {n}; "
+                       "a ledger must be used with the data set it was created for")
+  if s.mode == "shuffled" and s.batch_size > n:
+    raise ValueError(f"batch_size = {s.batch_size} exceeds the number of examples n = {n}")
+  if s.reduction_blocks is not None and n % s.reduction_blocks:
+    raise ValueError(f"data has n = {n} examples, which must be a multiple of reduction_blocks = {s.reduction_blocks}; "
+                     f"pad it with distributed.pad_to_multiple(data, {s.reduction_blocks}) and pass the returned "
+                     "mask as data_mask")
+  if data_mask is not None and np.shape(data_mask) != (n,):
+    raise ValueError(f"data_mask must have shape (n,) = ({n},), got {np.shape(data_mask)}")
+  return n
+
+
+def _when(pred: Any, fn: Callable, zeros: Callable) -> Any:
+  """``fn()`` if ``pred`` else ``zeros()``; a Python True skips the cond."""
+  if pred is True:
+    return fn()
+  return jax.lax.cond(pred, lambda _: fn(), lambda _: zeros(), None)
+
+
+def _cast(arrays: tuple, dtype) -> tuple:
+  """The float arrays of a tuple in ``dtype`` (both branches of a cond must agree)."""
+  return tuple(a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in arrays)
+
+
+def _hyper(value: Any, default: float | None, dtype, none_as: float) -> jax.Array:
+  value = default if value is None else value
+  return jnp.asarray(none_as if value is None else value, dtype)
+
+
+def sgld(
+    loss_fn: Callable,
+    *,
+    mode: str = "full_batch",
+    clip_norm: float | None = None,
+    weight_decay: float = 0.0,
+    projection_radius: float | None = None,
+    sampling_rate: float | None = None,
+    batch_size: int | None = None,
+    denominator: float | None = None,
+    accounting: acc.AccountingConfig | None = None,
+    norm_method: str = "auto",
+    chunk_size: int | None = None,
+    reduction_blocks: int | None = None,
+) -> Algorithm:
+  """Builds the noisy step (THEORY §0–§1) with the per-instance ledger (§2–§3) wired in.
+
+  ``init(params, num_examples, *, key=None) -> SGLDState`` and ``step(state, data, key, step_size,
+  temperature=0.0, *, data_mask=None, accounting_temperature=None, clip_norm=None, weight_decay=None,
+  projection_radius=None, l1_strength=0.0, l1_horizon=inf) -> (SGLDState, StepInfo)``. ``data`` is the
+  WHOLE training set (leading axis n); the mode picks the examples; ``data_mask`` (n,) marks rows (0)
+  that never count and cost nothing (padding, the forget set). Every step argument after ``key`` is an
+  array: new values never recompile a jitted step. ``clip_norm``, ``weight_decay`` and
+  ``projection_radius`` given here are the defaults of the step's arguments of the same names.
+  ``temperature = 0`` is noise-free (clipped) gradient descent; with accounting on, pass the assumed
+  ``accounting_temperature`` > 0 for its costs (the ranking of §2a costs does not depend on it).
+  ``l1_strength`` γ adds γ_t sign(θ) to the gradient with γ_t = γ · max(0, 1 − t/``l1_horizon``).
+
+  Accounting (``accounting=accountant(...)``): at every ``stride``-th step the costs of THEORY §2 are
+  computed inside the step and added to ``state.ledger`` with weight ``stride``. With the individual
+  Rényi filter (budget B at order α*), an example whose ``P(x, α*) + ε_t(x, α*)`` would exceed B is
+  removed from this and every later gradient and charged nothing more. The filter needs each removal
+  to depend on the history and that example alone (Feldman & Zrnic 2021), so in full-batch mode it
+  uses a fixed denominator: ĝ = (1/b) Σ_{active} g_i with b fixed for the run (default the number of
+  real rows n), and example x's cost is α η ‖g_t(x)‖² / (4 τ b²) (the q = 1 case of THEORY §2b), a
+  function of θ_t and x only; no certified loss ever exceeds B. Without the filter the full-batch mode
+  averages over the active examples (THEORY §2a): an estimate.
+
+  Args:
+    loss_fn: ``loss_fn(params, example) -> scalar`` for ONE example.
+    mode: "full_batch", "poisson" or "shuffled" (:mod:`~unlearn_jax.algorithms.batches`).
+    clip_norm: default per-example clip norm C > 0, or None (no clipping).
+    weight_decay: default wd ≥ 0; the step adds ``wd · θ`` to ĝ (the regularizer r = wd/2 ‖θ‖²).
+    projection_radius: default R > 0 of the projection Π_R, or None.
+    sampling_rate: q ∈ (0, 1] (poisson mode).
+    batch_size: B (shuffled mode).
+    denominator: a fixed b of ĝ = (1/b) Σ (poisson mode: default q · number of real rows; full-batch
+      mode: switches to the fixed-denominator estimate, the default with the filter being b = n).
+    accounting: an :class:`~unlearn_jax.accounting.AccountingConfig`, or None (no ledger).
+    norm_method: "auto", "vmap" or "ghost" (see ``per_example.per_example_grad_norms``).
+    chunk_size: examples per chunk for the per-example computations (bounds memory).
+    reduction_blocks: None (sums over examples as XLA chooses, fastest), or R for a fixed order of the
+      sums (:mod:`unlearn_jax.per_example.blocks`; n must be a multiple of R: pad with
+      ``runtime.distributed.pad_to_multiple``). With R ≥ 2 × the mesh's ``"data"`` axis and a multiple
+      of it (R = 8 for 1, 2 and 4 devices) results were bitwise identical on 1, 2 and 4 devices and on
+      two processes (XLA CPU, ``docs/distributed.md``).
+
+  Returns:
+    An :class:`~unlearn_jax.algorithms.base.Algorithm`.
+
+  Raises:
+    ValueError: on a bad mode, C ≤ 0, wd < 0, R ≤ 0, q ∉ (0, 1], a missing q / batch size.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from unlearn_jax.accounting import accountant
+    >>> loss_fn = lambda w, ex: 0.5 * (ex[0] @ w - ex[1]) ** 2
+    >>> data = (jnp.array([[1.0], [2.0], [3.0]]), jnp.array([1.0, 2.0, 2.0]))
+    >>> alg = sgld(loss_fn, clip_norm=1.0, accounting=accountant([2.0, 8.0]))
+    >>> state = alg.init(jnp.zeros(1), 3)
+    >>> state, info = jax.jit(alg.step)(state, data, jax.random.key(0), 0.1, 1e-3)
+    >>> state.ledger.realized.shape, info.grad_norms.round(3).tolist()
+    ((3, 2), [1.0, 4.0, 6.0])
+  """
+  s = _settings(loss_fn, mode, clip_norm, weight_decay, projection_radius, sampling_rate, batch_size, accounting,
+                norm_method, chunk_size, denominator, reduction_blocks)
+  fixed = batches.fixed_denominator(s.mode, s.denominator, s.accounting is not None and s.accounting.uses_filter)
+
+  def init(params: PyTree, num_examples: int, *, key: jax.Array | None = None) -> SGLDState:
+    """Initial state: step 0, an empty ledger when accounting is on, the run's shuffle key."""
+    ledger = None if s.accounting is None else acc.ledger_init(num_examples, s.accounting)
+    if ledger is not None and s.mode == "shuffled":
+      ledger = ledger._replace(exact=jnp.asarray(False), certified=jnp.asarray(False))
+    shuffle_key = None
+    if s.mode == "shuffled":
+      shuffle_key = jax.random.fold_in(jax.random.key(0) if key is None else key, SHUFFLE_TAG)
+    return SGLDState(params=params, step=jnp.zeros((), jnp.int32), ledger=ledger, shuffle_key=shuffle_key)
+
+  def step(state: SGLDState, data: PyTree, key: jax.Array, step_size: ArrayLike, temperature: ArrayLike = 0.0, *,
+           data_mask: ArrayLike | None = None, accounting_temperature: ArrayLike | None = None,
+           clip_norm: ArrayLike | None = None, weight_decay: ArrayLike | None = None,
+           projection_radius: ArrayLike | None = None, l1_strength: ArrayLike = 0.0,
+           l1_horizon: ArrayLike = jnp.inf) -> tuple[SGLDState, StepInfo]:
+    """One noisy step on the whole data set ``data`` (see :func:`sgld`)."""
+    n = _check_step_inputs(s, state, data, step_size, temperature, accounting_temperature, data_mask)
+    params, ledger, config = state.params, state.ledger, s.accounting
+    dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(params)], float)
+    eta, tau = jnp.asarray(step_size, dtype), jnp.asarray(temperature, dtype)
+    tau_acc = tau if accounting_temperature is None else jnp.asarray(accounting_temperature, dtype)
+    clip = _hyper(clip_norm, s.clip_norm, dtype, jnp.inf)
+    real = jnp.ones((n,), dtype) if data_mask is None else jnp.asarray(data_mask, dtype)
+    active = real if ledger is None else real * ledger.active.astype(dtype)
+
+    ops = blocks.example_ops(loss_fn, params, data, n, s.reduction_blocks, s.norm_method, s.chunk_size)
+    norms = ops.norms().astype(dtype)
+    factors = pe.clip_factors(norms, clip)
+    sel = batches.select(s.mode, update.sample_key(key), state.step, state.shuffle_key, n, dtype,
+                         sampling_rate=s.sampling_rate, batch_size=s.batch_size)
+    stride = 1 if config is None else config.stride
+    accounted = True if stride == 1 else (state.step % stride == 0)
+    k = 0 if config is None else len(config.orders)
+    zeros = lambda: (jnp.zeros((n, k), dtype), jnp.zeros((k,), dtype))  # noqa: E731
+    costs = worst = None
+    recomputed = jnp.zeros((), bool)
+    cost_kw = dict(clip_norm=clip, orders=None if config is None else config.orders, step_size=eta,
+                   temperature=tau_acc)
+    if fixed:
+      # ĝ = (1/b) Σ_{used} g_i: each example's cost (§2b) is its own, so the filter decides first.
+      b = sel.q * jnp.sum(real) if s.denominator is None else jnp.asarray(s.denominator, dtype)
+      if config is not None:
+        costs, worst = _when(accounted, lambda: _cast(acc.fixed_step_costs(
+            norms * factors * active, sel.q, b, num_terms=config.num_terms, **cost_kw), dtype), zeros)
+        ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=config, accounted=accounted)
+        active = active * ledger.active.astype(dtype)
+      batch_mask = sel.mask * active
+      losses, ghat = ops.grads(batch_mask * factors / b)
+    else:
+      # The mean over the selected examples (§2a, an estimate): the costs need ĝ, so they come after.
+      batch_mask = sel.mask * active
+      losses, ghat = ops.grads(batch_mask * factors / jnp.maximum(jnp.sum(batch_mask), 1.0))
+      if config is not None:
+        costs, worst, recomputed = _when(
+            accounted, lambda: _cast(acc.mean_step_costs(ops, norms, factors, batch_mask, ghat, **cost_kw), dtype),
+            lambda: zeros() + (jnp.zeros((), bool),))
+        ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=config, accounted=accounted)
+
+    gamma = jnp.asarray(l1_strength, dtype) * jnp.clip(1.0 - state.step / jnp.asarray(l1_horizon, dtype), 0.0, 1.0)
+    new_params, noise_norm = update.noisy_update(
+        params, ghat, key, step_size=eta, temperature=tau,
+        weight_decay=_hyper(weight_decay, s.weight_decay, dtype, 0.0), l1_strength=gamma,
+        projection_radius=_hyper(projection_radius, s.projection_radius, dtype, jnp.inf))
+    used = jnp.maximum(jnp.sum(batch_mask), 1.0)
+    info = StepInfo(
+        loss=blocks.fixed_order_sum(losses * batch_mask, s.reduction_blocks) / used,
+        mean_grad_norm=blocks.fixed_order_sum(norms * batch_mask, s.reduction_blocks) / used,
+        grad_norms=norms, batch_mask=batch_mask, noise_norm=noise_norm,
+        costs=None if costs is None else costs * stride * ledger.active[:, None].astype(dtype),
+        worst_case_cost=None if worst is None else worst * stride, recomputed_costs=recomputed)
+    return state._replace(params=new_params, step=state.step + 1, ledger=ledger), info
+
+  settings = dict(s._asdict(), accounting=None if s.accounting is None else tuple(s.accounting))
+  return Algorithm(init=init, step=step, name="sgld", settings=tuple(sorted(settings.items())),
+                   callables=(loss_fn,), reduction_blocks=s.reduction_blocks)

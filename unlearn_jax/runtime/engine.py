@@ -1,0 +1,121 @@
+"""The compiled programs of a run: the initialisation and a chunk of scanned steps, for any Algorithm.
+
+Two jitted functions, the only jit sites of the drivers: :func:`init_states` builds the initial state of
+every chain, :func:`run_chunk` runs ``chunk_len`` steps of an :class:`~unlearn_jax.algorithms.Algorithm`
+in a ``lax.scan`` and returns the per-step history scalars. The chunk takes its first and last step as
+array arguments and skips the steps past the last one with ``lax.cond``, so chunk boundaries can be
+placed anywhere (recorded steps, checkpoints, the end) without recompiling, and the arithmetic of every
+step is the same however a run is cut into chunks. The algorithm, the evaluation function, the seed
+count, the chunk length, the history stride and the mesh are static arguments: calls with equal ones
+(an algorithm built twice with the same settings and loss function is equal) share one compiled
+program — across seeds, forget sets and drivers — through ``jax.jit``'s own cache.
+
+Keys: step t of a chain uses ``fold_in(chain_key, t)``; with ``num_seeds`` = R the chains run in one
+vmapped call. Parameters initialised from a key (``init_params_fn``) use ``fold_in(chain_key,
+INIT_TAG)``, a tag no step index reaches.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from unlearn_jax.algorithms.base import Algorithm, StepInfo
+from unlearn_jax.per_example.blocks import fixed_order_sum
+from unlearn_jax.runtime import distributed
+
+__all__ = ["INIT_TAG", "init_states", "run_chunk"]
+
+PyTree = Any
+INIT_TAG = 0xFFFFFFFF  # fold_in tag of the initialisation key; no step index reaches it
+
+
+def _on_mesh(state, mesh, num_seeds):
+  """Keeps a state on ``mesh``: its ledger split along examples, the rest replicated."""
+  if mesh is None:
+    return state
+  return distributed.shard_state(state, mesh, seed_axis=num_seeds is not None)
+
+
+def _num_examples(data) -> int:
+  return jax.tree.leaves(data)[0].shape[0]
+
+
+@functools.partial(jax.jit, static_argnames=("algorithm", "init_params_fn", "num_seeds", "params_per_seed", "mesh"))
+def init_states(params: PyTree, data: PyTree, keys: jax.Array, *, algorithm: Algorithm,
+                init_params_fn: Callable | None, num_seeds: int | None, params_per_seed: bool, mesh: Any) -> Any:
+  """The initial state of every chain (``algorithm.init``), parameters from ``init_params_fn`` if given."""
+
+  def init_one(p, chain_key):
+    if init_params_fn is not None:
+      p = init_params_fn(jax.random.fold_in(chain_key, INIT_TAG))
+    return algorithm.init(p, _num_examples(data), key=chain_key)
+
+  if num_seeds is None:
+    return _on_mesh(init_one(params, keys), mesh, num_seeds)
+  p_axis = 0 if (params_per_seed and init_params_fn is None) else None
+  return _on_mesh(jax.vmap(init_one, in_axes=(p_axis, 0))(params, keys), mesh, num_seeds)
+
+
+def _tree_sq_norm(tree) -> jax.Array:
+  return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+
+
+def _finite_tree(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _scalars(algorithm: Algorithm, info: StepInfo, old_params: PyTree, state: Any) -> dict[str, jax.Array]:
+  """The history row of one step: loss, grad / noise / update norms, mean realized loss."""
+  out = {"loss": info.loss}
+  if info.mean_grad_norm is not None:
+    out["grad_norm"] = info.mean_grad_norm
+  if info.noise_norm is not None:
+    out["noise_norm"] = info.noise_norm
+  out["update_norm"] = jnp.sqrt(_tree_sq_norm(jax.tree.map(lambda a, b: a - b, state.params, old_params)))
+  ledger = getattr(state, "ledger", None)
+  if ledger is not None:
+    realized = ledger.realized
+    if algorithm.reduction_blocks is None:
+      out["privacy_loss_mean"] = jnp.mean(realized, axis=0)
+    else:
+      out["privacy_loss_mean"] = fixed_order_sum(realized, algorithm.reduction_blocks) / realized.shape[0]
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("algorithm", "eval_fn", "num_seeds", "chunk_len", "stride", "mesh"))
+def run_chunk(state: Any, data: PyTree, mask: jax.Array | None, keys: jax.Array, hyper: dict, start: jax.Array,
+              end: jax.Array, *, algorithm: Algorithm, eval_fn: Callable | None, num_seeds: int | None,
+              chunk_len: int, stride: int, mesh: Any) -> tuple[Any, dict]:
+  """Steps ``start`` .. ``end`` − 1 (at most ``chunk_len``) of every chain; returns (state, outputs).
+
+  ``outputs`` holds, per step of the chunk (leading axis ``chunk_len``; rows past ``end`` are zeros),
+  the history scalars, ``"finite"`` (loss and parameters finite after the step) and, every ``stride``
+  steps, ``"eval"`` = ``eval_fn(params)``.
+  """
+
+  def one_step(s, chain_key, t):
+    new, info = algorithm.step(s, data, jax.random.fold_in(chain_key, t), data_mask=mask, **hyper)
+    outs = _scalars(algorithm, info, s.params, new)
+    outs["finite"] = jnp.isfinite(info.loss) & _finite_tree(new.params)
+    if eval_fn is not None:
+      shapes = jax.eval_shape(eval_fn, new.params)
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+      outs["eval"] = jax.lax.cond((t + 1) % stride == 0, eval_fn, lambda p: zeros, new.params)
+    return new, outs
+
+  step_all = one_step if num_seeds is None else jax.vmap(one_step, in_axes=(0, 0, None))
+
+  def body(carry, i):
+    t = start + i
+    run = lambda c: step_all(c, keys, t)  # noqa: E731
+    out_shape = jax.eval_shape(run, carry)[1]
+    skip = lambda c: (c, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out_shape))  # noqa: E731
+    new_carry, outs = jax.lax.cond(t < end, run, skip, carry)
+    return _on_mesh(new_carry, mesh, num_seeds), outs
+
+  return jax.lax.scan(body, state, jnp.arange(chunk_len, dtype=jnp.int32))
