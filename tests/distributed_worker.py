@@ -327,7 +327,8 @@ def scenario_metrics():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import evaluation, metrics  # noqa
+  from unlearn_jax import evaluate as evaluation  # noqa
+  from unlearn_jax.evaluate import metrics, statistics  # noqa
   from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   n = 16
@@ -349,7 +350,7 @@ def scenario_metrics():
         "confidence": metrics.confidence(apply_fn, p, x, y),
         "el2n": metrics.el2n(apply_fn, ps, x, y),
         "grand": metrics.grand(loss_fn, ps, (x, y)),
-        "spearman": metrics.spearman(losses, s),
+        "spearman": statistics.spearman(losses, s),
         "barrier": evaluation.loss_barrier(loss_fn, p, q, (x, y), num_points=5)[0],
     }
 

@@ -32,10 +32,13 @@ import numpy as np
 import optax
 import pytest
 
-from unlearn_jax import accounting, bounds, cli, data, evaluation, experiment, metrics, models
+from unlearn_jax import accounting, cli, data, experiment, models
 from unlearn_jax import algorithms as sgld
-from unlearn_jax import per_example, selection, testbed
+from unlearn_jax import evaluate as evaluation
+from unlearn_jax import per_example
 from unlearn_jax import runtime as loops
+from unlearn_jax.certify import bounds, testbed
+from unlearn_jax.evaluate import metrics, selection, statistics
 
 _PKG_DIR = pathlib.Path(__file__).resolve().parents[1] / "unlearn_jax"
 
@@ -222,13 +225,13 @@ ROWS = [
         ValueError, ("lsi_constant", "0.0")),
     Row("steps_target_zero", lambda t: bounds.steps_to_unlearn(1.0, 0.0, alpha=2.0, step_size=0.1,
                                                                temperature=1.0, lsi_constant=1.0),
-        ValueError, ("target", "0.0")),
+        ValueError, ("epsilon", "0.0")),
     Row("steps_e1_negative", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.1, temperature=1.0,
                                                                lsi_constant=1.0, e1=-0.1),
         ValueError, ("e1", "-0.1")),
     Row("bound_k_negative", lambda t: bounds.contraction_factor(-3, alpha=2.0, step_size=0.1, temperature=1.0,
                                                                 lsi_constant=1.0),
-        ValueError, ("k", "-3")),
+        ValueError, ("num_steps", "-3")),
     Row("steps_dp_delta_above_one", lambda t: bounds.steps_to_unlearn_dp(jnp.ones((N, 2)), (2.0, 8.0), 1.0, 1.5,
                                                                          step_size=0.1, temperature=1.0,
                                                                          lsi_constant=1.0),
@@ -238,12 +241,12 @@ ROWS = [
                                                                             lsi_constant=1.0),
         ValueError, ("ledger_realized", "(6, 3)")),
     Row("worst_case_n_zero", lambda t: bounds.worst_case_epsilon(2.0, 10, m=1.0, step_size=0.1, temperature=1.0,
-                                                                 num_removed=1, clip_norm=1.0, n=0),
-        ValueError, ("n", "0")),
+                                                                 num_removed=1, clip_norm=1.0, num_examples=0),
+        ValueError, ("num_examples", "0")),
     Row("worst_case_removes_more_than_n", lambda t: bounds.worst_case_epsilon(2.0, 10, m=1.0, step_size=0.1,
                                                                              temperature=1.0, num_removed=20,
-                                                                             clip_norm=1.0, n=10),
-        ValueError, ("num_removed", "20", "n = 10")),
+                                                                             clip_norm=1.0, num_examples=10),
+        ValueError, ("num_removed", "20", "num_examples = 10")),
     # ---- sgld --------------------------------------------------------------------------------------
     Row("sgld_mode_unknown", lambda t: sgld.sgld(loss_fn, mode="full"), ValueError, ("mode", "'full'")),
     Row("sgld_clip_norm_zero", lambda t: sgld.sgld(loss_fn, clip_norm=0.0), ValueError, ("clip_norm", "0.0")),
@@ -302,7 +305,7 @@ ROWS = [
         ValueError, ("y", "(6, 1)")),
     Row("accuracy_labels_out_of_range", lambda t: evaluation.accuracy_and_loss(apply_fn, PARAMS, X, _with(Y, 5, 9)),
         ValueError, ("y", "9")),
-    Row("spearman_lengths", lambda t: metrics.spearman(jnp.arange(4.0), jnp.arange(5.0)),
+    Row("spearman_lengths", lambda t: statistics.spearman(jnp.arange(4.0), jnp.arange(5.0)),
         ValueError, ("(4,)", "(5,)")),
     Row("membership_delta_one", lambda t: evaluation.membership_epsilon(jnp.ones((4, 2)), jnp.zeros((4, 2)),
                                                                         delta=1.0),

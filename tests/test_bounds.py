@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import bounds
+from unlearn_jax.certify import bounds, calibration
 
 
 @pytest.fixture(autouse=True)
@@ -198,9 +198,9 @@ def test_bad_losses_and_targets_raise():
     bounds.steps_to_unlearn(np.array([1.0, math.nan]), 0.1, **kw)
   with pytest.raises(ValueError, match="privacy_loss_4alpha"):
     bounds.steps_to_unlearn(-1.0, 0.1, **kw)
-  with pytest.raises(ValueError, match="target"):
+  with pytest.raises(ValueError, match="epsilon"):
     bounds.steps_to_unlearn(1.0, 0.0, **kw)
-  with pytest.raises(ValueError, match="k"):
+  with pytest.raises(ValueError, match="num_steps"):
     bounds.unlearning_bound(1.0, -1, **kw)
   with pytest.raises(ValueError, match="m"):
     bounds.lsi_constant_strongly_convex(1.0, 0.0)
@@ -222,14 +222,23 @@ def test_steps_dp_is_best_exact_grid_order():
       alpha = o / 4
       if alpha <= 1:
         continue
-      target = eps - math.log(1 / delta) / (alpha - 1)
+      target = eps - _improved_offset(alpha, delta)
       cands.append((brute_force_steps(realized[i, j], target, alpha, eta, tau, c)
                      if target > 0 else math.inf, alpha))
     want = min(c_[0] for c_ in cands)
     assert float(k[i]) == want
     assert math.isfinite(want)
-    assert brute_force_steps(realized[i, list(orders).index(4 * float(best[i]))], eps - math.log(
-      1 / delta) / (float(best[i]) - 1), float(best[i]), eta, tau, c) == want
+    assert brute_force_steps(realized[i, list(orders).index(4 * float(best[i]))],
+                             eps - _improved_offset(float(best[i]), delta), float(best[i]), eta, tau, c) == want
+  # The classic conversion (Mironov 2017, Prop. 3) is offered too: never fewer steps than the improved one.
+  k_classic, _ = bounds.steps_to_unlearn_dp(realized, orders, eps, delta, step_size=eta, temperature=tau,
+                                            lsi_constant=c, method="classic")
+  assert np.all(np.asarray(k_classic) >= np.asarray(k)) and np.any(np.asarray(k_classic) > np.asarray(k))
+
+
+def _improved_offset(alpha, delta):
+  """ε_dp − ε_rdp of Canonne, Kamath, Steinke 2020 (Prop. 12), as dp_accounting: log(1−1/α) − log(δα)/(α−1)."""
+  return math.log1p(-1 / alpha) - math.log(delta * alpha) / (alpha - 1) if alpha > 1.01 else math.inf
 
 
 def test_steps_dp_errors():
@@ -252,7 +261,7 @@ def test_steps_dp_errors():
 
 
 def test_worst_case_epsilon_and_steps_brute_force():
-  kw = dict(m=0.3, step_size=0.05, temperature=0.01, num_removed=2, clip_norm=3.0, n=50)
+  kw = dict(m=0.3, step_size=0.05, temperature=0.01, num_removed=2, clip_norm=3.0, num_examples=50)
   for alpha, K in [(2.0, 0), (4.0, 17), (1.5, 300)]:
     assert float(bounds.worst_case_epsilon(alpha, K, **kw)) == pytest.approx(
       ref_worst_case_eps(alpha, K, 0.3, 0.05, 0.01, 2, 3.0, 50), rel=1e-12)
@@ -300,7 +309,7 @@ def test_calibrate_temperature_matches_grid_search(quantile):
   rng = np.random.default_rng(4)
   p0 = rng.exponential(size=30) * 5.0
   alpha, eta, tau0, m, target, budget = 2.0, 0.05, 1.0, 0.5, 0.05, 200
-  cal = bounds.calibrate_temperature(p0, target, budget, quantile=quantile, alpha=alpha,
+  cal = calibration.calibrate_temperature(p0, target, budget, quantile=quantile, alpha=alpha,
                                      step_size=eta, accounting_temperature=tau0, strong_convexity=m)
   assert cal.converged and cal.quantile_steps <= budget
   assert cal.assumptions == bounds.STATIONARITY_ASSUMPTION
@@ -326,7 +335,7 @@ def test_calibrate_temperature_matches_grid_search(quantile):
 def test_calibrate_step_size_matches_grid_search():
   p = np.array([0.5, 3.0, 10.0, 80.0])
   target, budget, alpha, tau, c = 0.05, 120, 3.0, 0.2, 1.0
-  cal = bounds.calibrate_step_size(p, target, budget, quantile=0.75, alpha=alpha, temperature=tau,
+  cal = calibration.calibrate_step_size(p, target, budget, quantile=0.75, alpha=alpha, temperature=tau,
                                    lsi_constant=c)
   assert cal.converged
   grid = np.exp(np.linspace(math.log(1e-2), math.log(10.0), 401))
@@ -339,7 +348,7 @@ def test_calibrate_step_size_matches_grid_search():
 def test_calibrate_step_size_with_rescaled_losses():
   p0 = np.array([0.5, 3.0, 10.0, 80.0])  # measured at eta0 = 0.1; P scales as eta / eta0
   target, budget, alpha, tau, c, eta0 = 0.05, 120, 3.0, 0.2, 1.0, 0.1
-  cal = bounds.calibrate_step_size(p0, target, budget, quantile=0.75, alpha=alpha, temperature=tau,
+  cal = calibration.calibrate_step_size(p0, target, budget, quantile=0.75, alpha=alpha, temperature=tau,
                                    lsi_constant=c, accounting_step_size=eta0, bounds=(1e-2, 10.0))
   assert cal.converged
   assert _quantile_int_steps(p0 * cal.value / eta0, target, 0.75, alpha, cal.value, tau, c) <= budget
@@ -350,14 +359,14 @@ def test_calibrate_step_size_with_rescaled_losses():
 
 def test_calibrate_steps():
   p = np.array([0.5, 3.0, 10.0, 80.0])
-  cal = bounds.calibrate_steps(p, 0.05, quantile=1.0, alpha=2.0, step_size=0.1, temperature=1.0,
+  cal = calibration.calibrate_steps(p, 0.05, quantile=1.0, alpha=2.0, step_size=0.1, temperature=1.0,
                                lsi_constant=1.0)
   assert cal.value == brute_force_steps(80.0, 0.05, 2.0, 0.1, 1.0, 1.0)
 
 
 def test_calibrate_errors():
   with pytest.raises(ValueError, match="exactly one"):
-    bounds.calibrate_temperature([1.0], 0.1, 10, alpha=2.0, step_size=0.1, accounting_temperature=1.0)
+    calibration.calibrate_temperature([1.0], 0.1, 10, alpha=2.0, step_size=0.1, accounting_temperature=1.0)
   with pytest.raises(ValueError, match="quantile"):
-    bounds.calibrate_steps([1.0], 0.1, quantile=1.5, alpha=2.0, step_size=0.1, temperature=1.0,
+    calibration.calibrate_steps([1.0], 0.1, quantile=1.5, alpha=2.0, step_size=0.1, temperature=1.0,
                            lsi_constant=1.0)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from unlearn_jax import evaluation as ev
+from unlearn_jax import evaluate as ev
+from unlearn_jax.evaluate import membership as ev_membership
 
 import linear_softmax  # tests/ helper module
 
@@ -372,7 +373,7 @@ def test_membership_epsilon_matches_bruteforce_with_ties():
 
 def test_clopper_pearson_ends_match_scipy_binomtest():
   n = 40
-  upper = ev._clopper_pearson_upper(n, 0.9)
+  upper = ev_membership._clopper_pearson_upper(n, 0.9)
   for k in (0, 1, 7, 39, 40):
     ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.9, method="exact")
     assert upper[k] == pytest.approx(ci.high, rel=1e-9)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from unlearn_jax import metrics
+from unlearn_jax.evaluate import metrics, statistics
 
 import linear_softmax  # tests/ helper module
 
@@ -165,22 +165,22 @@ def test_rankdata_and_spearman_match_scipy_with_ties():
     if trial == 0:
       b = rng.normal(size=n)
     with jax.enable_x64(True):
-      np.testing.assert_allclose(metrics.rankdata_average(jnp.asarray(a)), stats.rankdata(a, method="average"), rtol=1e-12)
-      got = float(metrics.spearman(jnp.asarray(a), jnp.asarray(b)))
+      np.testing.assert_allclose(statistics.rankdata_average(jnp.asarray(a)), stats.rankdata(a, method="average"), rtol=1e-12)
+      got = float(statistics.spearman(jnp.asarray(a), jnp.asarray(b)))
     assert got == pytest.approx(stats.spearmanr(a, b).statistic, rel=1e-10, abs=1e-12)
   # float32 path
   a, b = rng.normal(size=40), rng.normal(size=40)
   a[::3] = 0.5
-  assert float(metrics.spearman(a.astype(np.float32), b.astype(np.float32))) == pytest.approx(
+  assert float(statistics.spearman(a.astype(np.float32), b.astype(np.float32))) == pytest.approx(
     stats.spearmanr(a, b).statistic, abs=1e-5)
-  assert np.isnan(float(metrics.spearman(np.ones(4), np.arange(4.0))))
+  assert np.isnan(float(statistics.spearman(np.ones(4), np.arange(4.0))))
   with pytest.raises(ValueError, match="finite"):
-    metrics.spearman(np.array([1.0, np.nan, 2.0]), np.arange(3.0))
+    statistics.spearman(np.array([1.0, np.nan, 2.0]), np.arange(3.0))
   with pytest.raises(ValueError, match="same length"):
-    metrics.spearman(np.arange(3.0), np.arange(4.0))
+    statistics.spearman(np.arange(3.0), np.arange(4.0))
 
 
 def test_spearman_jitted():
   a = jnp.array([3.0, 1.0, 2.0, 2.0, 5.0])
   b = jnp.array([1.0, 0.0, 4.0, 4.0, 9.0])
-  assert float(jax.jit(metrics.spearman)(a, b)) == pytest.approx(stats.spearmanr(a, b).statistic, rel=1e-6)
+  assert float(jax.jit(statistics.spearman)(a, b)) == pytest.approx(stats.spearmanr(a, b).statistic, rel=1e-6)

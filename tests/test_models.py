@@ -153,7 +153,7 @@ def test_weight_decay_rejects_negative():
 
 
 @pytest.mark.parametrize("name, kwargs, shape", [
-    ("logistic", {}, (5,)), ("mlp", {"hidden_sizes": (6,)}, (5,)), ("cnn", {"channels": (2, 3)}, (6, 6, 1))])
+    ("logistic_regression", {}, (5,)), ("mlp", {"hidden_sizes": (6,)}, (5,)), ("small_cnn", {"channels": (2, 3)}, (6, 6, 1))])
 def test_vmapped_apply_equals_per_example_loop(name, kwargs, shape):
   model = models.get_model(name, 3, **kwargs)
   x = jax.random.normal(jax.random.key(0), (4,) + shape)
@@ -165,8 +165,8 @@ def test_vmapped_apply_equals_per_example_loop(name, kwargs, shape):
 
 
 @pytest.mark.parametrize("name, kwargs, shape, primitive", [
-    ("logistic", {}, (5,), "dot_general"), ("mlp", {}, (5,), "dot_general"),
-    ("cnn", {"channels": (2,)}, (6, 6, 1), "conv_general_dilated")])
+    ("logistic_regression", {}, (5,), "dot_general"), ("mlp", {}, (5,), "dot_general"),
+    ("small_cnn", {"channels": (2,)}, (6, 6, 1), "conv_general_dilated")])
 def test_vmapped_apply_lowers_to_plain_ops(name, kwargs, shape, primitive):
   model = models.get_model(name, 3, **kwargs)
   x = jnp.ones((2,) + shape)
@@ -245,10 +245,10 @@ def test_resnet18_apply_and_residual_branches_start_at_zero():
 
 
 @pytest.mark.parametrize("name, kwargs, shape, steps, lr", [
-    ("logistic", {}, (8,), 20, 0.5),
+    ("logistic_regression", {}, (8,), 20, 0.5),
     ("mlp", {"hidden_sizes": (16,)}, (8,), 20, 0.5),
     ("mlp", {"hidden_sizes": (16,), "activation": "tanh"}, (8,), 20, 0.5),
-    ("cnn", {"channels": (4,)}, (6, 6, 1), 20, 0.2),
+    ("small_cnn", {"channels": (4,)}, (6, 6, 1), 20, 0.2),
     pytest.param("resnet18", {}, (32, 32, 3), 5, 0.05, marks=pytest.mark.slow),
 ])
 def test_every_model_trains(name, kwargs, shape, steps, lr):
@@ -284,10 +284,10 @@ def test_every_model_trains(name, kwargs, shape, steps, lr):
 
 
 def test_get_model_unknown_name_lists_allowed():
-  with pytest.raises(ValueError, match=r"name must be one of \['logistic', 'mlp', 'cnn', 'resnet18'\], got 'vgg'"):
+  with pytest.raises(ValueError, match=r"name must be one of \['logistic_regression', 'mlp', 'small_cnn', 'resnet18'\], got 'vgg'"):
     models.get_model("vgg", 10)
   with pytest.raises(TypeError, match="bad keyword arguments"):
-    models.get_model("logistic", 10, hidden_sizes=(3,))
+    models.get_model("logistic_regression", 10, hidden_sizes=(3,))
 
 
 @pytest.mark.parametrize("build, match", [

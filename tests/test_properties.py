@@ -29,8 +29,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from unlearn_jax import accounting, bounds
+from unlearn_jax import accounting
 from unlearn_jax import algorithms as sgld
+from unlearn_jax.certify import bounds
 
 _SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from unlearn_jax import selection as sel
+from unlearn_jax.evaluate import selection as sel
 
 
 @pytest.fixture(scope="module")

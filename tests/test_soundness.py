@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from unlearn_jax import accounting as acc
-from unlearn_jax import evaluation
+from unlearn_jax import evaluate as evaluation
 from unlearn_jax import algorithms as sg
-from unlearn_jax import testbed as tb
+from unlearn_jax.certify import testbed as tb
 
 ETA, TAU = 0.1, 0.01
 

@@ -16,15 +16,12 @@ Re-exports only; importing does no work. The folders follow the pipeline:
 
 from unlearn_jax import accounting
 from unlearn_jax import algorithms
-from unlearn_jax import bounds
+from unlearn_jax import certify
 from unlearn_jax import data
-from unlearn_jax import evaluation
-from unlearn_jax import metrics
+from unlearn_jax import evaluate
 from unlearn_jax import models
 from unlearn_jax import per_example
 from unlearn_jax import runtime
-from unlearn_jax import selection
-from unlearn_jax import testbed
 from unlearn_jax.accounting import (
     DEFAULT_ORDERS,
     AccountingConfig,
@@ -40,7 +37,7 @@ from unlearn_jax.accounting import (
     step_costs,
 )
 from unlearn_jax.algorithms import Algorithm, SGLDState, StepInfo, langevin_noise, sgld
-from unlearn_jax.bounds import (
+from unlearn_jax.certify import (
     lsi_constant_strongly_convex,
     steps_to_unlearn,
     steps_to_unlearn_continuous,
@@ -48,14 +45,15 @@ from unlearn_jax.bounds import (
     unlearning_bound,
     worst_case_steps,
 )
-from unlearn_jax.evaluation import (
+from unlearn_jax.evaluate import (
     empirical_steps_to_unlearn,
     is_unlearned,
     loss_barrier,
     membership_epsilon,
     membership_lower_bound,
+    select_forget_set,
+    spearman,
 )
-from unlearn_jax.metrics import spearman
 from unlearn_jax.per_example import (
     clip_per_example,
     clipped_grad_sum,
@@ -64,7 +62,6 @@ from unlearn_jax.per_example import (
     per_example_inner,
 )
 from unlearn_jax.runtime import retrain, train, unlearn
-from unlearn_jax.selection import select_forget_set
 
 __version__ = "0.1.0"
 
@@ -80,12 +77,12 @@ __all__ = [
     "accounting",
     "algorithms",
     "average_ledgers",
-    "bounds",
+    "certify",
     "clip_per_example",
     "clipped_grad_sum",
     "data",
     "empirical_steps_to_unlearn",
-    "evaluation",
+    "evaluate",
     "gaussian_rdp",
     "group_privacy_loss",
     "is_unlearned",
@@ -96,7 +93,6 @@ __all__ = [
     "lsi_constant_strongly_convex",
     "membership_epsilon",
     "membership_lower_bound",
-    "metrics",
     "models",
     "per_example",
     "per_example_grad_norms",
@@ -107,14 +103,12 @@ __all__ = [
     "runtime",
     "sampled_gaussian_rdp",
     "select_forget_set",
-    "selection",
     "sgld",
     "spearman",
     "step_costs",
     "steps_to_unlearn",
     "steps_to_unlearn_continuous",
     "steps_to_unlearn_dp",
-    "testbed",
     "train",
     "unlearn",
     "unlearning_bound",

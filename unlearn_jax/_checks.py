@@ -168,3 +168,17 @@ def check_labels(name: str, labels: Any, num_classes: int | None = None) -> None
   if bad.size:
     allowed = ">= 0" if num_classes is None else f"in [0, num_classes) = [0, {num_classes})"
     raise ValueError(f"{name} must be {allowed}, got {bad.size} label(s) outside, e.g. {bad[:5].tolist()}")
+
+
+def leading_size(name: str, tree: Any) -> int:
+  """The leading axis size shared by every leaf of ``tree`` (seeds, checkpoints); raises if none or 0."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    raise ValueError(f"{name} must be a pytree holding at least one array, got {tree!r}")
+  sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+  if None in sizes or len(sizes) != 1:
+    raise ValueError(f"{name} leaves must share one leading axis, got leading sizes {sorted(map(str, sizes))}")
+  size = sizes.pop()
+  if size == 0:
+    raise ValueError(f"{name} must have a leading axis of size >= 1, got 0")
+  return int(size)

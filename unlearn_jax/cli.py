@@ -157,7 +157,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _certify_testbed(args: argparse.Namespace) -> int:
-  from unlearn_jax import testbed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.certify import testbed  # pylint: disable=import-outside-toplevel
 
   problem_kwargs = {k: v for k, v in (("n", args.n), ("d", args.d), ("seed", args.seed)) if v is not None}
   table_kwargs = {k: v for k, v in (("alpha", args.alpha), ("eps", args.epsilon), ("T", args.steps),

@@ -883,7 +883,7 @@ def _final_metrics(apply_fn, params, x, y):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.evaluate import metrics  # pylint: disable=import-outside-toplevel
 
   def one(p):
     return {"loss": metrics.per_example_loss(apply_fn, p, x, y), "confidence": metrics.confidence(apply_fn, p, x, y),
@@ -896,7 +896,7 @@ def _along_metrics(apply_fn, ckpts, x, y):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.evaluate import metrics  # pylint: disable=import-outside-toplevel
 
   num_ckpts = jax.tree.leaves(ckpts)[0].shape[0]
 
@@ -913,7 +913,7 @@ def _evaluate_oracle(apply_fn, loss_fn, num_points, oracle, xf, yf, key):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import evaluate as evaluation  # pylint: disable=import-outside-toplevel
 
   oracle_scores = evaluation.logit_confidence(apply_fn, oracle, xf, yf)
   floor = evaluation.noise_floor(oracle_scores, key, num_splits=8)
@@ -931,7 +931,7 @@ def _evaluate_method(apply_fn, loss_fn, num_points, grid, percentile, membership
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import evaluate as evaluation  # pylint: disable=import-outside-toplevel
 
   scores_g = evaluation.scores_along(apply_fn, recorded, xf, yf)                     # (G, R, m)
   steps_res = evaluation.empirical_steps_to_unlearn(np.asarray(grid), scores_g, oracle_scores, floor=floor,
@@ -949,17 +949,17 @@ def _evaluate_method(apply_fn, loss_fn, num_points, grid, percentile, membership
 
 
 def _el2n(apply_fn, params, x, y):
-  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.evaluate import metrics  # pylint: disable=import-outside-toplevel
   return metrics.el2n(apply_fn, params, x, y)
 
 
 def _grand(loss_fn, params, data):
-  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.evaluate import metrics  # pylint: disable=import-outside-toplevel
   return metrics.grand(loss_fn, params, data)
 
 
 def _correctness(apply_fn, params, x, y):
-  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.evaluate import metrics  # pylint: disable=import-outside-toplevel
   return metrics.correctness(apply_fn, params, x, y)
 
 
@@ -1017,7 +1017,7 @@ def _spearman(a: Any, b: Any) -> float:
   """Spearman of two vectors over the entries where both are not NaN (metrics.spearman)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.evaluate import metrics  # pylint: disable=import-outside-toplevel
 
   a = _finite_for_ranking(a)
   b = _finite_for_ranking(b)
@@ -1034,8 +1034,8 @@ def _jit_spearman():
   if "spearman" not in _JIT_CACHE:
     import jax  # pylint: disable=import-outside-toplevel
 
-    from unlearn_jax import metrics  # pylint: disable=import-outside-toplevel
-    _JIT_CACHE["spearman"] = jax.jit(metrics.spearman)
+    from unlearn_jax.evaluate import statistics  # pylint: disable=import-outside-toplevel
+    _JIT_CACHE["spearman"] = jax.jit(statistics.spearman)
   return _JIT_CACHE["spearman"]
 
 
@@ -1146,7 +1146,10 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import accounting, bounds, evaluation, metrics, models, selection  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import accounting, models  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import evaluate as evaluation  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.evaluate import metrics, selection  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.certify import bounds  # pylint: disable=import-outside-toplevel
   from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
 
   tr, pv, fc, uc, ec, mc = (config.training, config.privacy, config.forget_sets, config.unlearning,
@@ -1279,7 +1282,7 @@ def _run_locked(config: Config, out: pathlib.Path, progress: bool, timings: dict
     if clip is None:
       return math.inf
     return float(bounds.worst_case_steps(pv.epsilon, orders=[alpha], m=m_eff, step_size=eta_u, temperature=tau_u,
-                                         num_removed=num_removed, clip_norm=clip, n=n))
+                                         num_removed=num_removed, clip_norm=clip, num_examples=n))
 
   worst_single = worst_steps(1)
   frac_below = float(np.mean(certified_steps < worst_single))

@@ -15,6 +15,7 @@ SkipInit, De & Smith 2020), so every block starts as the identity map.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -29,6 +30,7 @@ from unlearn_jax.per_example.pooling import window_max
 
 __all__ = [
     "Model",
+    "from_flax",
     "logistic_regression",
     "mlp",
     "small_cnn",
@@ -38,7 +40,11 @@ __all__ = [
     "accuracy",
     "num_params",
     "get_model",
-    "MODEL_NAMES",
+    "register_model",
+    "MODELS",
+    "ModuleApply",
+    "ModuleInit",
+    "CrossEntropyLoss",
 ]
 
 Params = Any
@@ -64,16 +70,46 @@ def _check_num_classes(num_classes: Any) -> int:
   return num_classes
 
 
-def _from_module(module: nn.Module, name: str) -> Model:
-  def init_fn(key: jax.Array, example_x: ArrayLike) -> Params:
+@dataclasses.dataclass(frozen=True)
+class ModuleInit:
+  """``init_fn(key, example_x) -> params`` of a flax module (equal modules: equal functions)."""
+
+  module: nn.Module
+
+  def __call__(self, key: jax.Array, example_x: ArrayLike) -> Params:
     if np.size(example_x) == 0:
       raise ValueError(f"example_x must be one example with at least one feature, got shape {np.shape(example_x)}")
-    return module.init(key, jnp.asarray(example_x))["params"]
+    return self.module.init(key, jnp.asarray(example_x))["params"]
 
-  def apply_fn(params: Params, x: ArrayLike) -> jax.Array:
-    return module.apply({"params": params}, jnp.asarray(x))
 
-  return Model(init_fn, apply_fn, name)
+@dataclasses.dataclass(frozen=True)
+class ModuleApply:
+  """``apply_fn(params, x) -> logits`` of a flax module for ONE example (equal modules: equal functions).
+
+  Value equality lets two models built with the same settings share compiled programs (the drivers'
+  ``jax.jit`` keys on the loss function, and the loss function on this).
+  """
+
+  module: nn.Module
+
+  def __call__(self, params: Params, x: ArrayLike) -> jax.Array:
+    return self.module.apply({"params": params}, jnp.asarray(x))
+
+
+def from_flax(module: nn.Module, name: str = "custom") -> Model:
+  """A flax linen module that maps ONE example to its logits as a :class:`Model` (pure ``init_fn`` /
+  ``apply_fn``; two models of equal modules are equal).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> model = from_flax(nn.Dense(3), "dense")
+    >>> params = model.init_fn(jax.random.key(0), jnp.ones(4))
+    >>> model.apply_fn(params, jnp.ones(4)).shape
+    (3,)
+  """
+  if not isinstance(module, nn.Module):
+    raise TypeError(f"module must be a flax.linen.Module, got {type(module).__name__}")
+  return Model(ModuleInit(module), ModuleApply(module), name)
 
 
 class _Linear(nn.Module):
@@ -102,7 +138,7 @@ def logistic_regression(num_classes: int) -> Model:
     >>> model.apply_fn(params, jnp.ones(4)).shape
     (3,)
   """
-  return _from_module(_Linear(_check_num_classes(num_classes)), "logistic")
+  return from_flax(_Linear(_check_num_classes(num_classes)), "logistic_regression")
 
 
 _ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "gelu": nn.gelu, "softplus": nn.softplus}
@@ -145,7 +181,7 @@ def mlp(hidden_sizes: Sequence[int] = (128,), num_classes: int = 10, activation:
   hidden = tuple(hidden_sizes)
   if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
     raise ValueError(f"hidden_sizes must be positive integers, got {hidden_sizes!r}")
-  return _from_module(_MLP(hidden, num_classes, activation), "mlp")
+  return from_flax(_MLP(hidden, num_classes, activation), "mlp")
 
 
 class _SmallCNN(nn.Module):
@@ -196,7 +232,7 @@ def small_cnn(num_classes: int = 10, channels: Sequence[int] = (16, 32)) -> Mode
   chans = tuple(channels)
   if not chans or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in chans):
     raise ValueError(f"channels must be a non-empty sequence of positive integers, got {channels!r}")
-  return _from_module(_SmallCNN(num_classes, chans), "cnn")
+  return from_flax(_SmallCNN(num_classes, chans), "small_cnn")
 
 
 class _BasicBlock(nn.Module):
@@ -253,7 +289,7 @@ def resnet18(num_classes: int = 10) -> Model:
     >>> num_params(params)
     11169162
   """
-  return _from_module(_ResNet18(_check_num_classes(num_classes)), "resnet18")
+  return from_flax(_ResNet18(_check_num_classes(num_classes)), "resnet18")
 
 
 def num_params(params: Params) -> int:
@@ -267,14 +303,31 @@ def num_params(params: Params) -> int:
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
+@dataclasses.dataclass(frozen=True)
+class CrossEntropyLoss:
+  """``loss(params, (x, y))``: the softmax cross-entropy of ONE example (see :func:`cross_entropy_loss_fn`)."""
+
+  apply_fn: Callable[[Params, ArrayLike], jax.Array]
+  weight_decay: float = 0.0
+
+  def __call__(self, params: Params, example: Any) -> jax.Array:
+    x, y = example
+    logits = self.apply_fn(params, x)
+    loss = jax.nn.logsumexp(logits) - jnp.take(logits, jnp.asarray(y, jnp.int32))
+    if self.weight_decay:
+      sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+      loss = loss + 0.5 * self.weight_decay * sq
+    return loss
+
+
 def cross_entropy_loss_fn(apply_fn: Callable[[Params, ArrayLike], jax.Array], *,
-                          weight_decay: float = 0.0) -> Callable[[Params, Any], jax.Array]:
+                          weight_decay: float = 0.0) -> CrossEntropyLoss:
   """The softmax cross-entropy of ONE example, plus optional L2 weight decay.
 
   ``loss(params, (x, y)) = logsumexp(f(x)) - f(x)[y] + (weight_decay / 2) * ||params||^2``, with ``f`` =
   ``apply_fn(params, .)`` and ``y`` an integer label. The default ``weight_decay = 0`` leaves L2 to the
-  SGLD builder's own ``weight_decay`` (which adds ``weight_decay * theta`` to the step); use one or the
-  other, not both.
+  SGLD step's own ``weight_decay`` (which adds ``weight_decay * theta`` to the step); use one or the
+  other, not both. Two losses of equal apply functions are equal (and share compiled programs).
 
   Args:
     apply_fn: ``apply_fn(params, x) -> logits`` for one example.
@@ -290,19 +343,11 @@ def cross_entropy_loss_fn(apply_fn: Callable[[Params, ArrayLike], jax.Array], *,
     >>> loss_fn = cross_entropy_loss_fn(model.apply_fn)
     >>> round(float(loss_fn(params, (jnp.ones(3), 2))), 4)  # log(4) at uniform logits
     1.3863
+    >>> loss_fn == cross_entropy_loss_fn(logistic_regression(4).apply_fn)
+    True
   """
   _checks.check_nonnegative("weight_decay", weight_decay)
-
-  def loss_fn(params: Params, example: Any) -> jax.Array:
-    x, y = example
-    logits = apply_fn(params, x)
-    loss = jax.nn.logsumexp(logits) - jnp.take(logits, jnp.asarray(y, jnp.int32))
-    if weight_decay:
-      sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
-      loss = loss + 0.5 * weight_decay * sq
-    return loss
-
-  return loss_fn
+  return CrossEntropyLoss(apply_fn, float(weight_decay))
 
 
 def predict_fn(apply_fn: Callable[[Params, ArrayLike], jax.Array]) -> Callable[[Params, ArrayLike], jax.Array]:
@@ -354,31 +399,59 @@ def accuracy(apply_fn: Callable[[Params, ArrayLike], jax.Array], params: Params,
   return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
 
 
-MODEL_NAMES = ("logistic", "mlp", "cnn", "resnet18")
+MODELS: dict[str, Callable[..., Model]] = {
+    "logistic_regression": logistic_regression,
+    "mlp": mlp,
+    "small_cnn": small_cnn,
+    "resnet18": resnet18,
+}
+"""Model name -> builder ``builder(num_classes=..., **kwargs) -> Model`` (the study's ``[model]`` names)."""
+
+
+def register_model(name: str, builder: Callable[..., Model]) -> None:
+  """Adds (or replaces) a model builder under ``name``.
+
+  Args:
+    name: the name the study's ``model.name`` uses.
+    builder: ``builder(num_classes=..., **kwargs) -> Model`` (e.g. ``functools.partial(mlp, (32, 32))``
+      or a function wrapping your own flax module with :func:`from_flax`).
+
+  Examples:
+    >>> register_model("wide_mlp", lambda num_classes: mlp((512,), num_classes))
+    >>> get_model("wide_mlp", 10).name
+    'mlp'
+    >>> del MODELS["wide_mlp"]
+  """
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"name must be a non-empty string, got {name!r}")
+  if not callable(builder):
+    raise TypeError(f"builder must be callable as builder(num_classes=..., **kwargs), got {builder!r}")
+  MODELS[name] = builder
 
 
 def get_model(name: str, num_classes: int, **kwargs: Any) -> Model:
-  """Builds a model by name.
+  """Builds a registered model by name.
 
   Args:
-    name: one of "logistic", "mlp", "cnn", "resnet18".
+    name: a name of :data:`MODELS` ("logistic_regression", "mlp", "small_cnn", "resnet18", or one added
+      with :func:`register_model`).
     num_classes: number of classes.
     **kwargs: passed to the builder (e.g. ``hidden_sizes``, ``activation`` for "mlp"; ``channels`` for
-      "cnn").
+      "small_cnn").
 
   Returns:
     A :class:`Model`.
 
   Raises:
-    ValueError: unknown name (the message lists the allowed names).
+    ValueError: unknown name (the message lists the registered names).
+    TypeError: keyword arguments the builder does not take.
 
   Examples:
     >>> get_model("mlp", 10, hidden_sizes=(32,)).name
     'mlp'
   """
-  builders = {"logistic": logistic_regression, "mlp": mlp, "cnn": small_cnn, "resnet18": resnet18}
-  _checks.check_choice("name", name, MODEL_NAMES)
+  _checks.check_choice("name", name, tuple(MODELS))
   try:
-    return builders[name](num_classes=num_classes, **kwargs)
+    return MODELS[name](num_classes=num_classes, **kwargs)
   except TypeError as e:
-    raise TypeError(f"get_model({name!r}): bad keyword arguments {sorted(kwargs)}: {e}") from e
+    raise TypeError(f"model {name!r}: bad keyword arguments {sorted(kwargs)}: {e}") from e

@@ -1,5 +1,14 @@
-"""RDP → (ε, δ)-DP: the classic bound (Mironov 2017, Prop. 3) and the improved one of Canonne, Kamath,
-Steinke 2020 (arXiv 2004.00010, Prop. 12) that ``dp_accounting`` uses, minimised over the orders."""
+"""RDP → (ε, δ)-DP, and back: one conversion for the ledger, the certificates and the reports.
+
+- ``"improved"`` (the default everywhere; Canonne, Kamath, Steinke 2020, arXiv 2004.00010, Prop. 12, as
+  ``dp_accounting.rdp.compute_epsilon``): ``ε = rdp + log1p(−1/α) − log(δα)/(α−1)`` for α > 1.01, and
+  ε = 0 where the KL bound ``δ² + expm1(−rdp) > 0`` already gives it;
+- ``"classic"`` (Mironov 2017, Prop. 3): ``ε = rdp + log(1/δ)/(α−1)``.
+
+:func:`dp_offset` is the term added to the RDP at one order; :func:`rdp_to_dp` minimises over the
+orders, :func:`renyi_target` inverts the conversion at one order (the Rényi ε a certificate must reach for
+an (ε, δ) target) and :func:`max_steps_for_epsilon` solves it for a number of identical steps.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +21,48 @@ from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
 
-__all__ = ["max_steps_for_epsilon", "rdp_to_dp"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "dp_offset", "max_steps_for_epsilon", "rdp_to_dp", "renyi_target"]
+
+METHODS = ("improved", "classic")
+DEFAULT_METHOD = "improved"
+
 
 def _check_delta(delta: Any) -> None:
   _checks.check_probability("delta", delta, open_low=True, open_high=True)
+
+
+def dp_offset(orders: ArrayLike, delta: ArrayLike, method: str = DEFAULT_METHOD) -> jax.Array:
+  """The term the conversion adds to the RDP at each order: ε(α) = rdp(α) + offset(α).
+
+  Args:
+    orders: orders α > 1, any shape (traced allowed).
+    delta: δ ∈ (0, 1).
+    method: "improved" (+inf for α ≤ 1.01, as ``dp_accounting``) or "classic".
+
+  Returns:
+    The offsets, shaped like ``orders``.
+
+  Examples:
+    >>> round(float(dp_offset(2.0, 1e-5, "classic")), 4)   # log(1e5)
+    11.5129
+    >>> round(float(dp_offset(2.0, 1e-5)), 4)               # log(1/2) - log(2e-5)
+    10.1266
+  """
+  _checks.check_choice("method", method, METHODS)
+  a = jnp.asarray(orders, jnp.result_type(jnp.asarray(orders).dtype, float))
+  delta = jnp.asarray(delta, a.dtype)
+  if method == "classic":
+    return -jnp.log(delta) / (a - 1.0)
+  return jnp.where(a > 1.01, jnp.log1p(-1.0 / a) - jnp.log(delta * a) / (a - 1.0), jnp.inf)
 
 
 def rdp_to_dp(
     rdp: ArrayLike,
     orders: ArrayLike | Sequence[float],
     delta: ArrayLike,
-    method: str = "improved",
+    method: str = DEFAULT_METHOD,
 ) -> tuple[jax.Array, jax.Array]:
-  """Converts RDP curves to (ε, δ)-DP, minimising over the orders.
-
-  - ``"classic"`` (Mironov 2017, Prop. 3): ``ε = min_α rdp(α) + log(1/δ)/(α−1)``.
-  - ``"improved"`` (Canonne, Kamath, Steinke 2020, arXiv 2004.00010, Prop. 12; as
-    ``dp_accounting.rdp.compute_epsilon``): ``ε = rdp + log1p(−1/α) − log(δα)/(α−1)`` for α > 1.01,
-    ε = 0 when ``δ² + expm1(−rdp) > 0`` (KL bound), clipped at 0.
+  """Converts RDP curves to (ε, δ)-DP, minimising over the orders (module docstring).
 
   Args:
     rdp: RDP values, shape (..., K); may be inf (gives ε = inf when every order is inf).
@@ -51,7 +84,7 @@ def rdp_to_dp(
   """
   orders_np = _checks.check_orders(orders)
   _check_delta(delta)
-  _checks.check_choice("method", method, ("improved", "classic"))
+  _checks.check_choice("method", method, METHODS)
   if not _checks._is_traced(rdp):
     rdp_np = np.asarray(rdp, dtype=float)
     if np.any(np.isnan(rdp_np)) or np.any(rdp_np < 0):
@@ -64,20 +97,28 @@ def rdp_to_dp(
   dtype = jnp.result_type(rdp.dtype, float)
   rdp = rdp.astype(dtype)
   a = jnp.asarray(orders_np, dtype)
-  delta = jnp.asarray(delta, dtype)
-  if method == "classic":
-    eps = rdp - jnp.log(delta) / (a - 1.0)
-    eps = jnp.where(jnp.isnan(eps), jnp.inf, eps)
-  else:
-    general = rdp + jnp.log1p(-1.0 / a) - jnp.log(delta * a) / (a - 1.0)
-    general = jnp.where(a > 1.01, general, jnp.inf)
-    kl_ok = delta**2 + jnp.expm1(-jnp.where(jnp.isfinite(rdp), rdp, 0.0)) > 0
-    kl_ok = kl_ok & jnp.isfinite(rdp)
-    eps = jnp.where(rdp < 0, 0.0, jnp.where(kl_ok, 0.0, general))
-    eps = jnp.where(jnp.isnan(eps), jnp.inf, eps)
+  eps = rdp + dp_offset(a, delta, method)
+  if method == "improved":
+    kl_ok = (jnp.asarray(delta, dtype) ** 2 + jnp.expm1(-jnp.where(jnp.isfinite(rdp), rdp, 0.0)) > 0) & jnp.isfinite(rdp)
+    eps = jnp.where(rdp < 0, 0.0, jnp.where(kl_ok, 0.0, eps))
+  eps = jnp.where(jnp.isnan(eps), jnp.inf, eps)
   idx = jnp.argmin(eps, axis=-1)
   best = jnp.take_along_axis(eps, idx[..., None], axis=-1)[..., 0]
   return jnp.maximum(best, 0.0), a[idx]
+
+
+def renyi_target(epsilon: ArrayLike, alpha: ArrayLike, delta: ArrayLike, method: str = DEFAULT_METHOD) -> jax.Array:
+  """The Rényi ε at order α whose conversion gives (``epsilon``, δ)-DP: ``epsilon − dp_offset(α, δ)``.
+
+  A value ≤ 0 (or −inf) means the (ε, δ) target cannot be reached at that order. The KL branch of the
+  improved conversion is not inverted (the target is then conservative).
+
+  Examples:
+    >>> round(float(renyi_target(2.0, 8.0, 1e-5, "classic")), 4)   # 2 - log(1e5)/7
+    0.3553
+  """
+  _check_delta(delta)
+  return jnp.asarray(epsilon, jnp.result_type(float)) - dp_offset(alpha, delta, method)
 
 
 def max_steps_for_epsilon(
@@ -85,9 +126,9 @@ def max_steps_for_epsilon(
     orders: ArrayLike | Sequence[float],
     epsilon: float,
     delta: float,
-    method: str = "improved",
+    method: str = DEFAULT_METHOD,
 ) -> jax.Array:
-  """Largest number of identical steps T with ``rdp_to_dp(T · step_rdp) ≤ ε`` (a ``dp_to_steps`` helper).
+  """Largest number of identical steps T with ``rdp_to_dp(T · step_rdp) ≤ ε``.
 
   Uses the closed form per order (ε(T) is affine in T for each order); the KL branch of the improved
   conversion is ignored, so the answer is a valid (possibly one-off conservative) count.
@@ -111,19 +152,11 @@ def max_steps_for_epsilon(
   orders_np = _checks.check_orders(orders)
   _check_delta(delta)
   _checks.check_positive("epsilon", epsilon)
-  _checks.check_choice("method", method, ("improved", "classic"))
   r = jnp.asarray(step_rdp)
   dtype = jnp.result_type(r.dtype, float)
   r = r.astype(dtype)
-  a = jnp.asarray(orders_np, dtype)
-  if method == "classic":
-    offset = -jnp.log(delta) / (a - 1.0)
-  else:
-    offset = jnp.log1p(-1.0 / a) - jnp.log(delta * a) / (a - 1.0)
-    offset = jnp.where(a > 1.01, offset, jnp.inf)
-  room = epsilon - offset
+  room = renyi_target(epsilon, jnp.asarray(orders_np, dtype), delta, method).astype(dtype)
   big = jnp.asarray(2**31 - 1, dtype)
   t = jnp.where(r > 0, jnp.floor(room / jnp.where(r > 0, r, 1.0)), jnp.where(room >= 0, big, 0.0))
   t = jnp.clip(jnp.where(room >= 0, t, 0.0), 0.0, big)
   return jnp.max(t, axis=-1).astype(jnp.int32)
-

@@ -82,7 +82,7 @@ class Algorithm:
     name: what builds it (``"sgld"``, ``"optax"``, ...); ``""`` for a hand-made pair.
     settings: the static settings, a tuple of ``(key, value)`` pairs of JSON-able values.
     callables: the functions the step closes over (the loss function, an optax optimizer), compared
-      by identity.
+      with ``==`` (identity for plain functions; the library's model and loss objects compare by value).
     reduction_blocks: R of a fixed order of the sums over examples (None: as XLA chooses); the runtime
       sums its history over examples in the same order.
 
@@ -98,14 +98,19 @@ class Algorithm:
   reduction_blocks: int | None = None
 
   def _key(self) -> tuple:
-    return (self.name, self.settings, tuple(id(c) for c in self.callables), self.reduction_blocks)
+    try:
+      hash(self.callables)
+      callables = self.callables
+    except TypeError:  # an unhashable callable is compared by identity
+      callables = tuple(id(c) for c in self.callables)
+    return (self.name, self.settings, callables, self.reduction_blocks)
 
   def __eq__(self, other: object) -> bool:
     if not isinstance(other, Algorithm):
       return NotImplemented
     if not self.name or not other.name:
       return self is other
-    return self._key() == other._key() and all(a is b for a, b in zip(self.callables, other.callables))
+    return self._key() == other._key()
 
   def __hash__(self) -> int:
     return hash(self._key()) if self.name else id(self)

@@ -31,7 +31,6 @@ one compiled program.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -40,6 +39,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
+from unlearn_jax._compile import call
 from unlearn_jax.per_example import chunking, ghost
 
 __all__ = [
@@ -133,27 +133,6 @@ def _vmapped_losses(loss_fn: LossFn, params: PyTree, batch: PyTree) -> jax.Array
   return jax.vmap(loss_fn, in_axes=(None, 0))(params, batch)
 
 
-def _is_traced(tree: PyTree) -> bool:
-  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
-
-
-@functools.cache
-def _compiled(core: Callable, num_static: int) -> Callable:
-  return jax.jit(core, static_argnums=tuple(range(num_static)))
-
-
-def _call(core: Callable, static: tuple, *arrays: Any) -> Any:
-  """``core(*static, *arrays)``: inline under a trace; eagerly, one compiled program per static settings
-  (the loss function among them: a new function object compiles anew) and shapes."""
-  if _is_traced(arrays):
-    return core(*static, *arrays)
-  try:
-    hash(static)
-  except TypeError:  # an unhashable loss function: run op by op
-    return core(*static, *arrays)
-  return _compiled(core, len(static))(*static, *arrays)
-
-
 def _chunked_per_example(core: Callable, loss_fn: LossFn, chunk_size: int, params: PyTree, padded: PyTree) -> PyTree:
   """``core(loss_fn, params, chunk)`` for each chunk of a padded batch, outputs concatenated."""
   out = jax.lax.map(lambda c: core(loss_fn, params, c), chunking.to_chunks(padded, chunk_size))
@@ -164,9 +143,9 @@ def _per_example(core: Callable, loss_fn: LossFn, params: PyTree, batch: PyTree,
                  chunk_size: int | None) -> PyTree:
   """Per-example outputs of ``core(loss_fn, params, batch)``, ``chunk_size`` examples at a time."""
   if chunk_size is None or chunk_size >= n:
-    return _call(core, (loss_fn,), params, batch)
+    return call(core, (loss_fn,), params, batch)
   padded, _, _ = chunking.pad_batch(batch, n, chunk_size)
-  out = _call(_chunked_per_example, (core, loss_fn, chunk_size), params, padded)
+  out = call(_chunked_per_example, (core, loss_fn, chunk_size), params, padded)
   return jax.tree.map(lambda x: x[:n], out)
 
 
@@ -224,10 +203,10 @@ def _chunked_weighted_sum(loss_fn, chunk_size, params, padded, weights):
 
 def _weighted_sum(loss_fn, params, batch, weights, n, chunk_size):
   if chunk_size is None or chunk_size >= n:
-    return _call(_weighted_sum_core, (loss_fn,), params, batch, weights)
+    return call(_weighted_sum_core, (loss_fn,), params, batch, weights)
   padded, mask, n_pad = chunking.pad_batch(batch, n, chunk_size)
   w = jnp.where(mask, jnp.concatenate([weights, jnp.zeros(n_pad - n, weights.dtype)]), 0)
-  return _call(_chunked_weighted_sum, (loss_fn, chunk_size), params, padded, w)
+  return call(_chunked_weighted_sum, (loss_fn, chunk_size), params, padded, w)
 
 
 def per_example_losses(loss_fn: LossFn, params: PyTree, batch: PyTree) -> jax.Array:
@@ -253,7 +232,7 @@ def per_example_losses(loss_fn: LossFn, params: PyTree, batch: PyTree) -> jax.Ar
     [0.0, 2.0]
   """
   _check_loss_fn(loss_fn, params, batch)
-  return _call(_vmapped_losses, (loss_fn,), params, batch)
+  return call(_vmapped_losses, (loss_fn,), params, batch)
 
 
 def per_example_grads(
@@ -415,7 +394,7 @@ def per_example_inner(loss_fn: LossFn, params: PyTree, batch: PyTree, direction:
   _check_loss_fn(loss_fn, params, batch)
   _check_like_params("direction", direction, params)
   direction = jax.tree.map(lambda d, p: jnp.asarray(d, dtype=jnp.result_type(p)), direction, params)
-  return _call(_inner_core, (loss_fn,), params, batch, direction)
+  return call(_inner_core, (loss_fn,), params, batch, direction)
 
 
 def weighted_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, weights: ArrayLike) -> PyTree:

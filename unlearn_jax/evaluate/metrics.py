@@ -1,4 +1,4 @@
-"""Per-example data-difficulty metrics and rank correlation (THEORY §6).
+"""Per-example data-difficulty metrics (THEORY §6), and their registry.
 
 The heuristics people use today to find "hard" examples, to compare with the per-instance privacy
 loss P(x, α) of THEORY §3:
@@ -10,8 +10,11 @@ loss P(x, α) of THEORY §3:
 * over an ordered sequence of checkpoints: :func:`forgetting_events` (Toneva et al. 2019) and
   :func:`learning_speed` / :func:`c_proxy` (mean ``p_y`` over checkpoints, Jiang et al. 2021);
 * from R models trained on random halves: :func:`memorization` (Feldman & Zhang 2020) with
-  :func:`random_half_masks`;
-* :func:`spearman` rank correlation with average ranks for ties (:func:`rankdata_average`).
+  :func:`random_half_masks`.
+
+:data:`METRICS` maps each name to a :class:`Metric`: how to compute it for every training example from a
+study's :class:`MetricInputs`, and whether a higher or a lower value marks a harder example. A new
+metric is one function and one :func:`register_metric` call.
 
 Layouts: params with a leading seed axis ``R`` (``el2n``, ``grand``) or checkpoint axis ``C``
 (``correctness_along``, ``confidence_along``); per-example outputs have a trailing axis ``n``.
@@ -20,7 +23,7 @@ Layouts: params with a leading seed axis ``R`` (``el2n``, ``grand``) or checkpoi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +31,13 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
+from unlearn_jax._compile import call
+from unlearn_jax.per_example import api as pe
 
 __all__ = [
+  "METRICS",
+  "Metric",
+  "MetricInputs",
   "c_proxy",
   "confidence",
   "confidence_along",
@@ -43,10 +51,8 @@ __all__ = [
   "memorization",
   "per_example_loss",
   "random_half_masks",
-  "rankdata_average",
-  "spearman",
+  "register_metric",
 ]
-
 
 def _logits(apply_fn, params, x):
   return jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
@@ -69,16 +75,6 @@ def _check_xy(x, y):
     raise ValueError(f"y must be a 1-D array of integer labels, got shape {np.shape(y)}")
   _checks.check_labels("y", y)
   return n
-
-
-def _leading_size(name: str, tree: Any) -> int:
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    raise ValueError(f"{name} must be a pytree holding at least one array, got {tree!r}")
-  sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
-  if None in sizes or len(sizes) != 1 or 0 in sizes:
-    raise ValueError(f"{name} leaves must share one non-empty leading axis, got leading sizes {sorted(map(str, sizes))}")
-  return int(sizes.pop())
 
 
 def per_example_loss(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
@@ -190,7 +186,7 @@ def el2n(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y
     [0.7071]
   """
   _check_xy(x, y)
-  _leading_size("params", params)
+  _checks.leading_size("params", params)
 
   def one(p):
     logits = _logits(apply_fn, p, x)
@@ -199,18 +195,6 @@ def el2n(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: ArrayLike, y
     return jnp.linalg.norm(jax.nn.softmax(logits, axis=-1) - onehot, axis=-1)
 
   return jnp.mean(jax.vmap(one)(params), axis=0)
-
-
-def _grad_norms(loss_fn, params, batch, chunk_size):
-  try:
-    from unlearn_jax.per_example import per_example_grad_norms  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover - per_example.py is part of the package
-    per_example_grad_norms = None
-  if per_example_grad_norms is not None:
-    return per_example_grad_norms(loss_fn, params, batch, chunk_size=chunk_size)
-  grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(params, batch)  # pragma: no cover
-  sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in jax.tree.leaves(grads))  # pragma: no cover
-  return jnp.sqrt(sq)  # pragma: no cover
 
 
 def grand(
@@ -242,9 +226,10 @@ def grand(
     [2.0, 8.0]
   """
   _checks.check_batch(data, "data")
-  num_seeds = _leading_size("params", params)
+  num_seeds = _checks.leading_size("params", params)
   norms = [
-    _grad_norms(loss_fn, jax.tree.map(lambda leaf, r=r: leaf[r], params), data, chunk_size) for r in range(num_seeds)
+    pe.per_example_grad_norms(loss_fn, jax.tree.map(lambda leaf, r=r: leaf[r], params), data, chunk_size=chunk_size)
+    for r in range(num_seeds)
   ]
   return jnp.mean(jnp.stack(norms), axis=0)
 
@@ -283,7 +268,7 @@ def correctness_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: An
     [[True], [False]]
   """
   _check_xy(x, y)
-  _leading_size("checkpoints", checkpoints)
+  _checks.leading_size("checkpoints", checkpoints)
   return jax.lax.map(lambda p: correctness(apply_fn, p, x, y), checkpoints)
 
 
@@ -298,7 +283,7 @@ def confidence_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any
     [[0.5], [0.75]]
   """
   _check_xy(x, y)
-  _leading_size("checkpoints", checkpoints)
+  _checks.leading_size("checkpoints", checkpoints)
   return jax.lax.map(lambda p: confidence(apply_fn, p, x, y), checkpoints)
 
 
@@ -438,71 +423,120 @@ def memorization(correct: ArrayLike, in_mask: ArrayLike) -> jax.Array:
   return jnp.where((num_in > 0) & (num_out > 0), p_in - p_out, jnp.nan)
 
 
-def rankdata_average(a: ArrayLike) -> jax.Array:
-  """1-based ranks with ties given their average rank (``scipy.stats.rankdata(method="average")``).
+
+# ----------------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------------
+
+
+class MetricInputs(NamedTuple):
+  """What a study hands to a metric.
+
+  Attributes:
+    apply_fn: ``apply_fn(params, x_single) -> logits``.
+    loss_fn: ``loss_fn(params, example) -> scalar``.
+    x: training inputs (n, ...).
+    y: training labels (n,).
+    final_params: the trained chains, leaves (S, ...).
+    early_params: the chains early in training (the early fraction of the run), leaves (S, ...).
+    checkpoints: the chains along training, leaves (G, S, ...).
+    train_on_halves: ``() -> (correct (R, n), in_mask (R, n))``: trains R models on random halves and
+      returns their correctness on every example (memorization); None when the study does not offer it.
+  """
+
+  apply_fn: Callable
+  loss_fn: Callable
+  x: Any
+  y: Any
+  final_params: Any
+  early_params: Any
+  checkpoints: Any
+  train_on_halves: Callable | None = None
+
+
+class Metric(NamedTuple):
+  """A difficulty metric: ``compute(inputs) -> (n,)`` and which way is harder (``"higher"``/``"lower"``)."""
+
+  compute: Callable[[MetricInputs], jax.Array]
+  harder_if: str
+
+  @property
+  def sign(self) -> int:
+    """+1 when a higher value is harder, −1 when a lower one is."""
+    return 1 if self.harder_if == "higher" else -1
+
+
+def _seed_mean_core(fn, apply_fn, params, x, y):
+  return jnp.mean(jax.lax.map(lambda p: fn(apply_fn, p, x, y), params), axis=0)
+
+
+def _final(fn: Callable) -> Callable[[MetricInputs], jax.Array]:
+  """A one-model metric averaged over the trained chains."""
+  return lambda inp: call(_seed_mean_core, (fn, inp.apply_fn), inp.final_params, inp.x, inp.y)
+
+
+def _along_core(which, apply_fn, checkpoints, x, y):
+  num_ckpts = jax.tree.leaves(checkpoints)[0].shape[0]
+
+  def one(seq):
+    if which == "forgetting":
+      correct = correctness_along(apply_fn, seq, x, y)
+      return forgetting_events(correct, never_learned=float(num_ckpts)).astype(jnp.float32)
+    return c_proxy(confidence_along(apply_fn, seq, x, y))
+
+  return jnp.mean(jax.lax.map(one, jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), checkpoints)), axis=0)
+
+
+def _along(which: str) -> Callable[[MetricInputs], jax.Array]:
+  """A metric of the checkpoint sequence of each chain, averaged over the chains."""
+  return lambda inp: call(_along_core, (which, inp.apply_fn), inp.checkpoints, inp.x, inp.y)
+
+
+def _early_el2n(inp: MetricInputs) -> jax.Array:
+  return call(el2n, (inp.apply_fn,), inp.early_params, inp.x, inp.y)
+
+
+def _early_grand(inp: MetricInputs) -> jax.Array:
+  return grand(inp.loss_fn, inp.early_params, (inp.x, inp.y))
+
+
+def _memorization(inp: MetricInputs) -> jax.Array:
+  if inp.train_on_halves is None:
+    raise ValueError("metric 'memorization' needs models trained on random halves (MetricInputs.train_on_halves)")
+  correct, in_mask = inp.train_on_halves()
+  return memorization(correct, in_mask)
+
+
+METRICS: dict[str, Metric] = {
+  "loss": Metric(_final(per_example_loss), "higher"),
+  "confidence": Metric(_final(confidence), "lower"),
+  "margin": Metric(_final(margin), "lower"),
+  "el2n": Metric(_early_el2n, "higher"),
+  "grand": Metric(_early_grand, "higher"),
+  "forgetting": Metric(_along("forgetting"), "higher"),
+  "cproxy": Metric(_along("cproxy"), "lower"),
+  "memorization": Metric(_memorization, "higher"),
+}
+"""Metric name -> :class:`Metric` (the study's ``metrics.names`` choose among them)."""
+
+
+def register_metric(name: str, compute: Callable[[MetricInputs], jax.Array], *, harder_if: str) -> None:
+  """Adds (or replaces) a difficulty metric.
 
   Args:
-    a: ``(n,)`` finite values.
-
-  Returns:
-    ``(n,)`` float ranks.
-
-  Raises:
-    ValueError: on a non-1-D, empty or non-finite input.
+    name: the name the study config uses.
+    compute: ``compute(inputs: MetricInputs) -> (n,)`` values for every training example.
+    harder_if: ``"higher"`` or ``"lower"``: which values mark a harder example.
 
   Examples:
-    >>> import jax.numpy as jnp
-    >>> rankdata_average(jnp.array([10.0, 20.0, 10.0, 5.0])).tolist()
-    [2.5, 4.0, 2.5, 1.0]
+    >>> register_metric("negative_loss", lambda inp: -METRICS["loss"].compute(inp), harder_if="lower")
+    >>> METRICS["negative_loss"].sign
+    -1
+    >>> del METRICS["negative_loss"]
   """
-  arr = jnp.asarray(a)
-  if arr.ndim != 1 or arr.shape[0] == 0:
-    raise ValueError(f"a must be a non-empty 1-D array, got shape {arr.shape}")
-  _checks.check_finite_array("a", arr)
-  return _rankdata_core(arr)
-
-
-@jax.jit
-def _rankdata_core(arr):
-  sorted_a = jnp.sort(arr)
-  left = jnp.searchsorted(sorted_a, arr, side="left")
-  right = jnp.searchsorted(sorted_a, arr, side="right")
-  # Values equal to a[i] occupy sorted positions left..right-1, i.e. 1-based ranks left+1..right.
-  return (left + right + 1).astype(jnp.result_type(float)) / 2.0
-
-
-def spearman(a: ArrayLike, b: ArrayLike) -> jax.Array:
-  """Spearman rank correlation with average ranks for ties (Pearson correlation of the ranks).
-
-  Args:
-    a: ``(n,)`` finite values, ``n >= 2``.
-    b: ``(n,)`` finite values.
-
-  Returns:
-    Scalar in ``[-1, 1]``; NaN when either input is constant (as ``scipy.stats.spearmanr``).
-
-  Raises:
-    ValueError: on shape mismatch, ``n < 2`` or non-finite values.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 4.0, 9.0, 16.0]))), 4)
-    1.0
-    >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0]), jnp.array([3.0, 1.0, 1.0]))), 4)
-    -0.866
-  """
-  a_arr, b_arr = jnp.asarray(a), jnp.asarray(b)
-  if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or a_arr.shape[0] < 2:
-    raise ValueError(f"a and b must be 1-D arrays of the same length n >= 2, got shapes {a_arr.shape} and {b_arr.shape}")
-  _checks.check_finite_array("a", a_arr)
-  _checks.check_finite_array("b", b_arr)
-  return _spearman_core(a_arr, b_arr)
-
-
-@jax.jit
-def _spearman_core(a, b):
-  ra = _rankdata_core(a)
-  rb = _rankdata_core(b)
-  ra = ra - jnp.mean(ra)
-  rb = rb - jnp.mean(rb)
-  return jnp.sum(ra * rb) / jnp.sqrt(jnp.sum(ra**2) * jnp.sum(rb**2))
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"name must be a non-empty string, got {name!r}")
+  if not callable(compute):
+    raise TypeError(f"compute must be callable as compute(inputs), got {compute!r}")
+  _checks.check_choice("harder_if", harder_if, ("higher", "lower"))
+  METRICS[name] = Metric(compute, harder_if)

@@ -19,23 +19,19 @@ NaN privacy loss is mapped to +inf (an infinite, never a NaN, bound / number of 
 
 from __future__ import annotations
 
-import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from unlearn_jax import _checks, accounting
+from unlearn_jax import _checks
+from unlearn_jax.accounting import conversions, ledger
 
 __all__ = [
-  "STATIONARITY_ASSUMPTION",
   "EXACT_CONSTANTS",
-  "Calibration",
-  "calibrate_steps",
-  "calibrate_step_size",
-  "calibrate_temperature",
+  "STATIONARITY_ASSUMPTION",
   "certificate_assumptions",
   "contraction_factor",
   "group_steps_to_unlearn",
@@ -49,12 +45,11 @@ __all__ = [
   "worst_case_steps",
 ]
 
+
 STATIONARITY_ASSUMPTION = "assumes training reached stationarity (E1 = E2 = 0, THEORY §4)"
+
+
 EXACT_CONSTANTS = "E1, E2 supplied (not assumed zero)"
-
-
-# ----------------------------------------------------------------------------------------------------
-# validation helpers (concrete inputs only; traced values pass through)
 
 
 def _check_alpha(alpha: Any, name: str = "alpha") -> None:
@@ -96,10 +91,6 @@ def _nan_to_inf(x: jax.Array) -> jax.Array:
 def _triangle_coeff(alpha: jax.Array) -> jax.Array:
   """(α − ½)/(α − 1): Mironov's weak triangle inequality with p = q = 2."""
   return (alpha - 0.5) / (alpha - 1.0)
-
-
-# ----------------------------------------------------------------------------------------------------
-# building blocks
 
 
 def certificate_assumptions(e1: ArrayLike = 0.0, e2: ArrayLike = 0.0) -> str:
@@ -147,13 +138,13 @@ def lsi_constant_strongly_convex(temperature: ArrayLike, m: ArrayLike) -> jax.Ar
 
 
 def contraction_factor(
-  k: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike, temperature: ArrayLike,
+  num_steps: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike, temperature: ArrayLike,
   lsi_constant: ArrayLike,
 ) -> jax.Array:
   """Rényi contraction exp(−2τηk/(β C_LSI)) after k noisy steps at order β = ``alpha`` (THEORY §4).
 
   Args:
-    k: number of steps (≥ 0), may be fractional.
+    num_steps: k ≥ 0, may be fractional.
     alpha: the order β > 1 at which the contraction is applied.
     step_size: η > 0.
     temperature: τ > 0.
@@ -169,12 +160,12 @@ def contraction_factor(
     >>> round(float(contraction_factor(10, alpha=2., step_size=0.1, temperature=1., lsi_constant=1.)), 6)
     0.367879
   """
-  _check_nonneg_int("k", k)
+  _check_nonneg_int("num_steps", num_steps)
   _check_alpha(alpha)
   _checks.check_positive("step_size", step_size)
   _checks.check_positive("temperature", temperature)
   _checks.check_positive("lsi_constant", lsi_constant)
-  return jnp.exp(-2.0 * _float(temperature) * step_size * _float(k) / (alpha * lsi_constant))
+  return jnp.exp(-2.0 * _float(temperature) * step_size * _float(num_steps) / (alpha * lsi_constant))
 
 
 def weak_triangle(d_2alpha_pq: ArrayLike, d_2alpham1_qr: ArrayLike, alpha: ArrayLike) -> jax.Array:
@@ -222,7 +213,7 @@ def _bracket(privacy_loss_4alpha, alpha, e1):
 
 
 def unlearning_bound(
-  privacy_loss_4alpha: ArrayLike, k: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
+  privacy_loss_4alpha: ArrayLike, num_steps: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
   temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
 ) -> jax.Array:
   """Per-instance bound on D_α(ρ_k ‖ π_T(D')) after k fine-tuning steps on D' (THEORY §4).
@@ -231,7 +222,7 @@ def unlearning_bound(
 
   Args:
     privacy_loss_4alpha: P(x, 4α) per example, shape (n,) or scalar (note: order **4α**).
-    k: fine-tuning steps (≥ 0).
+    num_steps: fine-tuning steps k ≥ 0.
     alpha: order α > 1 of the guarantee (broadcasts with the other arguments).
     step_size: η > 0.
     temperature: τ > 0.
@@ -252,16 +243,15 @@ def unlearning_bound(
     [0.175, 17.5]
   """
   _check_theorem_inputs(privacy_loss_4alpha, alpha, step_size, temperature, lsi_constant, e1, e2)
-  _check_nonneg_int("k", k)
+  _check_nonneg_int("num_steps", num_steps)
   alpha = _float(alpha)
-  decay = jnp.exp(-_float(temperature) * step_size * _float(k) / (alpha * lsi_constant))
+  decay = jnp.exp(-_float(temperature) * step_size * _float(num_steps) / (alpha * lsi_constant))
   return decay * _bracket(privacy_loss_4alpha, alpha, e1) + e2
 
 
-def _log_ratio(privacy_loss_4alpha, target, alpha, e1, e2):
+def _log_ratio(privacy_loss_4alpha, epsilon, alpha, e1, e2):
   """log(bracket / (ε − E₂)); +inf where ε ≤ E₂; -inf where the bracket is 0. Grad-safe."""
-  target = _float(target)
-  slack = target - e2
+  slack = _float(epsilon) - e2
   ok = slack > 0
   safe_slack = jnp.where(ok, slack, 1.0)
   br = _bracket(privacy_loss_4alpha, alpha, e1)
@@ -272,7 +262,7 @@ def _log_ratio(privacy_loss_4alpha, target, alpha, e1, e2):
 
 
 def steps_to_unlearn_continuous(
-  privacy_loss_4alpha: ArrayLike, target: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
+  privacy_loss_4alpha: ArrayLike, epsilon: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
   temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
 ) -> jax.Array:
   """Un-rounded steps to unlearn: max(0, (α C_LSI/(τη)) log(bracket/(ε − E₂))) (THEORY §4).
@@ -281,7 +271,7 @@ def steps_to_unlearn_continuous(
 
   Args:
     privacy_loss_4alpha: P(x, 4α), shape (n,) or scalar.
-    target: ε > 0, the Rényi target at order α.
+    epsilon: ε > 0, the Rényi target at order α.
     alpha: order α > 1.
     step_size: η > 0.
     temperature: τ > 0.
@@ -293,7 +283,7 @@ def steps_to_unlearn_continuous(
     Real steps ≥ 0; +inf where ε ≤ E₂ or P = +inf; 0 where the log is ≤ 0.
 
   Raises:
-    ValueError: as :func:`unlearning_bound`, and on a non-positive target.
+    ValueError: as :func:`unlearning_bound`, and on a non-positive ε.
 
   Examples:
     >>> k = steps_to_unlearn_continuous(10., 0.1, alpha=2., step_size=0.1, temperature=1.,
@@ -302,10 +292,10 @@ def steps_to_unlearn_continuous(
     103.2957
   """
   _check_theorem_inputs(privacy_loss_4alpha, alpha, step_size, temperature, lsi_constant, e1, e2)
-  _checks.check_positive("target", target, allow_inf=True)
+  _checks.check_positive("epsilon", epsilon, allow_inf=True)
   alpha = _float(alpha)
   rate = alpha * lsi_constant / (_float(temperature) * step_size)
-  lr = _log_ratio(privacy_loss_4alpha, target, alpha, e1, e2)
+  lr = _log_ratio(privacy_loss_4alpha, epsilon, alpha, e1, e2)
   pos = lr > 0
   safe_lr = jnp.where(pos & jnp.isfinite(lr), lr, 1.0)
   k = jnp.where(pos, rate * safe_lr, 0.0)
@@ -313,7 +303,7 @@ def steps_to_unlearn_continuous(
 
 
 def steps_to_unlearn(
-  privacy_loss_4alpha: ArrayLike, target: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
+  privacy_loss_4alpha: ArrayLike, epsilon: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
   temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
 ) -> jax.Array:
   """Certified steps to unlearn x to (α, ε): k*(x) of THEORY §4.
@@ -324,7 +314,7 @@ def steps_to_unlearn(
 
   Args:
     privacy_loss_4alpha: P(x, 4α), shape (n,) or scalar.
-    target: ε > 0.
+    epsilon: ε > 0.
     alpha: order α > 1.
     step_size: η > 0.
     temperature: τ > 0.
@@ -348,12 +338,8 @@ def steps_to_unlearn(
     inf
   """
   return jnp.ceil(steps_to_unlearn_continuous(
-    privacy_loss_4alpha, target, alpha=alpha, step_size=step_size, temperature=temperature,
+    privacy_loss_4alpha, epsilon, alpha=alpha, step_size=step_size, temperature=temperature,
     lsi_constant=lsi_constant, e1=e1, e2=e2))
-
-
-# ----------------------------------------------------------------------------------------------------
-# (eps, delta) form over the ledger's order grid
 
 
 def _quarter_orders(orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -363,27 +349,30 @@ def _quarter_orders(orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def steps_to_unlearn_dp(
-  ledger_realized: ArrayLike, orders: ArrayLike, eps: float, delta: float, *, step_size: ArrayLike,
+  ledger_realized: ArrayLike, orders: ArrayLike, epsilon: float, delta: float, *, step_size: ArrayLike,
   temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
+  method: str = conversions.DEFAULT_METHOD,
 ) -> tuple[jax.Array, jax.Array]:
   """Certified steps to reach (ε_dp, δ)-unlearning, best order from the ledger's grid (THEORY §4).
 
   The theorem at order α needs P(x, 4α). To stay exact (no interpolation between orders) the candidate
   orders are α = o/4 for every grid order o > 4, so P(x, 4α) = ``ledger_realized[:, j]`` exactly. At
-  each candidate the Rényi target is ε = ε_dp − log(1/δ)/(α − 1) (the classic RDP → DP conversion);
-  k*(x) is the minimum over candidates of :func:`steps_to_unlearn` (+inf where no candidate has
-  ε > E₂).
+  each candidate the Rényi target is the ε at which the RDP → DP conversion of
+  ``accounting.conversions`` gives (ε_dp, δ) (``renyi_target``; the improved conversion by default, the
+  one ``rdp_to_dp`` uses); k*(x) is the minimum over candidates of :func:`steps_to_unlearn` (+inf where
+  no candidate has ε > E₂).
 
   Args:
     ledger_realized: P(x, o) on the grid, shape (n, K) (a ``Ledger.realized``).
     orders: the grid, shape (K,), all > 1; needs at least one order > 4.
-    eps: ε_dp > 0.
+    epsilon: ε_dp > 0.
     delta: δ in (0, 1).
     step_size: η > 0.
     temperature: τ > 0.
     lsi_constant: C_LSI > 0 (scalar, or shape (K,) giving C_LSI per candidate in grid position).
     e1: E₁ ≥ 0, scalar or shape (K,): entry j is E₁ at α = orders[j]/4.
     e2: E₂ ≥ 0, scalar or shape (K,), indexed like ``e1``.
+    method: the RDP → (ε, δ) conversion ("improved" or "classic").
 
   Returns:
     ``(steps, best_alpha)``, both shape (n,); best_alpha is the α achieving the minimum (the first
@@ -398,10 +387,10 @@ def steps_to_unlearn_dp(
     >>> k, a = steps_to_unlearn_dp(realized, orders, 2.0, 1e-5, step_size=0.1, temperature=1.,
     ...                            lsi_constant=1.)
     >>> k.tolist(), a.tolist()
-    ([129.0, 313.0], [8.0, 8.0])
+    ([66.0, 250.0], [8.0, 8.0])
   """
   orders_np = _checks.check_orders(orders)
-  _checks.check_positive("eps", eps)
+  _checks.check_positive("epsilon", epsilon)
   _checks.check_probability("delta", delta)
   realized = _float(ledger_realized)
   if realized.ndim != 2 or realized.shape[1] != orders_np.shape[0]:
@@ -418,7 +407,7 @@ def steps_to_unlearn_dp(
 
   p = realized[:, idx]                                                  # (n, J)
   alphas_j = jnp.asarray(alphas, dtype=realized.dtype)
-  targets = eps - math.log(1.0 / delta) / (alphas_j - 1.0)              # (J,)
+  targets = conversions.renyi_target(epsilon, alphas_j, delta, method).astype(realized.dtype)  # (J,)
   e2j = per_grid(e2)
   slack_ok = targets > e2j
   safe_targets = jnp.where(slack_ok, targets, jnp.inf)  # inf target -> 0 steps; masked below
@@ -429,25 +418,39 @@ def steps_to_unlearn_dp(
   return jnp.min(k, axis=1), alphas_j[best]
 
 
-# ----------------------------------------------------------------------------------------------------
-# worst-case baseline (Chien et al. 2024) and forget sets
+def _worst_case_log_epsilon0(alpha, m, temperature, num_removed, clip_norm, num_examples):
+  """log ε(α, 0) = log(4 α S² C² / (m τ n²)), in log space: no overflow for tiny τ or m."""
+  return (jnp.log(4.0 * alpha) + 2.0 * jnp.log(_float(num_removed)) + 2.0 * jnp.log(_float(clip_norm))
+          - jnp.log(_float(m)) - jnp.log(_float(temperature)) - 2.0 * jnp.log(_float(num_examples)))
+
+
+def _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_examples):
+  for name, v in (("m", m), ("step_size", step_size), ("temperature", temperature),
+                  ("num_removed", num_removed), ("clip_norm", clip_norm), ("num_examples", num_examples)):
+    _checks.check_positive(name, v)
+  if not (_checks._is_traced(num_removed) or _checks._is_traced(num_examples)) and np.any(
+      np.asarray(num_removed) > np.asarray(num_examples)):
+    raise ValueError(f"num_removed must not exceed the training-set size num_examples = {num_examples!r}, "
+                     f"got {num_removed!r}")
 
 
 def worst_case_epsilon(
-  alpha: ArrayLike, K: ArrayLike, *, m: ArrayLike, step_size: ArrayLike, temperature: ArrayLike,
-  num_removed: ArrayLike, clip_norm: ArrayLike, n: ArrayLike,
+  alpha: ArrayLike, num_steps: ArrayLike, *, m: ArrayLike, step_size: ArrayLike, temperature: ArrayLike,
+  num_removed: ArrayLike, clip_norm: ArrayLike, num_examples: ArrayLike,
 ) -> jax.Array:
   """Chien et al.'s worst-case Rényi unlearning ε(α, K) = exp(−Kmη/α) · 4αS²C²/(mτn²) (THEORY §4).
 
+  Evaluated in log space (a value beyond the dtype's range is +inf, never a wrong finite number).
+
   Args:
     alpha: order α > 1.
-    K: fine-tuning steps ≥ 0.
+    num_steps: fine-tuning steps K ≥ 0.
     m: strong convexity of L_{D'} > 0.
     step_size: η > 0.
     temperature: τ > 0 (their σ²).
     num_removed: S ≥ 1 removed points.
     clip_norm: gradient clip (or per-example gradient norm bound) C > 0.
-    n: training set size > 0.
+    num_examples: training set size n > 0.
 
   Returns:
     ε(α, K), broadcast over the inputs.
@@ -457,70 +460,61 @@ def worst_case_epsilon(
 
   Examples:
     >>> round(float(worst_case_epsilon(2., 0, m=1., step_size=0.1, temperature=1., num_removed=1,
-    ...                                clip_norm=1., n=10)), 6)
+    ...                                clip_norm=1., num_examples=10)), 6)
     0.08
   """
   _check_alpha(alpha)
-  _check_nonneg_int("K", K)
-  for name, v in (("m", m), ("step_size", step_size), ("temperature", temperature),
-                  ("num_removed", num_removed), ("clip_norm", clip_norm), ("n", n)):
-    _checks.check_positive(name, v)
-  if not (_checks._is_traced(num_removed) or _checks._is_traced(n)) and np.any(np.asarray(num_removed) > np.asarray(n)):
-    raise ValueError(f"num_removed must not exceed the training-set size n = {n!r}, got {num_removed!r}")
+  _check_nonneg_int("num_steps", num_steps)
+  _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_examples)
   alpha = _float(alpha)
-  s, c, nn = _float(num_removed), _float(clip_norm), _float(n)
-  return jnp.exp(-_float(K) * m * step_size / alpha) * 4.0 * alpha * s**2 * c**2 / (
-    m * temperature * nn**2)
+  log_eps0 = _worst_case_log_epsilon0(alpha, m, temperature, num_removed, clip_norm, num_examples)
+  return jnp.exp(log_eps0 - _float(num_steps) * m * step_size / alpha)
 
 
 def worst_case_steps(
-  target: ArrayLike, *, orders: ArrayLike, m: ArrayLike, step_size: ArrayLike,
-  temperature: ArrayLike, num_removed: ArrayLike, clip_norm: ArrayLike, n: ArrayLike,
+  epsilon: ArrayLike, *, orders: ArrayLike, m: ArrayLike, step_size: ArrayLike,
+  temperature: ArrayLike, num_removed: ArrayLike, clip_norm: ArrayLike, num_examples: ArrayLike,
 ) -> jax.Array:
-  """Chien et al.'s K: the least integer K ≥ 0 with min over ``orders`` of ε(α, K) ≤ target.
+  """Chien et al.'s K: the least integer K ≥ 0 with min over ``orders`` of ε(α, K) ≤ ``epsilon``.
 
-  Per order K_α = max(0, ceil((α/(mη)) log(ε(α, 0)/target))); K = min_α K_α. To compare with the
-  per-instance k* at a fixed (α, ε), pass ``orders=[alpha]``.
+  Per order K_α = max(0, ceil((α/(mη)) (log ε(α, 0) − log ε))); K = min_α K_α, from logarithms, so a
+  tiny τ or m gives a large finite K (or +inf past the dtype's range), never an overflowed ε compared
+  with anything. To compare with the per-instance k* at a fixed (α, ε), pass ``orders=[alpha]``.
 
   Args:
-    target: ε > 0 (broadcasts with ``m`` etc.).
+    epsilon: the Rényi target ε > 0 (broadcasts with ``m`` etc.).
     orders: candidate orders, shape (K,), all > 1.
     m: strong convexity > 0.
     step_size: η > 0.
     temperature: τ > 0.
     num_removed: S ≥ 1.
     clip_norm: C > 0.
-    n: training set size.
+    num_examples: training set size n.
 
   Returns:
-    K as a float whole number, shape of the broadcast of target / m / ... (orders reduced).
+    K as a float whole number, shape of the broadcast of ``epsilon`` / m / ... (orders reduced).
 
   Raises:
     ValueError: on bad orders or a non-positive constant.
 
   Examples:
     >>> float(worst_case_steps(0.01, orders=[2., 4.], m=1., step_size=0.1, temperature=1.,
-    ...                        num_removed=1, clip_norm=1., n=10))
+    ...                        num_removed=1, clip_norm=1., num_examples=10))
     42.0
   """
   orders_np = _checks.check_orders(orders)
-  _checks.check_positive("target", target)
+  _checks.check_positive("epsilon", epsilon)
+  _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_examples)
   a = jnp.asarray(orders_np)
-  eps0 = worst_case_epsilon(a, 0, m=jnp.expand_dims(_float(m), -1),
-                            step_size=jnp.expand_dims(_float(step_size), -1),
-                            temperature=jnp.expand_dims(_float(temperature), -1),
-                            num_removed=num_removed,
-                            clip_norm=jnp.expand_dims(_float(clip_norm), -1),
-                            n=n)
-  tgt = jnp.expand_dims(_float(target), -1)
-  mm = jnp.expand_dims(_float(m), -1)
-  eta = jnp.expand_dims(_float(step_size), -1)
-  k_alpha = jnp.maximum(0.0, jnp.ceil(a / (mm * eta) * jnp.log(eps0 / tgt)))
+  expand = lambda v: jnp.expand_dims(_float(v), -1)  # noqa: E731
+  log_eps0 = _worst_case_log_epsilon0(a, expand(m), expand(temperature), num_removed, expand(clip_norm),
+                                      num_examples)
+  k_alpha = jnp.maximum(0.0, jnp.ceil(a / (expand(m) * expand(step_size)) * (log_eps0 - jnp.log(expand(epsilon)))))
   return jnp.min(k_alpha, axis=-1)
 
 
 def group_steps_to_unlearn(
-  privacy_loss_4alpha: ArrayLike, forget_indices: ArrayLike, target: ArrayLike, *,
+  privacy_loss_4alpha: ArrayLike, forget_indices: ArrayLike, epsilon: ArrayLike, *,
   alpha: ArrayLike, step_size: ArrayLike, temperature: ArrayLike, lsi_constant: ArrayLike,
   e1: ArrayLike = 0.0, e2: ArrayLike = 0.0, fixed_denominator: bool = False,
 ) -> jax.Array:
@@ -533,7 +527,7 @@ def group_steps_to_unlearn(
   Args:
     privacy_loss_4alpha: P(x, 4α) for all n examples, shape (n,).
     forget_indices: indices of F.
-    target: ε > 0.
+    epsilon: ε > 0.
     alpha: order α > 1.
     step_size: η > 0.
     temperature: τ > 0.
@@ -554,244 +548,7 @@ def group_steps_to_unlearn(
   p = _float(privacy_loss_4alpha)
   if p.ndim != 1:
     raise ValueError(f"privacy_loss_4alpha must have shape (n,), got {p.shape}")
-  p_group = accounting.group_privacy_loss(p[:, None], forget_indices, fixed_denominator=fixed_denominator)[0]
-  return steps_to_unlearn(p_group, target, alpha=alpha, step_size=step_size, temperature=temperature,
+  p_group = ledger.group_privacy_loss(p[:, None], forget_indices, fixed_denominator=fixed_denominator)[0]
+  return steps_to_unlearn(p_group, epsilon, alpha=alpha, step_size=step_size, temperature=temperature,
                           lsi_constant=lsi_constant, e1=e1, e2=e2)
 
-
-# ----------------------------------------------------------------------------------------------------
-# calibration by differentiation
-
-
-class Calibration(NamedTuple):
-  """Result of a calibration.
-
-  Attributes:
-    value: the calibrated hyperparameter (temperature, step size or steps).
-    quantile_steps: the certified (integer) steps at the requested quantile with that value.
-    converged: whether the solver met its tolerance with the budget satisfied.
-    assumptions: :func:`certificate_assumptions` label.
-  """
-  value: float
-  quantile_steps: float
-  converged: bool
-  assumptions: str
-
-
-def _quantile_steps_fn(privacy_loss_4alpha, target, quantile, alpha, e1, e2, ctx_fn):
-  """Returns log_param -> quantile of continuous k over examples (differentiable in log_param)."""
-  p = _float(privacy_loss_4alpha)
-
-  def fn(log_param):
-    kw = ctx_fn(jnp.exp(log_param))
-    k = steps_to_unlearn_continuous(p * kw["loss_scale"], target, alpha=alpha,
-                                    step_size=kw["step_size"], temperature=kw["temperature"],
-                                    lsi_constant=kw["lsi_constant"], e1=e1, e2=e2)
-    return jnp.quantile(k, quantile, method="higher")  # an order statistic, as the integer check
-
-  return fn
-
-
-def _solve_decreasing(fn, budget, lo, hi, *, iters_bisect=60, iters_newton=8):
-  """Smallest x in [lo, hi] (log space) with fn(x) ≤ budget, fn non-increasing; bisection then Newton.
-
-  Bisection brackets the crossing; Newton steps with ``jax.grad`` refine it and are kept only while they
-  stay inside the bracket on the feasible side. Host-side loop (calibration is a one-off, not traced).
-  """
-  grad_fn = jax.jit(jax.grad(fn))
-  fn = jax.jit(fn)  # one compilation for the whole search
-  # aim a hair below the budget: Newton lands on the root itself, where rounding could tip ceil() up
-  budget = budget - 1e-7 * max(1.0, abs(budget))
-  f_lo, f_hi = float(fn(lo)), float(fn(hi))
-  if f_lo <= budget:
-    return lo, True
-  if not f_hi <= budget:
-    return hi, False
-  a, b = lo, hi  # fn(a) > budget >= fn(b)
-  for _ in range(iters_bisect):
-    mid = 0.5 * (a + b)
-    if float(fn(mid)) <= budget:
-      b = mid
-    else:
-      a = mid
-    if b - a < 1e-3:
-      break
-  x = b
-  for _ in range(iters_newton):  # Newton on g(x) = fn(x) - budget, from the feasible side
-    fx, gx = float(fn(x)), float(grad_fn(x))
-    if gx == 0 or not math.isfinite(gx):
-      break
-    nx = x - (fx - budget) / gx
-    if not (a <= nx <= b) or float(fn(nx)) > budget:
-      break
-    if abs(nx - x) < 1e-12:
-      x = nx
-      break
-    x, b = nx, nx
-  return x, True
-
-
-def calibrate_temperature(
-  privacy_loss_4alpha: ArrayLike, target: float, max_steps: float, *, quantile: float = 0.5,
-  alpha: float, step_size: float, accounting_temperature: float, strong_convexity: float | None = None,
-  lsi_constant: float | None = None, e1: float = 0.0, e2: float = 0.0,
-  bounds: tuple[float, float] = (1e-8, 1e8),
-) -> Calibration:
-  """Smallest temperature τ whose certified steps at a quantile of examples meet a budget.
-
-  The losses were measured at ``accounting_temperature`` τ₀; §2 costs scale as 1/τ along a fixed
-  trajectory, so P(x, 4α; τ) = P(x, 4α; τ₀) · τ₀/τ. C_LSI is 2τ/m when ``strong_convexity`` m is given,
-  else the fixed ``lsi_constant``. k(τ) is non-increasing in τ; the crossing of
-  quantile_x k_cont(x; τ) = ``max_steps`` is bracketed by bisection in log τ and refined with
-  ``jax.grad``-based Newton steps. Since k_cont ≤ B implies ceil(k_cont) ≤ B for an integer B, the
-  integer k* at the quantile meets the budget.
-
-  Args:
-    privacy_loss_4alpha: P(x, 4α) at τ₀, shape (n,).
-    target: Rényi target ε at order α.
-    max_steps: the budget of fine-tuning steps.
-    quantile: quantile of examples in [0, 1] (1: every example).
-    alpha: order α > 1.
-    step_size: η > 0.
-    accounting_temperature: τ₀ at which the losses were measured.
-    strong_convexity: m (C_LSI = 2τ/m), or None to use ``lsi_constant``.
-    lsi_constant: a fixed C_LSI when ``strong_convexity`` is None.
-    e1: E₁ ≥ 0.
-    e2: E₂ ≥ 0.
-    bounds: search interval for τ.
-
-  Returns:
-    A :class:`Calibration`; ``converged`` is False when even the top of ``bounds`` misses the budget.
-
-  Raises:
-    ValueError: on bad inputs or when neither or both of ``strong_convexity``/``lsi_constant`` are given.
-
-  Examples:
-    >>> cal = calibrate_temperature(jnp.array([1., 10., 100.]), 0.1, 50., alpha=2., step_size=0.1,
-    ...                             accounting_temperature=1., lsi_constant=1.)
-    >>> cal.quantile_steps <= 50, cal.converged
-    (True, True)
-  """
-  _check_loss("privacy_loss_4alpha", privacy_loss_4alpha)
-  _checks.check_positive("accounting_temperature", accounting_temperature)
-  _checks.check_positive("max_steps", max_steps)
-  if (strong_convexity is None) == (lsi_constant is None):
-    raise ValueError("give exactly one of strong_convexity (C_LSI = 2 tau / m) and lsi_constant, got "
-                     f"strong_convexity={strong_convexity!r}, lsi_constant={lsi_constant!r}")
-  if strong_convexity is not None:
-    _checks.check_positive("strong_convexity", strong_convexity)
-  else:
-    _checks.check_positive("lsi_constant", lsi_constant)
-  _check_alpha(alpha)
-  _checks.check_positive("step_size", step_size)
-  _checks.check_positive("target", target)
-  if not 0.0 <= quantile <= 1.0:
-    raise ValueError(f"quantile must lie in [0, 1], got {quantile!r}")
-
-  def ctx(tau):
-    c = 2.0 * tau / strong_convexity if strong_convexity is not None else lsi_constant
-    return dict(loss_scale=accounting_temperature / tau, step_size=step_size, temperature=tau,
-                lsi_constant=c)
-
-  fn = _quantile_steps_fn(privacy_loss_4alpha, target, quantile, alpha, e1, e2, ctx)
-  x, ok = _solve_decreasing(fn, float(max_steps), math.log(bounds[0]), math.log(bounds[1]))
-  tau = math.exp(x)
-  p = _float(privacy_loss_4alpha)
-  kw = ctx(tau)
-  k = steps_to_unlearn(p * kw["loss_scale"], target, alpha=alpha, step_size=step_size, temperature=tau,
-                       lsi_constant=kw["lsi_constant"], e1=e1, e2=e2)
-  qk = float(jnp.quantile(k, quantile, method="higher"))
-  return Calibration(tau, qk, bool(ok and qk <= max_steps), certificate_assumptions(e1, e2))
-
-
-def calibrate_step_size(
-  privacy_loss_4alpha: ArrayLike, target: float, max_steps: float, *, quantile: float = 0.5,
-  alpha: float, temperature: float, lsi_constant: float, accounting_step_size: float | None = None,
-  e1: float = 0.0, e2: float = 0.0, bounds: tuple[float, float] = (1e-8, 1e2),
-) -> Calibration:
-  """Smallest step size η whose certified steps at a quantile of examples meet a budget.
-
-  With ``accounting_step_size`` η₀ given, the losses are rescaled as P · η/η₀ (§2 costs are linear in
-  η for a fixed number of training steps); k(η) is then non-increasing only where
-  log(bracket/(ε−E₂)) ≥ 1, which bisection assumes (``converged=False`` when the top of ``bounds``
-  misses the budget; the returned ``quantile_steps`` is always recomputed at the returned η).
-  Without it P is held fixed and k ∝ 1/η. Bisection in log η, then ``jax.grad`` Newton steps.
-
-  Args:
-    privacy_loss_4alpha: P(x, 4α), shape (n,).
-    target: ε > 0.
-    max_steps: step budget.
-    quantile: quantile of examples in [0, 1].
-    alpha: order α > 1.
-    temperature: τ > 0.
-    lsi_constant: C_LSI > 0.
-    accounting_step_size: η₀ at which the losses were measured, or None (P fixed).
-    e1: E₁ ≥ 0.
-    e2: E₂ ≥ 0.
-    bounds: search interval for η.
-
-  Returns:
-    A :class:`Calibration`.
-
-  Examples:
-    >>> cal = calibrate_step_size(jnp.array([1., 10., 100.]), 0.1, 50., alpha=2., temperature=1.,
-    ...                           lsi_constant=1.)
-    >>> round(cal.value, 3), cal.quantile_steps
-    (0.207, 50.0)
-  """
-  _check_loss("privacy_loss_4alpha", privacy_loss_4alpha)
-  _checks.check_positive("max_steps", max_steps)
-  _check_alpha(alpha)
-  _checks.check_positive("temperature", temperature)
-  _checks.check_positive("lsi_constant", lsi_constant)
-  _checks.check_positive("target", target)
-  if accounting_step_size is not None:
-    _checks.check_positive("accounting_step_size", accounting_step_size)
-  if not 0.0 <= quantile <= 1.0:
-    raise ValueError(f"quantile must lie in [0, 1], got {quantile!r}")
-
-  def ctx(eta):
-    scale = 1.0 if accounting_step_size is None else eta / accounting_step_size
-    return dict(loss_scale=scale, step_size=eta, temperature=temperature, lsi_constant=lsi_constant)
-
-  fn = _quantile_steps_fn(privacy_loss_4alpha, target, quantile, alpha, e1, e2, ctx)
-  x, ok = _solve_decreasing(fn, float(max_steps), math.log(bounds[0]), math.log(bounds[1]))
-  eta = math.exp(x)
-  kw = ctx(eta)
-  k = steps_to_unlearn(_float(privacy_loss_4alpha) * kw["loss_scale"], target, alpha=alpha,
-                       step_size=eta, temperature=temperature, lsi_constant=lsi_constant, e1=e1, e2=e2)
-  qk = float(jnp.quantile(k, quantile, method="higher"))
-  return Calibration(eta, qk, bool(ok and qk <= max_steps), certificate_assumptions(e1, e2))
-
-
-def calibrate_steps(
-  privacy_loss_4alpha: ArrayLike, target: float, *, quantile: float = 0.5, alpha: float,
-  step_size: float, temperature: float, lsi_constant: float, e1: float = 0.0, e2: float = 0.0,
-) -> Calibration:
-  """The number of steps that certifiably unlearns a quantile of examples: quantile of k*(x).
-
-  Args:
-    privacy_loss_4alpha: P(x, 4α), shape (n,).
-    target: ε > 0.
-    quantile: in [0, 1]; uses the "higher" quantile so that at least that fraction is covered.
-    alpha: order α > 1.
-    step_size: η > 0.
-    temperature: τ > 0.
-    lsi_constant: C_LSI > 0.
-    e1: E₁ ≥ 0.
-    e2: E₂ ≥ 0.
-
-  Returns:
-    A :class:`Calibration` whose ``value`` = ``quantile_steps``.
-
-  Examples:
-    >>> calibrate_steps(jnp.array([0.01, 10., 1000.]), 0.1, quantile=1.0, alpha=2., step_size=0.1,
-    ...                 temperature=1., lsi_constant=1.).value
-    196.0
-  """
-  if not 0.0 <= quantile <= 1.0:
-    raise ValueError(f"quantile must lie in [0, 1], got {quantile!r}")
-  k = steps_to_unlearn(privacy_loss_4alpha, target, alpha=alpha, step_size=step_size,
-                       temperature=temperature, lsi_constant=lsi_constant, e1=e1, e2=e2)
-  qk = float(jnp.quantile(k, quantile, method="higher"))
-  return Calibration(qk, qk, math.isfinite(qk), certificate_assumptions(e1, e2))

@@ -1,7 +1,7 @@
 """Forget-set selection by any per-example score (THEORY §6, "harder groups").
 
 A score is any ``(n,)`` array: the per-instance privacy loss ``P(x, α)`` at a chosen order (a column of a
-ledger's ``realized``), or a metric of :mod:`unlearn_jax.metrics`. Selections return sorted int32 index
+ledger's ``realized``), or a metric of :mod:`unlearn_jax.evaluate.metrics`. Selections return sorted int32 index
 arrays into the training set; sizes are static (host-side), so these are plain NumPy-backed helpers
 meant to run outside jit.
 

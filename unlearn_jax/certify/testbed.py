@@ -8,7 +8,7 @@ over the n − 1 remaining examples), ν' (the stationary law of the D' chain) a
 steps on D' from π_T(D)). Powers of M are taken in the eigenbasis of the symmetric A, so a law after T
 steps costs O(d³) whatever T is, and the stationary covariance solves S = M S M + 2ητ I exactly.
 
-This module is the ground truth the bounds of :mod:`unlearn_jax.bounds` are checked against.
+This module is the ground truth the bounds of :mod:`unlearn_jax.certify.bounds` are checked against.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from unlearn_jax import _checks
+from unlearn_jax import _checks, accounting
+from unlearn_jax.algorithms import sgld
+from unlearn_jax.certify import bounds
+from unlearn_jax.evaluate.statistics import spearman
 
 __all__ = [
   "RidgeProblem",
@@ -423,10 +428,6 @@ def certify_testbed_table(
     >>> len(rows), summary["sound"]
     (8, True)
   """
-  import jax  # local: keep the testbed importable without jax work at import time
-
-  from unlearn_jax import bounds
-
   # Check the caller's values here, so that errors name them (not a derived order such as 4α − 1).
   a = _checks._as_float("alpha", alpha)
   if a is None or not (math.isfinite(a) and a > 1):
@@ -465,7 +466,7 @@ def _certify_testbed_table(problem, alpha, eps, T, step_size, temperature, mu0, 
     k_stat = float(bounds.steps_to_unlearn(q["P"], eps, **kw))
     K = float(bounds.worst_case_steps(eps, orders=[alpha], m=q["m"], step_size=step_size,
                                       temperature=temperature, num_removed=1, clip_norm=clip_norm,
-                                      n=n))
+                                      num_examples=n))
     k_exact = exact_steps_to_unlearn(problem, i, alpha, eps, T, step_size, temperature, mu0, S0,
                                      max_steps=max_steps)
     rows.append(TableRow(i, q["P"], k_exact, k_cert, k_stat, K, q["m"]))
@@ -557,11 +558,6 @@ def realized_vs_exact(
     >>> r["kind"], r["realized_mean"].shape, bool(r["spearman"][0] > 0)
     ('estimate', (6, 1), True)
   """
-  import jax
-  import jax.numpy as jnp
-
-  from unlearn_jax import accounting, metrics
-  from unlearn_jax.algorithms import sgld
 
   if problem is None:
     problem = make_outlier_problem()
@@ -604,7 +600,7 @@ def realized_vs_exact(
   return dict(
     kind="estimate",
     orders=np.asarray(orders), realized_mean=mean, realized_std=std, exact=exact, ratio=ratio,
-    spearman=np.array([float(metrics.spearman(mean[:, j], exact_rank[:, j])) for j in range(len(orders))]),
+    spearman=np.array([float(spearman(mean[:, j], exact_rank[:, j])) for j in range(len(orders))]),
     fraction_realized_ge_exact=np.mean(mean >= exact, axis=0),
     ratio_median=np.median(ratio, axis=0),
     ratio_min=np.min(ratio, axis=0),

@@ -1,0 +1,41 @@
+"""Eager calls of the library's pure functions run one compiled program per settings and shapes.
+
+The building blocks of the library are plain ``jax.numpy`` functions: inside a user's ``jit``, ``vmap``
+or ``grad`` they are traced inline. Called eagerly (every array concrete), a public function would run
+op by op — slow for a per-example or evaluation kernel — so :func:`call` runs it as ``jax.jit`` with the
+given static arguments instead; ``jax.jit``'s own cache keeps one executable per static settings (the
+loss or apply function among them: a new function object compiles anew) and shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+
+__all__ = ["call", "is_traced"]
+
+
+def is_traced(tree: Any) -> bool:
+  """True when any leaf of ``tree`` is a tracer (we are inside a transformation)."""
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+@functools.cache
+def _compiled(core: Callable, num_static: int) -> Callable:
+  return jax.jit(core, static_argnums=tuple(range(num_static)))
+
+
+def call(core: Callable, static: tuple, *arrays: Any) -> Any:
+  """``core(*static, *arrays)``: inline under a trace; eagerly, compiled once per static settings and shapes.
+
+  Unhashable static arguments (e.g. a loss function object without ``__hash__``) run op by op.
+  """
+  if is_traced(arrays):
+    return core(*static, *arrays)
+  try:
+    hash(static)
+  except TypeError:
+    return core(*static, *arrays)
+  return _compiled(core, len(static))(*static, *arrays)

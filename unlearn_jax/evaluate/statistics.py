@@ -1,0 +1,81 @@
+"""Statistics of the study: rank correlation with average ranks for ties (THEORY §6)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from unlearn_jax import _checks
+from unlearn_jax._compile import call
+
+__all__ = ["rankdata_average", "spearman"]
+
+
+def rankdata_average(a: ArrayLike) -> jax.Array:
+  """1-based ranks with ties given their average rank (``scipy.stats.rankdata(method="average")``).
+
+  Args:
+    a: ``(n,)`` finite values.
+
+  Returns:
+    ``(n,)`` float ranks.
+
+  Raises:
+    ValueError: on a non-1-D, empty or non-finite input.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> rankdata_average(jnp.array([10.0, 20.0, 10.0, 5.0])).tolist()
+    [2.5, 4.0, 2.5, 1.0]
+  """
+  arr = jnp.asarray(a)
+  if arr.ndim != 1 or arr.shape[0] == 0:
+    raise ValueError(f"a must be a non-empty 1-D array, got shape {arr.shape}")
+  _checks.check_finite_array("a", arr)
+  return call(_rankdata_core, (), arr)
+
+
+def _rankdata_core(arr):
+  sorted_a = jnp.sort(arr)
+  left = jnp.searchsorted(sorted_a, arr, side="left")
+  right = jnp.searchsorted(sorted_a, arr, side="right")
+  # Values equal to a[i] occupy sorted positions left..right-1, i.e. 1-based ranks left+1..right.
+  return (left + right + 1).astype(jnp.result_type(float)) / 2.0
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> jax.Array:
+  """Spearman rank correlation with average ranks for ties (Pearson correlation of the ranks).
+
+  Args:
+    a: ``(n,)`` finite values, ``n >= 2``.
+    b: ``(n,)`` finite values.
+
+  Returns:
+    Scalar in ``[-1, 1]``; NaN when either input is constant (as ``scipy.stats.spearmanr``).
+
+  Raises:
+    ValueError: on shape mismatch, ``n < 2`` or non-finite values.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([1.0, 4.0, 9.0, 16.0]))), 4)
+    1.0
+    >>> round(float(spearman(jnp.array([1.0, 2.0, 3.0]), jnp.array([3.0, 1.0, 1.0]))), 4)
+    -0.866
+  """
+  a_arr, b_arr = jnp.asarray(a), jnp.asarray(b)
+  if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or a_arr.shape[0] < 2:
+    raise ValueError(f"a and b must be 1-D arrays of the same length n >= 2, got shapes {a_arr.shape} and {b_arr.shape}")
+  _checks.check_finite_array("a", a_arr)
+  _checks.check_finite_array("b", b_arr)
+  return call(_spearman_core, (), a_arr, b_arr)
+
+
+def _spearman_core(a, b):
+  ra = _rankdata_core(a)
+  rb = _rankdata_core(b)
+  ra = ra - jnp.mean(ra)
+  rb = rb - jnp.mean(rb)
+  return jnp.sum(ra * rb) / jnp.sqrt(jnp.sum(ra**2) * jnp.sum(rb**2))
+
