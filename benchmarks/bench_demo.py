@@ -1,6 +1,6 @@
 """Benchmark 4: the demo study end to end, with the wall time split by phase.
 
-Runs ``unlearn_jax.experiment.run`` on the demo configuration (``unlearn-jax demo``) and prints the
+Runs ``unlearn_jax.study.run`` on the demo configuration (``unlearn-jax demo``) and prints the
 per-stage wall times that the pipeline records in ``timings.json``, with each stage's share of the total.
 
   python benchmarks/bench_demo.py                 # the demo as shipped
@@ -18,7 +18,7 @@ import time
 
 import jax
 
-from unlearn_jax import experiment
+from unlearn_jax import study
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
   p.add_argument("--tiny", action="store_true", help="shrink the study (seconds instead of minutes)")
   p.add_argument("--out", default=None, help="output directory (default: a temporary one)")
   args = p.parse_args()
-  config = experiment.demo_config()
+  config = study.demo_config()
   if args.tiny:
     config = config.replace(training__num_steps=60, training__num_seeds=1, unlearning__num_seeds=4,
                             unlearning__step_grid=[0, 10, 20], forget_sets__size=5,
@@ -37,7 +37,7 @@ def main() -> None:
   config = config.replace(out_dir=str(out))
   print(f"jax {jax.__version__}; devices {jax.devices()}; {platform.processor() or platform.machine()}")
   start = time.perf_counter()
-  experiment.run(config)
+  study.run(config)
   total = time.perf_counter() - start
   timings = json.loads((out / "timings.json").read_text())
   print(f"\n| stage | wall s | share |\n|---|---|---|")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import accounting as acc
-from unlearn_jax import sgld as sg
+from unlearn_jax import algorithms as sg
 
 
 def _median_time(fn, repeats):
@@ -68,8 +68,8 @@ def bench_ledger_update(n, dp_subset, repeats, q=0.01, clip=1.0, eta=0.1, z_wors
 
         @jax.jit
         def update(ledger, norms, cfg=cfg):
-          costs = acc.poisson_costs(norms, q, b, cfg.orders, eta, tau)
-          worst = acc.poisson_worst_case_cost(clip, q, b, cfg.orders, eta, tau)
+          costs = acc.poisson_costs(norms, q, b, orders=cfg.orders, step_size=eta, temperature=tau)
+          worst = acc.poisson_worst_case_cost(clip, q, b, orders=cfg.orders, step_size=eta, temperature=tau)
           return acc.ledger_update(ledger, costs, worst, config=cfg)
 
         first, med = _median_time(lambda: jax.block_until_ready(update(ledger, norms)), repeats)

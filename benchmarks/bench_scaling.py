@@ -39,7 +39,8 @@ def child(args) -> dict:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from unlearn_jax import accounting, distributed, sgld  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import accounting, algorithms as sgld  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
 
   num_devices = args.devices[0]
   mesh = distributed.make_mesh(num_devices)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import models
-from unlearn_jax import sgld as sgld_lib
+from unlearn_jax import algorithms as sgld_lib
 from unlearn_jax.accounting import accountant
 
 

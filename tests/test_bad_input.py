@@ -32,7 +32,9 @@ import numpy as np
 import optax
 import pytest
 
-from unlearn_jax import accounting, cli, data, experiment, models
+from unlearn_jax import accounting, data, models
+from unlearn_jax import study as experiment
+from unlearn_jax.study import cli
 from unlearn_jax import algorithms as sgld
 from unlearn_jax import evaluate as evaluation
 from unlearn_jax import per_example

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from unlearn_jax import cli
+from unlearn_jax.study import cli
 from unlearn_jax.runtime import checkpoint
 
 

@@ -11,8 +11,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from unlearn_jax import experiment
-from unlearn_jax.experiment import Config, ConfigError
+from unlearn_jax import study as experiment
+from unlearn_jax.study import Config, ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def _tiny(out_dir, **overrides):
   raw = {
       "out_dir": str(out_dir), "seed": 1,
       "data": {"num_train": 150, "num_test": 60},
-      "model": {"hidden": [16]},
+      "model": {"kwargs": {"hidden_sizes": [16]}},
       "training": {"num_steps": 60, "num_seeds": 2, "num_checkpoints": 3, "step_size": 0.5},
       "privacy": {"lsi_constant": 0.02},
       "forget_sets": {"size": 5, "selections": ["privacy_loss:top", "random", "el2n:top"]},

@@ -5,7 +5,7 @@
   loss within its budget;
 - certified steps k*(x) are never below 0 and never NaN, are whole numbers or +inf, grow with P, and are
   the least k whose bound meets the target (random P, ε, α, η, τ, C_LSI, E₁, E₂, float64);
-- random valid configs of a tiny problem run end to end (``experiment.run``) with finite results
+- random valid configs of a tiny problem run end to end (``study.run``) with finite results
   (slow: each run compiles the whole pipeline).
 
 The fourth property of issue 10, "the bound is never below the exact divergence in the testbed", is
@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from unlearn_jax import accounting
+from unlearn_jax import accounting, study
 from unlearn_jax import algorithms as sgld
 from unlearn_jax.certify import bounds
 
@@ -203,7 +203,7 @@ def tiny_configs(draw):
               "clip_norm": draw(st.sampled_from([1.0, 5.0]))}
   if mode == "poisson":
     training["sampling_rate"] = draw(st.sampled_from([0.3, 1.0]))
-  model = draw(st.sampled_from([{"name": "logistic_regression"}, {"name": "mlp", "hidden": [4]}]))
+  model = draw(st.sampled_from([{"name": "logistic_regression"}, {"name": "mlp", "kwargs": {"hidden_sizes": [4]}}]))
   return {
       "seed": draw(st.integers(0, 100)),
       "data": {"name": "digits", "num_train": 40, "num_test": 20},
@@ -234,11 +234,10 @@ def _nan_paths(obj, path=""):
 @settings(max_examples=3, phases=[Phase.explicit, Phase.generate], **_SETTINGS)  # each run ~1-2 min: no shrink
 @given(tiny_configs())
 def test_random_tiny_configs_run_end_to_end_with_finite_results(raw):
-  from unlearn_jax import experiment  # pylint: disable=import-outside-toplevel
 
   with tempfile.TemporaryDirectory() as out:
-    cfg = experiment.Config.from_dict(dict(raw, out_dir=out))
-    report = experiment.run(cfg)
+    cfg = study.Config.from_dict(dict(raw, out_dir=out))
+    report = study.run(cfg)
     on_disk = json.loads((pathlib.Path(out) / "report.json").read_text())
     rows = list(csv.DictReader((pathlib.Path(out) / "per_example.csv").open()))
   assert on_disk == report

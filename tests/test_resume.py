@@ -149,3 +149,39 @@ def test_sigint_saves_checkpoint_exits_130_and_resumes_bitwise(tmp_path, env, re
   got = _load(out)
   assert int(got["resumed_from"]) == step
   _assert_bitwise_equal(got, reference)
+
+
+_OPTAX_RUN = """
+import sys, jax, jax.numpy as jnp, numpy as np, optax
+from unlearn_jax import runtime
+x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 3)), jnp.float32)
+y = (x[:, 0] > 0).astype(jnp.int32)
+def loss_fn(p, ex):
+  logits = ex[0] @ p["w"] + p["b"]
+  return jax.nn.logsumexp(logits) - logits[ex[1]]
+params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+res = runtime.train(loss_fn, params, (x, y), num_steps=40, key=jax.random.key(0), step_size=0.1,
+                    optimizer=optax.adam(float(sys.argv[2])), checkpoint_dir=sys.argv[1], checkpoint_every=10,
+                    steps_per_chunk=10, progress=True)
+np.save(sys.argv[1] + "/../w.npy", np.asarray(res.params["w"]))
+"""
+
+
+def test_optimizer_run_resumes_in_a_new_process_and_another_optimizer_is_refused(tmp_path, env):
+  # The fingerprint describes the optimizer by names and closure values, never by memory addresses, so
+  # a second process with the same call resumes (here: from the finished step 40) instead of refusing.
+  ckpt = tmp_path / "ckpt"
+
+  def run(lr):
+    return subprocess.run([sys.executable, "-c", _OPTAX_RUN, str(ckpt), lr], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+  first = run("0.05")
+  assert first.returncode == 0, first.stderr[-2000:]
+  w_first = np.load(tmp_path / "w.npy")
+  second = run("0.05")
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "resuming from step 40 of 40" in second.stderr, second.stderr[-2000:]
+  assert np.load(tmp_path / "w.npy").tobytes() == w_first.tobytes()
+  other = run("0.2")
+  assert other.returncode != 0 and "different run" in other.stderr, other.stderr[-2000:]

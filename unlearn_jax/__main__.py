@@ -2,7 +2,7 @@
 
 import sys
 
-from unlearn_jax.cli import main
+from unlearn_jax.study.cli import main
 
 if __name__ == "__main__":
   sys.exit(main())

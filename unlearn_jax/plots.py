@@ -1,4 +1,4 @@
-"""Figures of the unlearning study (issue 7); matplotlib is an optional extra (``pip install .[plots]``).
+"""Figures of the unlearning study; matplotlib is an optional extra (``pip install .[plots]``).
 
 Every function takes plain arrays (NumPy or JAX) and an output path, draws one figure with the
 non-interactive ``Agg`` backend, writes it as PNG and returns the path. matplotlib is imported only when a
@@ -16,6 +16,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = [
+    "require_matplotlib",
     "privacy_loss_histogram",
     "certified_vs_worst_case",
     "empirical_steps_by_privacy_loss",
@@ -25,8 +26,8 @@ __all__ = [
 ]
 
 
-def _pyplot():
-  """Returns matplotlib.pyplot on the Agg backend, or raises ImportError with the fix."""
+def require_matplotlib():
+  """Returns matplotlib.pyplot on the Agg backend, or raises ImportError saying how to install it."""
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
   except ImportError as e:  # pragma: no cover - exercised by monkeypatching in the tests
@@ -81,7 +82,7 @@ def privacy_loss_histogram(privacy_loss: ArrayLike, path: str | os.PathLike, *,
   p = _vector("privacy_loss", privacy_loss)
   if np.any(~np.isfinite(p)) or np.any(p < 0):
     raise ValueError("privacy_loss must be finite and non-negative")
-  plt = _pyplot()
+  plt = require_matplotlib()
   positive = p[p > 0]
   fig, ax = plt.subplots(figsize=(6, 4))
   if positive.size:
@@ -133,7 +134,7 @@ def certified_vs_worst_case(privacy_loss: ArrayLike, certified_steps: ArrayLike,
   k = _vector("certified_steps", certified_steps)
   if p.shape != k.shape:
     raise ValueError(f"privacy_loss and certified_steps must have the same shape, got {p.shape} and {k.shape}")
-  plt = _pyplot()
+  plt = require_matplotlib()
   fig, ax = plt.subplots(figsize=(6, 4))
   finite = np.isfinite(k)
   below = float(np.mean(k[finite] < worst_case_steps)) if finite.any() else 0.0
@@ -183,7 +184,7 @@ def empirical_steps_by_privacy_loss(group_privacy_loss: ArrayLike, steps: Mappin
   x = _vector("group_privacy_loss", group_privacy_loss)
   if not steps:
     raise ValueError("steps must map at least one method to its steps")
-  plt = _pyplot()
+  plt = require_matplotlib()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   order = np.argsort(x)
   finite_all = [v for s in steps.values() for v in np.asarray(s, float) if np.isfinite(v)]
@@ -241,7 +242,7 @@ def loss_barrier_curves(step_grid: ArrayLike, barriers: Mapping[str, ArrayLike],
   g = _vector("step_grid", step_grid)
   if not barriers:
     raise ValueError("barriers must map at least one label to a curve")
-  plt = _pyplot()
+  plt = require_matplotlib()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   colors = {}
   positive = [v for b in barriers.values() for v in np.asarray(b, float).ravel() if v > 0]
@@ -289,7 +290,7 @@ def correlation_heatmap(matrix: ArrayLike, labels: Sequence[str], path: str | os
   m = np.asarray(matrix, dtype=float)
   if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
     raise ValueError(f"matrix must be square with one row per label ({len(labels)}), got shape {m.shape}")
-  plt = _pyplot()
+  plt = require_matplotlib()
   size = 1.0 + 0.6 * len(labels)
   fig, ax = plt.subplots(figsize=(size + 1.2, size))
   im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -338,7 +339,7 @@ def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: Ar
   p = None if point_estimates is None else _vector("point_estimates", point_estimates)
   if p is not None and p.shape != e.shape:
     raise ValueError(f"point_estimates must have the shape of membership_epsilon {e.shape}, got {p.shape}")
-  plt = _pyplot()
+  plt = require_matplotlib()
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
   finite_c = c[np.isfinite(c)]
   shown = e if p is None else np.concatenate([e, p])

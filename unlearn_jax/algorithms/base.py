@@ -19,6 +19,7 @@ fingerprint that is the same in every process.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any, Callable, NamedTuple
 
@@ -65,11 +66,50 @@ class StepInfo(NamedTuple):
   recomputed_costs: jax.Array | None = None
 
 
-def describe_callable(fn: Any) -> str:
-  """A process-independent name of a function (module and qualified name; never a memory address)."""
+def _describe_value(value: Any, depth: int) -> str:
+  """A process-independent text of a closure value: numbers and strings by value, functions by name
+  and closure, arrays by shape, dtype and content hash; anything else by its type."""
+  if value is None or isinstance(value, (bool, int, float, str, np.number)):
+    return repr(value)
+  if isinstance(value, (tuple, list)):
+    return "(" + ", ".join(_describe_value(v, depth) for v in value) + ")"
+  if isinstance(value, (np.ndarray, jax.Array)) and not _checks._is_traced(value):
+    arr = np.asarray(value)
+    return f"array{arr.shape}:{arr.dtype}:{hashlib.sha256(arr.tobytes()).hexdigest()[:16]}"
+  if callable(value) or dataclasses.is_dataclass(value):
+    return describe_callable(value, depth=depth - 1)
+  return type(value).__qualname__
+
+
+def describe_callable(fn: Any, *, depth: int = 6) -> str:
+  """A process-independent description of a function: module, qualified name and, recursively, the
+  values its closure holds (so ``optax.adam(0.1)`` and ``optax.adam(0.2)`` differ); never a memory address.
+
+  Examples:
+    >>> import optax
+    >>> describe_callable(optax.sgd(0.1)) == describe_callable(optax.sgd(0.1))
+    True
+    >>> describe_callable(optax.sgd(0.1)) == describe_callable(optax.sgd(0.2))
+    False
+  """
   module = getattr(fn, "__module__", None) or type(fn).__module__
   name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-  return f"{module}:{name}"
+  text = f"{module}:{name}"
+  if depth <= 0:
+    return text
+  if isinstance(fn, tuple) and hasattr(fn, "_fields"):  # a NamedTuple of functions (optax transformations)
+    return text + "(" + ", ".join(f"{k}={_describe_value(v, depth)}" for k, v in zip(fn._fields, fn)) + ")"
+  if dataclasses.is_dataclass(fn) and not isinstance(fn, type):  # value objects (the library's losses, modules)
+    fields = [(f.name, getattr(fn, f.name, None)) for f in dataclasses.fields(fn)]
+    return text + "(" + ", ".join(f"{k}={_describe_value(v, depth)}" for k, v in fields) + ")"
+  cells = getattr(fn, "__closure__", None) or ()
+  values = []
+  for cell in cells:
+    try:
+      values.append(_describe_value(cell.cell_contents, depth))
+    except ValueError:  # an empty cell
+      values.append("<empty>")
+  return text + ("[" + ", ".join(values) + "]" if values else "")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

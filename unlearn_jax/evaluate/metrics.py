@@ -496,8 +496,12 @@ def _early_el2n(inp: MetricInputs) -> jax.Array:
   return call(el2n, (inp.apply_fn,), inp.early_params, inp.x, inp.y)
 
 
+def _grand_core(loss_fn, params, data):
+  return grand(loss_fn, params, data)
+
+
 def _early_grand(inp: MetricInputs) -> jax.Array:
-  return grand(inp.loss_fn, inp.early_params, (inp.x, inp.y))
+  return call(_grand_core, (inp.loss_fn,), inp.early_params, (inp.x, inp.y))
 
 
 def _memorization(inp: MetricInputs) -> jax.Array:

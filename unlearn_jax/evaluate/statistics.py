@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
 from unlearn_jax._compile import call
 
-__all__ = ["rankdata_average", "spearman"]
+__all__ = ["finite_for_ranking", "rankdata_average", "spearman", "spearman_where_defined"]
 
 
 def rankdata_average(a: ArrayLike) -> jax.Array:
@@ -79,3 +80,29 @@ def _spearman_core(a, b):
   rb = rb - jnp.mean(rb)
   return jnp.sum(ra * rb) / jnp.sqrt(jnp.sum(ra**2) * jnp.sum(rb**2))
 
+
+
+def finite_for_ranking(values: ArrayLike) -> np.ndarray:
+  """±inf replaced by finite values beyond every finite one (ranks unchanged), NaN kept; float64."""
+  v = np.asarray(values, dtype=np.float64)
+  finite = v[np.isfinite(v)]
+  top = (np.max(np.abs(finite)) if finite.size else 1.0) * 10 + 1
+  return np.where(np.isposinf(v), top, np.where(np.isneginf(v), -top, v))
+
+
+def spearman_where_defined(a: ArrayLike, b: ArrayLike) -> float:
+  """Spearman over the entries where neither value is NaN, with ±inf ranked past every finite value.
+
+  NaN (not a number, by definition) when fewer than 3 entries remain or either side is constant there.
+
+  Examples:
+    >>> round(spearman_where_defined([1.0, 2.0, float("inf"), float("nan")], [0.1, 0.2, 5.0, 9.0]), 4)
+    1.0
+    >>> spearman_where_defined([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    nan
+  """
+  a, b = finite_for_ranking(a), finite_for_ranking(b)
+  ok = ~(np.isnan(a) | np.isnan(b))
+  if ok.sum() < 3 or np.all(a[ok] == a[ok][0]) or np.all(b[ok] == b[ok][0]):
+    return float("nan")
+  return float(spearman(a[ok], b[ok]))

@@ -1,4 +1,4 @@
-"""The ``unlearn-jax`` command line (issue 7).
+"""The ``unlearn-jax`` command line.
 
 Subcommands:
 
@@ -10,7 +10,8 @@ Subcommands:
 Exit status: 0 on success, 2 for a bad command line or config (the message names the key and the
 allowed values), 3 when the output directory cannot be used (not writable, or locked by another run),
 4 when the data are missing, 5 when training diverged (the message names the step; the last good
-checkpoint is kept), 130 when interrupted (Ctrl-C; the training driver saves a checkpoint first).
+checkpoint is kept), 130 when interrupted by Ctrl-C (SIGINT) and 143 by SIGTERM (the drivers save a
+checkpoint first, and the same command resumes from it).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ import argparse
 import pathlib
 import sys
 from typing import Sequence
+
+from unlearn_jax import runtime
+from unlearn_jax.certify import testbed
+from unlearn_jax.runtime import checkpoint
+from unlearn_jax.study import config as config_lib
+from unlearn_jax.study import pipeline, stages
 
 __all__ = ["main", "build_parser"]
 
@@ -110,14 +117,11 @@ def _error(msg: str, code: int) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-  from unlearn_jax import experiment, runtime  # pylint: disable=import-outside-toplevel
-  from unlearn_jax.runtime import checkpoint  # pylint: disable=import-outside-toplevel
-
   try:
     if args.command == "demo":
-      config = experiment.demo_config()
+      config = config_lib.demo_config()
     else:
-      config = experiment.Config.from_file(args.config)
+      config = config_lib.Config.from_file(args.config)
     overrides = {}
     if args.seed is not None:
       overrides["seed"] = args.seed
@@ -129,22 +133,26 @@ def _study(args: argparse.Namespace) -> int:
       overrides["data__data_dir"] = args.data_dir
     if overrides:
       config = config.replace(**overrides)
-  except experiment.ConfigError as e:
+  except config_lib.ConfigError as e:
     return _error(str(e), EXIT_CONFIG)
 
   try:
-    report = experiment.run(config, progress=not args.quiet)
-  except experiment.ConfigError as e:
+    report = pipeline.run(config, progress=not args.quiet)
+  except config_lib.ConfigError as e:
     return _error(str(e), EXIT_CONFIG)
-  except experiment.OutputDirError as e:
+  except pipeline.OutputDirError as e:
     return _error(str(e), EXIT_OUTPUT)
-  except experiment.DataMissingError as e:
+  except stages.DataMissingError as e:
     return _error(str(e), EXIT_DATA)
   except runtime.DivergenceError as e:
     return _error(str(e), EXIT_DIVERGED)
   except checkpoint.CheckpointError as e:
     return _error(f"{e}. The output directory {config.out_dir!r} holds checkpoints this run cannot resume "
                   "from: use another --out, or delete its checkpoints/ folder to start over", EXIT_OUTPUT)
+  except runtime.Interrupted as e:
+    print(f"unlearn-jax: {e}; checkpoints are in {config.out_dir}/checkpoints and the same command resumes "
+          "from them", file=sys.stderr)
+    return e.exit_code
   except KeyboardInterrupt:
     print(f"unlearn-jax: interrupted; checkpoints (if any) are in {config.out_dir}/checkpoints and "
           "the same command resumes from them", file=sys.stderr)
@@ -157,8 +165,6 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _certify_testbed(args: argparse.Namespace) -> int:
-  from unlearn_jax.certify import testbed  # pylint: disable=import-outside-toplevel
-
   problem_kwargs = {k: v for k, v in (("n", args.n), ("d", args.d), ("seed", args.seed)) if v is not None}
   table_kwargs = {k: v for k, v in (("alpha", args.alpha), ("eps", args.epsilon), ("T", args.steps),
                                     ("step_size", args.step_size), ("temperature", args.temperature))

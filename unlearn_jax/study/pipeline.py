@@ -1,0 +1,140 @@
+"""The whole study in one call: the stages in order, then the outputs.
+
+1. train ``training.num_seeds`` chains with the per-instance ledger and keep the checkpoints the
+   difficulty metrics need (:func:`stages.train_with_ledger`);
+2. turn every example's privacy loss P(x, 4α) into certified steps to unlearn, with the worst-case
+   baseline (:func:`stages.certify_examples`); the certificate is labelled certified / given / assumed
+   after where C_LSI comes from, and E₁ = E₂ = 0 as the "trained to stationarity" assumption;
+3. compute the difficulty metrics and pick forget sets by privacy loss, by each metric and at random;
+4. for each forget set: retrain the oracles, unlearn with every method recording the step grid, and
+   measure distances, loss barriers and membership lower bounds (:mod:`study.unlearning`);
+5. correlate and state the findings, then write ``report.json``, ``report.md``, ``per_example.csv``, the
+   figures and the parameters (``params/*.npz``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from unlearn_jax.evaluate import membership_resolvable_cap
+from unlearn_jax.runtime import checkpoint
+from unlearn_jax.study import figures, findings, report, stages, unlearning
+from unlearn_jax.study.config import Config
+
+__all__ = ["OutputDirError", "run"]
+
+
+class OutputDirError(OSError):
+  """The output directory cannot be created or written, or another run holds its lock."""
+
+
+def _prepare_out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
+  out = pathlib.Path(out_dir)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write_test"
+    probe.write_text("ok", encoding="utf-8")
+    probe.unlink()
+  except OSError as e:
+    raise OutputDirError(f"output directory {str(out)!r} cannot be created or written: {e}") from e
+  return out
+
+
+def _save_params_npz(path: pathlib.Path, params: Any) -> None:
+  """Saves a params pytree's leaves (in ``jax.tree.leaves`` order) as ``leaf_0``, ``leaf_1``, ..."""
+  np.savez(path, **{f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(params))})
+
+
+def _write_params(out: pathlib.Path, start_params: Any, sets: list[unlearning.SetResult]) -> None:
+  params_dir = out / "params"
+  params_dir.mkdir(exist_ok=True)
+  _save_params_npz(params_dir / "trained.npz", start_params)
+  for i, r in enumerate(sets):
+    _save_params_npz(params_dir / f"oracle_{i}.npz", r.oracle.params)
+
+
+def _run_stages(ctx: stages.Context) -> dict[str, Any]:
+  config = ctx.config
+  s = stages.setup(ctx)
+  trained = stages.train_with_ledger(ctx, s)
+  certs = stages.certify_examples(ctx, s, trained)
+  metric_values = stages.compute_metrics(ctx, s, trained)
+  forget_sets = stages.select_forget_sets(ctx, certs, metric_values)
+  sets, start_params = unlearning.unlearn_forget_sets(ctx, s, trained, certs, forget_sets)
+  methods = tuple(config.unlearning.methods)
+  corr = findings.correlate(certs, metric_values, sets, methods)
+  ctx.tick("correlations")
+  result = report.build_report(config, s, trained, certs, sets, corr)
+  _write_params(ctx.out, start_params, sets)
+  report.write_per_example_csv(ctx.out / "per_example.csv", np.asarray(s.dataset.y_train), certs.privacy_loss,
+                               certs.certified_steps, {k: metric_values[k] for k in config.metrics.names})
+  cap = (membership_resolvable_cap(config.unlearning.num_seeds, delta=config.evaluation.delta)
+         if config.evaluation.membership else None)
+  result["figures"] = figures.draw_figures(ctx.out, result["privacy"], certs, sets, corr, methods,
+                                           list(config.unlearning.step_grid), config.unlearning.num_seeds, cap,
+                                           ctx.stage)
+  result = report.jsonable(result)
+  report.write_report_json(ctx.out / "report.json", result)
+  ctx.tick("outputs")
+  return result
+
+
+def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
+  """Runs the whole study of ``config`` and writes the report to ``config.out_dir``.
+
+  The same config and seed give byte-identical ``per_example.csv`` and ``report.json`` except the
+  ``created`` timestamp (wall times go to ``timings.json``).
+
+  Args:
+    config: a :class:`Config`.
+    progress: show progress bars and stage messages on stderr.
+
+  Returns:
+    The report (the content of ``report.json``).
+
+  Raises:
+    ConfigError: a setting that only the run can check (e.g. a missing ``privacy.lsi_constant`` for a
+      non-convex model).
+    OutputDirError: the output directory cannot be written or another run holds it.
+    DataMissingError: a file-based data set has no data directory.
+    runtime.Interrupted: SIGINT / SIGTERM; training saved a checkpoint first.
+
+  Examples:
+    >>> import tempfile
+    >>> cfg = Config.from_dict({"out_dir": tempfile.mkdtemp(), "data": {"num_train": 60, "num_test": 30},
+    ...     "model": {"kwargs": {"hidden_sizes": [8]}},
+    ...     "training": {"num_steps": 20, "num_seeds": 2, "num_checkpoints": 2},
+    ...     "privacy": {"lsi_constant": 0.02},
+    ...     "forget_sets": {"size": 4, "selections": ["privacy_loss:top", "random"]},
+    ...     "unlearning": {"methods": ["sgld"], "step_grid": [0, 5], "num_seeds": 4, "retrain_steps": 20},
+    ...     "metrics": {"names": ["loss", "el2n"]}})
+    >>> report = run(cfg)  # doctest: +SKIP
+    >>> [fs["selection"] for fs in report["forget_sets"]]  # doctest: +SKIP
+    ['privacy_loss:top', 'random']
+  """
+  if not isinstance(config, Config):
+    raise TypeError(f"config must be an unlearn_jax.study.Config, got {type(config).__name__}")
+  out = _prepare_out_dir(config.out_dir)
+  lock = checkpoint.RunLock(out)
+  try:
+    lock.acquire()
+  except checkpoint.LockError as e:
+    raise OutputDirError(str(e)) from e
+  try:
+    start = time.perf_counter()
+    ctx = stages.context(config, out, progress)
+    result = _run_stages(ctx)
+    ctx.timings["total"] = time.perf_counter() - start
+    (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in ctx.timings.items()}, indent=2) + "\n",
+                                      encoding="utf-8")
+    report.write_report_md(out / "report.md", result, ctx.timings)
+    return result
+  finally:
+    lock.release()
