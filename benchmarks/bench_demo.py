@@ -28,11 +28,17 @@ def main() -> None:
   args = p.parse_args()
   config = study.demo_config()
   if args.tiny:
-    config = config.replace(training__num_steps=60, training__num_seeds=1, unlearning__num_seeds=4,
-                            unlearning__step_grid=[0, 10, 20], forget_sets__size=5,
-                            forget_sets__selections=["privacy_loss:top", "random"],
-                            unlearning__methods=["sgld"], metrics__memorization_models=2,
-                            evaluation__membership=False)
+    config = config.replace(
+      training__num_steps=60,
+      training__num_seeds=1,
+      unlearning__num_seeds=4,
+      unlearning__step_grid=[0, 10, 20],
+      forget_sets__size=5,
+      forget_sets__selections=["privacy_loss:top", "random"],
+      unlearning__methods=["sgld"],
+      metrics__memorization_models=2,
+      evaluation__membership=False,
+    )
   out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="bench_demo_"))
   config = config.replace(out_dir=str(out))
   print(f"jax {jax.__version__}; devices {jax.devices()}; {platform.processor() or platform.machine()}")
@@ -40,7 +46,7 @@ def main() -> None:
   study.run(config)
   total = time.perf_counter() - start
   timings = json.loads((out / "timings.json").read_text())
-  print(f"\n| stage | wall s | share |\n|---|---|---|")
+  print("\n| stage | wall s | share |\n|---|---|---|")
   for stage, sec in timings.items():
     if stage != "total":
       print(f"| {stage} | {sec:.1f} | {sec / timings['total']:.0%} |")

@@ -1,4 +1,4 @@
-"""Benchmark: the per-instance privacy ledger (issue 3).
+"""Benchmark: the per-instance privacy ledger.
 
 1. One ledger update over N examples (default 60,000) and dp_accounting's 156 default orders: our
    vectorised Poisson costs (THEORY §2b) + ``ledger_update``, against dp_accounting computing the same
@@ -62,7 +62,10 @@ def bench_ledger_update(n, dp_subset, repeats, q=0.01, clip=1.0, eta=0.1, z_wors
     with jax.enable_x64(x64):
       dtype = jnp.float64 if x64 else jnp.float32
       norms = jnp.asarray(norms64, dtype)
-      for orders_label, orders in ((f"{len(acc.DEFAULT_ORDERS)} default orders", acc.DEFAULT_ORDERS), (f"{len(int_orders)} integer orders only", int_orders)):
+      for orders_label, orders in (
+        (f"{len(acc.DEFAULT_ORDERS)} default orders", acc.DEFAULT_ORDERS),
+        (f"{len(int_orders)} integer orders only", int_orders),
+      ):
         cfg = acc.accountant(orders)
         ledger = acc.ledger_init(n, cfg, dtype=dtype)
 
@@ -84,8 +87,14 @@ def bench_ledger_update(n, dp_subset, repeats, q=0.01, clip=1.0, eta=0.1, z_wors
   fin = np.isfinite(ref)
   max_rel = {k: float(np.max(np.abs(v[fin] - ref[fin]) / np.abs(ref[fin]))) for k, v in ours.items()}
   return dict(
-      n=n, rows=rows, t_dp_subset=t_dp_subset, dp_subset=dp_subset, per_example_dp=t_dp_subset / dp_subset,
-      max_rel=max_rel, dp_inf=int((~fin).sum()), z_range=(float(z.min()), float(z.max())),
+    n=n,
+    rows=rows,
+    t_dp_subset=t_dp_subset,
+    dp_subset=dp_subset,
+    per_example_dp=t_dp_subset / dp_subset,
+    max_rel=max_rel,
+    dp_inf=int((~fin).sum()),
+    z_range=(float(z.min()), float(z.max())),
   )
 
 
@@ -105,18 +114,24 @@ def bench_training_steps(repeats, steps_per_repeat=10):
   key = jax.random.key(0)
   k1, k2 = jax.random.split(key)
   params = {
-      "w1": jax.random.normal(k1, (64, 128), jnp.float32) / 8.0,
-      "b1": jnp.zeros(128, jnp.float32),
-      "w2": jax.random.normal(k2, (128, 10), jnp.float32) / math.sqrt(128.0),
-      "b2": jnp.zeros(10, jnp.float32),
+    "w1": jax.random.normal(k1, (64, 128), jnp.float32) / 8.0,
+    "b1": jnp.zeros(128, jnp.float32),
+    "w2": jax.random.normal(k2, (128, 10), jnp.float32) / math.sqrt(128.0),
+    "b2": jnp.zeros(10, jnp.float32),
   }
   rows = []
   for mode, kw in (("full_batch", {}), ("poisson", dict(sampling_rate=0.05))):
     times = {}
     for ledger_on in (False, True):
       with jax.enable_x64(False):
-        alg = sg.sgld(_mlp_loss, mode=mode, clip_norm=5.0, weight_decay=1e-3,
-                      accounting=acc.accountant() if ledger_on else None, **kw)
+        alg = sg.sgld(
+          _mlp_loss,
+          mode=mode,
+          clip_norm=5.0,
+          weight_decay=1e-3,
+          accounting=acc.accountant() if ledger_on else None,
+          **kw,
+        )
         step = jax.jit(alg.step)
         state0 = alg.init(params, 1400)
 
@@ -145,14 +160,20 @@ def main():
   print("| ours | orders | compile+first | median update | per example | dp_accounting per example / ours |")
   print("|---|---|---|---|---|---|")
   for label, orders_label, first, med in r["rows"]:
-    print(f"| {label} | {orders_label} | {first:.1f} s | {med:.3f} s | {med / r['n'] * 1e6:.1f} us | {dp_per / (med / r['n']):,.0f}x |")
+    print(
+      f"| {label} | {orders_label} | {first:.1f} s | {med:.3f} s | {med / r['n'] * 1e6:.1f} us "
+      f"| {dp_per / (med / r['n']):,.0f}x |"
+    )
   print(
-      f"dp_accounting (_compute_rdp_poisson_subsampled_gaussian, 156 orders), one example at a time: "
-      f"{dp_per * 1e3:.2f} ms per example (timed on {r['dp_subset']} examples, z in "
-      f"[{r['z_range'][0]:.2f}, {r['z_range'][1]:.2f}]; x{r['n'] / r['dp_subset']:,.0f} = {dp_per * r['n']:.0f} s for all n)"
+    f"dp_accounting (_compute_rdp_poisson_subsampled_gaussian, 156 orders), one example at a time: "
+    f"{dp_per * 1e3:.2f} ms per example (timed on {r['dp_subset']} examples, z in "
+    f"[{r['z_range'][0]:.2f}, {r['z_range'][1]:.2f}]; "
+    f"x{r['n'] / r['dp_subset']:,.0f} = {dp_per * r['n']:.0f} s for all n)"
   )
   for k, v in r["max_rel"].items():
-    print(f"max relative difference to dp_accounting on the subset, {k}: {v:.2e} (dp_accounting inf entries: {r['dp_inf']})")
+    print(
+      f"max relative difference to dp_accounting on the subset, {k}: {v:.2e} (dp_accounting inf entries: {r['dp_inf']})"
+    )
   if not args.skip_training:
     rows = bench_training_steps(args.repeats)
     print("\n## Training step, MLP 64-128-10 on digits (n = 1,400, float32), ledger off vs on (156 orders)")

@@ -13,6 +13,7 @@ when ``torch`` and ``opacus`` import (``pip install -e '.[bench]'``); otherwise 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -70,19 +71,26 @@ def opacus_available() -> str | None:
 
 def torch_model(name: str, tiny: bool):
   import torch.nn as tnn
+
   if name == "mlp":
     width = 16 if tiny else 256
     d = 12 if tiny else 784
-    return tnn.Sequential(tnn.Linear(d, width), tnn.ReLU(), tnn.Linear(width, width), tnn.ReLU(),
-                          tnn.Linear(width, 10))
+    return tnn.Sequential(tnn.Linear(d, width), tnn.ReLU(), tnn.Linear(width, width), tnn.ReLU(), tnn.Linear(width, 10))
   if name in ("cnn", "cnn32"):
     c1, c2 = (4, 8) if tiny else (16, 32)
     cin = 1 if name == "cnn" else 3
     side = 8 if tiny else (28 if name == "cnn" else 32)
-    out_side = -(-(-(-side // 2)) // 2)
-    return tnn.Sequential(tnn.Conv2d(cin, c1, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2, ceil_mode=True),
-                          tnn.Conv2d(c1, c2, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2, ceil_mode=True),
-                          tnn.Flatten(), tnn.Linear(c2 * out_side * out_side, 10))
+    out_side = math.ceil(math.ceil(side / 2) / 2)
+    return tnn.Sequential(
+      tnn.Conv2d(cin, c1, 3, padding=1),
+      tnn.ReLU(),
+      tnn.MaxPool2d(2, ceil_mode=True),
+      tnn.Conv2d(c1, c2, 3, padding=1),
+      tnn.ReLU(),
+      tnn.MaxPool2d(2, ceil_mode=True),
+      tnn.Flatten(),
+      tnn.Linear(c2 * out_side * out_side, 10),
+    )
   return None
 
 
@@ -90,6 +98,7 @@ def time_opacus(name: str, tiny: bool, n: int, shape, repeats: int):
   """(torch batch-gradient ms, Opacus per-sample-gradient norms ms) or None."""
   import torch
   from opacus import GradSampleModule
+
   torch.manual_seed(0)
   net = torch_model(name, tiny)
   if net is None:
@@ -157,14 +166,19 @@ def main(argv=None) -> int:
   if why is None:
     import opacus
     import torch
+
     emit(f"torch {torch.__version__} (threads {torch.get_num_threads()}); opacus {opacus.__version__}")
   else:
     emit(f"Opacus peer skipped: {why}")
-  emit(f"repeats {args.repeats} (median ms, after one warm-up call); float32; "
-       f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+  emit(
+    f"repeats {args.repeats} (median ms, after one warm-up call); float32; "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
+  )
   emit("load average at start: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
-  head = (f"{'model':<9} {'n':>5} {'batch grad':>11} {'ghost':>9} {'vmap':>10} {'ghost/bg':>9} "
-          f"{'vmap/bg':>8} {'vmap/ghost':>10} {'torch bg':>9} {'opacus':>9} {'opacus/tbg':>10} {'opacus/ghost':>12}")
+  head = (
+    f"{'model':<9} {'n':>5} {'batch grad':>11} {'ghost':>9} {'vmap':>10} {'ghost/bg':>9} "
+    f"{'vmap/bg':>8} {'vmap/ghost':>10} {'torch bg':>9} {'opacus':>9} {'opacus/tbg':>10} {'opacus/ghost':>12}"
+  )
   emit(head)
   emit("-" * len(head))
   rng = np.random.default_rng(0)
@@ -193,9 +207,11 @@ def main(argv=None) -> int:
         res = time_opacus(name, args.tiny, n, shape, args.repeats)
         if res is not None:
           t_tb, t_op = res
-      emit(f"{name:<9} {n:>5} {t_bg:>11.2f} {t_gh:>9.2f} {t_vm:>10.2f} {t_gh / t_bg:>9.2f} "
-           f"{t_vm / t_bg:>8.1f} {t_vm / t_gh:>10.1f} {t_tb:>9.2f} {t_op:>9.2f} {t_op / t_tb:>10.1f} "
-           f"{t_op / t_gh:>12.1f}")
+      emit(
+        f"{name:<9} {n:>5} {t_bg:>11.2f} {t_gh:>9.2f} {t_vm:>10.2f} {t_gh / t_bg:>9.2f} "
+        f"{t_vm / t_bg:>8.1f} {t_vm / t_gh:>10.1f} {t_tb:>9.2f} {t_op:>9.2f} {t_op / t_tb:>10.1f} "
+        f"{t_op / t_gh:>12.1f}"
+      )
   emit("bg = one batch gradient (jit(grad) of the summed loss); ghost/vmap = all n per-example norms;")
   emit("torch bg = PyTorch batch gradient; opacus = GradSampleModule per-sample grads then norms.")
   emit("load average at end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))

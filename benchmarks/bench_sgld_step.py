@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unlearn_jax import models
 from unlearn_jax import algorithms as sgld_lib
+from unlearn_jax import models
 from unlearn_jax.accounting import accountant
 
 
@@ -52,10 +52,13 @@ def main(argv=None) -> int:
 
   def scan_steps(step_fn, init):
     """jit(lax.scan of ``args.steps`` steps): per-call dispatch is then amortised, the same for both."""
+
     def run(carry):
       def body(c, t):
         return step_fn(c, jax.random.fold_in(key, t)), None
+
       return jax.lax.scan(body, carry, jnp.arange(args.steps))[0]
+
     fn = jax.jit(run)
     return lambda: fn(init)
 
@@ -67,6 +70,7 @@ def main(argv=None) -> int:
   t_bj = float("nan")
   try:
     import blackjax
+
     emit(f"blackjax {blackjax.__version__}")
 
     def logprior_fn(p):
@@ -89,8 +93,12 @@ def main(argv=None) -> int:
   # Training with the full-batch ledger on vs off (clipped).
   off = sgld_lib.sgld(loss_fn, clip_norm=1.0)
   on = sgld_lib.sgld(loss_fn, clip_norm=1.0, accounting=accountant())
-  runs["train step, clip, ledger off (per step)"] = scan_steps(lambda c, k: off.step(c, data, k, eta, tau)[0], off.init(params, n))
-  runs["train step, clip, ledger on (per step)"] = scan_steps(lambda c, k: on.step(c, data, k, eta, tau)[0], on.init(params, n))
+  runs["train step, clip, ledger off (per step)"] = scan_steps(
+    lambda c, k: off.step(c, data, k, eta, tau)[0], off.init(params, n)
+  )
+  runs["train step, clip, ledger on (per step)"] = scan_steps(
+    lambda c, k: on.step(c, data, k, eta, tau)[0], on.init(params, n)
+  )
   # Interleaved rounds (each round times every variant once, in a rotating order): machine noise then
   # hits all variants alike; medians over rounds, per step.
   for fn in runs.values():
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
   times = {name: [] for name in runs}
   names = list(runs)
   for r in range(reps):
-    for name in names[r % len(names):] + names[: r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       t0 = time.perf_counter()
       jax.block_until_ready(runs[name]())
       times[name].append(1e3 * (time.perf_counter() - t0) / args.steps)
@@ -107,7 +115,10 @@ def main(argv=None) -> int:
   t_proj = med["project sgld step (no clip, no ledger)"]
   t_bj = med.get("blackjax sgld step (eta/n, tau*n)", float("nan"))
   t_off, t_on = med["train step, clip, ledger off (per step)"], med["train step, clip, ledger on (per step)"]
-  emit(f"MLP {d}-{width}-{width}-10, n = {n}, full batch, float32, {args.steps} steps per call, median of {reps} interleaved rounds")
+  emit(
+    f"MLP {d}-{width}-{width}-10, n = {n}, full batch, float32, {args.steps} steps per call, "
+    f"median of {reps} interleaved rounds"
+  )
   for name, t in rows:
     emit(f"{name:<42} {t:>9.2f} ms")
   emit(f"project / blackjax step: {t_proj / t_bj:.2f}x;  ledger on / off: {t_on / t_off:.2f}x")

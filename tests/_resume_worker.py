@@ -25,10 +25,10 @@ def make_problem():
   x = rng.normal(size=(n, d)).astype(np.float32)
   y = (np.argmax(x[:, :k], axis=1)).astype(np.int32)
   params = {
-      "w1": (rng.normal(size=(d, h)) / np.sqrt(d)).astype(np.float32),
-      "b1": np.zeros(h, np.float32),
-      "w2": (rng.normal(size=(h, k)) / np.sqrt(h)).astype(np.float32),
-      "b2": np.zeros(k, np.float32),
+    "w1": (rng.normal(size=(d, h)) / np.sqrt(d)).astype(np.float32),
+    "b1": np.zeros(h, np.float32),
+    "w2": (rng.normal(size=(h, k)) / np.sqrt(h)).astype(np.float32),
+    "b2": np.zeros(k, np.float32),
   }
 
   def loss_fn(p, ex):
@@ -41,16 +41,28 @@ def make_problem():
 
 
 def run(checkpoint_dir, num_steps=NUM_STEPS):
-  from unlearn_jax import accounting  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import accounting
+  from unlearn_jax import runtime as loops
 
   loss_fn, params, data = make_problem()
   return loops.train(
-      loss_fn, params, data, num_steps=num_steps, key=jax.random.key(7), step_size=0.3, temperature=1e-4,
-      clip_norm=1.0, weight_decay=1e-3, accounting=accounting.accountant([2.0, 4.0, 16.0]),
-      record_steps=(0, 100, num_steps), checkpoint_dir=checkpoint_dir,
-      checkpoint_every=EVERY if checkpoint_dir else None,
-      steps_per_chunk=EVERY, history_stride=10, progress=False)
+    loss_fn,
+    params,
+    data,
+    num_steps=num_steps,
+    key=jax.random.key(7),
+    step_size=0.3,
+    temperature=1e-4,
+    clip_norm=1.0,
+    weight_decay=1e-3,
+    accounting=accounting.accountant([2.0, 4.0, 16.0]),
+    record_steps=(0, 100, num_steps),
+    checkpoint_dir=checkpoint_dir,
+    checkpoint_every=EVERY if checkpoint_dir else None,
+    steps_per_chunk=EVERY,
+    history_stride=10,
+    progress=False,
+  )
 
 
 def to_arrays(result) -> dict:
@@ -68,7 +80,7 @@ def to_arrays(result) -> dict:
 
 
 def main(argv) -> int:
-  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import runtime as loops
 
   out = argv[1]
   checkpoint_dir = None if len(argv) < 3 or argv[2] == "-" else argv[2]

@@ -21,7 +21,7 @@ import traceback
 
 
 def _setup():
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
 
   jax.config.update("jax_enable_x64", True)  # this process only; float32 scenarios ask for float32
   return jax
@@ -29,17 +29,17 @@ def _setup():
 
 def _problem(n, dtype, seed=0, d=6, h=8, c=3):
   """A small MLP classification problem; loss_fn, apply_fn for ONE example."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+  import numpy as np
 
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(n, d)).astype(dtype)
   y = rng.integers(0, c, size=n).astype(np.int32)
   params = {
-      "w1": (rng.normal(size=(d, h)) / np.sqrt(d)).astype(dtype),
-      "b1": np.zeros(h, dtype),
-      "w2": (rng.normal(size=(h, c)) / np.sqrt(h)).astype(dtype),
-      "b2": np.zeros(c, dtype),
+    "w1": (rng.normal(size=(d, h)) / np.sqrt(d)).astype(dtype),
+    "b1": np.zeros(h, dtype),
+    "w2": (rng.normal(size=(h, c)) / np.sqrt(h)).astype(dtype),
+    "b2": np.zeros(c, dtype),
   }
 
   def apply_fn(p, xi):
@@ -53,22 +53,22 @@ def _problem(n, dtype, seed=0, d=6, h=8, c=3):
 
 
 def jax_nn_log_softmax(z):
-  import jax  # pylint: disable=import-outside-toplevel
+  import jax
 
   return jax.nn.log_softmax(z)
 
 
 def _np(tree):
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
 
   return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), tree)
 
 
 def _diff(a, b):
   """(max abs difference, bitwise equal) over two pytrees of arrays."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
 
   la, lb = jax.tree.leaves(_np(a)), jax.tree.leaves(_np(b))
   assert len(la) == len(lb), (len(la), len(lb))
@@ -86,8 +86,8 @@ def _diff(a, b):
 
 
 def _scale(tree):
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
 
   return max([float(np.max(np.abs(x))) for x in jax.tree.leaves(_np(tree)) if x.size] + [0.0])
 
@@ -109,8 +109,9 @@ def _compare(out, name, ref, got):
 
 
 def scenario_mesh():
-  import jax  # pylint: disable=import-outside-toplevel
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  import jax
+
+  from unlearn_jax.runtime import distributed
 
   mesh = distributed.make_mesh()
   mesh2 = distributed.make_mesh(4, seeds=2)
@@ -120,20 +121,21 @@ def scenario_mesh():
   except ValueError as e:
     indivisible_error = str(e)
   return {
-      "indivisible_error": indivisible_error,
-      "num_devices": jax.device_count(),
-      "mesh_shape": dict(mesh.shape),
-      "mesh2_shape": dict(mesh2.shape),
-      "platform": jax.devices()[0].platform,
+    "indivisible_error": indivisible_error,
+    "num_devices": jax.device_count(),
+    "mesh_shape": dict(mesh.shape),
+    "mesh2_shape": dict(mesh2.shape),
+    "platform": jax.devices()[0].platform,
   }
 
 
 def scenario_per_example():
   """Per-example norms, inner products and the clipped sum: sharded vs one device (x64)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
+
   from unlearn_jax import per_example  # noqa
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed
 
   params, data, loss_fn, _ = _problem(16, np.float64)
   n = 16
@@ -141,15 +143,21 @@ def scenario_per_example():
   def f(p, d):
     s, norms = per_example.clipped_grad_sum(loss_fn, p, d, 1.0, method="ghost")
     gbar = jax.tree.map(lambda a: a / n, s)
-    return {"sum": s, "norms": norms, "inner": per_example.per_example_inner(loss_fn, p, d, gbar),
-            "vmap_norms": per_example.per_example_grad_norms(loss_fn, p, d, method="vmap")}
+    return {
+      "sum": s,
+      "norms": norms,
+      "inner": per_example.per_example_inner(loss_fn, p, d, gbar),
+      "vmap_norms": per_example.per_example_grad_norms(loss_fn, p, d, method="vmap"),
+    }
 
   jf = jax.jit(f)
   ref = jf(params, data)
   inputs = distributed.place_training_inputs(params, data, distributed.make_mesh())
   got = jf(inputs.params, inputs.data)
-  out = {"norms_spec": _spec(got["norms"]), "sum_replicated": all(
-      x.sharding.is_fully_replicated for x in jax.tree.leaves(got["sum"]))}
+  out = {
+    "norms_spec": _spec(got["norms"]),
+    "sum_replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(got["sum"])),
+  }
   for k in ref:
     _compare(out, k, ref[k], got[k])
   return out
@@ -162,20 +170,27 @@ FULL_BATCH_BUDGET = 138.0
 
 
 def _accounting(filter_budget=None):
-  from unlearn_jax import accounting  # pylint: disable=import-outside-toplevel
+  from unlearn_jax import accounting
 
   if filter_budget is None:
     return accounting.accountant([2.0, 4.0, 8.0])
   return accounting.accountant([2.0, 4.0, 8.0], filter_budget=filter_budget, filter_order=4.0)
 
 
-def _train(loss_fn, params, data, *, mesh=None, data_mask=None, num_steps=12, dtype_name="float64",
-           **kwargs):
-  import jax  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
+def _train(loss_fn, params, data, *, mesh=None, data_mask=None, num_steps=12, dtype_name="float64", **kwargs):
+  import jax
 
-  kw = dict(num_steps=num_steps, key=jax.random.key(3), step_size=0.2, temperature=1e-4,
-            progress=False, steps_per_chunk=num_steps, data_mask=data_mask)
+  from unlearn_jax import runtime as loops
+
+  kw = dict(
+    num_steps=num_steps,
+    key=jax.random.key(3),
+    step_size=0.2,
+    temperature=1e-4,
+    progress=False,
+    steps_per_chunk=num_steps,
+    data_mask=data_mask,
+  )
   if mesh is not None:
     kw["mesh"] = mesh
   kw.update(kwargs)
@@ -183,8 +198,9 @@ def _train(loss_fn, params, data, *, mesh=None, data_mask=None, num_steps=12, dt
 
 
 def _loops_has_mesh():
-  import inspect  # pylint: disable=import-outside-toplevel
-  from unlearn_jax import runtime as loops  # pylint: disable=import-outside-toplevel
+  import inspect
+
+  from unlearn_jax import runtime as loops
 
   return "mesh" in inspect.signature(loops.train).parameters
 
@@ -195,8 +211,9 @@ def _sharded_train(loss_fn, params, data, mesh, *, data_mask=None, **kwargs):
   Through ``loops.train(mesh=...)`` when it exists, else with inputs placed by
   ``distributed.place_training_inputs`` and passed to the unchanged driver.
   """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+
+  from unlearn_jax.runtime import distributed
 
   if _loops_has_mesh():
     res = _train(loss_fn, params, data, mesh=mesh, data_mask=data_mask, **kwargs)
@@ -213,8 +230,9 @@ def _sharded_train(loss_fn, params, data, mesh, *, data_mask=None, **kwargs):
 
 
 def _train_scenario(n, dtype_name, **kwargs):
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  import numpy as np
+
+  from unlearn_jax.runtime import distributed
 
   dtype = np.dtype(dtype_name)
   params, data, loss_fn, _ = _problem(n, dtype)
@@ -236,16 +254,18 @@ def _train_scenario(n, dtype_name, **kwargs):
     out["num_active"] = int(np.sum(np.asarray(ref.ledger.active)))
     out["ref_realized_min"] = float(np.min(np.asarray(ref.ledger.realized)))
     out["flags_equal"] = all(
-        bool(np.asarray(getattr(ref.ledger, f)) == np.asarray(getattr(got_ledger, f)))
-        for f in ("num_steps", "num_accounted", "finite", "certified", "exact"))
+      bool(np.asarray(getattr(ref.ledger, f)) == np.asarray(getattr(got_ledger, f)))
+      for f in ("num_steps", "num_accounted", "finite", "certified", "exact")
+    )
     out["state_realized_spec"] = _spec(state_ledger.realized)
     out["state_active_spec"] = _spec(state_ledger.active)
     out["state_realized_num_devices"] = len(state_ledger.realized.sharding.device_set)
     out["state_realized_rows"] = int(np.shape(state_ledger.realized)[0])
     padded_rows = np.asarray(state_ledger.realized)[n:]
     out["padding_rows_zero"] = bool(np.all(padded_rows == 0)) if padded_rows.size else None
-  out["params_replicated"] = all(x.sharding.is_fully_replicated for x in
-                                 __import__("jax").tree.leaves(got.state.params))
+  out["params_replicated"] = all(
+    x.sharding.is_fully_replicated for x in __import__("jax").tree.leaves(got.state.params)
+  )
   return out
 
 
@@ -266,24 +286,32 @@ def scenario_train_filter_padded():
 
 
 def scenario_train_poisson_padded():
-  return _train_scenario(14, "float64", accounting=_accounting(), clip_norm=1.0, mode="poisson",
-                         sampling_rate=0.5)
+  return _train_scenario(14, "float64", accounting=_accounting(), clip_norm=1.0, mode="poisson", sampling_rate=0.5)
 
 
 def scenario_unlearn_padded():
   """loops.unlearn on a retain set (forget rows masked out), n = 14 on 4 devices, x64."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
   from unlearn_jax import runtime as loops  # noqa
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed
 
   n = 14
   params, data, loss_fn, _ = _problem(n, np.float64)
   retain = np.ones(n)
   retain[[1, 5, 9]] = 0.0
-  kw = dict(method="sgld", key=jax.random.key(7), step_size=0.2, temperature=1e-4,
-            record_steps=(0, 4, 10), clip_norm=1.0, progress=False, steps_per_chunk=10)
+  kw = dict(
+    method="sgld",
+    key=jax.random.key(7),
+    step_size=0.2,
+    temperature=1e-4,
+    record_steps=(0, 4, 10),
+    clip_norm=1.0,
+    progress=False,
+    steps_per_chunk=10,
+  )
   ref = loops.unlearn(loss_fn, params, data, data_mask=retain, **kw)
   mesh = distributed.make_mesh()
   if "mesh" in __import__("inspect").signature(loops.unlearn).parameters:
@@ -292,8 +320,9 @@ def scenario_unlearn_padded():
   else:
     inputs = distributed.place_training_inputs(params, data, mesh)
     mask, _ = distributed.pad_to_multiple(jnp.asarray(retain), 4)
-    got = loops.unlearn(loss_fn, inputs.params, inputs.data, data_mask=distributed.shard_data(
-        mask * inputs.data_mask, mesh), **kw)
+    got = loops.unlearn(
+      loss_fn, inputs.params, inputs.data, data_mask=distributed.shard_data(mask * inputs.data_mask, mesh), **kw
+    )
     path = "preplaced"
   out = {"path": path}
   _compare(out, "recorded_params", ref.params, got.params)
@@ -302,8 +331,9 @@ def scenario_unlearn_padded():
 
 def scenario_seeds():
   """4 vmapped chains on a (seeds=2, data=2) mesh vs one device (x64)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  import numpy as np
+
+  from unlearn_jax.runtime import distributed
 
   if not _loops_has_mesh():
     return {"skipped": "loops.train has no mesh argument yet"}
@@ -324,12 +354,13 @@ def scenario_seeds():
 
 def scenario_metrics():
   """Difficulty metrics, Spearman and the loss barrier on sharded inputs vs one device (x64)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
   from unlearn_jax import evaluate as evaluation  # noqa
   from unlearn_jax.evaluate import metrics, statistics  # noqa
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  from unlearn_jax.runtime import distributed
 
   n = 16
   params, data, loss_fn, apply_fn = _problem(n, np.float64)
@@ -346,22 +377,27 @@ def scenario_metrics():
   def f(p, ps, q, x, y, s):
     losses = metrics.per_example_loss(apply_fn, p, x, y)
     return {
-        "loss": losses,
-        "confidence": metrics.confidence(apply_fn, p, x, y),
-        "el2n": metrics.el2n(apply_fn, ps, x, y),
-        "grand": metrics.grand(loss_fn, ps, (x, y)),
-        "spearman": statistics.spearman(losses, s),
-        "barrier": evaluation.loss_barrier(loss_fn, p, q, (x, y), num_points=5)[0],
+      "loss": losses,
+      "confidence": metrics.confidence(apply_fn, p, x, y),
+      "el2n": metrics.el2n(apply_fn, ps, x, y),
+      "grand": metrics.grand(loss_fn, ps, (x, y)),
+      "spearman": statistics.spearman(losses, s),
+      "barrier": evaluation.loss_barrier(loss_fn, p, q, (x, y), num_points=5)[0],
     }
 
   jf = jax.jit(f)
   ref = jf(params, seeds, other, x, y, score)
   mesh = distributed.make_mesh()
   (sx, sy, ss) = distributed.shard_data((x, y, score), mesh)
-  got = jf(distributed.replicate(params, mesh), distributed.replicate(seeds, mesh),
-           distributed.replicate(other, mesh), sx, sy, ss)
-  out = {"loss_spec": _spec(got["loss"]), "ref_spearman": float(ref["spearman"]),
-         "ref_barrier": float(ref["barrier"])}
+  got = jf(
+    distributed.replicate(params, mesh),
+    distributed.replicate(seeds, mesh),
+    distributed.replicate(other, mesh),
+    sx,
+    sy,
+    ss,
+  )
+  out = {"loss_spec": _spec(got["loss"]), "ref_spearman": float(ref["spearman"]), "ref_barrier": float(ref["barrier"])}
   for k in ref:
     _compare(out, k, ref[k], got[k])
   return out
@@ -377,25 +413,37 @@ def _blocks_scenario(filter_budget, extra_runs=(), dtype="float64", **kwargs):
   on 4 devices: one block per device), "off_4" (the default reduction order on 4 devices); neither is
   expected to be bitwise.
   """
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from unlearn_jax.runtime import distributed  # pylint: disable=import-outside-toplevel
+  import numpy as np
+
+  from unlearn_jax.runtime import distributed
 
   n = 13
   params, data, loss_fn, _ = _problem(n, np.dtype(dtype))
   kw = dict(accounting=_accounting(filter_budget=filter_budget), clip_norm=1.0, **kwargs)
 
   def values(res):
-    return {"params": res.params, "loss_history": res.history["loss"],
-            "grad_norm": res.history["grad_norm"],
-            "privacy_loss_mean": res.history["privacy_loss_mean"], "realized": res.ledger.realized,
-            "worst_case": res.ledger.worst_case, "active": res.ledger.active}
+    return {
+      "params": res.params,
+      "loss_history": res.history["loss"],
+      "grad_norm": res.history["grad_norm"],
+      "privacy_loss_mean": res.history["privacy_loss_mean"],
+      "realized": res.ledger.realized,
+      "worst_case": res.ledger.worst_case,
+      "active": res.ledger.active,
+    }
 
   ref = _train(loss_fn, params, data, reduction_blocks=BLOCKS, **kw)
   ref_v = values(ref)
-  out = {"n": n, "num_inactive": int(np.sum(~np.asarray(ref.ledger.active))),
-         "num_active": int(np.sum(np.asarray(ref.ledger.active))), "realized_scale": _scale(ref.ledger.realized)}
-  runs = {f"on_{d}": _train(loss_fn, params, data, mesh=distributed.make_mesh(d), reduction_blocks=BLOCKS, **kw)
-          for d in (1, 2, 4)}
+  out = {
+    "n": n,
+    "num_inactive": int(np.sum(~np.asarray(ref.ledger.active))),
+    "num_active": int(np.sum(np.asarray(ref.ledger.active))),
+    "realized_scale": _scale(ref.ledger.realized),
+  }
+  runs = {
+    f"on_{d}": _train(loss_fn, params, data, mesh=distributed.make_mesh(d), reduction_blocks=BLOCKS, **kw)
+    for d in (1, 2, 4)
+  }
   if "r4_on_4" in extra_runs:
     runs["r4_on_4"] = _train(loss_fn, params, data, mesh=distributed.make_mesh(4), reduction_blocks=4, **kw)
   if "off_4" in extra_runs:
@@ -405,8 +453,9 @@ def _blocks_scenario(filter_budget, extra_runs=(), dtype="float64", **kwargs):
     for k in ref_v:
       _compare(out, f"{name}_{k}", ref_v[k], got[k])
     out[f"{name}_flags_equal"] = all(
-        bool(np.asarray(getattr(ref.ledger, f)) == np.asarray(getattr(res.ledger, f)))
-        for f in ("num_steps", "num_accounted", "finite", "certified", "exact"))
+      bool(np.asarray(getattr(ref.ledger, f)) == np.asarray(getattr(res.ledger, f)))
+      for f in ("num_steps", "num_accounted", "finite", "certified", "exact")
+    )
   out["on_4_state_rows"] = int(np.shape(runs["on_4"].state.ledger.realized)[0])
   out["on_4_state_realized_spec"] = _spec(runs["on_4"].state.ledger.realized)
   out["on_4_state_realized_num_devices"] = len(runs["on_4"].state.ledger.realized.sharding.device_set)
@@ -427,23 +476,31 @@ def scenario_blocks_f32():
 
 # The default (fast) set run by tests/test_distributed.py; the others are its slow tests.
 FAST = ("mesh", "train_filter_padded", "unlearn_padded", "metrics", "blocks_full_batch")
-SLOW = ("per_example", "train_x64", "train_f32", "train_padded", "train_poisson_padded", "seeds",
-        "blocks_poisson", "blocks_f32")
+SLOW = (
+  "per_example",
+  "train_x64",
+  "train_f32",
+  "train_padded",
+  "train_poisson_padded",
+  "seeds",
+  "blocks_poisson",
+  "blocks_f32",
+)
 
 SCENARIOS = {
-    "blocks_f32": scenario_blocks_f32,
-    "blocks_full_batch": scenario_blocks_full_batch,
-    "blocks_poisson": scenario_blocks_poisson,
-    "mesh": scenario_mesh,
-    "per_example": scenario_per_example,
-    "train_x64": scenario_train_x64,
-    "train_f32": scenario_train_f32,
-    "train_padded": scenario_train_padded,
-    "train_filter_padded": scenario_train_filter_padded,
-    "train_poisson_padded": scenario_train_poisson_padded,
-    "unlearn_padded": scenario_unlearn_padded,
-    "seeds": scenario_seeds,
-    "metrics": scenario_metrics,
+  "blocks_f32": scenario_blocks_f32,
+  "blocks_full_batch": scenario_blocks_full_batch,
+  "blocks_poisson": scenario_blocks_poisson,
+  "mesh": scenario_mesh,
+  "per_example": scenario_per_example,
+  "train_x64": scenario_train_x64,
+  "train_f32": scenario_train_f32,
+  "train_padded": scenario_train_padded,
+  "train_filter_padded": scenario_train_filter_padded,
+  "train_poisson_padded": scenario_train_poisson_padded,
+  "unlearn_padded": scenario_unlearn_padded,
+  "seeds": scenario_seeds,
+  "metrics": scenario_metrics,
 }
 
 

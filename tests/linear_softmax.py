@@ -24,6 +24,6 @@ def make_params(key, num_features, num_classes, scale=1.0):
   """Gaussian weights and biases with standard deviation ``scale``."""
   k1, k2 = jax.random.split(key)
   return {
-      "w": scale * jax.random.normal(k1, (num_features, num_classes)),
-      "b": scale * jax.random.normal(k2, (num_classes,)),
+    "w": scale * jax.random.normal(k1, (num_features, num_classes)),
+    "b": scale * jax.random.normal(k2, (num_classes,)),
   }

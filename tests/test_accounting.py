@@ -50,7 +50,9 @@ def _mp_exact(q, sigma, alpha):
   """The exact RDP by 40-digit quadrature of E_{N(0,σ²)}[((1-q) + q e^{(2x-1)/(2σ²)})^α]."""
   mp.mp.dps = 40
   q, s, a = mp.mpf(q), mp.mpf(sigma), mp.mpf(alpha)
-  f = lambda x: mp.exp(-(x**2) / (2 * s**2)) / (s * mp.sqrt(2 * mp.pi)) * ((1 - q) + q * mp.exp((2 * x - 1) / (2 * s**2))) ** a
+  f = lambda x: (
+    mp.exp(-(x**2) / (2 * s**2)) / (s * mp.sqrt(2 * mp.pi)) * ((1 - q) + q * mp.exp((2 * x - 1) / (2 * s**2))) ** a
+  )
   pts = sorted({-mp.inf, -20 * s, mp.mpf(0), mp.mpf(1), a, a + 20 * s, mp.inf})
   return float(mp.log(mp.quad(f, pts)) / (a - 1))
 
@@ -192,12 +194,18 @@ def test_cost_formulas(x64):
   # Poisson: z = b sqrt(2 tau / eta) / norm; norm 0 -> 0; worst case = norm C.
   q, b, clip = 0.05, 4.0, 1.5
   norms = np.array([0.0, 0.5, clip])
-  pc = np.asarray(jax.jit(lambda nr: acc.poisson_costs(nr, q, b, orders=list(orders), step_size=eta, temperature=tau))(jnp.asarray(norms)))
+  pc = np.asarray(
+    jax.jit(lambda nr: acc.poisson_costs(nr, q, b, orders=list(orders), step_size=eta, temperature=tau))(
+      jnp.asarray(norms)
+    )
+  )
   z = b * math.sqrt(2 * tau / eta) / norms[1:]
   for k, zz in enumerate(z):
     np.testing.assert_allclose(pc[k + 1], rdp_lib._compute_rdp_poisson_subsampled_gaussian(q, zz, orders), rtol=1e-6)
   assert np.all(pc[0] == 0)
-  pw = np.asarray(jax.jit(lambda: acc.poisson_worst_case_cost(clip, q, b, orders=list(orders), step_size=eta, temperature=tau))())
+  pw = np.asarray(
+    jax.jit(lambda: acc.poisson_worst_case_cost(clip, q, b, orders=list(orders), step_size=eta, temperature=tau))()
+  )
   np.testing.assert_allclose(pw, pc[2], rtol=1e-12)
 
 
@@ -231,7 +239,7 @@ def test_ledger_update_filter_and_flags(x64):
 def test_average_and_group(x64):
   cfg = acc.accountant([2.0, 3.0])
   leds = jax.vmap(lambda c: acc.ledger_update(acc.ledger_init(2, cfg), c, jnp.zeros(2), config=cfg))(
-      jnp.arange(12.0).reshape(3, 2, 2)
+    jnp.arange(12.0).reshape(3, 2, 2)
   )
   mean, std = acc.average_ledgers(leds)
   r = np.arange(12.0).reshape(3, 2, 2)
@@ -258,23 +266,23 @@ def test_max_steps_for_epsilon(rdp_fn):
 
 
 @pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda: acc.sampled_gaussian_rdp(0.1, 1.0, [0.5, 2.0]), "orders"),
-        (lambda: acc.sampled_gaussian_rdp(0.1, 1.0, [1.0]), "orders"),
-        (lambda: acc.sampled_gaussian_rdp(0.1, 0.0, [2.0]), "noise_multiplier"),
-        (lambda: acc.sampled_gaussian_rdp(0.1, -1.0, [2.0]), "noise_multiplier"),
-        (lambda: acc.sampled_gaussian_rdp(0.0, 1.0, [2.0]), "q"),
-        (lambda: acc.sampled_gaussian_rdp(1.5, 1.0, [2.0]), "q"),
-        (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], -1e-5), "delta"),
-        (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], 1.0), "delta"),
-        (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], 1e-5, method="x"), "method"),
-        (lambda: acc.full_batch_costs(jnp.ones(2), 3, orders=[2.0], step_size=0.0, temperature=1.0), "step_size"),
-        (lambda: acc.full_batch_costs(jnp.ones(2), 3, orders=[2.0], step_size=0.1, temperature=-1.0), "temperature"),
-        (lambda: acc.accountant([2.0], filter_budget=1.0, filter_order=3.0), "filter_order"),
-        (lambda: acc.accountant([2.0], stride=0), "stride"),
-        (lambda: acc.ledger_init(0, acc.accountant([2.0])), "num_examples"),
-    ],
+  "call, match",
+  [
+    (lambda: acc.sampled_gaussian_rdp(0.1, 1.0, [0.5, 2.0]), "orders"),
+    (lambda: acc.sampled_gaussian_rdp(0.1, 1.0, [1.0]), "orders"),
+    (lambda: acc.sampled_gaussian_rdp(0.1, 0.0, [2.0]), "noise_multiplier"),
+    (lambda: acc.sampled_gaussian_rdp(0.1, -1.0, [2.0]), "noise_multiplier"),
+    (lambda: acc.sampled_gaussian_rdp(0.0, 1.0, [2.0]), "q"),
+    (lambda: acc.sampled_gaussian_rdp(1.5, 1.0, [2.0]), "q"),
+    (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], -1e-5), "delta"),
+    (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], 1.0), "delta"),
+    (lambda: acc.rdp_to_dp(jnp.ones(2), [2.0, 3.0], 1e-5, method="x"), "method"),
+    (lambda: acc.full_batch_costs(jnp.ones(2), 3, orders=[2.0], step_size=0.0, temperature=1.0), "step_size"),
+    (lambda: acc.full_batch_costs(jnp.ones(2), 3, orders=[2.0], step_size=0.1, temperature=-1.0), "temperature"),
+    (lambda: acc.accountant([2.0], filter_budget=1.0, filter_order=3.0), "filter_order"),
+    (lambda: acc.accountant([2.0], stride=0), "stride"),
+    (lambda: acc.ledger_init(0, acc.accountant([2.0])), "num_examples"),
+  ],
 )
 def test_bad_inputs(call, match):
   with pytest.raises(ValueError, match=match):
@@ -310,7 +318,9 @@ def test_fast_block_equals_term_by_term(x64, i0):
   asymptotic branch is off by up to 4e-9 (test_log_ndtr_fast_matches_mpmath holds ours to 1e-11)."""
   plan = sgm._sgm_plan(_FRAC, 1024)
   fp = plan.frac
-  terms = jax.jit(lambda q, lq, l1q, s, z, w: frac._frac_terms(fp, jnp.asarray(i0), q, lq, l1q, s, z, w, jnp.float64, False)[:2])
+  terms = jax.jit(
+    lambda q, lq, l1q, s, z, w: frac._frac_terms(fp, jnp.asarray(i0), q, lq, l1q, s, z, w, jnp.float64, False)[:2]
+  )
   fast = jax.jit(lambda lq, l1q, s, z, w: frac._frac_block_fast(fp, jnp.asarray(i0), lq, l1q, s, z, w, jnp.float64))
   for q in (1e-4, 0.01, 0.5, 0.95):
     sigma = jnp.asarray(np.geomspace(0.05, 80.0, 41))
@@ -359,5 +369,7 @@ def test_large_batches_sorted_chunks_keep_order_and_vmap(x64):
   assert np.all(big[z == np.inf] == 0.0) and np.all(big[z < np.inf] > 0.0)
   small = np.stack([np.asarray(rdp(jnp.asarray(z[i : i + 300]))) for i in (0, 300)])
   np.testing.assert_allclose(big.reshape(2, 300, -1), small, rtol=1e-6)
-  batched = np.asarray(jax.jit(jax.vmap(lambda zz: acc.sampled_gaussian_rdp(0.02, zz, orders)))(jnp.asarray(z).reshape(2, 300)))
+  batched = np.asarray(
+    jax.jit(jax.vmap(lambda zz: acc.sampled_gaussian_rdp(0.02, zz, orders)))(jnp.asarray(z).reshape(2, 300))
+  )
   np.testing.assert_allclose(batched, small, rtol=1e-12)

@@ -24,7 +24,8 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,15 +33,15 @@ import numpy as np
 import optax
 import pytest
 
-from unlearn_jax import accounting, data, models
-from unlearn_jax import study as experiment
-from unlearn_jax.study import cli
+from unlearn_jax import accounting, data, models, per_example
 from unlearn_jax import algorithms as sgld
 from unlearn_jax import evaluate as evaluation
-from unlearn_jax import per_example
 from unlearn_jax import runtime as loops
-from unlearn_jax.certify import bounds, testbed
+from unlearn_jax import study as experiment
+from unlearn_jax.certify import bounds, testbed, testbed_table
 from unlearn_jax.evaluate import metrics, selection, statistics
+from unlearn_jax.runtime import checkpoint
+from unlearn_jax.study import cli
 
 _PKG_DIR = pathlib.Path(__file__).resolve().parents[1] / "unlearn_jax"
 
@@ -127,275 +128,602 @@ def _cli(argv):
 
 class Row(NamedTuple):
   id: str
-  call: Callable[[pathlib.Path], Any]   # receives tmp_path
-  exc: type | tuple[type, ...]          # expected exception class(es); for CLI rows: the exit code
-  needles: tuple[str, ...]              # substrings the message must contain: the argument AND the value
+  call: Callable[[pathlib.Path], Any]  # receives tmp_path
+  exc: type | tuple[type, ...]  # expected exception class(es); for CLI rows: the exit code
+  needles: tuple[str, ...]  # substrings the message must contain: the argument AND the value
   cli: bool = False
 
 
 VT = (ValueError, TypeError)
 
 ROWS = [
-    # ---- per_example: loss_fn contract, batch shapes, clip, method ---------------------------------
-    Row("loss_fn_not_scalar", lambda t: per_example.per_example_losses(vector_loss_fn, PARAMS, (X, Y)),
-        TypeError, ("loss_fn", "(3,)")),
-    Row("loss_fn_not_callable", lambda t: per_example.per_example_grads("loss", PARAMS, (X, Y)),
-        TypeError, ("loss_fn", "'loss'")),
-    Row("batch_leaves_disagree_on_n", lambda t: per_example.per_example_grads(loss_fn, PARAMS, (X, Y[:5])),
-        ValueError, ("batch", "[6, 5]")),
-    Row("empty_batch", lambda t: per_example.per_example_losses(loss_fn, PARAMS, (X[:0], Y[:0])),
-        ValueError, ("batch", "n = 0")),
-    Row("scalar_batch_leaf", lambda t: per_example.per_example_losses(loss_fn, PARAMS, (X, np.int32(1))),
-        ValueError, ("batch", "scalar")),
-    Row("norm_method_unknown", lambda t: per_example.per_example_grad_norms(loss_fn, PARAMS, (X, Y),
-                                                                            method="magic"),
-        ValueError, ("method", "'magic'")),
-    Row("chunk_size_zero", lambda t: per_example.per_example_grad_norms(loss_fn, PARAMS, (X, Y), chunk_size=0),
-        ValueError, ("chunk_size", "0")),
-    Row("clip_norm_negative", lambda t: per_example.clip_factors(jnp.ones(3), -1.0),
-        ValueError, ("clip_norm", "-1.0")),
-    Row("clip_norm_nan", lambda t: per_example.clipped_grad_sum(loss_fn, PARAMS, (X, Y), float("nan")),
-        ValueError, ("clip_norm", "nan")),
-    Row("weights_wrong_shape", lambda t: per_example.weighted_grad_sum(loss_fn, PARAMS, (X, Y), np.ones(4)),
-        ValueError, ("weights", "(4,)")),
-    # ---- accounting --------------------------------------------------------------------------------
-    Row("orders_contain_one", lambda t: accounting.accountant([1.0, 2.0]), ValueError, ("orders", "1.0")),
-    Row("orders_below_one", lambda t: accounting.gaussian_rdp(1.0, 1.0, [0.5, 2.0]), ValueError,
-        ("orders", "0.5")),
-    Row("orders_nan", lambda t: accounting.accountant([2.0, float("nan")]), ValueError, ("orders", "nan")),
-    Row("stride_zero", lambda t: accounting.accountant(ORDERS, stride=0), ValueError, ("stride", "0")),
-    Row("filter_budget_negative", lambda t: accounting.accountant(ORDERS, filter_budget=-1.0, filter_order=2.0),
-        ValueError, ("filter_budget", "-1.0")),
-    Row("q_zero", lambda t: accounting.sampled_gaussian_rdp(0.0, 1.0, ORDERS), ValueError, ("q", "0.0")),
-    Row("q_above_one", lambda t: accounting.sampled_gaussian_rdp(1.5, 1.0, ORDERS), ValueError, ("q", "1.5")),
-    Row("noise_std_zero", lambda t: accounting.gaussian_rdp(1.0, 0.0, ORDERS), ValueError, ("noise_std", "0.0")),
-    Row("costs_step_size_zero", lambda t: accounting.full_batch_costs(jnp.ones(N), N, orders=ORDERS, step_size=0.0, temperature=1.0),
-        ValueError, ("step_size", "0.0")),
-    Row("costs_temperature_negative", lambda t: accounting.poisson_costs(jnp.ones(N), 0.5, 3.0, orders=ORDERS, step_size=0.1, temperature=-1.0),
-        ValueError, ("temperature", "-1.0")),
-    Row("ledger_init_zero_examples", lambda t: accounting.ledger_init(0, accounting.accountant(ORDERS)),
-        ValueError, ("num_examples", "0")),
-    Row("ledger_update_costs_wrong_shape",
-        lambda t: accounting.ledger_update(accounting.ledger_init(N, accounting.accountant(ORDERS)),
-                                           jnp.zeros((N, 3)), jnp.zeros(2), config=accounting.accountant(ORDERS)),
-        ValueError, ("costs", "(6, 3)")),
-    Row("ledger_update_negative_weight",
-        lambda t: accounting.ledger_update(accounting.ledger_init(N, accounting.accountant(ORDERS)),
-                                           jnp.zeros((N, 2)), jnp.zeros(2), weight=-1,
-                                           config=accounting.accountant(ORDERS)),
-        ValueError, ("weight", "-1")),
-    Row("ledger_update_negative_costs",
-        lambda t: accounting.ledger_update(accounting.ledger_init(N, accounting.accountant(ORDERS)),
-                                           -jnp.ones((N, 2)), jnp.zeros(2), config=accounting.accountant(ORDERS)),
-        ValueError, ("costs", "-1.0")),
-    Row("costs_sq_dist_negative", lambda t: accounting.full_batch_costs(-jnp.ones(N), N, orders=ORDERS, step_size=0.1, temperature=1.0),
-        ValueError, ("sq_dist", "-1.0")),
-    Row("rdp_nan_into_conversion", lambda t: accounting.rdp_to_dp(jnp.array([jnp.nan, 1.0]), ORDERS, 1e-5),
-        ValueError, ("rdp", "NaN")),
-    Row("rdp_negative_into_conversion", lambda t: accounting.rdp_to_dp(jnp.array([-1.0, 1.0]), ORDERS, 1e-5),
-        ValueError, ("rdp", "-1.0")),
-    Row("delta_zero", lambda t: accounting.rdp_to_dp(jnp.ones(2), ORDERS, 0.0), ValueError, ("delta", "0.0")),
-    Row("delta_one", lambda t: accounting.rdp_to_dp(jnp.ones(2), ORDERS, 1.0), ValueError, ("delta", "1.0")),
-    Row("group_indices_out_of_range", lambda t: accounting.group_privacy_loss(jnp.ones((N, 2)), [0, 9]),
-        ValueError, ("forget_indices", "9")),
-    Row("group_indices_duplicated", lambda t: accounting.group_privacy_loss(jnp.ones((N, 2)), [1, 1]),
-        ValueError, ("forget_indices", "[1]")),
-    Row("group_indices_empty", lambda t: accounting.group_privacy_loss(jnp.ones((N, 2)), np.array([], int)),
-        ValueError, ("forget_indices", "(0,)")),
-    # ---- bounds (THEORY §4) ------------------------------------------------------------------------
-    Row("bound_alpha_one", lambda t: bounds.unlearning_bound(1.0, 0, alpha=1.0, step_size=0.1, temperature=1.0,
-                                                             lsi_constant=1.0),
-        ValueError, ("alpha", "1.0")),
-    Row("steps_alpha_half", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=0.5, step_size=0.1, temperature=1.0,
-                                                              lsi_constant=1.0),
-        ValueError, ("alpha", "0.5")),
-    Row("steps_privacy_loss_nan", lambda t: bounds.steps_to_unlearn(jnp.array([1.0, jnp.nan]), 0.1, alpha=2.0,
-                                                                    step_size=0.1, temperature=1.0,
-                                                                    lsi_constant=1.0),
-        ValueError, ("privacy_loss_4alpha", "NaN")),
-    Row("steps_privacy_loss_negative", lambda t: bounds.steps_to_unlearn(-0.5, 0.1, alpha=2.0, step_size=0.1,
-                                                                         temperature=1.0, lsi_constant=1.0),
-        ValueError, ("privacy_loss_4alpha", "-0.5")),
-    Row("steps_step_size_zero", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.0,
-                                                                  temperature=1.0, lsi_constant=1.0),
-        ValueError, ("step_size", "0.0")),
-    Row("steps_temperature_negative", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.1,
-                                                                        temperature=-1.0, lsi_constant=1.0),
-        ValueError, ("temperature", "-1.0")),
-    Row("steps_lsi_constant_zero", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.1,
-                                                                     temperature=1.0, lsi_constant=0.0),
-        ValueError, ("lsi_constant", "0.0")),
-    Row("steps_target_zero", lambda t: bounds.steps_to_unlearn(1.0, 0.0, alpha=2.0, step_size=0.1,
-                                                               temperature=1.0, lsi_constant=1.0),
-        ValueError, ("epsilon", "0.0")),
-    Row("steps_e1_negative", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.1, temperature=1.0,
-                                                               lsi_constant=1.0, e1=-0.1),
-        ValueError, ("e1", "-0.1")),
-    Row("bound_k_negative", lambda t: bounds.contraction_factor(-3, alpha=2.0, step_size=0.1, temperature=1.0,
-                                                                lsi_constant=1.0),
-        ValueError, ("num_steps", "-3")),
-    Row("steps_dp_delta_above_one", lambda t: bounds.steps_to_unlearn_dp(jnp.ones((N, 2)), (2.0, 8.0), 1.0, 1.5,
-                                                                         step_size=0.1, temperature=1.0,
-                                                                         lsi_constant=1.0),
-        ValueError, ("delta", "1.5")),
-    Row("steps_dp_ledger_wrong_shape", lambda t: bounds.steps_to_unlearn_dp(jnp.ones((N, 3)), (2.0, 8.0), 1.0,
-                                                                            1e-5, step_size=0.1, temperature=1.0,
-                                                                            lsi_constant=1.0),
-        ValueError, ("ledger_realized", "(6, 3)")),
-    Row("worst_case_n_zero", lambda t: bounds.worst_case_epsilon(2.0, 10, m=1.0, step_size=0.1, temperature=1.0,
-                                                                 num_removed=1, clip_norm=1.0, num_examples=0),
-        ValueError, ("num_examples", "0")),
-    Row("worst_case_removes_more_than_n", lambda t: bounds.worst_case_epsilon(2.0, 10, m=1.0, step_size=0.1,
-                                                                             temperature=1.0, num_removed=20,
-                                                                             clip_norm=1.0, num_examples=10),
-        ValueError, ("num_removed", "20", "num_examples = 10")),
-    # ---- sgld --------------------------------------------------------------------------------------
-    Row("sgld_mode_unknown", lambda t: sgld.sgld(loss_fn, mode="full"), ValueError, ("mode", "'full'")),
-    Row("sgld_clip_norm_zero", lambda t: sgld.sgld(loss_fn, clip_norm=0.0), ValueError, ("clip_norm", "0.0")),
-    Row("sgld_sampling_rate_zero", lambda t: sgld.sgld(loss_fn, mode="poisson", sampling_rate=0.0),
-        ValueError, ("sampling_rate", "0.0")),
-    Row("sgld_sampling_rate_above_one", lambda t: sgld.sgld(loss_fn, mode="poisson", sampling_rate=1.5),
-        ValueError, ("sampling_rate", "1.5")),
-    Row("sgld_weight_decay_negative", lambda t: sgld.sgld(loss_fn, weight_decay=-0.1),
-        ValueError, ("weight_decay", "-0.1")),
-    Row("sgld_step_size_zero", lambda t: _sgld_step(step_size=0.0), ValueError, ("step_size", "0.0")),
-    Row("sgld_temperature_negative", lambda t: _sgld_step(temperature=-0.5), ValueError, ("temperature", "-0.5")),
-    Row("ledger_of_another_data_set_size", lambda t: _ledger_step_on_other_size(), ValueError,
-        ("ledger", "5", "n = 6")),
-    Row("langevin_temperature_negative", lambda t: sgld.langevin_noise(-1.0, 0.1, jax.random.key(0)),
-        ValueError, ("temperature", "-1.0")),
-    # ---- testbed -----------------------------------------------------------------------------------
-    Row("ridge_X_nan", lambda t: testbed.RidgeProblem.from_data(_with(X, (0, 0), np.nan), Y.astype(float), 0.1),
-        ValueError, ("X", "NaN")),
-    Row("ridge_lam_negative", lambda t: testbed.RidgeProblem.from_data(X, Y.astype(float), -0.1),
-        ValueError, ("lam", "-0.1")),
-    Row("ridge_y_wrong_length", lambda t: testbed.RidgeProblem.from_data(X, np.ones(5), 0.1),
-        ValueError, ("y", "(5,)")),
-    Row("renyi_alpha_one", lambda t: testbed.gaussian_renyi(1.0, np.zeros(1), np.eye(1), np.zeros(1), np.eye(1)),
-        ValueError, ("alpha", "1.0")),
-    Row("renyi_covariance_not_pd", lambda t: testbed.gaussian_renyi(2.0, np.zeros(1), -np.eye(1), np.zeros(1),
-                                                                    np.eye(1)),
-        ValueError, ("S1", "-1.0")),
-    Row("testbed_table_T_float", lambda t: testbed.certify_testbed_table(_ridge(), T=2.5), ValueError, ("T", "2.5")),
-    Row("exact_index_out_of_range", lambda t: testbed.per_instance_exact(_ridge(), 9, 2.0, 10, 0, 0.1, 0.01,
-                                                                         np.zeros(2), np.eye(2)),
-        ValueError, ("index", "9")),
-    Row("exact_temperature_zero", lambda t: testbed.stationary_law(_ridge(), 0.1, 0.0),
-        ValueError, ("temperature", "0.0")),
-    # ---- selection: forget sets --------------------------------------------------------------------
-    Row("forget_indices_empty", lambda t: selection.check_forget_indices(np.array([], np.int64), N),
-        ValueError, ("forget indices", "(0,)")),
-    Row("forget_indices_duplicated", lambda t: selection.check_forget_indices([1, 3, 1], N),
-        ValueError, ("forget indices", "[1]")),
-    Row("forget_indices_out_of_range", lambda t: selection.check_forget_indices([0, 6], N),
-        ValueError, ("forget indices", "[6]")),
-    Row("forget_indices_negative", lambda t: selection.check_forget_indices([-1, 2], N),
-        ValueError, ("forget indices", "[-1]")),
-    Row("forget_indices_float", lambda t: selection.check_forget_indices([0.5, 2.0], N),
-        TypeError, ("forget indices", "float64")),
-    Row("selection_scores_nan", lambda t: selection.select_forget_set(jnp.array([1.0, jnp.nan, 0.0]), "top",
-                                                                      size=1),
-        ValueError, ("scores", "NaN")),
-    Row("selection_unknown", lambda t: selection.select_forget_set(jnp.arange(4.0), "middle", size=1),
-        ValueError, ("selection", "'middle'")),
-    # ---- metrics / evaluation ----------------------------------------------------------------------
-    Row("labels_out_of_range", lambda t: metrics.per_example_loss(apply_fn, PARAMS, X, _with(Y, 2, 7)),
-        ValueError, ("y", "7")),
-    Row("labels_negative", lambda t: metrics.confidence(apply_fn, PARAMS, X, _with(Y, 0, -1)),
-        ValueError, ("y", "-1")),
-    Row("labels_2d", lambda t: metrics.per_example_loss(apply_fn, PARAMS, X, Y[:, None]),
-        ValueError, ("y", "(6, 1)")),
-    Row("accuracy_labels_out_of_range", lambda t: evaluation.accuracy_and_loss(apply_fn, PARAMS, X, _with(Y, 5, 9)),
-        ValueError, ("y", "9")),
-    Row("spearman_lengths", lambda t: statistics.spearman(jnp.arange(4.0), jnp.arange(5.0)),
-        ValueError, ("(4,)", "(5,)")),
-    Row("membership_delta_one", lambda t: evaluation.membership_epsilon(jnp.ones((4, 2)), jnp.zeros((4, 2)),
-                                                                        delta=1.0),
-        ValueError, ("delta", "1.0")),
-    Row("barrier_num_points_one", lambda t: evaluation.loss_barrier(loss_fn, PARAMS, PARAMS, (X, Y), num_points=1),
-        ValueError, ("num_points", "1")),
-    # ---- models ------------------------------------------------------------------------------------
-    Row("mlp_num_classes_one", lambda t: models.mlp((4,), num_classes=1), ValueError, ("num_classes", "1")),
-    Row("mlp_hidden_zero", lambda t: models.mlp((0,), num_classes=3), ValueError, ("hidden_sizes", "0")),
-    Row("model_init_empty_example", lambda t: models.mlp((4,), num_classes=3).init_fn(jax.random.key(0), np.zeros(0)),
-        ValueError, ("example_x", "(0,)")),
-    Row("model_name_unknown", lambda t: models.get_model("resnet", 10), ValueError, ("name", "'resnet'")),
-    Row("loss_weight_decay_negative", lambda t: models.cross_entropy_loss_fn(apply_fn, weight_decay=-1.0),
-        ValueError, ("weight_decay", "-1.0")),
-    # ---- data --------------------------------------------------------------------------------------
-    Row("features_nan", lambda t: _dataset(x_train=_with(X, (1, 1), np.nan)), ValueError, ("x_train", "NaN")),
-    Row("features_inf", lambda t: _dataset(x_test=_with(X[:2], (0, 0), np.inf)), ValueError, ("x_test", "Inf")),
-    Row("features_strings", lambda t: _dataset(x_train=np.array([["a", "b"]] * N)), TypeError, ("x_train", "<U1")),
-    Row("dataset_labels_out_of_range", lambda t: _dataset(y_train=_with(Y, 0, 3)), ValueError, ("y_train", "3")),
-    Row("dataset_labels_float", lambda t: _dataset(y_train=Y.astype(np.float32) + 0.5), TypeError,
-        ("y_train", "float32")),
-    Row("mixture_n_one", lambda t: data.make_gaussian_mixture(1, 2, 2), ValueError, ("n", "1")),
-    # ---- loops -------------------------------------------------------------------------------------
-    Row("train_num_steps_zero", lambda t: _train(num_steps=0), ValueError, ("num_steps", "0")),
-    Row("train_step_size_negative", lambda t: _train(step_size=-0.1), ValueError, ("step_size", "-0.1")),
-    Row("train_features_inf", lambda t: _train(data=(_with(X, (2, 0), np.inf), Y)), ValueError,
-        ("data", "finite")),
-    Row("train_checkpoint_dir_under_a_file", lambda t: _train(checkpoint_dir=os.path.join(
-        _write(t, "file.txt", "x"), "out")), (ValueError, OSError), ("checkpoint_dir", "file.txt")),
-    Row("unlearn_method_unknown", lambda t: loops.unlearn(loss_fn, PARAMS, (X, Y), method="newton",
-                                                          key=jax.random.key(0), step_size=0.1,
-                                                          record_steps=(0, 1), progress=False),
-        ValueError, ("method", "'newton'")),
-    # ---- experiment config (typed, strict) ---------------------------------------------------------
-    Row("config_unknown_key", lambda t: experiment.Config.from_dict({"training": {"stepsize": 0.1}}),
-        experiment.ConfigError, ("training.stepsize", "step_size")),
-    Row("config_wrong_type", lambda t: experiment.Config.from_dict({"training": {"num_steps": "ten"}}),
-        experiment.ConfigError, ("training.num_steps", "'ten'")),
-    Row("config_q_above_one", lambda t: experiment.Config.from_dict({"training": {"mode": "poisson",
-                                                                                 "sampling_rate": 1.5}}),
-        experiment.ConfigError, ("training.sampling_rate", "1.5")),
-    Row("config_orders_le_one", lambda t: experiment.Config.from_dict({"privacy": {"orders": [1.0, 8.0]}}),
-        experiment.ConfigError, ("privacy.orders", "1.0")),
-    Row("config_lsi_constant_negative", lambda t: experiment.Config.from_dict({"privacy": {"lsi_constant": -1}}),
-        experiment.ConfigError, ("privacy.lsi_constant", "-1")),
-    Row("config_file_json_wrong_type", lambda t: experiment.Config.from_file(_write(
-        t, "c.json", json.dumps({"training": {"temperature": [1.0]}}))),
-        experiment.ConfigError, ("training.temperature", "[1.0]")),
-    Row("run_out_dir_under_a_file", lambda t: experiment.run(experiment.demo_config().replace(
-        out_dir=os.path.join(_write(t, "file.txt", "x"), "out"))),
-        experiment.OutputDirError, ("file.txt", "cannot be created or written")),
-    # ---- command line ------------------------------------------------------------------------------
-    Row("cli_unknown_config_key", lambda t: _cli(["run", "--quiet", "--config", _write(
-        t, "c.toml", "[training]\ntemprature = 1.0\n")]), cli.EXIT_CONFIG, ("training.temprature", "temperature"),
-        cli=True),
-    Row("cli_config_wrong_type", lambda t: _cli(["run", "--quiet", "--config", _write(
-        t, "c.toml", '[training]\nstep_size = "fast"\n')]), cli.EXIT_CONFIG, ("training.step_size", "'fast'"),
-        cli=True),
-    Row("cli_config_delta_outside", lambda t: _cli(["run", "--quiet", "--config", _write(
-        t, "c.toml", "[evaluation]\ndelta = 1.5\n")]), cli.EXIT_CONFIG, ("evaluation.delta", "1.5"), cli=True),
-    Row("cli_config_clip_negative", lambda t: _cli(["run", "--quiet", "--config", _write(
-        t, "c.json", json.dumps({"training": {"clip_norm": -2.0}}))]), cli.EXIT_CONFIG,
-        ("training.clip_norm", "-2.0"), cli=True),
-    Row("cli_config_not_toml", lambda t: _cli(["run", "--quiet", "--config", _write(
-        t, "c.toml", "[training\nstep_size = 1\n")]), cli.EXIT_CONFIG, ("c.toml", "TOML"), cli=True),
-    Row("cli_config_missing", lambda t: _cli(["run", "--quiet", "--config", str(t / "nope.toml")]),
-        cli.EXIT_CONFIG, ("nope.toml", "does not exist"), cli=True),
-    Row("cli_out_dir_under_a_file", lambda t: _cli(["demo", "--quiet", "--out", os.path.join(
-        _write(t, "file.txt", "x"), "out")]), cli.EXIT_OUTPUT, ("file.txt", "cannot be created or written"),
-        cli=True),
-    Row("cli_out_dir_in_proc", lambda t: _cli(["demo", "--quiet", "--out", "/proc/unlearn_jax_out"]),
-        cli.EXIT_OUTPUT, ("/proc/unlearn_jax_out",), cli=True),
-    Row("cli_seed_negative", lambda t: _cli(["demo", "--quiet", "--seed", "-3", "--out", str(t / "o")]),
-        cli.EXIT_CONFIG, ("seed", "-3"), cli=True),
-    Row("cli_seed_not_int", lambda t: _cli(["demo", "--quiet", "--seed", "abc"]), 2, ("--seed", "'abc'"),
-        cli=True),
-    Row("cli_testbed_alpha_le_one", lambda t: _cli(["certify-testbed", "--alpha", "0.5"]), cli.EXIT_CONFIG,
-        ("alpha", "0.5"), cli=True),
-    Row("cli_testbed_epsilon_negative", lambda t: _cli(["certify-testbed", "--epsilon", "-1"]), cli.EXIT_CONFIG,
-        ("eps", "-1"), cli=True),
-    Row("cli_testbed_step_size_zero", lambda t: _cli(["certify-testbed", "--step-size", "0"]), cli.EXIT_CONFIG,
-        ("step_size", "0"), cli=True),
-    Row("cli_testbed_temperature_negative", lambda t: _cli(["certify-testbed", "--temperature", "-0.1"]),
-        cli.EXIT_CONFIG, ("temperature", "-0.1"), cli=True),
-    Row("cli_testbed_n_zero", lambda t: _cli(["certify-testbed", "--n", "0"]), cli.EXIT_CONFIG, ("n", "0"),
-        cli=True),
-    Row("cli_testbed_steps_negative", lambda t: _cli(["certify-testbed", "--steps", "-3"]), cli.EXIT_CONFIG,
-        ("T", "-3"), cli=True),
+  # ---- per_example: loss_fn contract, batch shapes, clip, method ---------------------------------
+  Row(
+    "loss_fn_not_scalar",
+    lambda t: per_example.per_example_losses(vector_loss_fn, PARAMS, (X, Y)),
+    TypeError,
+    ("loss_fn", "(3,)"),
+  ),
+  Row(
+    "loss_fn_not_callable",
+    lambda t: per_example.per_example_grads("loss", PARAMS, (X, Y)),
+    TypeError,
+    ("loss_fn", "'loss'"),
+  ),
+  Row(
+    "batch_leaves_disagree_on_n",
+    lambda t: per_example.per_example_grads(loss_fn, PARAMS, (X, Y[:5])),
+    ValueError,
+    ("batch", "[6, 5]"),
+  ),
+  Row(
+    "empty_batch",
+    lambda t: per_example.per_example_losses(loss_fn, PARAMS, (X[:0], Y[:0])),
+    ValueError,
+    ("batch", "n = 0"),
+  ),
+  Row(
+    "scalar_batch_leaf",
+    lambda t: per_example.per_example_losses(loss_fn, PARAMS, (X, np.int32(1))),
+    ValueError,
+    ("batch", "scalar"),
+  ),
+  Row(
+    "norm_method_unknown",
+    lambda t: per_example.per_example_grad_norms(loss_fn, PARAMS, (X, Y), method="magic"),
+    ValueError,
+    ("method", "'magic'"),
+  ),
+  Row(
+    "chunk_size_zero",
+    lambda t: per_example.per_example_grad_norms(loss_fn, PARAMS, (X, Y), chunk_size=0),
+    ValueError,
+    ("chunk_size", "0"),
+  ),
+  Row("clip_norm_negative", lambda t: per_example.clip_factors(jnp.ones(3), -1.0), ValueError, ("clip_norm", "-1.0")),
+  Row(
+    "clip_norm_nan",
+    lambda t: per_example.clipped_grad_sum(loss_fn, PARAMS, (X, Y), float("nan")),
+    ValueError,
+    ("clip_norm", "nan"),
+  ),
+  Row(
+    "weights_wrong_shape",
+    lambda t: per_example.weighted_grad_sum(loss_fn, PARAMS, (X, Y), np.ones(4)),
+    ValueError,
+    ("weights", "(4,)"),
+  ),
+  # ---- accounting --------------------------------------------------------------------------------
+  Row("orders_contain_one", lambda t: accounting.accountant([1.0, 2.0]), ValueError, ("orders", "1.0")),
+  Row("orders_below_one", lambda t: accounting.gaussian_rdp(1.0, 1.0, [0.5, 2.0]), ValueError, ("orders", "0.5")),
+  Row("orders_nan", lambda t: accounting.accountant([2.0, float("nan")]), ValueError, ("orders", "nan")),
+  Row("stride_zero", lambda t: accounting.accountant(ORDERS, stride=0), ValueError, ("stride", "0")),
+  Row(
+    "filter_budget_negative",
+    lambda t: accounting.accountant(ORDERS, filter_budget=-1.0, filter_order=2.0),
+    ValueError,
+    ("filter_budget", "-1.0"),
+  ),
+  Row("q_zero", lambda t: accounting.sampled_gaussian_rdp(0.0, 1.0, ORDERS), ValueError, ("q", "0.0")),
+  Row("q_above_one", lambda t: accounting.sampled_gaussian_rdp(1.5, 1.0, ORDERS), ValueError, ("q", "1.5")),
+  Row("noise_std_zero", lambda t: accounting.gaussian_rdp(1.0, 0.0, ORDERS), ValueError, ("noise_std", "0.0")),
+  Row(
+    "costs_step_size_zero",
+    lambda t: accounting.full_batch_costs(jnp.ones(N), N, orders=ORDERS, step_size=0.0, temperature=1.0),
+    ValueError,
+    ("step_size", "0.0"),
+  ),
+  Row(
+    "costs_temperature_negative",
+    lambda t: accounting.poisson_costs(jnp.ones(N), 0.5, 3.0, orders=ORDERS, step_size=0.1, temperature=-1.0),
+    ValueError,
+    ("temperature", "-1.0"),
+  ),
+  Row(
+    "ledger_init_zero_examples",
+    lambda t: accounting.ledger_init(0, accounting.accountant(ORDERS)),
+    ValueError,
+    ("num_examples", "0"),
+  ),
+  Row(
+    "ledger_update_costs_wrong_shape",
+    lambda t: accounting.ledger_update(
+      accounting.ledger_init(N, accounting.accountant(ORDERS)),
+      jnp.zeros((N, 3)),
+      jnp.zeros(2),
+      config=accounting.accountant(ORDERS),
+    ),
+    ValueError,
+    ("costs", "(6, 3)"),
+  ),
+  Row(
+    "ledger_update_negative_weight",
+    lambda t: accounting.ledger_update(
+      accounting.ledger_init(N, accounting.accountant(ORDERS)),
+      jnp.zeros((N, 2)),
+      jnp.zeros(2),
+      weight=-1,
+      config=accounting.accountant(ORDERS),
+    ),
+    ValueError,
+    ("weight", "-1"),
+  ),
+  Row(
+    "ledger_update_negative_costs",
+    lambda t: accounting.ledger_update(
+      accounting.ledger_init(N, accounting.accountant(ORDERS)),
+      -jnp.ones((N, 2)),
+      jnp.zeros(2),
+      config=accounting.accountant(ORDERS),
+    ),
+    ValueError,
+    ("costs", "-1.0"),
+  ),
+  Row(
+    "costs_sq_dist_negative",
+    lambda t: accounting.full_batch_costs(-jnp.ones(N), N, orders=ORDERS, step_size=0.1, temperature=1.0),
+    ValueError,
+    ("sq_dist", "-1.0"),
+  ),
+  Row(
+    "rdp_nan_into_conversion",
+    lambda t: accounting.rdp_to_dp(jnp.array([jnp.nan, 1.0]), ORDERS, 1e-5),
+    ValueError,
+    ("rdp", "NaN"),
+  ),
+  Row(
+    "rdp_negative_into_conversion",
+    lambda t: accounting.rdp_to_dp(jnp.array([-1.0, 1.0]), ORDERS, 1e-5),
+    ValueError,
+    ("rdp", "-1.0"),
+  ),
+  Row("delta_zero", lambda t: accounting.rdp_to_dp(jnp.ones(2), ORDERS, 0.0), ValueError, ("delta", "0.0")),
+  Row("delta_one", lambda t: accounting.rdp_to_dp(jnp.ones(2), ORDERS, 1.0), ValueError, ("delta", "1.0")),
+  Row(
+    "group_indices_out_of_range",
+    lambda t: accounting.group_privacy_loss(jnp.ones((N, 2)), [0, 9]),
+    ValueError,
+    ("forget_indices", "9"),
+  ),
+  Row(
+    "group_indices_duplicated",
+    lambda t: accounting.group_privacy_loss(jnp.ones((N, 2)), [1, 1]),
+    ValueError,
+    ("forget_indices", "[1]"),
+  ),
+  Row(
+    "group_indices_empty",
+    lambda t: accounting.group_privacy_loss(jnp.ones((N, 2)), np.array([], int)),
+    ValueError,
+    ("forget_indices", "(0,)"),
+  ),
+  # ---- bounds (THEORY §4) ------------------------------------------------------------------------
+  Row(
+    "bound_alpha_one",
+    lambda t: bounds.unlearning_bound(1.0, 0, alpha=1.0, step_size=0.1, temperature=1.0, lsi_constant=1.0),
+    ValueError,
+    ("alpha", "1.0"),
+  ),
+  Row(
+    "steps_alpha_half",
+    lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=0.5, step_size=0.1, temperature=1.0, lsi_constant=1.0),
+    ValueError,
+    ("alpha", "0.5"),
+  ),
+  Row(
+    "steps_privacy_loss_nan",
+    lambda t: bounds.steps_to_unlearn(
+      jnp.array([1.0, jnp.nan]), 0.1, alpha=2.0, step_size=0.1, temperature=1.0, lsi_constant=1.0
+    ),
+    ValueError,
+    ("privacy_loss_4alpha", "NaN"),
+  ),
+  Row(
+    "steps_privacy_loss_negative",
+    lambda t: bounds.steps_to_unlearn(-0.5, 0.1, alpha=2.0, step_size=0.1, temperature=1.0, lsi_constant=1.0),
+    ValueError,
+    ("privacy_loss_4alpha", "-0.5"),
+  ),
+  Row(
+    "steps_step_size_zero",
+    lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.0, temperature=1.0, lsi_constant=1.0),
+    ValueError,
+    ("step_size", "0.0"),
+  ),
+  Row(
+    "steps_temperature_negative",
+    lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.1, temperature=-1.0, lsi_constant=1.0),
+    ValueError,
+    ("temperature", "-1.0"),
+  ),
+  Row(
+    "steps_lsi_constant_zero",
+    lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.1, temperature=1.0, lsi_constant=0.0),
+    ValueError,
+    ("lsi_constant", "0.0"),
+  ),
+  Row(
+    "steps_target_zero",
+    lambda t: bounds.steps_to_unlearn(1.0, 0.0, alpha=2.0, step_size=0.1, temperature=1.0, lsi_constant=1.0),
+    ValueError,
+    ("epsilon", "0.0"),
+  ),
+  Row(
+    "steps_e1_negative",
+    lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=2.0, step_size=0.1, temperature=1.0, lsi_constant=1.0, e1=-0.1),
+    ValueError,
+    ("e1", "-0.1"),
+  ),
+  Row(
+    "bound_k_negative",
+    lambda t: bounds.contraction_factor(-3, alpha=2.0, step_size=0.1, temperature=1.0, lsi_constant=1.0),
+    ValueError,
+    ("num_steps", "-3"),
+  ),
+  Row(
+    "steps_dp_delta_above_one",
+    lambda t: bounds.steps_to_unlearn_dp(
+      jnp.ones((N, 2)), (2.0, 8.0), 1.0, 1.5, step_size=0.1, temperature=1.0, lsi_constant=1.0
+    ),
+    ValueError,
+    ("delta", "1.5"),
+  ),
+  Row(
+    "steps_dp_ledger_wrong_shape",
+    lambda t: bounds.steps_to_unlearn_dp(
+      jnp.ones((N, 3)), (2.0, 8.0), 1.0, 1e-5, step_size=0.1, temperature=1.0, lsi_constant=1.0
+    ),
+    ValueError,
+    ("ledger_realized", "(6, 3)"),
+  ),
+  Row(
+    "worst_case_n_zero",
+    lambda t: bounds.worst_case_epsilon(
+      2.0, 10, m=1.0, step_size=0.1, temperature=1.0, num_removed=1, clip_norm=1.0, num_examples=0
+    ),
+    ValueError,
+    ("num_examples", "0"),
+  ),
+  Row(
+    "worst_case_removes_more_than_n",
+    lambda t: bounds.worst_case_epsilon(
+      2.0, 10, m=1.0, step_size=0.1, temperature=1.0, num_removed=20, clip_norm=1.0, num_examples=10
+    ),
+    ValueError,
+    ("num_removed", "20", "num_examples = 10"),
+  ),
+  # ---- sgld --------------------------------------------------------------------------------------
+  Row("sgld_mode_unknown", lambda t: sgld.sgld(loss_fn, mode="full"), ValueError, ("mode", "'full'")),
+  Row("sgld_clip_norm_zero", lambda t: sgld.sgld(loss_fn, clip_norm=0.0), ValueError, ("clip_norm", "0.0")),
+  Row(
+    "sgld_sampling_rate_zero",
+    lambda t: sgld.sgld(loss_fn, mode="poisson", sampling_rate=0.0),
+    ValueError,
+    ("sampling_rate", "0.0"),
+  ),
+  Row(
+    "sgld_sampling_rate_above_one",
+    lambda t: sgld.sgld(loss_fn, mode="poisson", sampling_rate=1.5),
+    ValueError,
+    ("sampling_rate", "1.5"),
+  ),
+  Row(
+    "sgld_weight_decay_negative", lambda t: sgld.sgld(loss_fn, weight_decay=-0.1), ValueError, ("weight_decay", "-0.1")
+  ),
+  Row("sgld_step_size_zero", lambda t: _sgld_step(step_size=0.0), ValueError, ("step_size", "0.0")),
+  Row("sgld_temperature_negative", lambda t: _sgld_step(temperature=-0.5), ValueError, ("temperature", "-0.5")),
+  Row("ledger_of_another_data_set_size", lambda t: _ledger_step_on_other_size(), ValueError, ("ledger", "5", "n = 6")),
+  Row(
+    "langevin_temperature_negative",
+    lambda t: sgld.langevin_noise(-1.0, 0.1, jax.random.key(0)),
+    ValueError,
+    ("temperature", "-1.0"),
+  ),
+  # ---- testbed -----------------------------------------------------------------------------------
+  Row(
+    "ridge_X_nan",
+    lambda t: testbed.RidgeProblem.from_data(_with(X, (0, 0), np.nan), Y.astype(float), 0.1),
+    ValueError,
+    ("X", "NaN"),
+  ),
+  Row(
+    "ridge_lam_negative",
+    lambda t: testbed.RidgeProblem.from_data(X, Y.astype(float), -0.1),
+    ValueError,
+    ("lam", "-0.1"),
+  ),
+  Row("ridge_y_wrong_length", lambda t: testbed.RidgeProblem.from_data(X, np.ones(5), 0.1), ValueError, ("y", "(5,)")),
+  Row(
+    "renyi_alpha_one",
+    lambda t: testbed.gaussian_renyi(1.0, np.zeros(1), np.eye(1), np.zeros(1), np.eye(1)),
+    ValueError,
+    ("alpha", "1.0"),
+  ),
+  Row(
+    "renyi_covariance_not_pd",
+    lambda t: testbed.gaussian_renyi(2.0, np.zeros(1), -np.eye(1), np.zeros(1), np.eye(1)),
+    ValueError,
+    ("S1", "-1.0"),
+  ),
+  Row(
+    "testbed_table_T_float", lambda t: testbed_table.certify_testbed_table(_ridge(), T=2.5), ValueError, ("T", "2.5")
+  ),
+  Row(
+    "exact_index_out_of_range",
+    lambda t: testbed.per_instance_exact(_ridge(), 9, 2.0, 10, 0, 0.1, 0.01, np.zeros(2), np.eye(2)),
+    ValueError,
+    ("index", "9"),
+  ),
+  Row(
+    "exact_temperature_zero", lambda t: testbed.stationary_law(_ridge(), 0.1, 0.0), ValueError, ("temperature", "0.0")
+  ),
+  # ---- selection: forget sets --------------------------------------------------------------------
+  Row(
+    "forget_indices_empty",
+    lambda t: selection.check_forget_indices(np.array([], np.int64), N),
+    ValueError,
+    ("forget indices", "(0,)"),
+  ),
+  Row(
+    "forget_indices_duplicated",
+    lambda t: selection.check_forget_indices([1, 3, 1], N),
+    ValueError,
+    ("forget indices", "[1]"),
+  ),
+  Row(
+    "forget_indices_out_of_range",
+    lambda t: selection.check_forget_indices([0, 6], N),
+    ValueError,
+    ("forget indices", "[6]"),
+  ),
+  Row(
+    "forget_indices_negative",
+    lambda t: selection.check_forget_indices([-1, 2], N),
+    ValueError,
+    ("forget indices", "[-1]"),
+  ),
+  Row(
+    "forget_indices_float",
+    lambda t: selection.check_forget_indices([0.5, 2.0], N),
+    TypeError,
+    ("forget indices", "float64"),
+  ),
+  Row(
+    "selection_scores_nan",
+    lambda t: selection.select_forget_set(jnp.array([1.0, jnp.nan, 0.0]), "top", size=1),
+    ValueError,
+    ("scores", "NaN"),
+  ),
+  Row(
+    "selection_unknown",
+    lambda t: selection.select_forget_set(jnp.arange(4.0), "middle", size=1),
+    ValueError,
+    ("selection", "'middle'"),
+  ),
+  # ---- metrics / evaluation ----------------------------------------------------------------------
+  Row(
+    "labels_out_of_range",
+    lambda t: metrics.per_example_loss(apply_fn, PARAMS, X, _with(Y, 2, 7)),
+    ValueError,
+    ("y", "7"),
+  ),
+  Row("labels_negative", lambda t: metrics.confidence(apply_fn, PARAMS, X, _with(Y, 0, -1)), ValueError, ("y", "-1")),
+  Row("labels_2d", lambda t: metrics.per_example_loss(apply_fn, PARAMS, X, Y[:, None]), ValueError, ("y", "(6, 1)")),
+  Row(
+    "accuracy_labels_out_of_range",
+    lambda t: evaluation.accuracy_and_loss(apply_fn, PARAMS, X, _with(Y, 5, 9)),
+    ValueError,
+    ("y", "9"),
+  ),
+  Row(
+    "spearman_lengths", lambda t: statistics.spearman(jnp.arange(4.0), jnp.arange(5.0)), ValueError, ("(4,)", "(5,)")
+  ),
+  Row(
+    "membership_delta_one",
+    lambda t: evaluation.membership_epsilon(jnp.ones((4, 2)), jnp.zeros((4, 2)), delta=1.0),
+    ValueError,
+    ("delta", "1.0"),
+  ),
+  Row(
+    "barrier_num_points_one",
+    lambda t: evaluation.loss_barrier(loss_fn, PARAMS, PARAMS, (X, Y), num_points=1),
+    ValueError,
+    ("num_points", "1"),
+  ),
+  # ---- models ------------------------------------------------------------------------------------
+  Row("mlp_num_classes_one", lambda t: models.mlp((4,), num_classes=1), ValueError, ("num_classes", "1")),
+  Row("mlp_hidden_zero", lambda t: models.mlp((0,), num_classes=3), ValueError, ("hidden_sizes", "0")),
+  Row(
+    "model_init_empty_example",
+    lambda t: models.mlp((4,), num_classes=3).init_fn(jax.random.key(0), np.zeros(0)),
+    ValueError,
+    ("example_x", "(0,)"),
+  ),
+  Row("model_name_unknown", lambda t: models.get_model("resnet", 10), ValueError, ("name", "'resnet'")),
+  Row(
+    "loss_weight_decay_negative",
+    lambda t: models.cross_entropy_loss_fn(apply_fn, weight_decay=-1.0),
+    ValueError,
+    ("weight_decay", "-1.0"),
+  ),
+  # ---- data --------------------------------------------------------------------------------------
+  Row("features_nan", lambda t: _dataset(x_train=_with(X, (1, 1), np.nan)), ValueError, ("x_train", "NaN")),
+  Row("features_inf", lambda t: _dataset(x_test=_with(X[:2], (0, 0), np.inf)), ValueError, ("x_test", "Inf")),
+  Row("features_strings", lambda t: _dataset(x_train=np.array([["a", "b"]] * N)), TypeError, ("x_train", "<U1")),
+  Row("dataset_labels_out_of_range", lambda t: _dataset(y_train=_with(Y, 0, 3)), ValueError, ("y_train", "3")),
+  Row(
+    "dataset_labels_float", lambda t: _dataset(y_train=Y.astype(np.float32) + 0.5), TypeError, ("y_train", "float32")
+  ),
+  Row("mixture_n_one", lambda t: data.make_gaussian_mixture(1, 2, 2), ValueError, ("n", "1")),
+  # ---- loops -------------------------------------------------------------------------------------
+  Row("train_num_steps_zero", lambda t: _train(num_steps=0), ValueError, ("num_steps", "0")),
+  Row("train_step_size_negative", lambda t: _train(step_size=-0.1), ValueError, ("step_size", "-0.1")),
+  Row("train_features_inf", lambda t: _train(data=(_with(X, (2, 0), np.inf), Y)), ValueError, ("data", "finite")),
+  Row(
+    "train_checkpoint_dir_under_a_file",
+    lambda t: _train(checkpoint_dir=os.path.join(_write(t, "file.txt", "x"), "out")),
+    (ValueError, OSError),
+    ("checkpoint_dir", "file.txt"),
+  ),
+  Row(
+    "unlearn_method_unknown",
+    lambda t: loops.unlearn(
+      loss_fn,
+      PARAMS,
+      (X, Y),
+      method="newton",
+      key=jax.random.key(0),
+      step_size=0.1,
+      record_steps=(0, 1),
+      progress=False,
+    ),
+    ValueError,
+    ("method", "'newton'"),
+  ),
+  # ---- experiment config (typed, strict) ---------------------------------------------------------
+  Row(
+    "config_unknown_key",
+    lambda t: experiment.Config.from_dict({"training": {"stepsize": 0.1}}),
+    experiment.ConfigError,
+    ("training.stepsize", "step_size"),
+  ),
+  Row(
+    "config_wrong_type",
+    lambda t: experiment.Config.from_dict({"training": {"num_steps": "ten"}}),
+    experiment.ConfigError,
+    ("training.num_steps", "'ten'"),
+  ),
+  Row(
+    "config_q_above_one",
+    lambda t: experiment.Config.from_dict({"training": {"mode": "poisson", "sampling_rate": 1.5}}),
+    experiment.ConfigError,
+    ("training.sampling_rate", "1.5"),
+  ),
+  Row(
+    "config_orders_le_one",
+    lambda t: experiment.Config.from_dict({"privacy": {"orders": [1.0, 8.0]}}),
+    experiment.ConfigError,
+    ("privacy.orders", "1.0"),
+  ),
+  Row(
+    "config_lsi_constant_negative",
+    lambda t: experiment.Config.from_dict({"privacy": {"lsi_constant": -1}}),
+    experiment.ConfigError,
+    ("privacy.lsi_constant", "-1"),
+  ),
+  Row(
+    "config_file_json_wrong_type",
+    lambda t: experiment.Config.from_file(_write(t, "c.json", json.dumps({"training": {"temperature": [1.0]}}))),
+    experiment.ConfigError,
+    ("training.temperature", "[1.0]"),
+  ),
+  Row(
+    "run_out_dir_under_a_file",
+    lambda t: experiment.run(experiment.demo_config().replace(out_dir=os.path.join(_write(t, "file.txt", "x"), "out"))),
+    experiment.OutputDirError,
+    ("file.txt", "cannot be created or written"),
+  ),
+  # ---- command line ------------------------------------------------------------------------------
+  Row(
+    "cli_unknown_config_key",
+    lambda t: _cli(["run", "--quiet", "--config", _write(t, "c.toml", "[training]\ntemprature = 1.0\n")]),
+    cli.EXIT_CONFIG,
+    ("training.temprature", "temperature"),
+    cli=True,
+  ),
+  Row(
+    "cli_config_wrong_type",
+    lambda t: _cli(["run", "--quiet", "--config", _write(t, "c.toml", '[training]\nstep_size = "fast"\n')]),
+    cli.EXIT_CONFIG,
+    ("training.step_size", "'fast'"),
+    cli=True,
+  ),
+  Row(
+    "cli_config_delta_outside",
+    lambda t: _cli(["run", "--quiet", "--config", _write(t, "c.toml", "[evaluation]\ndelta = 1.5\n")]),
+    cli.EXIT_CONFIG,
+    ("evaluation.delta", "1.5"),
+    cli=True,
+  ),
+  Row(
+    "cli_config_clip_negative",
+    lambda t: _cli(["run", "--quiet", "--config", _write(t, "c.json", json.dumps({"training": {"clip_norm": -2.0}}))]),
+    cli.EXIT_CONFIG,
+    ("training.clip_norm", "-2.0"),
+    cli=True,
+  ),
+  Row(
+    "cli_config_not_toml",
+    lambda t: _cli(["run", "--quiet", "--config", _write(t, "c.toml", "[training\nstep_size = 1\n")]),
+    cli.EXIT_CONFIG,
+    ("c.toml", "TOML"),
+    cli=True,
+  ),
+  Row(
+    "cli_config_missing",
+    lambda t: _cli(["run", "--quiet", "--config", str(t / "nope.toml")]),
+    cli.EXIT_CONFIG,
+    ("nope.toml", "does not exist"),
+    cli=True,
+  ),
+  Row(
+    "cli_out_dir_under_a_file",
+    lambda t: _cli(["demo", "--quiet", "--out", os.path.join(_write(t, "file.txt", "x"), "out")]),
+    cli.EXIT_OUTPUT,
+    ("file.txt", "cannot be created or written"),
+    cli=True,
+  ),
+  Row(
+    "cli_out_dir_in_proc",
+    lambda t: _cli(["demo", "--quiet", "--out", "/proc/unlearn_jax_out"]),
+    cli.EXIT_OUTPUT,
+    ("/proc/unlearn_jax_out",),
+    cli=True,
+  ),
+  Row(
+    "cli_seed_negative",
+    lambda t: _cli(["demo", "--quiet", "--seed", "-3", "--out", str(t / "o")]),
+    cli.EXIT_CONFIG,
+    ("seed", "-3"),
+    cli=True,
+  ),
+  Row("cli_seed_not_int", lambda t: _cli(["demo", "--quiet", "--seed", "abc"]), 2, ("--seed", "'abc'"), cli=True),
+  Row(
+    "cli_testbed_alpha_le_one",
+    lambda t: _cli(["certify-testbed", "--alpha", "0.5"]),
+    cli.EXIT_CONFIG,
+    ("alpha", "0.5"),
+    cli=True,
+  ),
+  Row(
+    "cli_testbed_epsilon_negative",
+    lambda t: _cli(["certify-testbed", "--epsilon", "-1"]),
+    cli.EXIT_CONFIG,
+    ("eps", "-1"),
+    cli=True,
+  ),
+  Row(
+    "cli_testbed_step_size_zero",
+    lambda t: _cli(["certify-testbed", "--step-size", "0"]),
+    cli.EXIT_CONFIG,
+    ("step_size", "0"),
+    cli=True,
+  ),
+  Row(
+    "cli_testbed_temperature_negative",
+    lambda t: _cli(["certify-testbed", "--temperature", "-0.1"]),
+    cli.EXIT_CONFIG,
+    ("temperature", "-0.1"),
+    cli=True,
+  ),
+  Row("cli_testbed_n_zero", lambda t: _cli(["certify-testbed", "--n", "0"]), cli.EXIT_CONFIG, ("n", "0"), cli=True),
+  Row(
+    "cli_testbed_steps_negative",
+    lambda t: _cli(["certify-testbed", "--steps", "-3"]),
+    cli.EXIT_CONFIG,
+    ("T", "-3"),
+    cli=True,
+  ),
 ]
 
 
@@ -429,9 +757,12 @@ def test_boundary_check_is_not_vacuous(tmp_path):
   row = Row("deep", lambda t: jnp.reshape(jnp.ones(3), (2,)), VT, ("3",))
   with pytest.raises(AssertionError, match="not at the unlearn_jax boundary"):
     test_api_bad_input_is_refused_at_the_boundary(row, tmp_path)
-  row = Row("wrong_message", lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=0.5, step_size=0.1,
-                                                               temperature=1.0, lsi_constant=1.0),
-            ValueError, ("alpha", "0.25"))
+  row = Row(
+    "wrong_message",
+    lambda t: bounds.steps_to_unlearn(1.0, 0.1, alpha=0.5, step_size=0.1, temperature=1.0, lsi_constant=1.0),
+    ValueError,
+    ("alpha", "0.25"),
+  )
   with pytest.raises(AssertionError, match="not in message"):
     test_api_bad_input_is_refused_at_the_boundary(row, tmp_path)
 
@@ -449,8 +780,13 @@ def test_cli_bad_input_exits_non_zero_naming_the_key(row, tmp_path, capsys):
 
 def test_cli_subprocess_bad_config_has_no_traceback(tmp_path):
   cfg = _write(tmp_path, "c.toml", "[privacy]\norders = [0.5, 8.0]\n")
-  res = subprocess.run([sys.executable, "-m", "unlearn_jax", "run", "--quiet", "--config", cfg],
-                       capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  res = subprocess.run(
+    [sys.executable, "-m", "unlearn_jax", "run", "--quiet", "--config", cfg],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert res.returncode == cli.EXIT_CONFIG, res.stderr
   assert "privacy.orders" in res.stderr and "0.5" in res.stderr
   assert "Traceback" not in res.stderr
@@ -527,8 +863,9 @@ names = ["loss"]
 def test_cli_diverging_run_is_a_clean_error_naming_the_step(tmp_path, capsys):
   # η·wd = 1e4 > 2: the parameters blow up within a few steps. The run must stop with one line naming
   # the step (issue 10, divergence), a non-zero exit status and no Python traceback.
-  code = _cli(["run", "--quiet", "--config", _write(tmp_path, "c.toml", _DIVERGING_TOML), "--out",
-               str(tmp_path / "out")])
+  code = _cli(
+    ["run", "--quiet", "--config", _write(tmp_path, "c.toml", _DIVERGING_TOML), "--out", str(tmp_path / "out")]
+  )
   err = capsys.readouterr().err
   assert code not in (0, None), err
   assert "diverged at step" in err and "step_size" in err, err
@@ -539,7 +876,6 @@ def test_cli_output_dir_holding_another_run_is_a_clean_error(tmp_path, capsys):
   # The output directory keeps the checkpoints of an earlier run with another config (a user re-running
   # with a changed config and the same --out): refused with one line naming the directory and a
   # non-zero exit status (3: the output directory cannot be used), never a Python traceback.
-  from unlearn_jax.runtime import checkpoint  # pylint: disable=import-outside-toplevel
 
   out = tmp_path / "out"
   for sub in ("train", os.path.join("train", "seed_0")):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import struct
 import subprocess
 import sys
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -21,13 +23,13 @@ class _State(tuple):
 
 def _tree():
   return {
-      "params": {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.float32(0.5) * np.ones(4, np.float32)},
-      "step": np.int32(17),
-      "flag": np.array(True),
-      "key": jax.random.key(42),
-      "keys": jax.random.split(jax.random.key(1), 3),
-      "ledger": None,
-      "hist": np.linspace(0.0, 1.0, 5),
+    "params": {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.float32(0.5) * np.ones(4, np.float32)},
+    "step": np.int32(17),
+    "flag": np.array(True),
+    "key": jax.random.key(42),
+    "keys": jax.random.split(jax.random.key(1), 3),
+    "ledger": None,
+    "hist": np.linspace(0.0, 1.0, 5),
   }
 
 
@@ -62,7 +64,6 @@ def test_roundtrip_is_bitwise_and_keeps_metadata(tmp_path):
 
 
 def test_namedtuple_structure_is_checked(tmp_path):
-  from typing import NamedTuple
 
   class A(NamedTuple):
     x: np.ndarray
@@ -82,13 +83,16 @@ def test_namedtuple_structure_is_checked(tmp_path):
     ck.load_checkpoint(path, (np.zeros(2), np.zeros(2)))
 
 
-@pytest.mark.parametrize("template_change,match", [
+@pytest.mark.parametrize(
+  "template_change,match",
+  [
     (lambda t: {**t, "hist": np.zeros(6)}, "shape"),
     (lambda t: {**t, "hist": np.zeros(5, np.float32)}, "dtype|float32"),
     (lambda t: {**t, "step": np.int64(3)}, "int64"),
     (lambda t: {k: v for k, v in t.items() if k != "flag"}, "structure"),
     (lambda t: {**t, "ledger": np.zeros(2)}, "structure"),
-])
+  ],
+)
 def test_mismatched_target_is_refused(tmp_path, template_change, match):
   tree = _tree()
   path = tmp_path / "c.msgpack"
@@ -124,7 +128,6 @@ def test_flipped_payload_byte_fails_checksum(tmp_path):
 
 
 def test_corrupt_metadata_and_payload_with_valid_digest(tmp_path):
-  import hashlib
 
   tree = {"w": np.zeros(3)}
   path = tmp_path / "c.msgpack"
@@ -151,7 +154,7 @@ def test_header_claiming_huge_payload_is_refused_before_reading(tmp_path):
   blob = path.read_bytes()
   (meta_len,) = struct.unpack("<I", blob[8:12])
   off = 12 + meta_len
-  huge = blob[:off] + struct.pack("<Q", 10**12) + blob[off + 8:]
+  huge = blob[:off] + struct.pack("<Q", 10**12) + blob[off + 8 :]
   path.write_bytes(huge)
   with pytest.raises(ck.CheckpointError, match="exceeds the limit"):
     ck.load_checkpoint(path, tree)
@@ -224,8 +227,10 @@ def test_lock_refuses_second_holder_in_process(tmp_path):
 
 
 def test_lock_held_by_live_subprocess_is_refused_then_stale_is_taken_over(tmp_path):
-  code = ("import sys, time; from unlearn_jax.runtime.checkpoint import RunLock; l = RunLock(sys.argv[1]).acquire(); "
-          "print('locked', flush=True); time.sleep(60)")
+  code = (
+    "import sys, time; from unlearn_jax.runtime.checkpoint import RunLock; l = RunLock(sys.argv[1]).acquire(); "
+    "print('locked', flush=True); time.sleep(60)"
+  )
   proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
   try:
     assert proc.stdout.readline().strip() == "locked"

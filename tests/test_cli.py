@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from unlearn_jax.study import cli
 from unlearn_jax.runtime import checkpoint
+from unlearn_jax.study import cli
 
 
 def _run_main(argv, capsys):
@@ -27,11 +31,14 @@ def test_top_level_help_lists_every_subcommand(capsys):
     assert word in out
 
 
-@pytest.mark.parametrize("sub,needles", [
+@pytest.mark.parametrize(
+  "sub,needles",
+  [
     ("demo", ["digits", "5 minutes", "--out", "--quiet", "--seed", "--devices", "--data-dir"]),
     ("run", ["--config", "TOML", "JSON", "step_size", "--out", "--quiet", "--seed", "--devices"]),
     ("certify-testbed", ["exact", "worst-case", "--alpha", "--epsilon", "--n"]),
-])
+  ],
+)
 def test_subcommand_help(sub, needles, capsys):
   code, out, _ = _run_main([sub, "--help"], capsys)
   assert code == 0
@@ -92,8 +99,9 @@ def test_missing_data_dir(tmp_path, capsys):
   cfg.write_text('[data]\nname = "cifar10"\n[model]\nname = "resnet18"\n[privacy]\nlsi_constant = 0.01\n')
   code, _, err = _run_main(["run", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "o")], capsys)
   assert code == cli.EXIT_DATA and "--data-dir" in err and "data.data_dir" in err
-  code, _, err = _run_main(["run", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "o"),
-                            "--data-dir", str(tmp_path / "nope")], capsys)
+  code, _, err = _run_main(
+    ["run", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "nope")], capsys
+  )
   assert code == cli.EXIT_DATA and "nope" in err and "does not exist" in err
 
 
@@ -145,15 +153,17 @@ names = ["loss"]
 
 @pytest.mark.slow
 def test_sigint_saves_checkpoint_and_exits_130(tmp_path):
-  import signal
-  import time
 
   cfg = tmp_path / "c.toml"
   cfg.write_text(_TINY_TOML.format(steps=200000))
   out = tmp_path / "out"
-  proc = subprocess.Popen([sys.executable, "-m", "unlearn_jax", "run", "--config", str(cfg), "--out", str(out),
-                           "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  ckpt_dir = out / "checkpoints" / "train" / "seed_0"   # one training seed, run per seed (vmap_seeds = false)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "unlearn_jax", "run", "--config", str(cfg), "--out", str(out), "--quiet"],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  ckpt_dir = out / "checkpoints" / "train" / "seed_0"  # one training seed, run per seed (vmap_seeds = false)
 
   def steps():
     return [step for step, _ in checkpoint.list_checkpoints(ckpt_dir)] if ckpt_dir.is_dir() else []
@@ -174,8 +184,6 @@ def test_sigint_saves_checkpoint_and_exits_130(tmp_path):
 
 @pytest.mark.slow
 def test_devices_option_on_forced_cpu_devices(tmp_path):
-  import json
-  import os
 
   cfg = tmp_path / "c.toml"
   cfg.write_text(_TINY_TOML.format(steps=30))
@@ -183,8 +191,25 @@ def test_devices_option_on_forced_cpu_devices(tmp_path):
   outs = {}
   for devices in ("1", "2"):
     out = tmp_path / f"out{devices}"
-    res = subprocess.run([sys.executable, "-m", "unlearn_jax", "run", "--config", str(cfg), "--out", str(out),
-                          "--quiet", "--devices", devices], env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "unlearn_jax",
+        "run",
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+        "--quiet",
+        "--devices",
+        devices,
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     outs[devices] = json.loads((out / "report.json").read_text())
   # Same ledger up to float tolerance whether the examples are sharded over 1 or 2 devices (n = 120 split evenly).
@@ -192,7 +217,23 @@ def test_devices_option_on_forced_cpu_devices(tmp_path):
   b = outs["2"]["privacy"]["privacy_loss_summary"]
   for k in ("min", "median", "max"):
     assert a[k] == pytest.approx(b[k], rel=1e-4)
-  res = subprocess.run([sys.executable, "-m", "unlearn_jax", "run", "--config", str(cfg), "--out",
-                        str(tmp_path / "o3"), "--quiet", "--devices", "3"], env=env, capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "unlearn_jax",
+      "run",
+      "--config",
+      str(cfg),
+      "--out",
+      str(tmp_path / "o3"),
+      "--quiet",
+      "--devices",
+      "3",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == cli.EXIT_CONFIG and "'devices'" in res.stderr and "2 cpu device" in res.stderr

@@ -12,6 +12,7 @@ import pytest
 import scipy.interpolate
 import scipy.io
 from sklearn import datasets as sk_datasets
+from sklearn.linear_model import LogisticRegression
 
 from unlearn_jax import data
 
@@ -21,9 +22,14 @@ from unlearn_jax import data
 
 
 def _toy(**overrides):
-  fields = dict(x_train=np.zeros((4, 3), np.float32), y_train=np.array([0, 1, 2, 1], np.int32),
-                x_test=np.zeros((2, 3), np.float32), y_test=np.array([2, 0], np.int32), num_classes=3,
-                name="toy")
+  fields = dict(
+    x_train=np.zeros((4, 3), np.float32),
+    y_train=np.array([0, 1, 2, 1], np.int32),
+    x_test=np.zeros((2, 3), np.float32),
+    y_test=np.array([2, 0], np.int32),
+    num_classes=3,
+    name="toy",
+  )
   fields.update(overrides)
   return data.Dataset(**fields)
 
@@ -33,7 +39,9 @@ def test_validate_accepts_good_dataset():
   assert data.validate_dataset(ds) is ds
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     (dict(y_train=np.array([0, 1, 3, 1])), r"y_train must lie in \[0, num_classes\) = \[0, 3\).*\[3\]"),
     (dict(y_test=np.array([-1, 0])), r"y_test must lie in.*\[-1\]"),
     (dict(x_train=np.array([[0, 0, np.nan]] + [[0, 0, 0]] * 3, np.float32)), "x_train must be finite.*1 NaN/Inf"),
@@ -45,7 +53,8 @@ def test_validate_accepts_good_dataset():
     (dict(x_train=np.zeros((0, 3)), y_train=np.zeros(0, np.int32)), "at least one example"),
     (dict(x_train=np.zeros(4)), "at least one feature axis"),
     (dict(y_train=np.array([0, 1, 0.5, 1])), "integer class labels"),
-])
+  ],
+)
 def test_validate_rejects_bad_dataset(overrides, match):
   with pytest.raises((ValueError, TypeError), match=match):
     data.validate_dataset(_toy(**overrides))
@@ -97,8 +106,9 @@ def test_train_test_split_stratified_keeps_proportions():
 @pytest.mark.parametrize("test_fraction", [1.0, -0.1, float("nan")])
 def test_train_test_split_rejects_bad_fraction(test_fraction):
   with pytest.raises(ValueError, match="test_fraction must lie in"):
-    data.train_test_split(np.zeros((4, 1)), np.zeros(4, int), test_fraction=test_fraction, seed=0,
-                          num_classes=2, name="t")
+    data.train_test_split(
+      np.zeros((4, 1)), np.zeros(4, int), test_fraction=test_fraction, seed=0, num_classes=2, name="t"
+    )
 
 
 def test_subsample_fixed_seed_stratified_and_subset():
@@ -116,8 +126,9 @@ def test_subsample_fixed_seed_stratified_and_subset():
   assert _rows(c.x_train) != _rows(a.x_train)
 
 
-@pytest.mark.parametrize("n_train, match", [(0, "n_train must be an integer >= 1"), (10**6, "at most"),
-                                            (2.5, "n_train must be an integer")])
+@pytest.mark.parametrize(
+  "n_train, match", [(0, "n_train must be an integer >= 1"), (10**6, "at most"), (2.5, "n_train must be an integer")]
+)
 def test_subsample_rejects_bad_sizes(n_train, match):
   with pytest.raises((ValueError, TypeError), match=match):
     data.subsample(data.load_digits(), n_train)
@@ -125,8 +136,12 @@ def test_subsample_rejects_bad_sizes(n_train, match):
 
 def test_normalize_feature_uses_train_statistics():
   rng = np.random.default_rng(0)
-  ds = _toy(x_train=rng.normal(3, 2, (50, 3)).astype(np.float32), y_train=np.zeros(50, np.int32),
-            x_test=rng.normal(0, 1, (7, 3)).astype(np.float32), y_test=np.zeros(7, np.int32))
+  ds = _toy(
+    x_train=rng.normal(3, 2, (50, 3)).astype(np.float32),
+    y_train=np.zeros(50, np.int32),
+    x_test=rng.normal(0, 1, (7, 3)).astype(np.float32),
+    y_test=np.zeros(7, np.int32),
+  )
   ds = ds._replace(x_train=ds.x_train.copy())
   ds.x_train[:, 2] = 5.0  # constant feature: divides by 1, no NaN
   out = data.normalize(ds, "feature")
@@ -188,8 +203,17 @@ def test_mnist1d_deterministic_balanced_standardised():
 def test_mnist1d_noise_free_equals_interpolated_templates():
   # With every random transformation switched off, each example is its template resampled to 40 points
   # (then the data set is standardised). Reference uses scipy's interp1d, independent of the code.
-  ds = data.make_mnist1d(20, seed=0, padding=(0, 0), scale_coeff=0.0, max_translation=1,
-                         corr_noise_scale=0.0, iid_noise_scale=0.0, shear_scale=0.0, train_fraction=0.5)
+  ds = data.make_mnist1d(
+    20,
+    seed=0,
+    padding=(0, 0),
+    scale_coeff=0.0,
+    max_translation=1,
+    corr_noise_scale=0.0,
+    iid_noise_scale=0.0,
+    shear_scale=0.0,
+    train_fraction=0.5,
+  )
   t = data.mnist1d_templates() + 1e-8
   ref = scipy.interpolate.interp1d(np.linspace(0, 1, 12), t, axis=1)(np.linspace(0, 1, 40))
   x = np.concatenate([ds.x_train, ds.x_test]).astype(np.float64)
@@ -213,7 +237,6 @@ def test_mnist1d_is_hard_for_least_squares():
 def test_mnist1d_is_hard_for_a_linear_model():
   # The published benchmark: logistic regression ~32% test accuracy on MNIST-1D (Greydanus 2020, Fig. 2),
   # far from trivial and far above chance (10%).
-  from sklearn.linear_model import LogisticRegression
 
   ds = data.make_mnist1d(5000, seed=42)
   score = LogisticRegression(max_iter=2000).fit(ds.x_train, ds.y_train).score(ds.x_test, ds.y_test)
@@ -238,8 +261,9 @@ def test_gaussian_mixture_statistics():
     se = 0.5 * np.sqrt(6 / len(xc))
     assert abs(np.linalg.norm(xc.mean(0)) - 4.0) < 5 * se
     np.testing.assert_allclose(xc.std(0), 0.5, rtol=5 / np.sqrt(len(xc)))
-  np.testing.assert_array_equal(ds.x_train, data.make_gaussian_mixture(4000, 6, 3, separation=4.0,
-                                                                       noise_std=0.5, seed=2).x_train)
+  np.testing.assert_array_equal(
+    ds.x_train, data.make_gaussian_mixture(4000, 6, 3, separation=4.0, noise_std=0.5, seed=2).x_train
+  )
   with pytest.raises(ValueError, match="num_classes must be an integer >= 2, got 1"):
     data.make_gaussian_mixture(10, 2, 1)
   with pytest.raises(ValueError, match="noise_std"):
@@ -271,7 +295,7 @@ def _expected_image(record):
   img = np.empty((32, 32, 3))
   for c in range(3):
     for h in range(32):
-      img[h, :, c] = record[1 + c * 1024 + h * 32: 1 + c * 1024 + h * 32 + 32]
+      img[h, :, c] = record[1 + c * 1024 + h * 32 : 1 + c * 1024 + h * 32 + 32]
   return img
 
 
@@ -485,7 +509,8 @@ def test_svhn_claim_of_huge_image_count_refused_before_allocation(tmp_path):
   xel = _mat_matrix("X", 9, (32, 32, 3, 2), 2, bytes(64), claimed_bytes=32 * 32 * 3 * 10**6)
   for compress in (False, True):
     (tmp_path / "train_32x32.mat").write_bytes(
-        _mat_file(xel, _mat_matrix("y", 6, (2, 1), 2, bytes(2)), compress=compress))
+      _mat_file(xel, _mat_matrix("y", 6, (2, 1), 2, bytes(2)), compress=compress)
+    )
     with pytest.raises(ValueError, match="variable 'X' of shape .* claims 3072000000 data bytes"):
       data.load_svhn(tmp_path)
   # An outer element claiming more bytes than the file holds.

@@ -34,15 +34,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unlearn_jax import accounting, per_example
 from unlearn_jax import algorithms as sgld
-from unlearn_jax import per_example
 from unlearn_jax import runtime as loops
 from unlearn_jax.runtime import distributed
 
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 FAST = ("mesh", "train_filter_padded", "unlearn_padded", "metrics", "blocks_full_batch")
-SLOW = ("per_example", "train_x64", "train_f32", "train_padded", "train_poisson_padded", "seeds",
-        "blocks_poisson", "blocks_f32")
+SLOW = (
+  "per_example",
+  "train_x64",
+  "train_f32",
+  "train_padded",
+  "train_poisson_padded",
+  "seeds",
+  "blocks_poisson",
+  "blocks_f32",
+)
 MULTIHOST_WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 X64_RTOL = 1e-12
 F32_RTOL = 1e-5
@@ -133,8 +141,7 @@ def test_replicate_shard_ledger_shard_state_and_place():
   assert tuple(seeded["w"].sharding.spec)[0] == "seeds"
 
   ledger_cls = collections.namedtuple("Ledger", "orders realized worst_case num_steps active finite")
-  led = ledger_cls(np.array([2.0]), np.zeros((4, 1)), np.zeros(1), np.int32(0), np.ones(4, bool),
-                   np.bool_(True))
+  led = ledger_cls(np.array([2.0]), np.zeros((4, 1)), np.zeros(1), np.int32(0), np.ones(4, bool), np.bool_(True))
   placed = distributed.shard_ledger(led, mesh)
   assert tuple(placed.realized.sharding.spec) == ("data", None)
   assert tuple(placed.active.sharding.spec) == ("data",)
@@ -163,8 +170,14 @@ def _run_worker(tmp_path_factory, scenarios):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
   env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, str(WORKER), str(out), *scenarios], env=env, capture_output=True,
-                        text=True, timeout=900, cwd=str(WORKER.parent.parent))
+  proc = subprocess.run(
+    [sys.executable, str(WORKER), str(out), *scenarios],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=str(WORKER.parent.parent),
+  )
   assert proc.returncode == 0, f"worker failed:\n{proc.stdout}\n{proc.stderr}"
   return json.loads(out.read_text())
 
@@ -191,7 +204,8 @@ def _result(results, name):
 def _assert_close(r, key, rtol):
   scale = max(r[f"{key}_scale"], 1e-300)
   assert r[f"{key}_max_abs_diff"] <= rtol * scale, (
-      f"{key}: max abs diff {r[f'{key}_max_abs_diff']:.3e} > {rtol} x scale {scale:.3e}")
+    f"{key}: max abs diff {r[f'{key}_max_abs_diff']:.3e} > {rtol} x scale {scale:.3e}"
+  )
 
 
 def _assert_training_matches(r, rtol):
@@ -257,12 +271,15 @@ def test_per_example_work_sharded_equals_one_device(four_devices_slow):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario, rtol", [
+@pytest.mark.parametrize(
+  "scenario, rtol",
+  [
     ("train_x64", X64_RTOL),  # n = 16, divisible
     ("train_f32", F32_RTOL),  # n = 16, float32
     ("train_padded", X64_RTOL),  # n = 14, no filter
     ("train_poisson_padded", X64_RTOL),  # n = 14, Poisson sampling q = 0.5
-])
+  ],
+)
 def test_training_with_ledger_sharded_equals_one_device(four_devices_slow, scenario, rtol):
   _assert_training_matches(_result(four_devices_slow, scenario), rtol)
 
@@ -305,10 +322,18 @@ def _small_problem(n=10):
 
 
 def test_reduction_blocks_on_one_device_equals_default_to_rounding():
-  from unlearn_jax import accounting  # pylint: disable=import-outside-toplevel
+
   loss_fn, data = _small_problem(10)
-  kw = dict(num_steps=8, key=jax.random.key(0), step_size=0.1, temperature=1e-3, clip_norm=2.0,
-            accounting=accounting.accountant([2.0, 8.0]), progress=False, steps_per_chunk=8)
+  kw = dict(
+    num_steps=8,
+    key=jax.random.key(0),
+    step_size=0.1,
+    temperature=1e-3,
+    clip_norm=2.0,
+    accounting=accounting.accountant([2.0, 8.0]),
+    progress=False,
+    steps_per_chunk=8,
+  )
   with jax.enable_x64(True):
     w0 = jnp.zeros(3)
     ref = loops.train(loss_fn, w0, data, **kw)
@@ -323,8 +348,15 @@ def test_reduction_blocks_on_one_device_equals_default_to_rounding():
     np.testing.assert_array_equal(np.asarray(got.state.ledger.realized)[10:], 0.0)
     # Unlearning ("sgld" and the noise-free "sgd", which uses the blocked clipped sum too).
     for method in ("sgld", "sgd"):
-      ukw = dict(method=method, key=jax.random.key(1), step_size=0.1, record_steps=(0, 5), clip_norm=2.0,
-                 progress=False, temperature=1e-3 if method == "sgld" else None)
+      ukw = dict(
+        method=method,
+        key=jax.random.key(1),
+        step_size=0.1,
+        record_steps=(0, 5),
+        clip_norm=2.0,
+        progress=False,
+        temperature=1e-3 if method == "sgld" else None,
+      )
       u_ref = loops.unlearn(loss_fn, ref.params, data, **ukw)
       u_got = loops.unlearn(loss_fn, ref.params, data, reduction_blocks=4, **ukw)
       np.testing.assert_allclose(np.asarray(u_got.params), np.asarray(u_ref.params), rtol=1e-13)
@@ -338,8 +370,17 @@ def test_reduction_blocks_errors():
   with pytest.raises(ValueError, match="reduction_blocks must be None or a positive integer"):
     sgld.sgld(loss_fn, reduction_blocks=0)
   with pytest.raises(ValueError, match="reduction_blocks must be None or a positive integer"):
-    loops.train(loss_fn, jnp.zeros(3), data, num_steps=1, key=jax.random.key(0), step_size=0.1,
-                temperature=1e-3, reduction_blocks=2.5, progress=False)
+    loops.train(
+      loss_fn,
+      jnp.zeros(3),
+      data,
+      num_steps=1,
+      key=jax.random.key(0),
+      step_size=0.1,
+      temperature=1e-3,
+      reduction_blocks=2.5,
+      progress=False,
+    )
 
 
 def _assert_blocks_scenario(r):
@@ -381,9 +422,17 @@ def test_two_processes_with_jax_distributed_match_one_device(tmp_path):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, str(MULTIHOST_WORKER), str(i), str(port), str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=str(MULTIHOST_WORKER.parent.parent)) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(MULTIHOST_WORKER), str(i), str(port), str(out)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      cwd=str(MULTIHOST_WORKER.parent.parent),
+    )
+    for i in range(2)
+  ]
   logs = []
   try:
     for p in procs:

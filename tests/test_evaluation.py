@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import linear_softmax  # tests/ helper module
 import numpy as np
 import pytest
 from scipy import stats
 
 from unlearn_jax import evaluate as ev
 from unlearn_jax.evaluate import membership as ev_membership
-
-import linear_softmax  # tests/ helper module
-
 
 # ----------------------------------------------------------------------------------------------------
 # Small stand-in classifier (a linear softmax model written for one example)
@@ -45,7 +43,9 @@ def np_barrier(params_a, params_b, data, num_points):
   la, lb = np_set_loss(params_a, data), np_set_loss(params_b, data)
   values = []
   for lam in lams:
-    p = {k: (1 - lam) * np.asarray(params_a[k], np.float64) + lam * np.asarray(params_b[k], np.float64) for k in params_a}
+    p = {
+      k: (1 - lam) * np.asarray(params_a[k], np.float64) + lam * np.asarray(params_b[k], np.float64) for k in params_a
+    }
     values.append(np_set_loss(p, data) - ((1 - lam) * la + lam * lb))
   return max(values)
 
@@ -75,8 +75,9 @@ def test_barrier_double_well_symmetric_minima_hand_value(num_points):
   # L(0) = mean(x) * 1 and both endpoint losses are 0, so the barrier is exactly mean(x) = 2.
   data = jnp.array([1.0, 2.0, 3.0])
   with jax.enable_x64(True):
-    barrier, _ = ev.loss_barrier(double_well, jnp.array(-1.0), jnp.array(1.0), jnp.asarray(data, jnp.float64),
-                                 num_points=num_points)
+    barrier, _ = ev.loss_barrier(
+      double_well, jnp.array(-1.0), jnp.array(1.0), jnp.asarray(data, jnp.float64), num_points=num_points
+    )
     assert float(barrier) == pytest.approx(2.0, rel=1e-12)
 
 
@@ -88,8 +89,9 @@ def test_barrier_double_well_asymmetric_hand_value():
   # 0, 0.5625 - 1.5, 1 - 3, 0.5625 - 4.5, 0 - 6, 1.5625 - 7.5, 9 - 9: the max is 0 at the endpoints.
   np.testing.assert_allclose(hand, [0, -0.9375, -2, -3.9375, -6, -5.9375, 0], atol=1e-12)
   with jax.enable_x64(True):
-    barrier, (_, curve) = ev.loss_barrier(double_well, jnp.array(-1.0), jnp.array(2.0), jnp.ones(1, jnp.float64),
-                                          num_points=7)
+    barrier, (_, curve) = ev.loss_barrier(
+      double_well, jnp.array(-1.0), jnp.array(2.0), jnp.ones(1, jnp.float64), num_points=7
+    )
     assert float(barrier) == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(np.asarray(curve) - 9 * lams, hand, atol=1e-12)
   # From a = -1.2 to b = 1.1 the path crosses the hump: grid lam = k/23, hand-computed max.
@@ -190,7 +192,8 @@ def test_logit_confidence_matches_numpy_and_is_stable():
 
 def test_scores_along_layout():
   grid = jax.tree.map(
-    lambda *v: jnp.stack(v).reshape((2, 3) + v[0].shape), *[make_params(k) for k in jax.random.split(jax.random.key(11), 6)]
+    lambda *v: jnp.stack(v).reshape((2, 3) + v[0].shape),
+    *[make_params(k) for k in jax.random.split(jax.random.key(11), 6)],
   )
   x, y = make_data(jax.random.key(12), n=4)
   s = ev.scores_along(apply_fn, grid, x, y)
@@ -299,7 +302,8 @@ def test_criterion_flips_along_sequence_moving_onto_oracle():
   assert not bool(ev.is_unlearned(scores[0], oracle, floor=floor).unlearned)
   assert bool(ev.is_unlearned(scores[-1], oracle, floor=floor).unlearned)
   assert float(ev.is_unlearned(scores[-1], oracle, floor=floor).threshold) == pytest.approx(
-    float(np.percentile(np.asarray(floor), 95)), rel=1e-5)
+    float(np.percentile(np.asarray(floor), 95)), rel=1e-5
+  )
 
 
 def test_steps_to_unlearn_inf_when_never_passing_and_errors():
@@ -454,8 +458,9 @@ def test_accuracy_and_loss_and_split_report():
   seeds = jax.tree.map(lambda *v: jnp.stack(v), params, make_params(jax.random.key(22)))
   accs, losses = ev.accuracy_and_loss(apply_fn, seeds, x, y, seed_axis=True)
   assert accs.shape == (2,) and float(accs[0]) == pytest.approx(float(acc))
-  report = ev.split_report(apply_fn, params, {"forget": (x[:5], y[:5]), "retain": (x[5:], y[5:]),
-                                              "test": (x[:0], y[:0])})
+  report = ev.split_report(
+    apply_fn, params, {"forget": (x[:5], y[:5]), "retain": (x[5:], y[5:]), "test": (x[:0], y[:0])}
+  )
   assert list(report) == ["forget", "retain"]
   assert float(report["forget"].loss) == pytest.approx(np_set_loss(params, (x[:5], y[:5])), rel=1e-5)
   with pytest.raises(ValueError, match="splits"):
@@ -493,8 +498,13 @@ def test_membership_epsilon_never_exceeds_certified_bound_in_testbed():
       for alpha in alphas:
         q = testbed.per_instance_exact(problem, i, alpha, T, k, eta, tau, mu0, S0)
         with jax.enable_x64(True):
-          rdp_cert.append(float(bounds.unlearning_bound(q["P"], k, alpha=alpha, step_size=eta, temperature=tau,
-                                                        lsi_constant=q["C_LSI"], e1=q["E1"], e2=q["E2"])))
+          rdp_cert.append(
+            float(
+              bounds.unlearning_bound(
+                q["P"], k, alpha=alpha, step_size=eta, temperature=tau, lsi_constant=q["C_LSI"], e1=q["E1"], e2=q["E2"]
+              )
+            )
+          )
         rdp_exact.append(q["exact"])
       with jax.enable_x64(True):
         cert.append(float(accounting.rdp_to_dp(jnp.array(rdp_cert), list(alphas), delta)[0]))

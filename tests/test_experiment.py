@@ -8,10 +8,15 @@ import json
 import math
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
+from unlearn_jax import data, models
 from unlearn_jax import study as experiment
+from unlearn_jax.runtime import checkpoint
 from unlearn_jax.study import Config, ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -43,48 +48,49 @@ def test_shipped_configs_parse(name):
 def test_json_and_toml_give_the_same_config(tmp_path):
   raw = {"seed": 4, "training": {"step_size": 0.25, "num_steps": 10}, "privacy": {"orders": [2, 8], "alpha": 2}}
   (tmp_path / "c.json").write_text(json.dumps(raw))
-  (tmp_path / "c.toml").write_text("seed = 4\n[training]\nstep_size = 0.25\nnum_steps = 10\n"
-                                   "[privacy]\norders = [2, 8]\nalpha = 2\n")
+  (tmp_path / "c.toml").write_text(
+    "seed = 4\n[training]\nstep_size = 0.25\nnum_steps = 10\n[privacy]\norders = [2, 8]\nalpha = 2\n"
+  )
   a, b = Config.from_file(tmp_path / "c.json"), Config.from_file(tmp_path / "c.toml")
   assert a == b and a.privacy.orders == (2.0, 8.0) and a.privacy.alpha == 2.0
 
 
 BAD = [
-    # unknown keys: named, with the allowed keys and the closest suggestion
-    ({"trainig": {}}, ["'trainig'", "did you mean 'training'", "Allowed keys"]),
-    ({"training": {"stepsize": 0.1}}, ["'training.stepsize'", "did you mean 'step_size'"]),
-    ({"privacy": {"order": [2.0]}}, ["'privacy.order'", "did you mean 'orders'"]),
-    # wrong types: key, value and expected type
-    ({"training": {"step_size": "fast"}}, ["'training.step_size'", "'fast'", "number"]),
-    ({"training": {"num_steps": 1.5}}, ["'training.num_steps'", "1.5", "integer"]),
-    ({"training": {"num_steps": True}}, ["'training.num_steps'", "True", "integer"]),
-    ({"evaluation": {"membership": "yes"}}, ["'evaluation.membership'", "'yes'", "boolean"]),
-    ({"privacy": {"orders": 2.0}}, ["'privacy.orders'", "list"]),
-    ({"privacy": {"orders": [2.0, "x"]}}, ["'privacy.orders[1]'", "'x'"]),
-    ({"training": 3}, ["'training'", "table"]),
-    # choices, with a suggestion
-    ({"training": {"mode": "ful_batch"}}, ["'training.mode'", "'ful_batch'", "full_batch", "did you mean"]),
-    ({"model": {"name": "resnet"}}, ["'model.name'", "resnet18"]),
-    ({"unlearning": {"methods": ["sgld", "retrain"]}}, ["'unlearning.methods'", "'retrain'", "l1_sparse"]),
-    ({"forget_sets": {"selections": ["privacy:top"]}}, ["'forget_sets.selections'", "'privacy:top'"]),
-    # ranges
-    ({"training": {"step_size": -0.1}}, ["'training.step_size'", "-0.1", "positive"]),
-    ({"training": {"temperature": 0}}, ["'training.temperature'", "positive"]),
-    ({"training": {"clip_norm": 0.0}}, ["'training.clip_norm'"]),
-    ({"training": {"mode": "poisson"}}, ["'training.sampling_rate'", "(0, 1]"]),
-    ({"training": {"mode": "poisson", "sampling_rate": 1.5}}, ["'training.sampling_rate'", "1.5"]),
-    ({"training": {"sampling_rate": 0.1}}, ["'training.sampling_rate'", "mode"]),
-    ({"privacy": {"orders": [1.0, 8.0]}}, ["'privacy.orders'", "> 1"]),
-    ({"privacy": {"alpha": 3.0}}, ["'privacy.orders'", "4 * alpha = 12.0"]),
-    ({"privacy": {"epsilon": 0.1, "e2": 0.2}}, ["'privacy.epsilon'", "e2"]),
-    ({"privacy": {"filter_budget": 1.0}}, ["filter_order"]),
-    ({"evaluation": {"delta": 1.0}}, ["'evaluation.delta'", "(0, 1)"]),
-    ({"unlearning": {"step_grid": [0, 50, 20]}}, ["'unlearning.step_grid'", "increasing"]),
-    ({"unlearning": {"num_seeds": 2}}, ["'unlearning.num_seeds'", ">= 4"]),
-    ({"forget_sets": {"size": 0}}, ["'forget_sets.size'"]),
-    ({"metrics": {"names": ["loss"]}}, ["'forget_sets.selections'", "'el2n:top'", "metrics.names"]),
-    ({"seed": -1}, ["'seed'", "-1"]),
-    ({"devices": 0}, ["'devices'"]),
+  # unknown keys: named, with the allowed keys and the closest suggestion
+  ({"trainig": {}}, ["'trainig'", "did you mean 'training'", "Allowed keys"]),
+  ({"training": {"stepsize": 0.1}}, ["'training.stepsize'", "did you mean 'step_size'"]),
+  ({"privacy": {"order": [2.0]}}, ["'privacy.order'", "did you mean 'orders'"]),
+  # wrong types: key, value and expected type
+  ({"training": {"step_size": "fast"}}, ["'training.step_size'", "'fast'", "number"]),
+  ({"training": {"num_steps": 1.5}}, ["'training.num_steps'", "1.5", "integer"]),
+  ({"training": {"num_steps": True}}, ["'training.num_steps'", "True", "integer"]),
+  ({"evaluation": {"membership": "yes"}}, ["'evaluation.membership'", "'yes'", "boolean"]),
+  ({"privacy": {"orders": 2.0}}, ["'privacy.orders'", "list"]),
+  ({"privacy": {"orders": [2.0, "x"]}}, ["'privacy.orders[1]'", "'x'"]),
+  ({"training": 3}, ["'training'", "table"]),
+  # choices, with a suggestion
+  ({"training": {"mode": "ful_batch"}}, ["'training.mode'", "'ful_batch'", "full_batch", "did you mean"]),
+  ({"model": {"name": "resnet"}}, ["'model.name'", "resnet18"]),
+  ({"unlearning": {"methods": ["sgld", "retrain"]}}, ["'unlearning.methods'", "'retrain'", "l1_sparse"]),
+  ({"forget_sets": {"selections": ["privacy:top"]}}, ["'forget_sets.selections'", "'privacy:top'"]),
+  # ranges
+  ({"training": {"step_size": -0.1}}, ["'training.step_size'", "-0.1", "positive"]),
+  ({"training": {"temperature": 0}}, ["'training.temperature'", "positive"]),
+  ({"training": {"clip_norm": 0.0}}, ["'training.clip_norm'"]),
+  ({"training": {"mode": "poisson"}}, ["'training.sampling_rate'", "(0, 1]"]),
+  ({"training": {"mode": "poisson", "sampling_rate": 1.5}}, ["'training.sampling_rate'", "1.5"]),
+  ({"training": {"sampling_rate": 0.1}}, ["'training.sampling_rate'", "mode"]),
+  ({"privacy": {"orders": [1.0, 8.0]}}, ["'privacy.orders'", "> 1"]),
+  ({"privacy": {"alpha": 3.0}}, ["'privacy.orders'", "4 * alpha = 12.0"]),
+  ({"privacy": {"epsilon": 0.1, "e2": 0.2}}, ["'privacy.epsilon'", "e2"]),
+  ({"privacy": {"filter_budget": 1.0}}, ["filter_order"]),
+  ({"evaluation": {"delta": 1.0}}, ["'evaluation.delta'", "(0, 1)"]),
+  ({"unlearning": {"step_grid": [0, 50, 20]}}, ["'unlearning.step_grid'", "increasing"]),
+  ({"unlearning": {"num_seeds": 2}}, ["'unlearning.num_seeds'", ">= 4"]),
+  ({"forget_sets": {"size": 0}}, ["'forget_sets.size'"]),
+  ({"metrics": {"names": ["loss"]}}, ["'forget_sets.selections'", "'el2n:top'", "metrics.names"]),
+  ({"seed": -1}, ["'seed'", "-1"]),
+  ({"devices": 0}, ["'devices'"]),
 ]
 
 
@@ -142,7 +148,7 @@ def test_per_example_csv_round_trips_floats(tmp_path):
 
 
 def test_report_json_is_strict_json(tmp_path):
-  import jax.numpy as jnp
+
   rep = {"a": jnp.array([1.0, jnp.inf]), "b": np.float32(0.5), "c": np.int64(3), "d": (np.nan, True)}
   path = experiment.write_report_json(tmp_path / "r.json", rep)
   assert json.loads(path.read_text()) == {"a": [1.0, "inf"], "b": 0.5, "c": 3, "d": ["nan", True]}
@@ -155,14 +161,15 @@ def test_report_json_is_strict_json(tmp_path):
 
 def _tiny(out_dir, **overrides):
   raw = {
-      "out_dir": str(out_dir), "seed": 1,
-      "data": {"num_train": 150, "num_test": 60},
-      "model": {"kwargs": {"hidden_sizes": [16]}},
-      "training": {"num_steps": 60, "num_seeds": 2, "num_checkpoints": 3, "step_size": 0.5},
-      "privacy": {"lsi_constant": 0.02},
-      "forget_sets": {"size": 5, "selections": ["privacy_loss:top", "random", "el2n:top"]},
-      "unlearning": {"methods": ["sgld", "sgd"], "step_grid": [0, 10, 30], "num_seeds": 4, "retrain_steps": 60},
-      "metrics": {"names": ["loss", "el2n", "memorization"], "memorization_models": 4},
+    "out_dir": str(out_dir),
+    "seed": 1,
+    "data": {"num_train": 150, "num_test": 60},
+    "model": {"kwargs": {"hidden_sizes": [16]}},
+    "training": {"num_steps": 60, "num_seeds": 2, "num_checkpoints": 3, "step_size": 0.5},
+    "privacy": {"lsi_constant": 0.02},
+    "forget_sets": {"size": 5, "selections": ["privacy_loss:top", "random", "el2n:top"]},
+    "unlearning": {"methods": ["sgld", "sgd"], "step_grid": [0, 10, 30], "num_seeds": 4, "retrain_steps": 60},
+    "metrics": {"names": ["loss", "el2n", "memorization"], "memorization_models": 4},
   }
   for key, value in overrides.items():
     raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
@@ -198,12 +205,27 @@ def test_report_has_the_issue_keys(tiny_run):
   assert "stationarity" in report["privacy"]["stationarity"]
   assert len(report["forget_sets"]) == 3 * 2
   for fs in report["forget_sets"]:
-    for key in ("selection", "size", "method", "certified_steps", "worst_case_steps", "empirical_steps",
-                "loss_barrier", "membership_epsilon"):
+    for key in (
+      "selection",
+      "size",
+      "method",
+      "certified_steps",
+      "worst_case_steps",
+      "empirical_steps",
+      "loss_barrier",
+      "membership_epsilon",
+    ):
       assert key in fs, key
   assert set(report["correlations"]) == {"loss", "el2n", "memorization"}
-  for name in ("report.md", "per_example.csv", "privacy_loss_histogram.png", "certified_vs_worst_case.png",
-               "correlation_heatmap.png", "membership_vs_certified.png", "loss_barrier_sgld.png"):
+  for name in (
+    "report.md",
+    "per_example.csv",
+    "privacy_loss_histogram.png",
+    "certified_vs_worst_case.png",
+    "correlation_heatmap.png",
+    "membership_vs_certified.png",
+    "loss_barrier_sgld.png",
+  ):
     assert (out / name).exists(), name
   md = (out / "report.md").read_text()
   assert "![privacy_loss_histogram](privacy_loss_histogram.png)" in md and "(a)" in md and "(d)" in md
@@ -224,15 +246,16 @@ def test_csv_and_certificates_match_independent_formulas(tiny_run):
   assert np.max(np.abs(k_ref - cols["certified_steps"])) <= 1
   # Chien et al.'s K for one point at order α, m = 2τ/C_LSI, S = 1, clip C, n.
   m = 2 * tau / lsi
-  eps0 = 4 * a * cfg.training.clip_norm ** 2 / (m * tau * 150 ** 2)
+  eps0 = 4 * a * cfg.training.clip_norm**2 / (m * tau * 150**2)
   k_worst = max(0.0, np.ceil(a / (m * eta) * np.log(eps0 / eps)))
   assert report["privacy"]["worst_case_steps"] == pytest.approx(k_worst, abs=1)
   assert report["privacy"]["fraction_certified_below_worst_case"] == pytest.approx(
-      np.mean(cols["certified_steps"] < report["privacy"]["worst_case_steps"]))
+    np.mean(cols["certified_steps"] < report["privacy"]["worst_case_steps"])
+  )
 
 
 def test_correlations_match_scipy(tiny_run):
-  from scipy import stats
+
   _, out, report = tiny_run
   cols = _csv_columns(out / "per_example.csv")
   for name in ("loss", "el2n", "memorization"):
@@ -254,9 +277,7 @@ def test_forget_sets_are_the_selected_examples(tiny_run):
 
 def test_loss_barrier_recomputed_from_saved_params(tiny_run):
   """Recompute the original-vs-oracle barrier of forget set 0 in float64 NumPy from params/*.npz."""
-  import jax
 
-  from unlearn_jax import data, models
   cfg, out, report = tiny_run
   ds = data.load_digits(seed=cfg.seed, n_train=150, n_test=60)
   fs = report["forget_sets"][0]
@@ -289,8 +310,9 @@ def test_loss_barrier_recomputed_from_saved_params(tiny_run):
   for r in range(R):
     pa, pb = seed_params(trained, r), seed_params(oracle, r)
     la, lb = mean_loss(pa), mean_loss(pb)
-    curve = [mean_loss(jax.tree.map(lambda u, v: (1 - t) * u + t * v, pa, pb)) - ((1 - t) * la + t * lb)
-             for t in lambdas]
+    curve = [
+      mean_loss(jax.tree.map(lambda u, v: (1 - t) * u + t * v, pa, pb)) - ((1 - t) * la + t * lb) for t in lambdas
+    ]
     barriers.append(max(curve))
   assert fs["loss_barrier"] == pytest.approx(np.mean(barriers), rel=1e-3, abs=1e-5)
 
@@ -316,13 +338,13 @@ def test_same_config_same_bytes(tiny_run, tmp_path):
   cfg, out, report = tiny_run
   again = experiment.run(cfg.replace(out_dir=str(tmp_path / "again")))
   assert (tmp_path / "again" / "per_example.csv").read_bytes() == (out / "per_example.csv").read_bytes()
-  strip = lambda text: "\n".join(l for l in text.splitlines() if '"created"' not in l)  # noqa: E731
+  strip = lambda text: "\n".join(line for line in text.splitlines() if '"created"' not in line)  # noqa: E731
   assert strip((tmp_path / "again" / "report.json").read_text()) == strip((out / "report.json").read_text())
   del again
 
 
 def test_run_refuses_locked_or_unwritable_dir(tmp_path):
-  from unlearn_jax.runtime import checkpoint
+
   with checkpoint.RunLock(tmp_path):
     with pytest.raises(experiment.OutputDirError, match=str(tmp_path)):
       experiment.run(_tiny(tmp_path))

@@ -26,8 +26,13 @@ def ascent_then_descent(loss_fn, spec: MethodSpec):
     params = jax.tree.map(lambda old, p: old + sign * (p - old), state.params, new.params)
     return new._replace(params=params), info
 
-  algorithm = Algorithm(init=base.init, step=step, name="ascent_then_descent",
-                        settings=(("ascent_steps", ascent_steps),), callables=(loss_fn,))
+  algorithm = Algorithm(
+    init=base.init,
+    step=step,
+    name="ascent_then_descent",
+    settings=(("ascent_steps", ascent_steps),),
+    callables=(loss_fn,),
+  )
   return algorithm, {"step_size": spec.step_size, "ascent_steps": float(ascent_steps)}
 
 
@@ -56,8 +61,18 @@ def test_toy_method_runs_through_unlearn_and_does_what_it_says(registered):
   model, loss_fn, params, data = _problem()
   forget = np.arange(4)
   mask = jnp.ones((24,)).at[forget].set(0.0)
-  result = runtime.unlearn(loss_fn, params, data, method="ascent_then_descent", key=jax.random.key(2),
-                           step_size=0.5, record_steps=[0, 2, 6], data_mask=mask, progress=False, ascent_steps=2)
+  result = runtime.unlearn(
+    loss_fn,
+    params,
+    data,
+    method="ascent_then_descent",
+    key=jax.random.key(2),
+    step_size=0.5,
+    record_steps=[0, 2, 6],
+    data_mask=mask,
+    progress=False,
+    ascent_steps=2,
+  )
   at = [jax.tree.map(lambda leaf, g=g: leaf[g], result.recorded) for g in range(3)]
   # the two ascent steps raise the forget-set loss; the fine-tuning steps lower the retain-set loss
   assert _forget_loss(loss_fn, at[1], data, forget) > _forget_loss(loss_fn, at[0], data, forget) + 1e-3
@@ -65,26 +80,44 @@ def test_toy_method_runs_through_unlearn_and_does_what_it_says(registered):
   assert _forget_loss(loss_fn, at[2], data, retain) < _forget_loss(loss_fn, at[1], data, retain)
   # an independent re-derivation of the first ascent step: θ + η ∇ mean_forget ℓ
   grad = jax.grad(lambda p: jnp.mean(jnp.stack([loss_fn(p, (data[0][i], data[1][i])) for i in forget])))(params)
-  first = runtime.unlearn(loss_fn, params, data, method="ascent_then_descent", key=jax.random.key(2),
-                          step_size=0.5, record_steps=[1], data_mask=mask, progress=False, ascent_steps=2)
+  first = runtime.unlearn(
+    loss_fn,
+    params,
+    data,
+    method="ascent_then_descent",
+    key=jax.random.key(2),
+    step_size=0.5,
+    record_steps=[1],
+    data_mask=mask,
+    progress=False,
+    ascent_steps=2,
+  )
   want = jax.tree.map(lambda p, g: p + 0.5 * g, params, grad)
   for got, ref in zip(jax.tree.leaves(first.recorded), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(got)[0], np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
 def test_toy_method_runs_through_the_study_config(registered, tmp_path):
-  cfg = study.Config.from_dict({
-      "out_dir": str(tmp_path), "seed": 3,
+  cfg = study.Config.from_dict(
+    {
+      "out_dir": str(tmp_path),
+      "seed": 3,
       "data": {"num_train": 80, "num_test": 30},
       "model": {"kwargs": {"hidden_sizes": [8]}},
       "training": {"num_steps": 20, "num_seeds": 1, "num_checkpoints": 2},
       "privacy": {"lsi_constant": 0.02},
       "forget_sets": {"size": 4, "selections": ["privacy_loss:top", "random"]},
-      "unlearning": {"methods": ["sgld", "ascent_then_descent"], "step_grid": [0, 3, 6], "num_seeds": 4,
-                     "retrain_steps": 20, "method_options": {"ascent_then_descent": {"ascent_steps": 2}}},
+      "unlearning": {
+        "methods": ["ascent_then_descent"],
+        "step_grid": [0, 3, 6],
+        "num_seeds": 4,
+        "retrain_steps": 20,
+        "method_options": {"ascent_then_descent": {"ascent_steps": 2}},
+      },
       "evaluation": {"membership": False},
       "metrics": {"names": ["loss"]},
-  })
+    }
+  )
   report = study.run(cfg)
   rows = [e for e in report["forget_sets"] if e["method"] == "ascent_then_descent"]
   assert [e["selection"] for e in rows] == ["privacy_loss:top", "random"]

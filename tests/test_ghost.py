@@ -29,6 +29,7 @@ def ce_loss(apply_fn):
     x, y = ex
     z = apply_fn(params, x)
     return jax.nn.logsumexp(z) - z[y]
+
   return loss_fn
 
 
@@ -52,8 +53,8 @@ class ConvNet(nn.Module):
 class EmbedModel(nn.Module):
   @nn.compact
   def __call__(self, tokens):
-    e = nn.Embed(7, 4)(tokens)                 # (S, 4); repeated tokens share a row
-    h = jnp.tanh(nn.Dense(5)(e))               # a weight applied at S positions
+    e = nn.Embed(7, 4)(tokens)  # (S, 4); repeated tokens share a row
+    h = jnp.tanh(nn.Dense(5)(e))  # a weight applied at S positions
     return nn.Dense(3)(jnp.mean(h, axis=0))
 
 
@@ -82,9 +83,9 @@ class PoolNet(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))
-    h = nn.max_pool(h[None], (2, 2), strides=(2, 2), padding="SAME")[0]       # 7x6 -> 4x3, padded
+    h = nn.max_pool(h[None], (2, 2), strides=(2, 2), padding="SAME")[0]  # 7x6 -> 4x3, padded
     h = nn.relu(nn.Conv(3, (2, 2), kernel_dilation=(2, 1), padding="SAME")(h))
-    h = nn.max_pool(h[None], (2, 2), strides=(1, 1), padding="VALID")[0]      # overlapping: fallback
+    h = nn.max_pool(h[None], (2, 2), strides=(1, 1), padding="VALID")[0]  # overlapping: fallback
     h = jnp.tanh(nn.ConvTranspose(2, (2, 2), strides=(2, 2))(h))
     return nn.Dense(3)(h.reshape(-1))
 
@@ -92,8 +93,9 @@ class PoolNet(nn.Module):
 def _nchw_loss(params, ex):
   """A raw NCHW/OIHW convolution with stride, asymmetric padding and a dilated kernel."""
   x, y = ex
-  h = jax.lax.conv_general_dilated(x[None], params["k"], (2, 1), ((1, 0), (2, 1)), rhs_dilation=(1, 2),
-                                   dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  h = jax.lax.conv_general_dilated(
+    x[None], params["k"], (2, 1), ((1, 0), (2, 1)), rhs_dilation=(1, 2), dimension_numbers=("NCHW", "OIHW", "NCHW")
+  )
   z = jnp.tanh(h).reshape(-1) @ params["w"]
   return jax.nn.logsumexp(z) - z[y]
 
@@ -116,9 +118,11 @@ def _problem(model, kind, n=5, seed=0):
   return ce_loss(model.apply), params, (x, y)
 
 
-CASES = [(MLP(), "vec", None), (Residual(), "vec", None), (PoolNet(), "img", None)] + [
-    (m, k, f) for m, k in [(ConvNet(), "img"), (EmbedModel(), "tok")] for f in FORMS] + [
-    pytest.param(PoolNet(), "img", f, marks=pytest.mark.slow) for f in FORMS[1:]]  # forms: numpy test
+CASES = (
+  [(MLP(), "vec", None), (Residual(), "vec", None), (PoolNet(), "img", None)]
+  + [(m, k, f) for m, k in [(ConvNet(), "img"), (EmbedModel(), "tok")] for f in FORMS]
+  + [pytest.param(PoolNet(), "img", f, marks=pytest.mark.slow) for f in FORMS[1:]]
+)  # forms: numpy test
 
 
 def _case_id(c):
@@ -150,20 +154,19 @@ def test_nchw_strided_dilated_conv_equals_vmap(x64, monkeypatch, form):
   plan = ghost.ghost_plan(_nchw_loss, params, batch)
   assert plan.fallback == () and sorted(s.kind for s in plan.sites) == ["conv", "dot"]
   want = pe.per_example_grad_norms(_nchw_loss, params, batch, method="vmap")
-  np.testing.assert_allclose(pe.per_example_grad_norms(_nchw_loss, params, batch, method="ghost"), want,
-                             rtol=RTOL)
+  np.testing.assert_allclose(pe.per_example_grad_norms(_nchw_loss, params, batch, method="ghost"), want, rtol=RTOL)
 
 
 def test_conv_direct_form_against_numpy_loop(x64):
   # Independent reference: the per-example kernel gradient summed position by position in NumPy.
   rng = np.random.default_rng(5)
-  x = rng.normal(size=(3, 6, 5, 2))           # (n, H, W, C)
-  kern = rng.normal(size=(3, 2, 2, 4))        # HWIO
-  d = rng.normal(size=(3, 3, 4, 4))           # output grads for stride 2, SAME padding
+  x = rng.normal(size=(3, 6, 5, 2))  # (n, H, W, C)
+  kern = rng.normal(size=(3, 2, 2, 4))  # HWIO
+  d = rng.normal(size=(3, 3, 4, 4))  # output grads for stride 2, SAME padding
   dn = jax.lax.conv_dimension_numbers((1, 6, 5, 2), kern.shape, ("NHWC", "HWIO", "NHWC"))
   pads = jax.lax.padtype_to_pads((6, 5), (3, 2), (2, 1), "SAME")
   p = {"window_strides": (2, 1), "padding": pads, "lhs_dilation": (1, 1), "rhs_dilation": (1, 1)}
-  xt = jnp.transpose(jnp.asarray(x)[:, None], (0, 1, 4, 2, 3))   # (n, N, C, H, W)
+  xt = jnp.transpose(jnp.asarray(x)[:, None], (0, 1, 4, 2, 3))  # (n, N, C, H, W)
   dt = jnp.transpose(jnp.asarray(d)[:, None], (0, 1, 4, 2, 3))
   want = []
   for i in range(3):
@@ -171,8 +174,8 @@ def test_conv_direct_form_against_numpy_loop(x64):
     g = np.zeros(kern.shape)
     for a in range(3):
       for b in range(4):
-        g += np.einsum("hwc,o->hwco", xp[2 * a:2 * a + 3, b:b + 2], d[i, a, b])
-    want.append(np.sum(g ** 2))
+        g += np.einsum("hwc,o->hwco", xp[2 * a : 2 * a + 3, b : b + 2], d[i, a, b])
+    want.append(np.sum(g**2))
   assert dn.lhs_spec == (0, 3, 1, 2)
   for gram in (False, True):
     got = ghost_rules._conv_sq_norms_by_offsets(xt, dt, (3, 2), p, gram)
@@ -201,12 +204,11 @@ def test_fast_pool_used_only_for_tiling_windows(x64, monkeypatch):
   pools = [e for e in plan.closed.jaxpr.eqns if e.primitive.name == "reduce_window_max"]
   x = jnp.zeros(pools[0].invars[0].aval.shape)
   assert len(pools) == 2
-  assert pooling.window_max_spec(pools[0], x) is not None                  # 2x2 stride 2: fast path
+  assert pooling.window_max_spec(pools[0], x) is not None  # 2x2 stride 2: fast path
   assert pooling.window_max_spec(pools[1], jnp.zeros(pools[1].invars[0].aval.shape)) is None  # overlapping
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="ghost")
   monkeypatch.setattr(pooling, "FAST_POOL", False)
-  np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"), want,
-                             rtol=RTOL)
+  np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"), want, rtol=RTOL)
 
 
 def test_site_kinds_found(x64):
@@ -223,8 +225,7 @@ def test_tied_weight_falls_back_for_that_leaf_only(x64):
   assert len(fallback) == 1 and "embedding" in fallback[0]
   assert len(plan.sites) == len(names) - 1
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")
-  np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"), want,
-                             rtol=RTOL)
+  np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"), want, rtol=RTOL)
 
 
 def test_other_uses_fall_back(x64):
@@ -234,18 +235,22 @@ def test_other_uses_fall_back(x64):
     h = jax.nn.relu(x @ p["w"] + p["b"]) * p["scale"]
     h = h + jax.nn.relu(p["shift"])
     return jnp.sum((h @ p["v"] - y) ** 2)
+
   k = jax.random.split(jax.random.key(1), 6)
-  params = {"w": jax.random.normal(k[0], (3, 4)), "b": jax.random.normal(k[1], (4,)),
-            "scale": jax.random.normal(k[2], (4,)), "shift": jax.random.normal(k[3], (4,)),
-            "v": jax.random.normal(k[4], (4, 2))}
+  params = {
+    "w": jax.random.normal(k[0], (3, 4)),
+    "b": jax.random.normal(k[1], (4,)),
+    "scale": jax.random.normal(k[2], (4,)),
+    "shift": jax.random.normal(k[3], (4,)),
+    "v": jax.random.normal(k[4], (4, 2)),
+  }
   batch = (jax.random.normal(k[5], (6, 3)), jnp.ones((6, 2)))
   plan = ghost.ghost_plan(loss_fn, params, batch)
   names = sorted(params)
   assert sorted(names[i] for i in plan.fallback) == ["scale", "shift"]
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")
   for method in ("ghost", "auto"):
-    np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method=method), want,
-                               rtol=RTOL)
+    np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method=method), want, rtol=RTOL)
 
 
 def test_unused_leaf(x64):
@@ -259,8 +264,9 @@ def test_unused_leaf(x64):
   np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
-@pytest.mark.parametrize("model,kind", [(MLP(), "vec"), pytest.param(ConvNet(), "img", marks=pytest.mark.slow)],
-                         ids=["mlp", "conv"])
+@pytest.mark.parametrize(
+  "model,kind", [(MLP(), "vec"), pytest.param(ConvNet(), "img", marks=pytest.mark.slow)], ids=["mlp", "conv"]
+)
 def test_ghost_under_jit_vmap_chunks_and_clipped_sum(x64, model, kind):
   loss_fn, params, batch = _problem(model, kind, n=7)
   want = pe.per_example_grad_norms(loss_fn, params, batch, method="vmap")
@@ -272,8 +278,7 @@ def test_ghost_under_jit_vmap_chunks_and_clipped_sum(x64, model, kind):
   vg = jax.jit(jax.vmap(lambda p: pe.per_example_grad_norms(loss_fn, p, batch, method="ghost")))(stacked)
   for s in range(3):
     p_s = jax.tree.map(lambda v: v[s], stacked)
-    np.testing.assert_allclose(vg[s], pe.per_example_grad_norms(loss_fn, p_s, batch, method="vmap"),
-                               rtol=RTOL)
+    np.testing.assert_allclose(vg[s], pe.per_example_grad_norms(loss_fn, p_s, batch, method="vmap"), rtol=RTOL)
   g1, n1 = pe.clipped_grad_sum(loss_fn, params, batch, 0.5 * float(jnp.median(want)), method="ghost")
   g2, n2 = pe.clipped_grad_sum(loss_fn, params, batch, 0.5 * float(jnp.median(want)), method="vmap")
   np.testing.assert_allclose(n1, n2, rtol=RTOL)

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
+from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
 
 from unlearn_jax import accounting as acc
 from unlearn_jax import algorithms as sg
-
-from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -96,10 +95,16 @@ def test_full_batch_costs_match_numpy_reference(data):
   mask = np.ones(12)
   mask[[3, 7]] = 0.0
   costs, worst, norms = jax.jit(
-      lambda p: acc.step_costs(
-          logistic_loss, p, (jnp.asarray(x), jnp.asarray(y)), clip_norm=clip, step_size=eta, temperature=tau,
-          orders=orders, mask=jnp.asarray(mask),
-      )
+    lambda p: acc.step_costs(
+      logistic_loss,
+      p,
+      (jnp.asarray(x), jnp.asarray(y)),
+      clip_norm=clip,
+      step_size=eta,
+      temperature=tau,
+      orders=orders,
+      mask=jnp.asarray(mask),
+    )
   )(jnp.asarray(w))
   g = logistic_grads_np(w, x, y)
   nrm = np.linalg.norm(g, axis=1)
@@ -110,12 +115,18 @@ def test_full_batch_costs_match_numpy_reference(data):
   ref = np.asarray(orders)[None, :] * eta * sq[:, None] / (4 * tau * (n_act - 1) ** 2)
   np.testing.assert_allclose(np.asarray(costs), ref, rtol=1e-10, atol=1e-300)
   np.testing.assert_allclose(np.asarray(norms), nrm, rtol=1e-10)
-  np.testing.assert_allclose(np.asarray(worst), np.asarray(orders) * eta * (2 * clip) ** 2 / (4 * tau * (n_act - 1) ** 2), rtol=1e-12)
+  np.testing.assert_allclose(
+    np.asarray(worst), np.asarray(orders) * eta * (2 * clip) ** 2 / (4 * tau * (n_act - 1) ** 2), rtol=1e-12
+  )
   # The step charges the same costs.
   alg = sg.sgld(logistic_loss, clip_norm=clip, accounting=acc.accountant(orders))
   state, info = jax.jit(alg.step)(
-      alg.init(jnp.asarray(w), 12), (jnp.asarray(x), jnp.asarray(y)), jax.random.key(0), eta, tau,
-      data_mask=jnp.asarray(mask),
+    alg.init(jnp.asarray(w), 12),
+    (jnp.asarray(x), jnp.asarray(y)),
+    jax.random.key(0),
+    eta,
+    tau,
+    data_mask=jnp.asarray(mask),
   )
   np.testing.assert_allclose(np.asarray(state.ledger.realized), ref, rtol=1e-10, atol=1e-300)
 
@@ -128,7 +139,9 @@ def test_total_loss_gradients_match_finite_differences(data):
 
   def total(eta, tau, q, mode):
     kw = dict(sampling_rate=q) if mode == "poisson" else {}
-    c, _, _ = acc.step_costs(logistic_loss, w, d, mode=mode, clip_norm=1.0, step_size=eta, temperature=tau, orders=orders, **kw)
+    c, _, _ = acc.step_costs(
+      logistic_loss, w, d, mode=mode, clip_norm=1.0, step_size=eta, temperature=tau, orders=orders, **kw
+    )
     return jnp.sum(c)
 
   for mode in ("full_batch", "poisson"):

@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from unlearn_jax.runtime import checkpoint as ck
+from unlearn_jax import accounting, data, models
+from unlearn_jax import algorithms as sgld
 from unlearn_jax import runtime as loops
-
+from unlearn_jax.runtime import checkpoint as ck
 
 # ------------------------------------------------------------------------------------------------
 # Small problems
@@ -55,7 +56,7 @@ def _np_gd_reference(p, x, y, mask, *, steps, eta, clip, wd, radius, l1, total):
   out = {0: (w.copy(), b.copy())}
   for t in range(steps):
     _, gw, gb = _np_softmax_grads({"w": w, "b": b}, x, y)
-    norms = np.sqrt((gw ** 2).sum(axis=(1, 2)) + (gb ** 2).sum(axis=1))
+    norms = np.sqrt((gw**2).sum(axis=(1, 2)) + (gb**2).sum(axis=1))
     factor = np.ones_like(norms) if clip is None else np.minimum(1.0, clip / np.maximum(norms, 1e-300))
     cnt = mask.sum()
     mw = (mask * factor)[:, None, None] * gw
@@ -68,7 +69,7 @@ def _np_gd_reference(p, x, y, mask, *, steps, eta, clip, wd, radius, l1, total):
       db = db + gamma * np.sign(b)
     w, b = w - eta * dw, b - eta * db
     if radius is not None:
-      nrm = math.sqrt((w ** 2).sum() + (b ** 2).sum())
+      nrm = math.sqrt((w**2).sum() + (b**2).sum())
       s = min(1.0, radius / nrm)
       w, b = w * s, b * s
     out[t + 1] = (w.copy(), b.copy())
@@ -80,11 +81,14 @@ def _np_gd_reference(p, x, y, mask, *, steps, eta, clip, wd, radius, l1, total):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,clip,radius,l1", [
+@pytest.mark.parametrize(
+  "method,clip,radius,l1",
+  [
     ("sgd", None, None, 0.0),
     ("sgd", 0.3, 1.5, 0.0),
     ("l1_sparse", 0.5, None, 0.02),
-])
+  ],
+)
 def test_unlearn_noise_free_methods_match_float64_reference(method, clip, radius, l1):
   with jax.enable_x64(True):
     x, y, p = _problem(dtype=np.float64)
@@ -92,11 +96,35 @@ def test_unlearn_noise_free_methods_match_float64_reference(method, clip, radius
     mask[:5] = 0.0
     steps = (0, 3, 11, 25)
     options = {"l1_strength": l1} if method == "l1_sparse" else {}
-    res = loops.unlearn(softmax_loss, p, (x, y), method=method, key=jax.random.key(0), step_size=0.7,
-                        record_steps=steps, clip_norm=clip, weight_decay=0.05, projection_radius=radius,
-                        data_mask=mask, steps_per_chunk=7, progress=False, **options)
-    ref = _np_gd_reference(p, x, y, mask, steps=25, eta=0.7, clip=clip, wd=0.05, radius=radius,
-                           l1=l1 if method == "l1_sparse" else 0.0, total=25)
+    res = loops.unlearn(
+      softmax_loss,
+      p,
+      (x, y),
+      method=method,
+      key=jax.random.key(0),
+      step_size=0.7,
+      record_steps=steps,
+      clip_norm=clip,
+      weight_decay=0.05,
+      projection_radius=radius,
+      data_mask=mask,
+      steps_per_chunk=7,
+      progress=False,
+      **options,
+    )
+    ref = _np_gd_reference(
+      p,
+      x,
+      y,
+      mask,
+      steps=25,
+      eta=0.7,
+      clip=clip,
+      wd=0.05,
+      radius=radius,
+      l1=l1 if method == "l1_sparse" else 0.0,
+      total=25,
+    )
     assert res.recorded_steps.tolist() == list(steps)
     for g, s in enumerate(steps):
       np.testing.assert_allclose(np.asarray(res.recorded["w"][g]), ref[s][0], rtol=1e-10, atol=1e-12)
@@ -113,9 +141,20 @@ def test_optimizer_training_matches_float64_reference_and_masks():
     x, y, p = _problem(dtype=np.float64)
     mask = np.ones(len(y))
     mask[::4] = 0.0
-    res = loops.train(softmax_loss, p, (x, y), num_steps=30, key=jax.random.key(0), step_size=0.3,
-                      optimizer=optax.sgd(0.3), data_mask=mask, record_steps=(10, 30),
-                      steps_per_chunk=8, history_stride=10, progress=False)
+    res = loops.train(
+      softmax_loss,
+      p,
+      (x, y),
+      num_steps=30,
+      key=jax.random.key(0),
+      step_size=0.3,
+      optimizer=optax.sgd(0.3),
+      data_mask=mask,
+      record_steps=(10, 30),
+      steps_per_chunk=8,
+      history_stride=10,
+      progress=False,
+    )
     ref = _np_gd_reference(p, x, y, mask, steps=30, eta=0.3, clip=None, wd=0.0, radius=None, l1=0.0, total=30)
     np.testing.assert_allclose(np.asarray(res.params["w"]), ref[30][0], rtol=1e-10)
     np.testing.assert_allclose(np.asarray(res.recorded["b"][0]), ref[10][1], rtol=1e-10)
@@ -134,11 +173,31 @@ def _leaves_equal(a, b) -> bool:
 
 def test_noise_free_recorded_steps_equal_rerun_bitwise():
   x, y, p = _problem()
-  full = loops.unlearn(softmax_loss, p, (x, y), method="sgd", key=jax.random.key(0), step_size=0.5,
-                       record_steps=(4, 13, 30), clip_norm=0.5, steps_per_chunk=8, progress=False)
+  full = loops.unlearn(
+    softmax_loss,
+    p,
+    (x, y),
+    method="sgd",
+    key=jax.random.key(0),
+    step_size=0.5,
+    record_steps=(4, 13, 30),
+    clip_norm=0.5,
+    steps_per_chunk=8,
+    progress=False,
+  )
   for g, s in enumerate((4, 13, 30)):
-    short = loops.unlearn(softmax_loss, p, (x, y), method="sgd", key=jax.random.key(0), step_size=0.5,
-                          record_steps=(s,), clip_norm=0.5, steps_per_chunk=8, progress=False)
+    short = loops.unlearn(
+      softmax_loss,
+      p,
+      (x, y),
+      method="sgd",
+      key=jax.random.key(0),
+      step_size=0.5,
+      record_steps=(s,),
+      clip_norm=0.5,
+      steps_per_chunk=8,
+      progress=False,
+    )
     assert _leaves_equal(jax.tree.map(lambda a: a[g], full.recorded), jax.tree.map(lambda a: a[0], short.recorded))
 
 
@@ -160,10 +219,8 @@ def test_second_call_with_same_shapes_does_not_trace_or_compile_again():
   assert len(traces) == first
   assert time.perf_counter() - t0 < 5.0
   # The same for SGLD training with the ledger (new temperature, step size, key, data values).
-  from unlearn_jax import accounting
 
-  kw = dict(num_steps=6, clip_norm=1.0, accounting=accounting.accountant([2.0]), steps_per_chunk=4,
-            progress=False)
+  kw = dict(num_steps=6, clip_norm=1.0, accounting=accounting.accountant([2.0]), steps_per_chunk=4, progress=False)
   loops.train(counting_loss, p, (x, y), key=jax.random.key(0), step_size=0.1, temperature=1e-3, **kw)
   second = len(traces)
   assert second > first
@@ -187,11 +244,9 @@ def test_history_stride_rows_equal_stride_one_rows_and_eval_matches_recorded():
   def eval_fn(params):
     return {"acc": jnp.mean(jnp.argmax(x @ params["w"] + params["b"], -1) == y)}
 
-  kw = dict(method="sgd", key=jax.random.key(0), step_size=0.5, clip_norm=0.8, steps_per_chunk=6,
-            progress=False)
+  kw = dict(method="sgd", key=jax.random.key(0), step_size=0.5, clip_norm=0.8, steps_per_chunk=6, progress=False)
   dense = loops.unlearn(softmax_loss, p, (x, y), record_steps=(24,), eval_fn=eval_fn, **kw)
-  strided = loops.unlearn(softmax_loss, p, (x, y), record_steps=(8, 16, 24), eval_fn=eval_fn,
-                          history_stride=8, **kw)
+  strided = loops.unlearn(softmax_loss, p, (x, y), record_steps=(8, 16, 24), eval_fn=eval_fn, history_stride=8, **kw)
   assert strided.history["step"].tolist() == [8, 16, 24]
   np.testing.assert_array_equal(strided.history["loss"], dense.history["loss"][[7, 15, 23]])
   np.testing.assert_array_equal(strided.history["grad_norm"], dense.history["grad_norm"][[7, 15, 23]])
@@ -229,9 +284,19 @@ def test_divergence_names_first_bad_step_and_keeps_last_good_checkpoint(tmp_path
   assert bad is not None and bad > 8
   every = 4
   with pytest.raises(loops.DivergenceError, match=f"step {bad}") as info:
-    loops.train(_quadratic_loss, np.zeros(1, np.float32), (a, c), num_steps=60, key=jax.random.key(0),
-                step_size=eta, optimizer=optax.sgd(float(eta)), checkpoint_dir=tmp_path,
-                checkpoint_every=every, steps_per_chunk=5, progress=False)
+    loops.train(
+      _quadratic_loss,
+      np.zeros(1, np.float32),
+      (a, c),
+      num_steps=60,
+      key=jax.random.key(0),
+      step_size=eta,
+      optimizer=optax.sgd(float(eta)),
+      checkpoint_dir=tmp_path,
+      checkpoint_every=every,
+      steps_per_chunk=5,
+      progress=False,
+    )
   assert info.value.step == bad
   last = ((bad - 1) // every) * every
   assert [s for s, _ in ck.list_checkpoints(tmp_path)][-1] == last
@@ -245,15 +310,33 @@ def test_locked_checkpoint_dir_is_refused(tmp_path):
   x, y, p = _problem()
   with ck.RunLock(tmp_path):
     with pytest.raises(ck.LockError, match="locked"):
-      loops.unlearn(softmax_loss, p, (x, y), method="sgd", key=jax.random.key(0), step_size=0.5,
-                    record_steps=(3,), checkpoint_dir=tmp_path, progress=False)
+      loops.unlearn(
+        softmax_loss,
+        p,
+        (x, y),
+        method="sgd",
+        key=jax.random.key(0),
+        step_size=0.5,
+        record_steps=(3,),
+        checkpoint_dir=tmp_path,
+        progress=False,
+      )
 
 
 def test_in_process_resume_and_mismatched_run(tmp_path):
   x, y, p = _problem(seed=7)
-  kw = dict(method="l1_sparse", key=jax.random.key(0), step_size=0.5, record_steps=(0, 10, 17),
-            l1_strength=0.01, clip_norm=0.7, checkpoint_dir=tmp_path, checkpoint_every=5, steps_per_chunk=4,
-            progress=False)
+  kw = dict(
+    method="l1_sparse",
+    key=jax.random.key(0),
+    step_size=0.5,
+    record_steps=(0, 10, 17),
+    l1_strength=0.01,
+    clip_norm=0.7,
+    checkpoint_dir=tmp_path,
+    checkpoint_every=5,
+    steps_per_chunk=4,
+    progress=False,
+  )
   ref = loops.unlearn(softmax_loss, p, (x, y), **dict(kw, checkpoint_dir=None, checkpoint_every=None))
   full = loops.unlearn(softmax_loss, p, (x, y), **kw)
   assert _leaves_equal(ref.recorded, full.recorded)
@@ -274,8 +357,16 @@ def test_in_process_resume_and_mismatched_run(tmp_path):
 
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
   x, y, p = _problem(seed=8)
-  kw = dict(method="sgd", key=jax.random.key(0), step_size=0.5, record_steps=(20,), checkpoint_dir=tmp_path,
-            checkpoint_every=5, steps_per_chunk=5, progress=False)
+  kw = dict(
+    method="sgd",
+    key=jax.random.key(0),
+    step_size=0.5,
+    record_steps=(20,),
+    checkpoint_dir=tmp_path,
+    checkpoint_every=5,
+    steps_per_chunk=5,
+    progress=False,
+  )
   ref = loops.unlearn(softmax_loss, p, (x, y), **kw)
   paths = dict(ck.list_checkpoints(tmp_path))
   assert sorted(paths) == [15, 20]
@@ -308,14 +399,14 @@ def _zeros_init(d, k):
   def init_fn(key):
     del key
     return {"w": jnp.zeros((d, k)), "b": jnp.zeros(k)}
+
   return init_fn
 
 
 def test_each_unlearning_method_closes_the_forget_set_gap_to_the_oracle():
   x, y, mask, forget = _flipped_label_problem()
   init_fn = _zeros_init(x.shape[1], 2)
-  kw = dict(num_steps=300, step_size=0.5, temperature=1e-5, weight_decay=0.01, progress=False,
-            steps_per_chunk=100)
+  kw = dict(num_steps=300, step_size=0.5, temperature=1e-5, weight_decay=0.01, progress=False, steps_per_chunk=100)
   original = loops.train(softmax_loss, init_fn, (x, y), key=jax.random.key(0), **kw)
   oracle = loops.retrain(softmax_loss, init_fn, (x, y), key=jax.random.key(1), data_mask=mask, **kw)
 
@@ -331,11 +422,21 @@ def test_each_unlearning_method_closes_the_forget_set_gap_to_the_oracle():
   for method in ("sgld", "sgd", "l1_sparse"):
     options = {"l1_strength": 1e-3} if method == "l1_sparse" else {}
     temperature = {"temperature": 1e-5} if method == "sgld" else {}
-    res = loops.unlearn(softmax_loss, original.params, (x, y), method=method, key=jax.random.key(2),
-                        step_size=0.5, weight_decay=0.01, record_steps=(0, 100, 400), data_mask=mask,
-                        progress=False, **options, **temperature)
-    gaps = [abs(forget_loss(jax.tree.map(lambda a: a[g], res.recorded)) - forget_loss(oracle.params))
-            for g in range(3)]
+    res = loops.unlearn(
+      softmax_loss,
+      original.params,
+      (x, y),
+      method=method,
+      key=jax.random.key(2),
+      step_size=0.5,
+      weight_decay=0.01,
+      record_steps=(0, 100, 400),
+      data_mask=mask,
+      progress=False,
+      **options,
+      **temperature,
+    )
+    gaps = [abs(forget_loss(jax.tree.map(lambda a: a[g], res.recorded)) - forget_loss(oracle.params)) for g in range(3)]
     np.testing.assert_allclose(gaps[0], gap0, rtol=1e-6)
     assert gaps[1] < gaps[0] and gaps[2] < 0.25 * gap0, (method, gaps)
     assert forget_acc(jax.tree.map(lambda a: a[2], res.recorded)) <= 0.125, method
@@ -347,35 +448,54 @@ def test_each_unlearning_method_closes_the_forget_set_gap_to_the_oracle():
 
 
 def _sgld_setup(seed=0):
-  from unlearn_jax import accounting
 
   x, y, p = _problem(n=32, seed=seed)
   cfg = accounting.accountant([2.0, 8.0])
-  kw = dict(step_size=0.3, temperature=1e-3, clip_norm=1.0, weight_decay=1e-3, accounting=cfg,
-            progress=False, steps_per_chunk=8)
+  kw = dict(
+    step_size=0.3, temperature=1e-3, clip_norm=1.0, weight_decay=1e-3, accounting=cfg, progress=False, steps_per_chunk=8
+  )
   return x, y, p, kw
 
 
 def test_sgld_recorded_steps_equal_rerun_stopped_there_bitwise():
   x, y, p, kw = _sgld_setup()
-  full = loops.train(softmax_loss, p, (x, y), num_steps=30, key=jax.random.key(3), record_steps=(7, 19, 30),
-                     **kw)
+  full = loops.train(softmax_loss, p, (x, y), num_steps=30, key=jax.random.key(3), record_steps=(7, 19, 30), **kw)
   for g, s in enumerate((7, 19)):
     short = loops.train(softmax_loss, p, (x, y), num_steps=s, key=jax.random.key(3), **kw)
     assert _leaves_equal(jax.tree.map(lambda a: a[g], full.recorded), short.params)
     np.testing.assert_array_equal(full.history["loss"][:s], short.history["loss"])
   assert _leaves_equal(jax.tree.map(lambda a: a[2], full.recorded), full.params)
   # Unlearning: the params recorded at k steps equal a k-step run.
-  res = loops.unlearn(softmax_loss, full.params, (x, y), method="sgld", key=jax.random.key(4), step_size=0.3,
-                      temperature=1e-3, clip_norm=1.0, record_steps=(5, 12), steps_per_chunk=8, progress=False)
-  short = loops.unlearn(softmax_loss, full.params, (x, y), method="sgld", key=jax.random.key(4),
-                        step_size=0.3, temperature=1e-3, clip_norm=1.0, record_steps=(5,), steps_per_chunk=8,
-                        progress=False)
+  res = loops.unlearn(
+    softmax_loss,
+    full.params,
+    (x, y),
+    method="sgld",
+    key=jax.random.key(4),
+    step_size=0.3,
+    temperature=1e-3,
+    clip_norm=1.0,
+    record_steps=(5, 12),
+    steps_per_chunk=8,
+    progress=False,
+  )
+  short = loops.unlearn(
+    softmax_loss,
+    full.params,
+    (x, y),
+    method="sgld",
+    key=jax.random.key(4),
+    step_size=0.3,
+    temperature=1e-3,
+    clip_norm=1.0,
+    record_steps=(5,),
+    steps_per_chunk=8,
+    progress=False,
+  )
   assert _leaves_equal(jax.tree.map(lambda a: a[0], res.recorded), jax.tree.map(lambda a: a[0], short.recorded))
 
 
 def test_sgld_train_equals_python_loop_over_sgld_step_with_fold_in_keys():
-  from unlearn_jax import algorithms as sgld
 
   x, y, p, kw = _sgld_setup(seed=1)
   res = loops.train(softmax_loss, p, (x, y), num_steps=12, key=jax.random.key(5), **kw)
@@ -397,25 +517,38 @@ def test_vmapped_seeds_equal_seeds_run_one_by_one():
     return {"acc": jnp.mean(jnp.argmax(x @ params["w"] + params["b"], -1) == y)}
 
   kw = dict(kw, eval_fn=eval_fn, history_stride=5)
-  many = loops.train(softmax_loss, init_fn, (x, y), num_seeds=3, num_steps=15, key=jax.random.key(6),
-                     record_steps=(5,), **kw)
+  many = loops.train(
+    softmax_loss, init_fn, (x, y), num_seeds=3, num_steps=15, key=jax.random.key(6), record_steps=(5,), **kw
+  )
   assert many.params["w"].shape == (3,) + p["w"].shape
   assert many.recorded["w"].shape == (1, 3) + p["w"].shape
   assert many.history["loss"].shape == (3, 3) and many.history["acc"].shape == (3, 3)
   assert many.history["privacy_loss_mean"].shape == (3, 3, 2)
   for r in range(3):
-    one = loops.train(softmax_loss, init_fn, (x, y), num_steps=15, key=jax.random.fold_in(jax.random.key(6), r),
-                      record_steps=(5,), **kw)
+    one = loops.train(
+      softmax_loss, init_fn, (x, y), num_steps=15, key=jax.random.fold_in(jax.random.key(6), r), record_steps=(5,), **kw
+    )
     np.testing.assert_allclose(many.history["acc"][:, r], one.history["acc"], atol=1.5 / len(y))
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[r], many.params), one.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(many.ledger.realized[r], one.ledger.realized, rtol=1e-4, atol=1e-9)
-    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0, r], many.recorded),
-                                jax.tree.map(lambda a: a[0], one.recorded), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+      jax.tree.map(lambda a: a[0, r], many.recorded), jax.tree.map(lambda a: a[0], one.recorded), rtol=1e-5, atol=1e-6
+    )
   # Seeds differ from each other (independent chains and initialisations).
   assert not np.allclose(many.params["w"][0], many.params["w"][1])
   # Per-seed trained params are unlearned chain by chain with params_per_seed=True.
-  un = loops.unlearn(softmax_loss, many.params, (x, y), method="sgd", key=jax.random.key(0), step_size=0.3,
-                     record_steps=(0, 3), num_seeds=3, params_per_seed=True, progress=False)
+  un = loops.unlearn(
+    softmax_loss,
+    many.params,
+    (x, y),
+    method="sgd",
+    key=jax.random.key(0),
+    step_size=0.3,
+    record_steps=(0, 3),
+    num_seeds=3,
+    params_per_seed=True,
+    progress=False,
+  )
   chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], un.recorded), many.params, rtol=0, atol=0)
 
 
@@ -424,9 +557,16 @@ def test_sgld_divergence_with_huge_step_size_keeps_finite_checkpoint(tmp_path):
   x, y, p, kw = _sgld_setup(seed=3)
   kw = dict(kw, clip_norm=None, weight_decay=0.0)
   with pytest.raises(loops.DivergenceError, match="diverged at step") as info:
-    loops.train(lambda q, ex: 1e3 * softmax_loss(q, ex) ** 2, p, (x, y), num_steps=400,
-                key=jax.random.key(0), checkpoint_dir=tmp_path, checkpoint_every=2,
-                **dict(kw, step_size=1e3))
+    loops.train(
+      lambda q, ex: 1e3 * softmax_loss(q, ex) ** 2,
+      p,
+      (x, y),
+      num_steps=400,
+      key=jax.random.key(0),
+      checkpoint_dir=tmp_path,
+      checkpoint_every=2,
+      **dict(kw, step_size=1e3),
+    )
   assert info.value.step >= 1
   if info.value.checkpoint is not None:
     meta = ck.read_metadata(info.value.checkpoint)
@@ -436,7 +576,6 @@ def test_sgld_divergence_with_huge_step_size_keeps_finite_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_digits_sgld_with_ledger_reaches_90_percent():
   """FINDINGS.md configuration: 1,400 train, MLP 64-128-10, full batch, η=0.5, τ=1e-5, C=5, wd 1e-3."""
-  from unlearn_jax import accounting, data, models
 
   ds = data.load_digits()
   model = models.mlp((128,), 10)
@@ -449,10 +588,22 @@ def test_digits_sgld_with_ledger_reaches_90_percent():
 
   params = model.init_fn(jax.random.key(0), ds.x_train[0])
   t0 = time.perf_counter()
-  res = loops.train(loss_fn, params, (ds.x_train, ds.y_train), num_steps=1500, key=jax.random.key(1),
-                    step_size=0.5, temperature=1e-5, clip_norm=5.0, weight_decay=1e-3,
-                    accounting=accounting.accountant([2.0, 8.0, 32.0]), eval_fn=eval_fn,
-                    history_stride=250, steps_per_chunk=250, progress=False)
+  res = loops.train(
+    loss_fn,
+    params,
+    (ds.x_train, ds.y_train),
+    num_steps=1500,
+    key=jax.random.key(1),
+    step_size=0.5,
+    temperature=1e-5,
+    clip_norm=5.0,
+    weight_decay=1e-3,
+    accounting=accounting.accountant([2.0, 8.0, 32.0]),
+    eval_fn=eval_fn,
+    history_stride=250,
+    steps_per_chunk=250,
+    progress=False,
+  )
   elapsed = time.perf_counter() - t0
   acc = float(res.history["test_accuracy"][-1])
   print(f"digits SGLD: {elapsed:.1f} s, test accuracy {acc:.4f}")
@@ -468,7 +619,9 @@ def test_digits_sgld_with_ledger_reaches_90_percent():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
+@pytest.mark.parametrize(
+  "kwargs,exc,match",
+  [
     ({"num_steps": 0}, ValueError, "num_steps"),
     ({"num_steps": 2.5}, TypeError, "num_steps"),
     ({"step_size": -1.0}, ValueError, "step_size"),
@@ -486,7 +639,8 @@ def test_digits_sgld_with_ledger_reaches_90_percent():
     ({"progress": "yes"}, TypeError, "progress"),
     ({"params_per_seed": True}, ValueError, "params_per_seed"),
     ({"optimizer": "sgd"}, TypeError, "optimizer"),
-])
+  ],
+)
 def test_train_rejects_bad_arguments(kwargs, exc, match):
   x, y, p = _problem()
   base = dict(num_steps=10, key=jax.random.key(0), step_size=0.1, optimizer=optax.sgd(0.1), progress=False)
@@ -510,7 +664,9 @@ def test_bad_data_and_params_are_refused():
     loops.train(softmax_loss, p, (x, y), num_steps=3, key=jax.random.key(0), step_size=0.1, progress=False)
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
+@pytest.mark.parametrize(
+  "kwargs,exc,match",
+  [
     ({"method": "newton"}, ValueError, "method"),
     ({"method": "sgld"}, ValueError, "temperature"),
     ({"record_steps": ()}, ValueError, "record_steps"),
@@ -521,7 +677,8 @@ def test_bad_data_and_params_are_refused():
     ({"l1_strength": -0.1, "method": "l1_sparse"}, ValueError, "l1_strength"),
     ({"projection_radius": -2.0}, ValueError, "projection_radius"),
     ({"norm_method": "magic"}, ValueError, "norm_method"),
-])
+  ],
+)
 def test_unlearn_rejects_bad_arguments(kwargs, exc, match):
   x, y, p = _problem()
   base = dict(method="sgd", key=jax.random.key(0), step_size=0.1, record_steps=(0, 3), progress=False)
@@ -540,16 +697,34 @@ def test_checkpoint_dir_not_writable_is_refused(tmp_path):
     target = str(ro / "sub")
   x, y, p = _problem()
   with pytest.raises(ValueError, match="checkpoint_dir"):
-    loops.unlearn(softmax_loss, p, (x, y), method="sgd", key=jax.random.key(0), step_size=0.1,
-                  record_steps=(3,), checkpoint_dir=target, progress=False)
+    loops.unlearn(
+      softmax_loss,
+      p,
+      (x, y),
+      method="sgd",
+      key=jax.random.key(0),
+      step_size=0.1,
+      record_steps=(3,),
+      checkpoint_dir=target,
+      progress=False,
+    )
 
 
 def test_shuffled_mode_state_with_typed_key_checkpoints_and_resumes_bitwise(tmp_path):
   # SGLDState carries a typed PRNG key in shuffled mode; it must survive the checkpoint exactly, and
   # seeds must draw different permutations.
   x, y, p = _problem(n=24, seed=9)
-  kw = dict(num_steps=12, key=jax.random.key(3), step_size=0.2, temperature=1e-4, mode="shuffled", batch_size=8,
-            clip_norm=1.0, steps_per_chunk=4, progress=False)
+  kw = dict(
+    num_steps=12,
+    key=jax.random.key(3),
+    step_size=0.2,
+    temperature=1e-4,
+    mode="shuffled",
+    batch_size=8,
+    clip_norm=1.0,
+    steps_per_chunk=4,
+    progress=False,
+  )
   ref = loops.train(softmax_loss, p, (x, y), **kw)
   full = loops.train(softmax_loss, p, (x, y), checkpoint_dir=tmp_path, checkpoint_every=4, **kw)
   assert _leaves_equal(ref.recorded, full.recorded)
@@ -559,5 +734,6 @@ def test_shuffled_mode_state_with_typed_key_checkpoints_and_resumes_bitwise(tmp_
   resumed = loops.train(softmax_loss, p, (x, y), checkpoint_dir=tmp_path, checkpoint_every=4, **kw)
   assert resumed.resumed_from == 8
   assert _leaves_equal(ref.recorded, resumed.recorded)
-  np.testing.assert_array_equal(jax.random.key_data(ref.state.shuffle_key),
-                                jax.random.key_data(resumed.state.shuffle_key))
+  np.testing.assert_array_equal(
+    jax.random.key_data(ref.state.shuffle_key), jax.random.key_data(resumed.state.shuffle_key)
+  )

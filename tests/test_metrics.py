@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import linear_softmax  # tests/ helper module
 import numpy as np
 import pytest
 from scipy import stats
 
 from unlearn_jax.evaluate import metrics, statistics
-
-import linear_softmax  # tests/ helper module
 
 NUM_FEATURES, NUM_CLASSES = 3, 4
 apply_fn, loss_fn = linear_softmax.apply_fn, linear_softmax.loss_fn
@@ -50,11 +49,14 @@ def test_loss_confidence_margin_match_numpy(toy):
   np.testing.assert_allclose(metrics.confidence(apply_fn, params, x, y), p[idx, yy], rtol=1e-5)
   other = logits.copy()
   other[idx, yy] = -np.inf
-  np.testing.assert_allclose(metrics.margin(apply_fn, params, x, y), logits[idx, yy] - other.max(1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    metrics.margin(apply_fn, params, x, y), logits[idx, yy] - other.max(1), rtol=1e-5, atol=1e-5
+  )
   other_p = p.copy()
   other_p[idx, yy] = -np.inf
-  np.testing.assert_allclose(metrics.margin(apply_fn, params, x, y, kind="prob"), p[idx, yy] - other_p.max(1),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    metrics.margin(apply_fn, params, x, y, kind="prob"), p[idx, yy] - other_p.max(1), rtol=1e-5, atol=1e-6
+  )
   # margin > 0 exactly when correct (no ties in random logits)
   np.testing.assert_array_equal(metrics.margin(apply_fn, params, x, y) > 0, metrics.correctness(apply_fn, params, x, y))
   with pytest.raises(ValueError, match="kind"):
@@ -64,15 +66,18 @@ def test_loss_confidence_margin_match_numpy(toy):
 def test_el2n_and_grand_match_numpy(toy):
   x, y, seeds = toy
   yy = np.asarray(y)
-  expected_el2n = np.mean([
-    np.linalg.norm(np_probs(p, x)[1] - np.eye(NUM_CLASSES)[yy], axis=1) for p in seeds], axis=0)
+  expected_el2n = np.mean([np.linalg.norm(np_probs(p, x)[1] - np.eye(NUM_CLASSES)[yy], axis=1) for p in seeds], axis=0)
   np.testing.assert_allclose(metrics.el2n(apply_fn, stack(seeds), x, y), expected_el2n, rtol=1e-5)
   # Softmax cross-entropy of a linear model: grad_w = x (p - e_y)^T, grad_b = p - e_y, so
   # ||grad||^2 = (||x||^2 + 1) ||p - e_y||^2.
   xx = np.asarray(x, np.float64)
-  expected_grand = np.mean([
-    np.sqrt(np.sum(xx**2, 1) + 1.0) * np.linalg.norm(np_probs(p, x)[1] - np.eye(NUM_CLASSES)[yy], axis=1)
-    for p in seeds], axis=0)
+  expected_grand = np.mean(
+    [
+      np.sqrt(np.sum(xx**2, 1) + 1.0) * np.linalg.norm(np_probs(p, x)[1] - np.eye(NUM_CLASSES)[yy], axis=1)
+      for p in seeds
+    ],
+    axis=0,
+  )
   np.testing.assert_allclose(metrics.grand(loss_fn, stack(seeds), (x, y)), expected_grand, rtol=1e-4)
 
 
@@ -80,11 +85,7 @@ def test_forgetting_events_hand_built():
   # Rows are checkpoints (training order), columns examples:
   # ex0 1 0 1 0 1 -> 2 events; ex1 never learned -> 0; ex2 always correct -> 0; ex3 1 0 0 1 0 -> 2;
   # ex4 1 1 1 1 0 -> 1.
-  correct = np.array([[1, 0, 1, 1, 1],
-                      [0, 0, 1, 0, 1],
-                      [1, 0, 1, 0, 1],
-                      [0, 0, 1, 1, 1],
-                      [1, 0, 1, 0, 0]])
+  correct = np.array([[1, 0, 1, 1, 1], [0, 0, 1, 0, 1], [1, 0, 1, 0, 1], [0, 0, 1, 1, 1], [1, 0, 1, 0, 0]])
   expected = [2, 0, 0, 2, 1]
   # independent loop reference
   ref = [sum(correct[t - 1, j] == 1 and correct[t, j] == 0 for t in range(1, 5)) for j in range(5)]
@@ -121,14 +122,8 @@ def test_learning_speed_is_mean_confidence(toy):
 def test_memorization_toy_models():
   # 4 models, 3 examples.  Example 0: a "memorized" point -- correct exactly when trained on.
   # Example 1: an easy point, always correct.  Example 2: correct by 1 of 2 in-models and 2 of 2 out.
-  in_mask = np.array([[1, 0, 1],
-                      [1, 1, 0],
-                      [0, 1, 1],
-                      [0, 0, 0]], bool)
-  correct = np.array([[1, 1, 0],
-                      [1, 1, 1],
-                      [0, 1, 1],
-                      [0, 1, 1]], bool)
+  in_mask = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [0, 0, 0]], bool)
+  correct = np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1], [0, 1, 1]], bool)
   mem = metrics.memorization(correct, in_mask)
   np.testing.assert_allclose(mem, [1.0, 0.0, 0.5 - 1.0])
   # never-out example -> NaN (no estimate)
@@ -165,14 +160,17 @@ def test_rankdata_and_spearman_match_scipy_with_ties():
     if trial == 0:
       b = rng.normal(size=n)
     with jax.enable_x64(True):
-      np.testing.assert_allclose(statistics.rankdata_average(jnp.asarray(a)), stats.rankdata(a, method="average"), rtol=1e-12)
+      np.testing.assert_allclose(
+        statistics.rankdata_average(jnp.asarray(a)), stats.rankdata(a, method="average"), rtol=1e-12
+      )
       got = float(statistics.spearman(jnp.asarray(a), jnp.asarray(b)))
     assert got == pytest.approx(stats.spearmanr(a, b).statistic, rel=1e-10, abs=1e-12)
   # float32 path
   a, b = rng.normal(size=40), rng.normal(size=40)
   a[::3] = 0.5
   assert float(statistics.spearman(a.astype(np.float32), b.astype(np.float32))) == pytest.approx(
-    stats.spearmanr(a, b).statistic, abs=1e-5)
+    stats.spearmanr(a, b).statistic, abs=1e-5
+  )
   assert np.isnan(float(statistics.spearman(np.ones(4), np.arange(4.0))))
   with pytest.raises(ValueError, match="finite"):
     statistics.spearman(np.array([1.0, np.nan, 2.0]), np.arange(3.0))

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from unlearn_jax import models
+from unlearn_jax import per_example as pe
+from unlearn_jax.per_example import ghost
 
 
 def _perturb(params, seed=0, scale=0.3):
   """Random parameters (so zero-initialised leaves do not hide errors); float64 under x64."""
-  leaves, tree = jax.tree.flatten(jax.tree.map(lambda l: l.astype(jnp.result_type(float)), params))
+  leaves, tree = jax.tree.flatten(jax.tree.map(lambda leaf: leaf.astype(jnp.result_type(float)), params))
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)])
+  return jax.tree.unflatten(
+    tree, [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+  )
 
 
 def _np(tree):
@@ -45,7 +50,7 @@ def _np_conv_same(x, kernel, bias, stride=1, padding=None):
   out = np.zeros((h_out, w_out, cout))
   for i in range(h_out):
     for j in range(w_out):
-      patch = xp[i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+      patch = xp[i * stride : i * stride + kh, j * stride : j * stride + kw, :]
       out[i, j] = np.tensordot(patch, kernel, axes=([0, 1, 2], [0, 1, 2])) + bias
   return out
 
@@ -61,8 +66,8 @@ def _resnet18_param_count(num_classes, in_ch=3, widths=(64, 128, 256, 512)):
   conv = lambda k, cin, cout: k * k * cin * cout + cout
   total = conv(3, in_ch, widths[0])
   cin = widths[0]
-  for stage, w in enumerate(widths):
-    for block in range(2):
+  for _stage, w in enumerate(widths):
+    for _block in range(2):
       total += conv(3, cin, w) + conv(3, w, w)
       if cin != w:
         total += conv(1, cin, w)
@@ -124,7 +129,7 @@ def test_cross_entropy_matches_numpy_log_softmax():
     params = _perturb(model.init_fn(jax.random.key(0), jnp.asarray(x[0])), seed=4, scale=1.0)
     for wd in (0.0, 0.3):
       loss_fn = models.cross_entropy_loss_fn(model.apply_fn, weight_decay=wd)
-      sq = sum(float(np.sum(l ** 2)) for l in jax.tree.leaves(_np(params)))
+      sq = sum(float(np.sum(leaf**2)) for leaf in jax.tree.leaves(_np(params)))
       for i in range(6):
         logits = np.asarray(model.apply_fn(params, jnp.asarray(x[i])), np.float64)
         ref = -_np_log_softmax(logits)[y[i]] + 0.5 * wd * sq
@@ -152,8 +157,14 @@ def test_weight_decay_rejects_negative():
     models.cross_entropy_loss_fn(lambda p, x: x, weight_decay=-1)
 
 
-@pytest.mark.parametrize("name, kwargs, shape", [
-    ("logistic_regression", {}, (5,)), ("mlp", {"hidden_sizes": (6,)}, (5,)), ("small_cnn", {"channels": (2, 3)}, (6, 6, 1))])
+@pytest.mark.parametrize(
+  "name, kwargs, shape",
+  [
+    ("logistic_regression", {}, (5,)),
+    ("mlp", {"hidden_sizes": (6,)}, (5,)),
+    ("small_cnn", {"channels": (2, 3)}, (6, 6, 1)),
+  ],
+)
 def test_vmapped_apply_equals_per_example_loop(name, kwargs, shape):
   model = models.get_model(name, 3, **kwargs)
   x = jax.random.normal(jax.random.key(0), (4,) + shape)
@@ -164,9 +175,14 @@ def test_vmapped_apply_equals_per_example_loop(name, kwargs, shape):
   np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, kwargs, shape, primitive", [
-    ("logistic_regression", {}, (5,), "dot_general"), ("mlp", {}, (5,), "dot_general"),
-    ("small_cnn", {"channels": (2,)}, (6, 6, 1), "conv_general_dilated")])
+@pytest.mark.parametrize(
+  "name, kwargs, shape, primitive",
+  [
+    ("logistic_regression", {}, (5,), "dot_general"),
+    ("mlp", {}, (5,), "dot_general"),
+    ("small_cnn", {"channels": (2,)}, (6, 6, 1), "conv_general_dilated"),
+  ],
+)
 def test_vmapped_apply_lowers_to_plain_ops(name, kwargs, shape, primitive):
   model = models.get_model(name, 3, **kwargs)
   x = jnp.ones((2,) + shape)
@@ -244,13 +260,16 @@ def test_resnet18_apply_and_residual_branches_start_at_zero():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, kwargs, shape, steps, lr", [
+@pytest.mark.parametrize(
+  "name, kwargs, shape, steps, lr",
+  [
     ("logistic_regression", {}, (8,), 20, 0.5),
     ("mlp", {"hidden_sizes": (16,)}, (8,), 20, 0.5),
     ("mlp", {"hidden_sizes": (16,), "activation": "tanh"}, (8,), 20, 0.5),
     ("small_cnn", {"channels": (4,)}, (6, 6, 1), 20, 0.2),
     pytest.param("resnet18", {}, (32, 32, 3), 5, 0.05, marks=pytest.mark.slow),
-])
+  ],
+)
 def test_every_model_trains(name, kwargs, shape, steps, lr):
   n = 8 if name != "resnet18" else 4
   x = jax.random.normal(jax.random.key(0), (n,) + shape)
@@ -284,19 +303,24 @@ def test_every_model_trains(name, kwargs, shape, steps, lr):
 
 
 def test_get_model_unknown_name_lists_allowed():
-  with pytest.raises(ValueError, match=r"name must be one of \['logistic_regression', 'mlp', 'small_cnn', 'resnet18'\], got 'vgg'"):
+  with pytest.raises(
+    ValueError, match=r"name must be one of \['logistic_regression', 'mlp', 'small_cnn', 'resnet18'\], got 'vgg'"
+  ):
     models.get_model("vgg", 10)
   with pytest.raises(TypeError, match="bad keyword arguments"):
     models.get_model("logistic_regression", 10, hidden_sizes=(3,))
 
 
-@pytest.mark.parametrize("build, match", [
+@pytest.mark.parametrize(
+  "build, match",
+  [
     (lambda: models.logistic_regression(1), "num_classes must be an integer >= 2, got 1"),
     (lambda: models.mlp((8,), 10, activation="sigmoidal"), "activation must be one of"),
     (lambda: models.mlp((0,), 10), "hidden_sizes must be positive integers"),
     (lambda: models.small_cnn(10, channels=()), "channels must be a non-empty sequence"),
     (lambda: models.resnet18(2.5), "num_classes must be an integer >= 2, got 2.5"),
-])
+  ],
+)
 def test_builders_reject_bad_args(build, match):
   with pytest.raises(ValueError, match=match):
     build()
@@ -311,7 +335,6 @@ def test_cnn_rejects_non_image_example():
 def test_small_cnn_gradients_equal_flax_max_pool_reference():
   # small_cnn pools with a scatter-free max-pool; values, gradients (reverse and forward mode) must equal
   # the same network built on flax's nn.max_pool (XLA reduce_window / select_and_scatter), ties included.
-  import flax.linen as nn
 
   class Ref(nn.Module):
     @nn.compact
@@ -324,24 +347,25 @@ def test_small_cnn_gradients_equal_flax_max_pool_reference():
 
   with jax.enable_x64(True):
     model = models.small_cnn(4, channels=(3, 2))
-    x = jnp.asarray(np.random.default_rng(7).normal(size=(3, 7, 6, 2)))   # odd sizes: padded windows
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(3, 7, 6, 2)))  # odd sizes: padded windows
     params = _perturb(model.init_fn(jax.random.key(0), x[0]), seed=8)
     ref_apply = lambda p, v: Ref().apply({"params": p}, v)
     loss = lambda apply: lambda p: jnp.sum(jax.vmap(apply, (None, 0))(p, x) ** 2)
-    np.testing.assert_array_equal(jax.vmap(model.apply_fn, (None, 0))(params, x),
-                                  jax.vmap(ref_apply, (None, 0))(params, x))
+    np.testing.assert_array_equal(
+      jax.vmap(model.apply_fn, (None, 0))(params, x), jax.vmap(ref_apply, (None, 0))(params, x)
+    )
     g, g_ref = jax.grad(loss(model.apply_fn))(params), jax.grad(loss(ref_apply))(params)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
       np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     t = jax.tree.map(jnp.ones_like, params)
-    np.testing.assert_allclose(jax.jvp(loss(model.apply_fn), (params,), (t,))[1],
-                               jax.jvp(loss(ref_apply), (params,), (t,))[1], rtol=1e-12)
+    np.testing.assert_allclose(
+      jax.jvp(loss(model.apply_fn), (params,), (t,))[1], jax.jvp(loss(ref_apply), (params,), (t,))[1], rtol=1e-12
+    )
 
 
 @pytest.mark.slow  # 29 s; the pool and conv paths are also covered by test_ghost.py's PoolNet / ConvNet
 def test_small_cnn_ghost_norms_equal_vmap_float64():
-  from unlearn_jax import per_example as pe
-  from unlearn_jax.per_example import ghost
+
   with jax.enable_x64(True):
     model = models.small_cnn(3, channels=(2, 3))
     x = jnp.asarray(np.random.default_rng(9).normal(size=(4, 9, 8, 1)))
@@ -349,5 +373,8 @@ def test_small_cnn_ghost_norms_equal_vmap_float64():
     loss_fn = models.cross_entropy_loss_fn(model.apply_fn)
     batch = (x, jnp.array([0, 1, 2, 1]))
     assert ghost.ghost_plan(loss_fn, params, batch).fallback == ()
-    np.testing.assert_allclose(pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"),
-                               pe.per_example_grad_norms(loss_fn, params, batch, method="vmap"), rtol=1e-10)
+    np.testing.assert_allclose(
+      pe.per_example_grad_norms(loss_fn, params, batch, method="ghost"),
+      pe.per_example_grad_norms(loss_fn, params, batch, method="vmap"),
+      rtol=1e-10,
+    )

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from reference import per_example_ref as ref
+
 from unlearn_jax import per_example as pe
 
 RTOL = 1e-10
@@ -40,8 +40,12 @@ def make_problem(model, n=N, seed=0):
   if model == "logreg":
     params = {"w": rng.normal(size=(D, K)), "b": rng.normal(size=K)}
   else:
-    params = {"w1": rng.normal(size=(D, H)), "b1": rng.normal(size=H),
-              "w2": rng.normal(size=(H, K)), "b2": rng.normal(size=K)}
+    params = {
+      "w1": rng.normal(size=(D, H)),
+      "b1": rng.normal(size=H),
+      "w2": rng.normal(size=(H, K)),
+      "b2": rng.normal(size=K),
+    }
   x = 2.0 * rng.normal(size=(n, D))
   y = rng.integers(0, K, size=n)
   return params, x, y
@@ -78,8 +82,7 @@ def test_grads_losses_norms_match_reference(x64, model, chunk_size):
     assert grads[k].dtype == jnp.float64
     _close(grads[k], r_grads[k], atol=1e-13)
   for method in pe.NORM_METHODS:
-    _close(pe.per_example_grad_norms(loss_fn, p, batch, chunk_size=chunk_size, method=method),
-           ref.norms(r_grads))
+    _close(pe.per_example_grad_norms(loss_fn, p, batch, chunk_size=chunk_size, method=method), ref.norms(r_grads))
 
 
 @pytest.mark.parametrize("model", ["logreg", "mlp"])
@@ -121,8 +124,7 @@ def test_clipped_grad_sum_matches_reference(x64, model, method, chunk_size, use_
   _, r_grads = ref.per_example(model, params, x, y)
   p, batch = _jax(params, x, y)
   w = np.random.default_rng(0).uniform(0, 2, size=N) if use_weights else None
-  got, norms = pe.clipped_grad_sum(LOSSES[model], p, batch, 0.7, weights=w, chunk_size=chunk_size,
-                                   method=method)
+  got, norms = pe.clipped_grad_sum(LOSSES[model], p, batch, 0.7, weights=w, chunk_size=chunk_size, method=method)
   r_clipped, r_norms = ref.clip(r_grads, 0.7)
   want = ref.weighted_sum(r_clipped, np.ones(N) if w is None else w)
   _close(norms, r_norms)
@@ -150,8 +152,11 @@ def test_chunked_equals_unchunked(x64, chunk_size):
   full = pe.per_example_grads(mlp_loss, p, batch)
   chunked = pe.per_example_grads(mlp_loss, p, batch, chunk_size=chunk_size)
   chex.assert_trees_all_close(chunked, full, rtol=1e-12, atol=1e-14)  # equal up to XLA reassociation
-  _close(pe.per_example_grad_norms(mlp_loss, p, batch, chunk_size=chunk_size, method="vmap"),
-         pe.per_example_grad_norms(mlp_loss, p, batch, method="vmap"), rtol=1e-12)
+  _close(
+    pe.per_example_grad_norms(mlp_loss, p, batch, chunk_size=chunk_size, method="vmap"),
+    pe.per_example_grad_norms(mlp_loss, p, batch, method="vmap"),
+    rtol=1e-12,
+  )
 
 
 def test_no_recompile_for_n_padding_to_same_shape(caplog):
@@ -207,7 +212,7 @@ def test_clip_bound_holds(seed, clip_norm):
     assert np.all(new_norms <= clip_norm * (1 + 1e-12))
     small = np.asarray(norms) <= clip_norm
     _close(new_norms[small], np.asarray(norms)[small], rtol=1e-14)  # untouched below C
-    _close(new_norms[~small], clip_norm, rtol=1e-12)                # exactly C above it
+    _close(new_norms[~small], clip_norm, rtol=1e-12)  # exactly C above it
 
 
 # -------------------------------------------------------------------------- zero norms, jit, grad
@@ -224,16 +229,19 @@ def test_zero_gradient_example_has_factor_one_and_no_nan_under_grad():
   dn = jax.grad(lambda n: jnp.sum(pe.clip_factors(n, 1.0)))(jnp.array([0.0, 5.0]))
   assert np.all(np.isfinite(dn)) and dn[0] == 0.0
   _close(dn[1], -1.0 / 25.0, rtol=1e-6)
+
   # Differentiate through the norms and the clipped sum w.r.t. the data (second-order through grad).
   def total(b):
     g, nrm = pe.clipped_grad_sum(loss_fn, w, b, 1.0, method="vmap")
     return jnp.sum(g) + jnp.sum(nrm)
+
   dbatch = jax.grad(total)(batch)
   assert np.all(np.isfinite(dbatch))
   clipped, _ = pe.clip_per_example(jnp.zeros((2, 3)), 1.0)
   assert np.all(clipped == 0)
   dz = jax.grad(lambda g: jnp.sum(pe.clip_per_example(g, 1.0)[0]) + jnp.sum(pe.clip_per_example(g, 1.0)[1]))(
-      jnp.zeros((2, 3)))
+    jnp.zeros((2, 3))
+  )
   assert np.all(np.isfinite(dz))
 
 

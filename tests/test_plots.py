@@ -3,9 +3,11 @@ figure content that is computed (not just drawn) is checked against an independe
 
 from __future__ import annotations
 
-import builtins
 import struct
+import subprocess
+import sys
 
+import matplotlib.axes
 import numpy as np
 import pytest
 
@@ -23,8 +25,6 @@ def _png_size(path):
 
 def _title(monkeypatch):
   """Captures the titles set on axes while a figure is drawn."""
-  import matplotlib.axes
-
   titles = []
   orig = matplotlib.axes.Axes.set_title
 
@@ -66,11 +66,14 @@ def test_membership_vs_certified_counts_violations(tmp_path, monkeypatch):
   assert "(2 lower bounds above the diagonal)" in titles[-1]
 
 
-@pytest.mark.parametrize("fn,args", [
+@pytest.mark.parametrize(
+  "fn,args",
+  [
     (plots.empirical_steps_by_privacy_loss, ([0.5, 2.0, 9.0], {"sgld": [0, 100, np.inf], "sgd": [0, 50, 800]})),
     (plots.loss_barrier_curves, ([0, 10, 100], {"top": [1.0, 0.5, 0.1], "random": [0.1, 0.0, 0.0]})),
     (plots.correlation_heatmap, (np.array([[1.0, 0.5], [0.5, 1.0]]), ["a", "b"])),
-])
+  ],
+)
 def test_other_figures_write_png(tmp_path, fn, args):
   out = fn(*args, tmp_path / "sub" / "f.png")
   assert _png_size(out)[0] > 100
@@ -82,7 +85,9 @@ def test_same_inputs_same_bytes(tmp_path):
   assert a.read_bytes() == b.read_bytes()
 
 
-@pytest.mark.parametrize("call,match", [
+@pytest.mark.parametrize(
+  "call,match",
+  [
     (lambda d: plots.privacy_loss_histogram([1.0, -1.0], d / "x.png"), "non-negative"),
     (lambda d: plots.privacy_loss_histogram(np.ones((2, 2)), d / "x.png"), "1-D"),
     (lambda d: plots.privacy_loss_histogram([1.0], d / "x.jpg"), r"\.png"),
@@ -90,20 +95,23 @@ def test_same_inputs_same_bytes(tmp_path):
     (lambda d: plots.correlation_heatmap(np.eye(2), ["a"], d / "x.png"), "square"),
     (lambda d: plots.loss_barrier_curves([0, 1], {"a": [1.0]}, d / "x.png"), "shape"),
     (lambda d: plots.empirical_steps_by_privacy_loss([1.0], {}, d / "x.png"), "at least one"),
-])
+  ],
+)
 def test_bad_inputs(tmp_path, call, match):
   with pytest.raises(ValueError, match=match):
     call(tmp_path)
 
 
-def test_missing_matplotlib_gives_clear_error(tmp_path, monkeypatch):
-  real_import = builtins.__import__
-
-  def fake_import(name, *args, **kwargs):
-    if name == "matplotlib" or name.startswith("matplotlib."):
-      raise ImportError("No module named 'matplotlib'")
-    return real_import(name, *args, **kwargs)
-
-  monkeypatch.setattr(builtins, "__import__", fake_import)
-  with pytest.raises(ImportError, match=r"unlearn_jax\[plots\]"):
-    plots.privacy_loss_histogram([1.0, 2.0], tmp_path / "h.png")
+def test_missing_matplotlib_gives_clear_error(tmp_path):
+  # A fresh interpreter where matplotlib cannot be imported: the module imports, drawing says what to do.
+  script = (
+    "import sys; sys.modules['matplotlib'] = None; sys.modules['matplotlib.figure'] = None\n"
+    "from unlearn_jax import plots\n"
+    "try:\n  plots.privacy_loss_histogram([1.0, 2.0], sys.argv[1])\n"
+    "except ImportError as e:\n  print(e)\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", script, str(tmp_path / "h.png")], capture_output=True, text=True, timeout=120
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "unlearn_jax[plots]" in proc.stdout and not (tmp_path / "h.png").exists()

@@ -64,13 +64,27 @@ def ledger_runs(draw):
   stride = draw(st.sampled_from([1, 1, 3]))
   use_filter = draw(st.booleans()) and stride == 1
   budget = draw(st.floats(1e-3, 10.0)) if use_filter else None
-  return dict(x=x.astype(np.float32), y=y.astype(np.float32), mode=mode, clip=clip, q=q, eta=eta, tau=tau,
-              stride=stride, budget=budget, seed=seed)
+  return dict(
+    x=x.astype(np.float32),
+    y=y.astype(np.float32),
+    mode=mode,
+    clip=clip,
+    q=q,
+    eta=eta,
+    tau=tau,
+    stride=stride,
+    budget=budget,
+    seed=seed,
+  )
 
 
 def _run_ledger(run):
-  cfg = accounting.accountant(ORDERS, stride=run["stride"], filter_budget=run["budget"],
-                              filter_order=ORDERS[-1] if run["budget"] is not None else None)
+  cfg = accounting.accountant(
+    ORDERS,
+    stride=run["stride"],
+    filter_budget=run["budget"],
+    filter_order=ORDERS[-1] if run["budget"] is not None else None,
+  )
   kwargs = {"sampling_rate": run["q"]} if run["mode"] == "poisson" else {}
   alg = sgld.sgld(_sq_loss, mode=run["mode"], clip_norm=run["clip"], accounting=cfg, **kwargs)
   state = alg.init(jnp.zeros(D), N)
@@ -83,6 +97,7 @@ def _run_ledger(run):
       s, _ = alg.step(s, data, jax.random.fold_in(key, t), run["eta"], run["tau"])
       led = s.ledger
       return s, (led.realized, led.worst_case, led.num_steps, led.active, led.finite)
+
     return jax.lax.scan(body, state, jnp.arange(T))
 
   _, trace = go(state)
@@ -119,8 +134,18 @@ def test_ledger_never_decreases(run):
 @pytest.mark.parametrize("mode", ["full_batch", "poisson"])
 def test_ledger_property_covers_both_modes(mode):
   # Non-random anchor of the property for each mode: a clipped run whose losses grow strictly.
-  run = dict(x=np.arange(N * D, dtype=np.float32).reshape(N, D) / 10, y=np.ones(N, np.float32), mode=mode,
-             clip=1.0, q=0.5 if mode == "poisson" else None, eta=0.1, tau=0.05, stride=1, budget=None, seed=0)
+  run = dict(
+    x=np.arange(N * D, dtype=np.float32).reshape(N, D) / 10,
+    y=np.ones(N, np.float32),
+    mode=mode,
+    clip=1.0,
+    q=0.5 if mode == "poisson" else None,
+    eta=0.1,
+    tau=0.05,
+    stride=1,
+    budget=None,
+    seed=0,
+  )
   realized, worst, *_ = _run_ledger(run)
   assert np.all(realized[1:] >= realized[:-1])
   assert np.all(realized[-1] > realized[0])  # losses do accumulate (the property is not vacuous)
@@ -139,16 +164,28 @@ _pos = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)  
 def certificate_inputs(draw):
   p = draw(st.lists(st.one_of(st.just(0.0), st.just(math.inf), _pos(1e-12, 1e12)), min_size=_M, max_size=_M))
   return dict(
-      p=np.array(p), target=draw(_pos(1e-6, 1e3)), alpha=draw(_pos(1.01, 64.0)),
-      step_size=draw(_pos(1e-4, 1.0)), temperature=draw(_pos(1e-6, 10.0)), lsi=draw(_pos(1e-4, 1e3)),
-      e1=draw(st.one_of(st.just(0.0), _pos(0.0, 10.0))), e2=draw(st.one_of(st.just(0.0), _pos(0.0, 2.0))))
+    p=np.array(p),
+    target=draw(_pos(1e-6, 1e3)),
+    alpha=draw(_pos(1.01, 64.0)),
+    step_size=draw(_pos(1e-4, 1.0)),
+    temperature=draw(_pos(1e-6, 10.0)),
+    lsi=draw(_pos(1e-4, 1e3)),
+    e1=draw(st.one_of(st.just(0.0), _pos(0.0, 10.0))),
+    e2=draw(st.one_of(st.just(0.0), _pos(0.0, 2.0))),
+  )
 
 
 @settings(max_examples=40, **_SETTINGS)
 @given(certificate_inputs())
 def test_certified_steps_never_negative_nan_and_least(c):
-  kw = dict(alpha=c["alpha"], step_size=c["step_size"], temperature=c["temperature"], lsi_constant=c["lsi"],
-            e1=c["e1"], e2=c["e2"])
+  kw = dict(
+    alpha=c["alpha"],
+    step_size=c["step_size"],
+    temperature=c["temperature"],
+    lsi_constant=c["lsi"],
+    e1=c["e1"],
+    e2=c["e2"],
+  )
   with jax.enable_x64(True):
     p = jnp.asarray(c["p"], jnp.float64)
     k = np.asarray(bounds.steps_to_unlearn(p, c["target"], **kw))
@@ -181,8 +218,7 @@ def test_certified_steps_dp_never_negative_or_nan(seed, eps, delta, eta, tau):
   realized[0] = 0.0
   realized[1, 2:] = np.inf
   with jax.enable_x64(True):
-    k, best = bounds.steps_to_unlearn_dp(realized, orders, eps, delta, step_size=eta, temperature=tau,
-                                         lsi_constant=0.1)
+    k, best = bounds.steps_to_unlearn_dp(realized, orders, eps, delta, step_size=eta, temperature=tau, lsi_constant=0.1)
   k, best = np.asarray(k), np.asarray(best)
   assert not np.any(np.isnan(k)) and np.all(k >= 0)
   assert np.all(np.isin(best, orders[orders > 4] / 4))
@@ -197,25 +233,38 @@ def test_certified_steps_dp_never_negative_or_nan(seed, eps, delta, eta, tau):
 @st.composite
 def tiny_configs(draw):
   mode = draw(st.sampled_from(["full_batch", "poisson"]))
-  training = {"num_steps": draw(st.integers(4, 10)), "num_seeds": 1, "num_checkpoints": 2, "mode": mode,
-              "step_size": draw(st.sampled_from([0.05, 0.2, 0.5])),
-              "temperature": draw(st.sampled_from([1e-5, 1e-3])),
-              "clip_norm": draw(st.sampled_from([1.0, 5.0]))}
+  training = {
+    "num_steps": draw(st.integers(4, 10)),
+    "num_seeds": 1,
+    "num_checkpoints": 2,
+    "mode": mode,
+    "step_size": draw(st.sampled_from([0.05, 0.2, 0.5])),
+    "temperature": draw(st.sampled_from([1e-5, 1e-3])),
+    "clip_norm": draw(st.sampled_from([1.0, 5.0])),
+  }
   if mode == "poisson":
     training["sampling_rate"] = draw(st.sampled_from([0.3, 1.0]))
   model = draw(st.sampled_from([{"name": "logistic_regression"}, {"name": "mlp", "kwargs": {"hidden_sizes": [4]}}]))
   return {
-      "seed": draw(st.integers(0, 100)),
-      "data": {"name": "digits", "num_train": 40, "num_test": 20},
-      "model": model,
-      "training": training,
-      "privacy": {"lsi_constant": draw(st.sampled_from([0.02, 1.0])), "orders": [2.0, 8.0], "alpha": 2.0,
-                  "epsilon": draw(st.sampled_from([0.5, 5.0]))},
-      "forget_sets": {"size": 2, "selections": ["privacy_loss:top", "random"]},
-      "unlearning": {"methods": [draw(st.sampled_from(["sgld", "sgd"]))], "step_grid": [0, 3], "num_seeds": 4,
-                     "retrain_steps": 6},
-      "evaluation": {"barrier_points": 3},
-      "metrics": {"names": ["loss"], "memorization_models": 2},
+    "seed": draw(st.integers(0, 100)),
+    "data": {"name": "digits", "num_train": 40, "num_test": 20},
+    "model": model,
+    "training": training,
+    "privacy": {
+      "lsi_constant": draw(st.sampled_from([0.02, 1.0])),
+      "orders": [2.0, 8.0],
+      "alpha": 2.0,
+      "epsilon": draw(st.sampled_from([0.5, 5.0])),
+    },
+    "forget_sets": {"size": 2, "selections": ["privacy_loss:top", "random"]},
+    "unlearning": {
+      "methods": [draw(st.sampled_from(["sgld", "sgd"]))],
+      "step_grid": [0, 3],
+      "num_seeds": 4,
+      "retrain_steps": 6,
+    },
+    "evaluation": {"barrier_points": 3},
+    "metrics": {"names": ["loss"], "memorization_models": 2},
   }
 
 

@@ -28,28 +28,34 @@ NUM_STEPS = 3000
 def env(tmp_path_factory):
   cache = tmp_path_factory.mktemp("jax_cache")
   e = dict(os.environ)
-  e.update({
+  e.update(
+    {
       "JAX_COMPILATION_CACHE_DIR": str(cache),
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
       "JAX_PLATFORMS": "cpu",
-  })
+    }
+  )
   return e
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, env):
   out = tmp_path_factory.mktemp("ref") / "ref.npz"
-  proc = subprocess.run([sys.executable, WORKER, str(out), "-"], env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run([sys.executable, WORKER, str(out), "-"], env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with np.load(out, allow_pickle=False) as f:
     return {k: f[k] for k in f.files}
 
 
 def _start(env, out, ckpt_dir, num_steps=NUM_STEPS):
-  return subprocess.Popen([sys.executable, WORKER, str(out), str(ckpt_dir), str(num_steps)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, WORKER, str(out), str(ckpt_dir), str(num_steps)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait_for_checkpoint_after(ckpt_dir, step, proc, timeout=300.0):
@@ -173,8 +179,9 @@ def test_optimizer_run_resumes_in_a_new_process_and_another_optimizer_is_refused
   ckpt = tmp_path / "ckpt"
 
   def run(lr):
-    return subprocess.run([sys.executable, "-c", _OPTAX_RUN, str(ckpt), lr], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+      [sys.executable, "-c", _OPTAX_RUN, str(ckpt), lr], env=env, capture_output=True, text=True, timeout=300
+    )
 
   first = run("0.05")
   assert first.returncode == 0, first.stderr[-2000:]

@@ -7,11 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
 
 from unlearn_jax import accounting as acc
 from unlearn_jax import algorithms as sg
-
-from logistic import logistic_grads_np, logistic_loss  # tests/ helper module
 
 
 def ridge_loss(w, ex):

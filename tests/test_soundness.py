@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from unlearn_jax import accounting as acc
-from unlearn_jax import evaluate as evaluation
 from unlearn_jax import algorithms as sg
+from unlearn_jax import evaluate as evaluation
 from unlearn_jax.certify import testbed as tb
 
 ETA, TAU = 0.1, 0.01
@@ -28,15 +28,16 @@ def _one_step_laws(problem, forget, theta0):
   keep = np.setdiff1d(np.arange(problem.num_examples), forget)
   retain = tb.RidgeProblem.from_data(problem.X[keep], problem.y[keep], problem.lam)
   zero = np.zeros((theta0.size, theta0.size))
-  return (tb.gaussian_law_after(problem, theta0, zero, 1, ETA, TAU),
-          tb.gaussian_law_after(retain, theta0, zero, 1, ETA, TAU))
+  return (
+    tb.gaussian_law_after(problem, theta0, zero, 1, ETA, TAU),
+    tb.gaussian_law_after(retain, theta0, zero, 1, ETA, TAU),
+  )
 
 
 def _per_example_costs(problem, theta0, orders):
   """The library's §2a costs of one step at θ0 (the ledger after that step), float64."""
   data = (jnp.asarray(problem.X), jnp.asarray(problem.y))
-  costs, _, _ = acc.step_costs(tb.ridge_loss, jnp.asarray(theta0), data, step_size=ETA, temperature=TAU,
-                              orders=orders)
+  costs, _, _ = acc.step_costs(tb.ridge_loss, jnp.asarray(theta0), data, step_size=ETA, temperature=TAU, orders=orders)
   return np.asarray(costs)
 
 
@@ -81,8 +82,7 @@ def test_group_bound_never_below_exact_on_random_groups(x64):
   for trial in range(40):
     n = int(rng.integers(4, 30))
     k = int(rng.integers(1, n))
-    problem = tb.make_outlier_problem(n=n, d=int(rng.integers(1, 4)), num_outliers=int(rng.integers(0, 3)),
-                                      seed=trial)
+    problem = tb.make_outlier_problem(n=n, d=int(rng.integers(1, 4)), num_outliers=int(rng.integers(0, 3)), seed=trial)
     theta0 = rng.normal(size=problem.X.shape[1])
     forget = np.sort(rng.choice(n, size=k, replace=False))
     (mu, s), (mu_r, s_r) = _one_step_laws(problem, forget, theta0)
@@ -122,8 +122,9 @@ def test_full_batch_filter_does_not_cascade(x64):
     state, _ = step(state, data, jax.random.key(t), 0.5, TAU)
   unfiltered = np.asarray(state.ledger.realized[:, 1])
   budget = float(np.quantile(unfiltered, 0.6))  # 40% of the examples would pass it by the end
-  alg = sg.sgld(_logistic_loss, clip_norm=1.0, accounting=acc.accountant((2.0, 4.0), filter_budget=budget,
-                                                                         filter_order=4.0))
+  alg = sg.sgld(
+    _logistic_loss, clip_norm=1.0, accounting=acc.accountant((2.0, 4.0), filter_budget=budget, filter_order=4.0)
+  )
   state = alg.init(jnp.zeros(3), n)
   step = jax.jit(alg.step)
   counts, moved = [], []
@@ -148,8 +149,9 @@ def test_realized_is_an_estimate_on_short_runs(x64):
   """Item 3: from a broad initial law, after 20 steps the exact divergence at α = 4 exceeds the
   seed-averaged realized P for some examples (+inf for one, finite for others): an estimate."""
   p = tb.make_outlier_problem(n=10, d=2, seed=0)
-  r = tb.realized_vs_exact(p, orders=(2.0, 4.0), T=20, step_size=0.05, temperature=0.01, num_seeds=64,
-                           S0=3.0 * np.eye(2))
+  r = tb.realized_vs_exact(
+    p, orders=(2.0, 4.0), T=20, step_size=0.05, temperature=0.01, num_seeds=64, S0=3.0 * np.eye(2)
+  )
   assert r["kind"] == "estimate"
   below = (r["realized_mean"][:, 1] < r["exact"][:, 1]) & np.isfinite(r["exact"][:, 1])
   assert below.any(), r["ratio"][:, 1]
@@ -204,8 +206,9 @@ def test_float32_costs_precise_where_gradients_are_close(loss_fn, rel):
     dist = np.linalg.norm(g - g.mean(0), axis=1) / np.linalg.norm(g, axis=1)
     assert 0.3 * rel < np.median(dist) < 30 * rel
     ref = 2.0 * ETA * ((g - g.mean(0)) ** 2).sum(1) / (4 * TAU * (n - 1) ** 2)
-    costs, _, _ = jax.jit(lambda p: acc.step_costs(loss_fn, p, data, step_size=ETA, temperature=TAU,
-                                                  orders=[2.0]))(jnp.asarray(w))
+    costs, _, _ = jax.jit(lambda p: acc.step_costs(loss_fn, p, data, step_size=ETA, temperature=TAU, orders=[2.0]))(
+      jnp.asarray(w)
+    )
     assert costs.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(costs)[:, 0], ref, rtol=1e-3)
     alg = sg.sgld(loss_fn, accounting=acc.accountant([2.0]))
@@ -231,7 +234,11 @@ def test_costs_monotone_in_the_order(x64):
   norms = jnp.array([0.2, 1.0, 3.0])
   z = 0.2 * 20 * np.sqrt(2 * TAU / 0.05) / np.asarray(norms)
   raw = np.asarray(jax.jit(lambda zz: acc.sampled_gaussian_rdp(0.2, zz, acc.DEFAULT_ORDERS))(z))
-  costs = np.asarray(jax.jit(lambda nn: acc.poisson_costs(nn, 0.2, 0.2 * 20, orders=acc.DEFAULT_ORDERS, step_size=0.05, temperature=TAU))(norms))
+  costs = np.asarray(
+    jax.jit(
+      lambda nn: acc.poisson_costs(nn, 0.2, 0.2 * 20, orders=acc.DEFAULT_ORDERS, step_size=0.05, temperature=TAU)
+    )(norms)
+  )
   assert np.any(np.diff(raw, axis=1) < 0)  # the series violates monotonicity ...
   assert np.all(np.diff(costs, axis=1) >= 0)  # ... the charged costs do not
   assert np.all(costs <= raw)

@@ -10,7 +10,8 @@ loss or apply function among them: a new function object compiles anew) and shap
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

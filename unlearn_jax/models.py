@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -29,22 +30,22 @@ from unlearn_jax import _checks
 from unlearn_jax.per_example.pooling import window_max
 
 __all__ = [
-    "Model",
-    "from_flax",
-    "logistic_regression",
-    "mlp",
-    "small_cnn",
-    "resnet18",
-    "cross_entropy_loss_fn",
-    "predict_fn",
-    "accuracy",
-    "num_params",
-    "get_model",
-    "register_model",
-    "MODELS",
-    "ModuleApply",
-    "ModuleInit",
-    "CrossEntropyLoss",
+  "Model",
+  "from_flax",
+  "logistic_regression",
+  "mlp",
+  "small_cnn",
+  "resnet18",
+  "cross_entropy_loss_fn",
+  "predict_fn",
+  "accuracy",
+  "num_params",
+  "get_model",
+  "register_model",
+  "MODELS",
+  "ModuleApply",
+  "ModuleInit",
+  "CrossEntropyLoss",
 ]
 
 Params = Any
@@ -320,8 +321,9 @@ class CrossEntropyLoss:
     return loss
 
 
-def cross_entropy_loss_fn(apply_fn: Callable[[Params, ArrayLike], jax.Array], *,
-                          weight_decay: float = 0.0) -> CrossEntropyLoss:
+def cross_entropy_loss_fn(
+  apply_fn: Callable[[Params, ArrayLike], jax.Array], *, weight_decay: float = 0.0
+) -> CrossEntropyLoss:
   """The softmax cross-entropy of ONE example, plus optional L2 weight decay.
 
   ``loss(params, (x, y)) = logsumexp(f(x)) - f(x)[y] + (weight_decay / 2) * ||params||^2``, with ``f`` =
@@ -366,8 +368,14 @@ def predict_fn(apply_fn: Callable[[Params, ArrayLike], jax.Array]) -> Callable[[
   return predict
 
 
-def accuracy(apply_fn: Callable[[Params, ArrayLike], jax.Array], params: Params, x: ArrayLike, y: ArrayLike,
-             *, batch_size: int | None = None) -> jax.Array:
+def accuracy(
+  apply_fn: Callable[[Params, ArrayLike], jax.Array],
+  params: Params,
+  x: ArrayLike,
+  y: ArrayLike,
+  *,
+  batch_size: int | None = None,
+) -> jax.Array:
   """Fraction of examples whose argmax logit equals the label (batched with vmap).
 
   Args:
@@ -400,10 +408,10 @@ def accuracy(apply_fn: Callable[[Params, ArrayLike], jax.Array], params: Params,
 
 
 MODELS: dict[str, Callable[..., Model]] = {
-    "logistic_regression": logistic_regression,
-    "mlp": mlp,
-    "small_cnn": small_cnn,
-    "resnet18": resnet18,
+  "logistic_regression": logistic_regression,
+  "mlp": mlp,
+  "small_cnn": small_cnn,
+  "resnet18": resnet18,
 }
 """Model name -> builder ``builder(num_classes=..., **kwargs) -> Model`` (the study's ``[model]`` names)."""
 

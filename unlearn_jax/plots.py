@@ -1,8 +1,9 @@
 """Figures of the unlearning study; matplotlib is an optional extra (``pip install .[plots]``).
 
-Every function takes plain arrays (NumPy or JAX) and an output path, draws one figure with the
-non-interactive ``Agg`` backend, writes it as PNG and returns the path. matplotlib is imported only when a
-figure is drawn; without it a clear ``ImportError`` says how to install it.
+Every function takes plain arrays (NumPy or JAX) and an output path, draws one figure with matplotlib's
+object API (no global backend is set, no pyplot state is kept), writes it as PNG and returns the path.
+Without matplotlib the module still imports, and drawing raises an ``ImportError`` that says how to
+install it.
 """
 
 from __future__ import annotations
@@ -10,32 +11,36 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from jax.typing import ArrayLike
 
+try:  # the optional extra; figures are drawn on Figure objects, so no global backend is touched
+  from matplotlib.figure import Figure
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+  Figure = None
+
 __all__ = [
-    "require_matplotlib",
-    "privacy_loss_histogram",
-    "certified_vs_worst_case",
-    "empirical_steps_by_privacy_loss",
-    "loss_barrier_curves",
-    "correlation_heatmap",
-    "membership_vs_certified",
+  "require_matplotlib",
+  "privacy_loss_histogram",
+  "certified_vs_worst_case",
+  "empirical_steps_by_privacy_loss",
+  "loss_barrier_curves",
+  "correlation_heatmap",
+  "membership_vs_certified",
 ]
 
 
-def require_matplotlib():
-  """Returns matplotlib.pyplot on the Agg backend, or raises ImportError saying how to install it."""
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-  except ImportError as e:  # pragma: no cover - exercised by monkeypatching in the tests
-    raise ImportError("unlearn_jax.plots needs matplotlib, an optional extra: "
-                      "pip install 'unlearn_jax[plots]' (or pip install matplotlib)") from e
-  matplotlib.use("Agg", force=True)
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
+def require_matplotlib() -> type:
+  """Returns matplotlib's ``Figure`` class, or raises ImportError saying how to install matplotlib."""
+  if Figure is None:
+    raise ImportError(
+      "unlearn_jax.plots needs matplotlib, an optional extra: "
+      "pip install 'unlearn_jax[plots]' (or pip install matplotlib)"
+    )
+  return Figure
 
 
 def _vector(name: str, value: ArrayLike) -> np.ndarray:
@@ -53,13 +58,12 @@ def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
   fig.tight_layout()
   # Fixed metadata: the same inputs give the same bytes (no creation date, no version string).
   fig.savefig(path, dpi=110, metadata={"Software": None})
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  plt.close(fig)
   return path
 
 
-def privacy_loss_histogram(privacy_loss: ArrayLike, path: str | os.PathLike, *,
-                           order: float | None = None, num_bins: int = 40) -> pathlib.Path:
+def privacy_loss_histogram(
+  privacy_loss: ArrayLike, path: str | os.PathLike, *, order: float | None = None, num_bins: int = 40
+) -> pathlib.Path:
   """Histogram of the per-example privacy losses on log-spaced bins (log x axis).
 
   Zero losses cannot sit on a log axis: they are counted in the title.
@@ -82,17 +86,16 @@ def privacy_loss_histogram(privacy_loss: ArrayLike, path: str | os.PathLike, *,
   p = _vector("privacy_loss", privacy_loss)
   if np.any(~np.isfinite(p)) or np.any(p < 0):
     raise ValueError("privacy_loss must be finite and non-negative")
-  plt = require_matplotlib()
   positive = p[p > 0]
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = require_matplotlib()(figsize=(6, 4))
+  ax = fig.subplots()
   if positive.size:
     lo, hi = positive.min(), positive.max()
     if hi <= lo:
       hi = lo * 1.01
     bins = np.geomspace(lo, hi, num_bins + 1)
     ax.hist(positive, bins=bins, color="tab:blue", edgecolor="white", linewidth=0.4)
-    ax.axvline(np.median(positive), color="k", linestyle="--", linewidth=1,
-               label=f"median {np.median(positive):.3g}")
+    ax.axvline(np.median(positive), color="k", linestyle="--", linewidth=1, label=f"median {np.median(positive):.3g}")
     ax.legend()
   ax.set_xscale("log")
   label = f"privacy loss P(x, {order:g})" if order is not None else "privacy loss P(x, α)"
@@ -108,9 +111,14 @@ def privacy_loss_histogram(privacy_loss: ArrayLike, path: str | os.PathLike, *,
   return _save(fig, path)
 
 
-def certified_vs_worst_case(privacy_loss: ArrayLike, certified_steps: ArrayLike,
-                            worst_case_steps: float, path: str | os.PathLike, *,
-                            label: str = "") -> pathlib.Path:
+def certified_vs_worst_case(
+  privacy_loss: ArrayLike,
+  certified_steps: ArrayLike,
+  worst_case_steps: float,
+  path: str | os.PathLike,
+  *,
+  label: str = "",
+) -> pathlib.Path:
   """Per-example certified steps to unlearn against privacy loss, with the worst-case K as a line.
 
   Args:
@@ -134,19 +142,26 @@ def certified_vs_worst_case(privacy_loss: ArrayLike, certified_steps: ArrayLike,
   k = _vector("certified_steps", certified_steps)
   if p.shape != k.shape:
     raise ValueError(f"privacy_loss and certified_steps must have the same shape, got {p.shape} and {k.shape}")
-  plt = require_matplotlib()
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = require_matplotlib()(figsize=(6, 4))
+  ax = fig.subplots()
   finite = np.isfinite(k)
   below = float(np.mean(k[finite] < worst_case_steps)) if finite.any() else 0.0
   xs = np.where(p > 0, p, np.nan)
   ax.scatter(xs[finite], k[finite], s=6, alpha=0.6, label="per-instance certified k*(x)")
   if (~finite).any():
     top = np.nanmax(np.where(finite, k, np.nan)) if finite.any() else 1.0
-    ax.scatter(xs[~finite], np.full((~finite).sum(), top * 1.05), marker="^", color="tab:red", s=10,
-               label="no finite certificate")
+    ax.scatter(
+      xs[~finite],
+      np.full((~finite).sum(), top * 1.05),
+      marker="^",
+      color="tab:red",
+      s=10,
+      label="no finite certificate",
+    )
   if math.isfinite(worst_case_steps):
-    ax.axhline(worst_case_steps, color="tab:orange", linewidth=2,
-               label=f"worst case (Chien et al.) K = {worst_case_steps:.0f}")
+    ax.axhline(
+      worst_case_steps, color="tab:orange", linewidth=2, label=f"worst case (Chien et al.) K = {worst_case_steps:.0f}"
+    )
   ax.set_xscale("log")
   ax.set_xlabel("privacy loss P(x, 4α) (log scale)")
   ax.set_ylabel("steps to unlearn one example")
@@ -158,9 +173,14 @@ def certified_vs_worst_case(privacy_loss: ArrayLike, certified_steps: ArrayLike,
   return _save(fig, path)
 
 
-def empirical_steps_by_privacy_loss(group_privacy_loss: ArrayLike, steps: Mapping[str, ArrayLike],
-                                    path: str | os.PathLike, *, group_labels: Sequence[str] | None = None,
-                                    grid_end: float | None = None) -> pathlib.Path:
+def empirical_steps_by_privacy_loss(
+  group_privacy_loss: ArrayLike,
+  steps: Mapping[str, ArrayLike],
+  path: str | os.PathLike,
+  *,
+  group_labels: Sequence[str] | None = None,
+  grid_end: float | None = None,
+) -> pathlib.Path:
   """Empirical steps to unlearn of forget sets against their privacy loss, one line per method.
 
   Args:
@@ -184,8 +204,8 @@ def empirical_steps_by_privacy_loss(group_privacy_loss: ArrayLike, steps: Mappin
   x = _vector("group_privacy_loss", group_privacy_loss)
   if not steps:
     raise ValueError("steps must map at least one method to its steps")
-  plt = require_matplotlib()
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  fig = require_matplotlib()(figsize=(6.5, 4.2))
+  ax = fig.subplots()
   order = np.argsort(x)
   finite_all = [v for s in steps.values() for v in np.asarray(s, float) if np.isfinite(v)]
   cap = grid_end if grid_end is not None else (max(finite_all) if finite_all else 1.0)
@@ -199,14 +219,29 @@ def empirical_steps_by_privacy_loss(group_privacy_loss: ArrayLike, steps: Mappin
     fin = np.isfinite(s[order])
     pts = ax.scatter((x[order] * offset)[fin], drawn[order][fin], s=30, label=method, zorder=3)
     if (~fin).any():
-      ax.scatter((x[order] * offset)[~fin], drawn[order][~fin], s=60, marker="^", facecolors="none",
-                 edgecolors=pts.get_facecolor()[0], zorder=3)
+      ax.scatter(
+        (x[order] * offset)[~fin],
+        drawn[order][~fin],
+        s=60,
+        marker="^",
+        facecolors="none",
+        edgecolors=pts.get_facecolor()[0],
+        zorder=3,
+      )
   if grid_end is not None:
-    ax.axhline(grid_end, color="gray", linestyle=":", linewidth=1, label=f"grid end ({grid_end:g}); above: not unlearned")
+    ax.axhline(
+      grid_end, color="gray", linestyle=":", linewidth=1, label=f"grid end ({grid_end:g}); above: not unlearned"
+    )
   if group_labels is not None:
     for xi, lab, yi in zip(x, group_labels, np.asarray(list(steps.values())[0], float)):
-      ax.annotate(lab, (xi, cap_draw if not np.isfinite(yi) else yi), fontsize=7, rotation=30,
-                  xytext=(3, 3), textcoords="offset points")
+      ax.annotate(
+        lab,
+        (xi, cap_draw if not np.isfinite(yi) else yi),
+        fontsize=7,
+        rotation=30,
+        xytext=(3, 3),
+        textcoords="offset points",
+      )
   ax.set_xscale("log")
   ax.set_xlabel("mean privacy loss of the forget set (log scale)")
   ax.set_ylabel("empirical steps to unlearn")
@@ -215,9 +250,16 @@ def empirical_steps_by_privacy_loss(group_privacy_loss: ArrayLike, steps: Mappin
   return _save(fig, path)
 
 
-def loss_barrier_curves(step_grid: ArrayLike, barriers: Mapping[str, ArrayLike], path: str | os.PathLike, *,
-                        reference: Mapping[str, float] | None = None, title: str | None = None,
-                        ylabel: str = "loss barrier on the forget set", log_y: bool = False) -> pathlib.Path:
+def loss_barrier_curves(
+  step_grid: ArrayLike,
+  barriers: Mapping[str, ArrayLike],
+  path: str | os.PathLike,
+  *,
+  reference: Mapping[str, float] | None = None,
+  title: str | None = None,
+  ylabel: str = "loss barrier on the forget set",
+  log_y: bool = False,
+) -> pathlib.Path:
   """Curves along the unlearning steps, one per forget set (loss barriers, or any per-step quantity).
 
   Args:
@@ -242,8 +284,8 @@ def loss_barrier_curves(step_grid: ArrayLike, barriers: Mapping[str, ArrayLike],
   g = _vector("step_grid", step_grid)
   if not barriers:
     raise ValueError("barriers must map at least one label to a curve")
-  plt = require_matplotlib()
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  fig = require_matplotlib()(figsize=(6.5, 4.2))
+  ax = fig.subplots()
   colors = {}
   positive = [v for b in barriers.values() for v in np.asarray(b, float).ravel() if v > 0]
   positive += [v for v in (reference or {}).values() if v > 0]
@@ -256,8 +298,7 @@ def loss_barrier_curves(step_grid: ArrayLike, barriers: Mapping[str, ArrayLike],
       b = np.maximum(b, tiny)
     colors[label] = ax.plot(g, b, marker="o", markersize=3, label=label)[0].get_color()
   for label, value in (reference or {}).items():
-    ax.axhline(max(value, tiny) if log_y else value, linestyle="--", linewidth=0.8,
-               color=colors.get(label, "gray"))
+    ax.axhline(max(value, tiny) if log_y else value, linestyle="--", linewidth=0.8, color=colors.get(label, "gray"))
   ax.set_xscale("symlog", linthresh=max(1.0, float(np.min(g[g > 0])) if np.any(g > 0) else 1.0))
   if log_y:
     ax.set_yscale("log")
@@ -268,8 +309,9 @@ def loss_barrier_curves(step_grid: ArrayLike, barriers: Mapping[str, ArrayLike],
   return _save(fig, path)
 
 
-def correlation_heatmap(matrix: ArrayLike, labels: Sequence[str], path: str | os.PathLike, *,
-                        title: str = "Spearman rank correlation") -> pathlib.Path:
+def correlation_heatmap(
+  matrix: ArrayLike, labels: Sequence[str], path: str | os.PathLike, *, title: str = "Spearman rank correlation"
+) -> pathlib.Path:
   """Heatmap of a square correlation matrix with the values written in the cells.
 
   Args:
@@ -290,26 +332,39 @@ def correlation_heatmap(matrix: ArrayLike, labels: Sequence[str], path: str | os
   m = np.asarray(matrix, dtype=float)
   if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
     raise ValueError(f"matrix must be square with one row per label ({len(labels)}), got shape {m.shape}")
-  plt = require_matplotlib()
   size = 1.0 + 0.6 * len(labels)
-  fig, ax = plt.subplots(figsize=(size + 1.2, size))
+  fig = require_matplotlib()(figsize=(size + 1.2, size))
+  ax = fig.subplots()
   im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
   ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
   ax.set_yticks(range(len(labels)), labels)
   for i in range(m.shape[0]):
     for j in range(m.shape[1]):
       text = "nan" if not np.isfinite(m[i, j]) else f"{m[i, j]:.2f}"
-      ax.text(j, i, text, ha="center", va="center", fontsize=7,
-              color="white" if np.isfinite(m[i, j]) and abs(m[i, j]) > 0.6 else "black")
+      ax.text(
+        j,
+        i,
+        text,
+        ha="center",
+        va="center",
+        fontsize=7,
+        color="white" if np.isfinite(m[i, j]) and abs(m[i, j]) > 0.6 else "black",
+      )
   fig.colorbar(im, ax=ax, fraction=0.046)
   ax.set_title(title, fontsize=10)
   return _save(fig, path)
 
 
-def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: ArrayLike,
-                            path: str | os.PathLike, *, labels: Sequence[str] | None = None,
-                            point_estimates: ArrayLike | None = None, cap: float | None = None,
-                            num_models: int | None = None) -> pathlib.Path:
+def membership_vs_certified(
+  certified_epsilon: ArrayLike,
+  membership_epsilon: ArrayLike,
+  path: str | os.PathLike,
+  *,
+  labels: Sequence[str] | None = None,
+  point_estimates: ArrayLike | None = None,
+  cap: float | None = None,
+  num_models: int | None = None,
+) -> pathlib.Path:
   """Membership ε lower bounds against certified (ε, δ) upper bounds, with the line y = x.
 
   A sound certificate keeps every lower bound on or below the diagonal.
@@ -339,12 +394,18 @@ def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: Ar
   p = None if point_estimates is None else _vector("point_estimates", point_estimates)
   if p is not None and p.shape != e.shape:
     raise ValueError(f"point_estimates must have the shape of membership_epsilon {e.shape}, got {p.shape}")
-  plt = require_matplotlib()
-  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  fig = require_matplotlib()(figsize=(5.5, 4.5))
+  ax = fig.subplots()
   finite_c = c[np.isfinite(c)]
   shown = e if p is None else np.concatenate([e, p])
-  hi = max(float(np.nanmax(np.where(np.isfinite(shown), shown, np.nan))) if np.isfinite(shown).any() else 1.0,
-           float(finite_c.max()) if finite_c.size else 1.0, 1e-3) * 1.1
+  hi = (
+    max(
+      float(np.nanmax(np.where(np.isfinite(shown), shown, np.nan))) if np.isfinite(shown).any() else 1.0,
+      float(finite_c.max()) if finite_c.size else 1.0,
+      1e-3,
+    )
+    * 1.1
+  )
   c_draw = np.where(np.isfinite(c), c, hi)
   if p is not None:
     ax.scatter(c_draw, p, s=8, color="0.75", marker="x", label="point estimate (not a bound)")
@@ -355,7 +416,7 @@ def membership_vs_certified(certified_epsilon: ArrayLike, membership_epsilon: Ar
     if len(labels) != c.size:
       raise ValueError(f"labels must have {c.size} entries, got {len(labels)}")
     for lab in dict.fromkeys(labels):
-      sel = np.array([l == lab for l in labels])
+      sel = np.array([name == lab for name in labels])
       ax.scatter(c_draw[sel], e[sel], s=10, alpha=0.7, label=f"{lab}: lower bound")
   if cap is not None:
     who = f" ({num_models} vs {num_models} models)" if num_models else ""

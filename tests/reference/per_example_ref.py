@@ -46,7 +46,7 @@ def mlp_grad(params, x, y):
   d = _softmax(z)
   d[y] -= 1.0
   dh = params["w2"] @ d
-  dpre = dh * (1.0 - h ** 2)
+  dpre = dh * (1.0 - h**2)
   return {"w1": np.outer(x, dpre), "b1": dpre, "w2": np.outer(h, d), "b2": d}
 
 

@@ -12,7 +12,8 @@ an (ε, δ) target) and :func:`max_steps_for_epsilon` solves it for a number of 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,10 +58,10 @@ def dp_offset(orders: ArrayLike, delta: ArrayLike, method: str = DEFAULT_METHOD)
 
 
 def rdp_to_dp(
-    rdp: ArrayLike,
-    orders: ArrayLike | Sequence[float],
-    delta: ArrayLike,
-    method: str = DEFAULT_METHOD,
+  rdp: ArrayLike,
+  orders: ArrayLike | Sequence[float],
+  delta: ArrayLike,
+  method: str = DEFAULT_METHOD,
 ) -> tuple[jax.Array, jax.Array]:
   """Converts RDP curves to (ε, δ)-DP, minimising over the orders (module docstring).
 
@@ -88,9 +89,11 @@ def rdp_to_dp(
   if not _checks._is_traced(rdp):
     rdp_np = np.asarray(rdp, dtype=float)
     if np.any(np.isnan(rdp_np)) or np.any(rdp_np < 0):
-      raise ValueError("rdp must be non-negative Renyi losses (+inf allowed), got "
-                       f"{int(np.sum(np.isnan(rdp_np)))} NaN and {int(np.sum(rdp_np < 0))} negative value(s), "
-                       f"e.g. {rdp_np[np.isnan(rdp_np) | (rdp_np < 0)][:3].tolist()}")
+      raise ValueError(
+        "rdp must be non-negative Renyi losses (+inf allowed), got "
+        f"{int(np.sum(np.isnan(rdp_np)))} NaN and {int(np.sum(rdp_np < 0))} negative value(s), "
+        f"e.g. {rdp_np[np.isnan(rdp_np) | (rdp_np < 0)][:3].tolist()}"
+      )
   rdp = jnp.asarray(rdp)
   if rdp.shape[-1:] != (orders_np.shape[0],):
     raise ValueError(f"rdp must have a last axis of size K = {orders_np.shape[0]} (one per order), got {rdp.shape}")
@@ -99,7 +102,9 @@ def rdp_to_dp(
   a = jnp.asarray(orders_np, dtype)
   eps = rdp + dp_offset(a, delta, method)
   if method == "improved":
-    kl_ok = (jnp.asarray(delta, dtype) ** 2 + jnp.expm1(-jnp.where(jnp.isfinite(rdp), rdp, 0.0)) > 0) & jnp.isfinite(rdp)
+    kl_ok = (jnp.asarray(delta, dtype) ** 2 + jnp.expm1(-jnp.where(jnp.isfinite(rdp), rdp, 0.0)) > 0) & jnp.isfinite(
+      rdp
+    )
     eps = jnp.where(rdp < 0, 0.0, jnp.where(kl_ok, 0.0, eps))
   eps = jnp.where(jnp.isnan(eps), jnp.inf, eps)
   idx = jnp.argmin(eps, axis=-1)
@@ -122,11 +127,11 @@ def renyi_target(epsilon: ArrayLike, alpha: ArrayLike, delta: ArrayLike, method:
 
 
 def max_steps_for_epsilon(
-    step_rdp: ArrayLike,
-    orders: ArrayLike | Sequence[float],
-    epsilon: float,
-    delta: float,
-    method: str = DEFAULT_METHOD,
+  step_rdp: ArrayLike,
+  orders: ArrayLike | Sequence[float],
+  epsilon: float,
+  delta: float,
+  method: str = DEFAULT_METHOD,
 ) -> jax.Array:
   """Largest number of identical steps T with ``rdp_to_dp(T · step_rdp) ≤ ε``.
 

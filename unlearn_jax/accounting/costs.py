@@ -15,7 +15,8 @@ Orders, step size and temperature are keyword arguments everywhere.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,23 +25,23 @@ from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
 from unlearn_jax.accounting.sgm import (
-    DEFAULT_NUM_TERMS,
-    DEFAULT_ORDERS,
-    _static_orders,
-    monotone_in_order,
-    sampled_gaussian_rdp,
+  DEFAULT_NUM_TERMS,
+  DEFAULT_ORDERS,
+  _static_orders,
+  monotone_in_order,
+  sampled_gaussian_rdp,
 )
 from unlearn_jax.per_example import api as pe
 from unlearn_jax.per_example import blocks, distances
 
 __all__ = [
-    "fixed_step_costs",
-    "full_batch_costs",
-    "full_batch_worst_case_cost",
-    "mean_step_costs",
-    "poisson_costs",
-    "poisson_worst_case_cost",
-    "step_costs",
+  "fixed_step_costs",
+  "full_batch_costs",
+  "full_batch_worst_case_cost",
+  "mean_step_costs",
+  "poisson_costs",
+  "poisson_worst_case_cost",
+  "step_costs",
 ]
 
 PyTree = Any
@@ -52,12 +53,12 @@ def _check_step(step_size: Any, temperature: Any) -> None:
 
 
 def full_batch_costs(
-    sq_dist: ArrayLike,
-    num_examples: ArrayLike,
-    *,
-    orders: ArrayLike | Sequence[float],
-    step_size: ArrayLike,
-    temperature: ArrayLike,
+  sq_dist: ArrayLike,
+  num_examples: ArrayLike,
+  *,
+  orders: ArrayLike | Sequence[float],
+  step_size: ArrayLike,
+  temperature: ArrayLike,
 ) -> jax.Array:
   """THEORY §2a: ``ε_t(x; α) = α η ‖g_t(x) − ḡ_t‖² / (4 τ (N−1)²)`` for every example.
 
@@ -85,8 +86,10 @@ def full_batch_costs(
   orders = _checks.check_orders(orders)
   _check_step(step_size, temperature)
   if not _checks._is_traced(sq_dist) and np.any(np.asarray(sq_dist, dtype=float) < 0):
-    raise ValueError(f"sq_dist must be non-negative squared distances ||g_i - gbar||^2, got "
-                     f"{np.asarray(sq_dist, dtype=float)[np.asarray(sq_dist, dtype=float) < 0][:3].tolist()}")
+    raise ValueError(
+      f"sq_dist must be non-negative squared distances ||g_i - gbar||^2, got "
+      f"{np.asarray(sq_dist, dtype=float)[np.asarray(sq_dist, dtype=float) < 0][:3].tolist()}"
+    )
   d = jnp.asarray(sq_dist)
   dtype = jnp.result_type(d.dtype, float)
   nm1 = jnp.asarray(num_examples, dtype) - 1.0
@@ -96,12 +99,12 @@ def full_batch_costs(
 
 
 def full_batch_worst_case_cost(
-    clip_norm: ArrayLike,
-    num_examples: ArrayLike,
-    *,
-    orders: ArrayLike | Sequence[float],
-    step_size: ArrayLike,
-    temperature: ArrayLike,
+  clip_norm: ArrayLike,
+  num_examples: ArrayLike,
+  *,
+  orders: ArrayLike | Sequence[float],
+  step_size: ArrayLike,
+  temperature: ArrayLike,
 ) -> jax.Array:
   """THEORY §2a with ``‖g_t(x) − ḡ_t‖`` replaced by 2C: ``α η C² / (τ (N−1)²)``.
 
@@ -124,28 +127,29 @@ def full_batch_worst_case_cost(
   """
   _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
   c = jnp.asarray(clip_norm, jnp.result_type(float))
-  return full_batch_costs(jnp.reshape((2.0 * c) ** 2, (1,)), num_examples, orders=orders, step_size=step_size,
-                          temperature=temperature)[0]
+  return full_batch_costs(
+    jnp.reshape((2.0 * c) ** 2, (1,)), num_examples, orders=orders, step_size=step_size, temperature=temperature
+  )[0]
 
 
 def _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype):
   norms = jnp.asarray(norms, dtype)
   noise_std = jnp.asarray(denominator, dtype) * jnp.sqrt(
-      2.0 * jnp.asarray(temperature, dtype) / jnp.asarray(step_size, dtype)
+    2.0 * jnp.asarray(temperature, dtype) / jnp.asarray(step_size, dtype)
   )
   pos = norms > 0
   return jnp.where(pos, noise_std / jnp.where(pos, norms, 1.0), jnp.inf)
 
 
 def poisson_costs(
-    norms: ArrayLike,
-    q: ArrayLike,
-    denominator: ArrayLike,
-    *,
-    orders: ArrayLike | Sequence[float],
-    step_size: ArrayLike,
-    temperature: ArrayLike,
-    num_terms: int = DEFAULT_NUM_TERMS,
+  norms: ArrayLike,
+  q: ArrayLike,
+  denominator: ArrayLike,
+  *,
+  orders: ArrayLike | Sequence[float],
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
   """THEORY §2b: ``ε_t(x; α) = RDP_SGM(q, z_t(x), α)``, ``z_t(x) = b·sqrt(2τ/η) / ‖g_t(x)‖``.
 
@@ -183,14 +187,14 @@ def poisson_costs(
 
 
 def poisson_worst_case_cost(
-    clip_norm: ArrayLike,
-    q: ArrayLike,
-    denominator: ArrayLike,
-    *,
-    orders: ArrayLike | Sequence[float],
-    step_size: ArrayLike,
-    temperature: ArrayLike,
-    num_terms: int = DEFAULT_NUM_TERMS,
+  clip_norm: ArrayLike,
+  q: ArrayLike,
+  denominator: ArrayLike,
+  *,
+  orders: ArrayLike | Sequence[float],
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
   """THEORY §2b with ‖g_t(x)‖ replaced by C: the DP-SGD cost ``RDP_SGM(q, b·sqrt(2τ/η)/C, α)``.
 
@@ -218,14 +222,29 @@ def poisson_worst_case_cost(
   _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
   c = jnp.reshape(jnp.asarray(clip_norm, jnp.result_type(float)), (1,))
   unclipped = jnp.isinf(c)
-  cost = poisson_costs(jnp.where(unclipped, 1.0, c), q, denominator, orders=orders, step_size=step_size,
-                       temperature=temperature, num_terms=num_terms)[0]
+  cost = poisson_costs(
+    jnp.where(unclipped, 1.0, c),
+    q,
+    denominator,
+    orders=orders,
+    step_size=step_size,
+    temperature=temperature,
+    num_terms=num_terms,
+  )[0]
   return jnp.where(unclipped, jnp.inf, cost)  # unclipped gradients have no worst case
 
 
 def mean_step_costs(
-    ops: blocks.ExampleOps, norms: jax.Array, factors: jax.Array, mask: jax.Array, gbar: PyTree, *,
-    clip_norm: ArrayLike, orders: Sequence[float], step_size: ArrayLike, temperature: ArrayLike,
+  ops: blocks.ExampleOps,
+  norms: jax.Array,
+  factors: jax.Array,
+  mask: jax.Array,
+  gbar: PyTree,
+  *,
+  clip_norm: ArrayLike,
+  orders: Sequence[float],
+  step_size: ArrayLike,
+  temperature: ArrayLike,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """§2a costs of one step whose ĝ is the clipped mean ``gbar`` over ``mask``, and its worst case.
 
@@ -239,8 +258,15 @@ def mean_step_costs(
 
 
 def fixed_step_costs(
-    clipped_norms: jax.Array, q: ArrayLike, denominator: ArrayLike, *, clip_norm: ArrayLike,
-    orders: Sequence[float], step_size: ArrayLike, temperature: ArrayLike, num_terms: int = DEFAULT_NUM_TERMS,
+  clipped_norms: jax.Array,
+  q: ArrayLike,
+  denominator: ArrayLike,
+  *,
+  clip_norm: ArrayLike,
+  orders: Sequence[float],
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  num_terms: int = DEFAULT_NUM_TERMS,
 ) -> tuple[jax.Array, jax.Array]:
   """§2b costs of one step with the fixed denominator b (q = 1: full batch), and its worst case."""
   kw = dict(orders=orders, step_size=step_size, temperature=temperature, num_terms=num_terms)
@@ -249,22 +275,22 @@ def fixed_step_costs(
 
 
 def step_costs(
-    loss_fn: Callable,
-    params: PyTree,
-    data: PyTree,
-    *,
-    mode: str = "full_batch",
-    clip_norm: ArrayLike | None = None,
-    step_size: ArrayLike,
-    temperature: ArrayLike,
-    orders: Any = DEFAULT_ORDERS,
-    sampling_rate: ArrayLike | None = None,
-    denominator: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-    norm_method: str = "auto",
-    chunk_size: int | None = None,
-    num_terms: int = DEFAULT_NUM_TERMS,
-    reduction_blocks: int | None = None,
+  loss_fn: Callable,
+  params: PyTree,
+  data: PyTree,
+  *,
+  mode: str = "full_batch",
+  clip_norm: ArrayLike | None = None,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  orders: Any = DEFAULT_ORDERS,
+  sampling_rate: ArrayLike | None = None,
+  denominator: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
+  norm_method: str = "auto",
+  chunk_size: int | None = None,
+  num_terms: int = DEFAULT_NUM_TERMS,
+  reduction_blocks: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-example costs of one step at fixed ``params`` (THEORY §2a/§2b), for any optimizer's run.
 

@@ -8,7 +8,8 @@ raises). :func:`group_privacy_loss` bounds the loss of a forget set from the ind
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,17 +20,18 @@ from unlearn_jax import _checks
 from unlearn_jax.accounting.sgm import DEFAULT_NUM_TERMS, DEFAULT_ORDERS
 
 __all__ = [
-    "AccountingConfig",
-    "Ledger",
-    "accountant",
-    "average_ledgers",
-    "check_ledger",
-    "filter_admits",
-    "group_factor",
-    "group_privacy_loss",
-    "ledger_init",
-    "ledger_update",
+  "AccountingConfig",
+  "Ledger",
+  "accountant",
+  "average_ledgers",
+  "check_ledger",
+  "filter_admits",
+  "group_factor",
+  "group_privacy_loss",
+  "ledger_init",
+  "ledger_update",
 ]
+
 
 class AccountingConfig(NamedTuple):
   """Static (hashable) accounting settings; build with :func:`accountant`.
@@ -62,12 +64,12 @@ class AccountingConfig(NamedTuple):
 
 
 def accountant(
-    orders: ArrayLike | Sequence[float] = DEFAULT_ORDERS,
-    *,
-    stride: int = 1,
-    filter_budget: float | None = None,
-    filter_order: float | None = None,
-    num_terms: int = DEFAULT_NUM_TERMS,
+  orders: ArrayLike | Sequence[float] = DEFAULT_ORDERS,
+  *,
+  stride: int = 1,
+  filter_budget: float | None = None,
+  filter_order: float | None = None,
+  num_terms: int = DEFAULT_NUM_TERMS,
 ) -> AccountingConfig:
   """Builds the accounting settings: every step (exact), strided (estimate) or with a Rényi filter.
 
@@ -163,15 +165,15 @@ def ledger_init(num_examples: int, config: AccountingConfig, *, dtype: Any = Non
   dtype = jnp.result_type(float) if dtype is None else dtype
   k = len(config.orders)
   return Ledger(
-      orders=jnp.asarray(config.orders, dtype),
-      realized=jnp.zeros((num_examples, k), dtype),
-      worst_case=jnp.zeros((k,), dtype),
-      num_steps=jnp.zeros((), jnp.int32),
-      num_accounted=jnp.zeros((), jnp.int32),
-      active=jnp.ones((num_examples,), bool),
-      finite=jnp.ones((), bool),
-      certified=jnp.asarray(config.uses_filter and config.stride == 1),
-      exact=jnp.asarray(config.stride == 1),
+    orders=jnp.asarray(config.orders, dtype),
+    realized=jnp.zeros((num_examples, k), dtype),
+    worst_case=jnp.zeros((k,), dtype),
+    num_steps=jnp.zeros((), jnp.int32),
+    num_accounted=jnp.zeros((), jnp.int32),
+    active=jnp.ones((num_examples,), bool),
+    finite=jnp.ones((), bool),
+    certified=jnp.asarray(config.uses_filter and config.stride == 1),
+    exact=jnp.asarray(config.stride == 1),
   )
 
 
@@ -181,8 +183,8 @@ def _check_ledger_costs(ledger: Ledger, costs: Any, config: AccountingConfig) ->
   n, k = ledger.realized.shape
   if np.shape(costs) != (n, k):
     raise ValueError(
-        f"costs must have shape (n, K) = ({n}, {k}) to match the ledger, got {np.shape(costs)}; "
-        "a ledger must be used with the data set (and orders) it was created for"
+      f"costs must have shape (n, K) = ({n}, {k}) to match the ledger, got {np.shape(costs)}; "
+      "a ledger must be used with the data set (and orders) it was created for"
     )
   if len(config.orders) != k:
     raise ValueError(f"config has {len(config.orders)} orders but the ledger has {k}")
@@ -217,13 +219,13 @@ def filter_admits(ledger: Ledger, costs: ArrayLike, config: AccountingConfig) ->
 
 
 def ledger_update(
-    ledger: Ledger,
-    costs: ArrayLike,
-    worst_case_cost: ArrayLike,
-    *,
-    weight: ArrayLike = 1,
-    config: AccountingConfig,
-    accounted: ArrayLike = True,
+  ledger: Ledger,
+  costs: ArrayLike,
+  worst_case_cost: ArrayLike,
+  *,
+  weight: ArrayLike = 1,
+  config: AccountingConfig,
+  accounted: ArrayLike = True,
 ) -> Ledger:
   """Adds one step's costs to the ledger (THEORY §3).
 
@@ -258,8 +260,10 @@ def ledger_update(
   if not _checks._is_traced(costs):
     negative = np.asarray(costs, dtype=float) < 0  # NaN/inf are handled below (finite flag)
     if np.any(negative):
-      raise ValueError(f"costs must be non-negative (a privacy loss never decreases), got "
-                       f"{np.asarray(costs, dtype=float)[negative][:3].tolist()}")
+      raise ValueError(
+        f"costs must be non-negative (a privacy loss never decreases), got "
+        f"{np.asarray(costs, dtype=float)[negative][:3].tolist()}"
+      )
   if np.shape(worst_case_cost) != ledger.worst_case.shape:
     raise ValueError(f"worst_case_cost must have shape {ledger.worst_case.shape}, got {np.shape(worst_case_cost)}")
   dtype = ledger.realized.dtype
@@ -273,12 +277,12 @@ def ledger_update(
   add = jnp.where(ok & accounted, w * costs, 0.0)
   worst_add = jnp.where(~jnp.isnan(worst) & accounted, w * worst, 0.0)  # inf (no clip) is kept
   return ledger._replace(
-      realized=ledger.realized + add,
-      worst_case=ledger.worst_case + worst_add,
-      num_steps=ledger.num_steps + 1,
-      num_accounted=ledger.num_accounted + accounted.astype(jnp.int32),
-      active=jnp.where(accounted, keep, ledger.active),
-      finite=ledger.finite & (finite_now | ~accounted),
+    realized=ledger.realized + add,
+    worst_case=ledger.worst_case + worst_add,
+    num_steps=ledger.num_steps + 1,
+    num_accounted=ledger.num_accounted + accounted.astype(jnp.int32),
+    active=jnp.where(accounted, keep, ledger.active),
+    finite=ledger.finite & (finite_now | ~accounted),
   )
 
 
@@ -302,9 +306,9 @@ def check_ledger(ledger: Ledger) -> Ledger:
   finite = np.asarray(ledger.finite)
   if not np.all(finite):
     raise FloatingPointError(
-        "the privacy ledger met a non-finite per-step cost (NaN/inf: e.g. temperature 0 without "
-        "accounting_temperature, a single active example in full-batch mode, or a NaN gradient); "
-        f"those costs were not summed, so ledger.realized is not a valid bound (finite={finite.tolist()})"
+      "the privacy ledger met a non-finite per-step cost (NaN/inf: e.g. temperature 0 without "
+      "accounting_temperature, a single active example in full-batch mode, or a NaN gradient); "
+      f"those costs were not summed, so ledger.realized is not a valid bound (finite={finite.tolist()})"
     )
   return ledger
 
@@ -371,11 +375,11 @@ def group_factor(num_examples: int, group_size: int, *, fixed_denominator: bool 
 
 
 def group_privacy_loss(
-    realized: ArrayLike,
-    forget_indices: ArrayLike,
-    *,
-    num_examples: int | None = None,
-    fixed_denominator: bool = False,
+  realized: ArrayLike,
+  forget_indices: ArrayLike,
+  *,
+  num_examples: int | None = None,
+  fixed_denominator: bool = False,
 ) -> jax.Array:
   """Group bound for full-batch accounting (THEORY §3): ``P(F, α) ≤ group_factor · Σ_{x∈F} P(x, α)``.
 
@@ -409,4 +413,3 @@ def group_privacy_loss(
   n = realized.shape[0] if num_examples is None else num_examples
   factor = group_factor(n, int(idx.shape[0]), fixed_denominator=fixed_denominator)
   return factor * jnp.sum(realized[idx], axis=0)
-

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +36,12 @@ from scipy import special as _sp_special
 
 from unlearn_jax import _checks
 from unlearn_jax.accounting.sgm_fractional import (
-    _FracPlan,
-    _fast_frac_ok,
-    _frac_core,
-    _frac_core_fast,
-    _frac_fast_layout,
-    _BLOCK,
+  _BLOCK,
+  _fast_frac_ok,
+  _frac_core,
+  _frac_core_fast,
+  _frac_fast_layout,
+  _FracPlan,
 )
 
 __all__ = ["DEFAULT_NUM_TERMS", "DEFAULT_ORDERS", "gaussian_rdp", "monotone_in_order", "sampled_gaussian_rdp"]
@@ -50,7 +51,7 @@ __all__ = ["DEFAULT_NUM_TERMS", "DEFAULT_ORDERS", "gaussian_rdp", "monotone_in_o
 # interest"): 1.1, 1.2, ..., 10.9, then 11, ..., 63, then 128, 256, 512, 1024 (156 orders). Written
 # with the same expression so that every float is bit-for-bit the same.
 DEFAULT_ORDERS: tuple[float, ...] = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(11, 64)] + [128.0, 256.0, 512.0, 1024.0]
+  [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(11, 64)] + [128.0, 256.0, 512.0, 1024.0]
 )
 
 
@@ -92,8 +93,10 @@ def _sgm_plan(orders: tuple[float, ...], max_terms: int) -> _SgmPlan:
     kmax = int(alphas.max())
     k = np.arange(2, kmax + 1, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-      logc = _sp_special.gammaln(alphas[:, None] + 1) - _sp_special.gammaln(k + 1) - _sp_special.gammaln(
-          alphas[:, None] - k + 1
+      logc = (
+        _sp_special.gammaln(alphas[:, None] + 1)
+        - _sp_special.gammaln(k + 1)
+        - _sp_special.gammaln(alphas[:, None] - k + 1)
       )
     logc = np.where(k[None, :] <= alphas[:, None], logc, -np.inf)
     int_groups.append(_IntGroup(tuple(idxs), alphas, logc))
@@ -110,8 +113,11 @@ def _sgm_plan(orders: tuple[float, ...], max_terms: int) -> _SgmPlan:
         alphas.append(orders[i])
         gather.append(base + (kmax - k) + np.arange(_BLOCK))
     frac = _FracPlan(
-        tuple(index), np.asarray(alphas), np.asarray(shifts), np.asarray(gather, np.int32),
-        _frac_fast_layout(orders, fracs, max_terms),
+      tuple(index),
+      np.asarray(alphas),
+      np.asarray(shifts),
+      np.asarray(gather, np.int32),
+      _frac_fast_layout(orders, fracs, max_terms),
     )
   return _SgmPlan(len(orders), tuple(int_groups), frac, max_terms)
 
@@ -136,7 +142,9 @@ def _int_log_a(plan: _SgmPlan, log_q, log_1mq, inv_2s2, dtype) -> list[tuple[tup
   for g in plan.int_groups:
     kmax = int(g.alphas.max())
     k = k_all[: kmax - 1]
-    base = jnp.asarray(g.logc, dtype) + k[None, :] * log_q + (jnp.asarray(g.alphas, dtype)[:, None] - k[None, :]) * log_1mq
+    base = (
+      jnp.asarray(g.logc, dtype) + k[None, :] * log_q + (jnp.asarray(g.alphas, dtype)[:, None] - k[None, :]) * log_1mq
+    )
     vals = base[:, :, None] + log_em1[None, : kmax - 1, :]  # (G, kmax-1, m)
     log_a_minus_1 = jax.nn.logsumexp(vals, axis=1)
     out.append((g.index, jnp.logaddexp(0.0, log_a_minus_1)))
@@ -188,11 +196,11 @@ def _static_orders(orders: Any, fn: str) -> tuple[float, ...]:
 
 
 def sampled_gaussian_rdp(
-    q: ArrayLike,
-    noise_multiplier: ArrayLike,
-    orders: ArrayLike | Sequence[float] = DEFAULT_ORDERS,
-    *,
-    num_terms: int = DEFAULT_NUM_TERMS,
+  q: ArrayLike,
+  noise_multiplier: ArrayLike,
+  orders: ArrayLike | Sequence[float] = DEFAULT_ORDERS,
+  *,
+  num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
   """RDP of the Poisson-subsampled Gaussian mechanism (THEORY §2b; Mironov, Talwar, Zhang 2019).
 
@@ -329,4 +337,3 @@ def monotone_in_order(values: ArrayLike, orders: ArrayLike | Sequence[float]) ->
   ascending = jnp.take(v, jnp.asarray(perm), axis=-1)
   suffix_min = jnp.flip(jax.lax.cummin(jnp.flip(ascending, axis=-1), axis=v.ndim - 1), axis=-1)
   return jnp.take(suffix_min, jnp.asarray(inverse), axis=-1)
-

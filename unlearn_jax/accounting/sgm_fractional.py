@@ -55,7 +55,9 @@ def _frac_fast_layout(orders: tuple[float, ...], fracs: dict[float, list[int]], 
   groups = [idxs for _, idxs in sorted(fracs.items())]
   num_groups = len(groups)
   kg = max(len(g) for g in groups)
-  rg = max(_BLOCK + max(int(math.floor(orders[i])) for i in g) - min(int(math.floor(orders[i])) for i in g) for g in groups)
+  rg = max(
+    _BLOCK + max(int(math.floor(orders[i])) for i in g) - min(int(math.floor(orders[i])) for i in g) for g in groups
+  )
   kf = sum(len(g) for g in groups)
   rows = np.full((num_groups, kg), kf, np.int32)
   onehot = np.zeros((num_groups, kg, _BLOCK, rg))
@@ -80,12 +82,21 @@ def _frac_fast_layout(orders: tuple[float, ...], fracs: dict[float, list[int]], 
   # below the scaling the largest product in a row can fall (see _frac_block_fast).
   alphas = np.asarray([orders[i] for g in groups for i in g])[:, None]
   i = np.arange(max_terms + _BLOCK, dtype=np.float64)[None, :]
-  logc = _sp_special.gammaln(alphas + 1) - _sp_special.gammaln(i + 1) - _sp_special.gammaln(alphas - i + 1)  # log|C(α, i)|
+  logc = (
+    _sp_special.gammaln(alphas + 1) - _sp_special.gammaln(i + 1) - _sp_special.gammaln(alphas - i + 1)
+  )  # log|C(α, i)|
   nb = (max_terms + _BLOCK - 1) // _BLOCK
   blocks = logc[:, : nb * _BLOCK].reshape(len(alphas), nb, _BLOCK)
   spread = float(np.max(blocks.max(axis=2) - blocks.min(axis=2)))
-  return _FracFast(rows, onehot, shift, np.asarray(out_idx, np.int32), np.asarray(last_idx, np.int32),
-                   np.asarray(group_of, np.int32), spread)
+  return _FracFast(
+    rows,
+    onehot,
+    shift,
+    np.asarray(out_idx, np.int32),
+    np.asarray(last_idx, np.int32),
+    np.asarray(group_of, np.int32),
+    spread,
+  )
 
 
 def _log_npdf(x):
@@ -166,10 +177,10 @@ def _frac_tail(fp: _FracPlan, n0, log_1mq, sigma, z0, dtype):
   direct = jax.lax.lgamma(sd - a) - jax.lax.lgamma(sd + 1.0)
   r = 1.0 / jnp.where(big, s, 1.0)
   asym = -(a + 1.0) * jnp.log(jnp.where(big, s, 1.0)) + r * (
-      (a * a + a) / 2.0 + r * ((a**3 + 1.5 * a * a + 0.5 * a) / 6.0 + r * (a**4 + 2.0 * a**3 + a * a) / 12.0)
+    (a * a + a) / 2.0 + r * ((a**3 + 1.5 * a * a + 0.5 * a) / 6.0 + r * (a**4 + 2.0 * a**3 + a * a) / 12.0)
   )
   lg = jnp.asarray(
-      _sp_special.gammaln(fp.alphas + 1.0) + np.log(np.abs(np.sin(np.pi * fp.alphas))) - math.log(math.pi), dtype
+    _sp_special.gammaln(fp.alphas + 1.0) + np.log(np.abs(np.sin(np.pi * fp.alphas))) - math.log(math.pi), dtype
   )[:, None, None] + jnp.where(big, asym, direct)
   zz = z0[None, None, :]
   sg = sigma[None, None, :]
@@ -186,7 +197,13 @@ def _frac_setup(fp: _FracPlan, q, sigma, dtype):
   """log q, log(1-q), 1/(2σ²), z0 = σ² log((1-q)/q) + 1/2 (MTZ19's split point) and the orders (K_f, 1)."""
   log_q = jnp.log(q)
   log_1mq = jnp.log1p(-q)
-  return log_q, log_1mq, 1.0 / (2.0 * sigma**2), sigma**2 * (log_1mq - log_q) + 0.5, jnp.asarray(fp.alphas, dtype)[:, None]
+  return (
+    log_q,
+    log_1mq,
+    1.0 / (2.0 * sigma**2),
+    sigma**2 * (log_1mq - log_q) + 0.5,
+    jnp.asarray(fp.alphas, dtype)[:, None],
+  )
 
 
 def _frac_stop(i0, lse_rest, bound, head, sigma, z0, alphas):
@@ -196,7 +213,9 @@ def _frac_stop(i0, lse_rest, bound, head, sigma, z0, alphas):
   the total and the non-head terms."""
   ref = jnp.minimum(jnp.logaddexp(head, lse_rest), lse_rest)
   s0 = i0 - 0.5
-  geom = ((s0 - z0) / sigma >= 2.0)[None, :] & ((s0 - alphas + z0[None, :]) / sigma[None, :] >= 2.0) & (s0 > alphas + 1.0)
+  geom = (
+    ((s0 - z0) / sigma >= 2.0)[None, :] & ((s0 - alphas + z0[None, :]) / sigma[None, :] >= 2.0) & (s0 > alphas + 1.0)
+  )
   tail_ok = geom & (bound < ref - _TAIL_NATS)
   return tail_ok, (bound < ref - 30.0) | tail_ok
 
@@ -206,8 +225,11 @@ def _frac_head(alphas, log_q, log_1mq, sigma, z0):
   u_h = jnp.stack([z0 / sigma, (z0 - 1.0) / sigma])  # (2, m)
   log_phi_h = jax.scipy.special.log_ndtr(u_h)
   t0h = jnp.stack(
-      [alphas * log_1mq + log_phi_h[0][None, :], jnp.log(alphas) + log_q + (alphas - 1.0) * log_1mq + log_phi_h[1][None, :]],
-      axis=1,
+    [
+      alphas * log_1mq + log_phi_h[0][None, :],
+      jnp.log(alphas) + log_q + (alphas - 1.0) * log_1mq + log_phi_h[1][None, :],
+    ],
+    axis=1,
   )
   return t0h, jax.nn.logsumexp(t0h, axis=1), u_h, log_phi_h
 
@@ -219,9 +241,9 @@ def _frac_assemble(head, rest_total, alphas, q, log_1mq, sigma, z0):
   # 1 - head = -expm1((a-1) log(1-q) + log1p((a-1) q)) + (1-q)^a Phi(-z0/s) + a q (1-q)^(a-1) Phi((1-z0)/s).
   ndtr = jax.scipy.special.ndtr
   one_minus_head = (
-      -jnp.expm1((alphas - 1.0) * log_1mq + jnp.log1p((alphas - 1.0) * q))
-      + jnp.exp(alphas * log_1mq) * ndtr(-z0 / sigma)[None, :]
-      + alphas * q * jnp.exp((alphas - 1.0) * log_1mq) * ndtr((1.0 - z0) / sigma)[None, :]
+    -jnp.expm1((alphas - 1.0) * log_1mq + jnp.log1p((alphas - 1.0) * q))
+    + jnp.exp(alphas * log_1mq) * ndtr(-z0 / sigma)[None, :]
+    + alphas * q * jnp.exp((alphas - 1.0) * log_1mq) * ndtr((1.0 - z0) / sigma)[None, :]
   )
   small = log_a_plain < 1.0
   rest = jnp.exp(jnp.where(small, rest_total, 0.0))
@@ -238,8 +260,9 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   remaining terms are in the smooth power-law regime and that bound is ≤ 1e-4 of the non-head terms
   (then their sum is estimated by quadrature, :func:`_frac_tail`), or ``max_terms`` is reached (then
   the bound is added). The quadrature tail is what keeps small noise multipliers cheap: their terms
-  decay only like i^{-α-2}, so the 30-nat criterion alone would need thousands of terms. The bound: with x_i = (i - z0)/σ, each first-series term equals
-  |C(α,i)| (1-q)^α e^{-z0²/(2σ²)} Φ(-x_i) e^{x_i²/2} (the second series likewise with
+  decay only like i^{-α-2}, so the 30-nat criterion alone would need thousands of terms. The bound:
+  with x_i = (i - z0)/σ, each first-series term equals |C(α,i)| (1-q)^α e^{-z0²/(2σ²)} Φ(-x_i) e^{x_i²/2}
+  (the second series likewise with
   y_i = (i - α + z0)/σ); Φ(-x)e^{x²/2} decreases in x, and for i > α |C(α,i)| ∝ Γ(i-α)/Γ(i+1), whose
   tail Σ_{i≥M} equals |C(α,M)|·M/α. Hence Σ_{i≥M} term_i ≤ ((M-1-α)/α) · term_{M-1}.
   """
@@ -282,7 +305,14 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
     return (i0 < plan.max_terms) & jnp.any(~_frac_stop(i0, mx + jnp.log(acc_s), bound, head, sigma, z0, alphas)[1])
 
   zeros = jnp.zeros((kf, m), dtype)
-  carry0 = (jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype), zeros, zeros, zeros, jnp.full((kf, m), jnp.inf, dtype))
+  carry0 = (
+    jnp.asarray(0.0, dtype),
+    jnp.full((kf, m), -jnp.inf, dtype),
+    zeros,
+    zeros,
+    zeros,
+    jnp.full((kf, m), jnp.inf, dtype),
+  )
   n0, mx, acc_s, dq, ds, bound = jax.lax.while_loop(cond, body, carry0)
   lse_rest = mx + jnp.log(acc_s)
   use_tail = _frac_stop(n0, lse_rest, bound, head, sigma, z0, alphas)[0]
@@ -299,12 +329,15 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   lam_h = jnp.exp(_log_npdf(u_h) - log_phi_h)  # (2, m)
   dl_dq = -1.0 / (q * (1.0 - q))
   hq = jnp.stack(
-      [-alphas / (1.0 - q) + lam_h[0] * sigma * dl_dq, 1.0 / q - (alphas - 1.0) / (1.0 - q) + lam_h[1] * sigma * dl_dq],
-      axis=1,
+    [-alphas / (1.0 - q) + lam_h[0] * sigma * dl_dq, 1.0 / q - (alphas - 1.0) / (1.0 - q) + lam_h[1] * sigma * dl_dq],
+    axis=1,
   )
   hs = jnp.stack(
-      [jnp.broadcast_to(lam_h[0] * (big_l - 0.5 / sigma**2), (kf, m)), jnp.broadcast_to(lam_h[1] * (big_l + 0.5 / sigma**2), (kf, m))],
-      axis=1,
+    [
+      jnp.broadcast_to(lam_h[0] * (big_l - 0.5 / sigma**2), (kf, m)),
+      jnp.broadcast_to(lam_h[1] * (big_l + 0.5 / sigma**2), (kf, m)),
+    ],
+    axis=1,
   )
   wh = jnp.exp(t0h - log_a_plain[:, None, :])
   w_rest = jnp.exp(mx - log_a_plain)
@@ -361,7 +394,9 @@ def _frac_block_fast(fp: _FracPlan, i0, log_q, log_1mq, sigma, z0, inv_2s2, dtyp
   alphas = jnp.asarray(fp.alphas, dtype)[:, None]  # (K_f, 1)
   i_row = i0 + jnp.arange(_BLOCK, dtype=dtype)  # (B,)
   s = log_1mq - log_q
-  rowlog = jax.lax.lgamma(alphas + 1.0) - jax.lax.lgamma(i_row[None, :] + 1.0) - jax.lax.lgamma(alphas - i_row[None, :] + 1.0)
+  rowlog = (
+    jax.lax.lgamma(alphas + 1.0) - jax.lax.lgamma(i_row[None, :] + 1.0) - jax.lax.lgamma(alphas - i_row[None, :] + 1.0)
+  )
   rmax = jnp.max(rowlog, axis=1, keepdims=True)
   rmat = jnp.exp(rowlog - rmax)  # (K_f, B), entries in (0, 1]
   const = rmax + alphas * log_1mq  # (K_f, 1)
@@ -374,7 +409,7 @@ def _frac_block_fast(fp: _FracPlan, i0, log_q, log_1mq, sigma, z0, inv_2s2, dtyp
   log0 = jnp.log(sum0) + const + c0max[None, :]
   # Second series: per fractional part g, (Kg, Rg) @ (Rg, m).
   j = jnp.asarray(ff.shift, dtype) - i0  # (G, Rg)
-  h1 = ((j * j - j)[:, :, None] * inv_2s2 + _log_ndtr_fast((j[:, :, None] - z0) / sigma) - s * j[:, :, None])
+  h1 = (j * j - j)[:, :, None] * inv_2s2 + _log_ndtr_fast((j[:, :, None] - z0) / sigma) - s * j[:, :, None]
   c1max = jnp.max(h1, axis=1)  # (G, m)
   c1min = jnp.min(h1, axis=1)
   rows = jnp.concatenate([rmat, jnp.zeros((1, _BLOCK), dtype)])[jnp.asarray(ff.rows)]  # (G, Kg, B)
@@ -388,7 +423,9 @@ def _frac_block_fast(fp: _FracPlan, i0, log_q, log_1mq, sigma, z0, inv_2s2, dtyp
 
   def direct1(_):
     h1_flat = h1.reshape(-1, h1.shape[-1])
-    t1 = rowlog[:, :, None] + jnp.take(h1_flat, jnp.asarray(ff.last_idx)[:, None] - (_BLOCK - 1) + jnp.arange(_BLOCK), axis=0)
+    t1 = rowlog[:, :, None] + jnp.take(
+      h1_flat, jnp.asarray(ff.last_idx)[:, None] - (_BLOCK - 1) + jnp.arange(_BLOCK), axis=0
+    )
     return jax.nn.logsumexp(t1, axis=1) - rmax
 
   log1 = jax.lax.cond(gap_ok, fast1, direct1, None) + const
@@ -418,15 +455,12 @@ def _frac_core_fast(plan: _SgmPlan, q, sigma, dtype):
   # The first block always runs (nothing is known before it); the loop carries whether to go on.
   carry0 = step(jnp.asarray(0.0, dtype), jnp.full((kf, m), -jnp.inf, dtype))
   n0, lse_rest, bound, use_tail, _ = jax.lax.while_loop(
-      lambda c: (c[0] < plan.max_terms) & c[4], lambda c: step(c[0], c[1]), carry0
+    lambda c: (c[0] < plan.max_terms) & c[4], lambda c: step(c[0], c[1]), carry0
   )
-  tail = jax.lax.cond(
-      jnp.any(use_tail), lambda: _frac_tail(fp, n0, log_1mq, sigma, z0, dtype), lambda: bound
-  )
+  tail = jax.lax.cond(jnp.any(use_tail), lambda: _frac_tail(fp, n0, log_1mq, sigma, z0, dtype), lambda: bound)
   tail = jnp.where(use_tail, tail, bound)
   return _frac_assemble(head, jnp.logaddexp(lse_rest, tail), alphas, q, log_1mq, sigma, z0)[0]
 
 
 def _fast_frac_ok(plan: _SgmPlan) -> bool:
   return plan.frac is not None and plan.frac.fast.row_spread <= 40.0
-

@@ -14,29 +14,29 @@
 from unlearn_jax.algorithms.base import HYPERPARAMETERS, Algorithm, StepInfo
 from unlearn_jax.algorithms.batches import MODES
 from unlearn_jax.algorithms.methods import (
-    UNLEARNING_METHODS,
-    MethodSpec,
-    register_unlearning_method,
-    unlearning_method,
+  UNLEARNING_METHODS,
+  MethodSpec,
+  register_unlearning_method,
+  unlearning_method,
 )
 from unlearn_jax.algorithms.optimizer import OptimizerState, optax_training
 from unlearn_jax.algorithms.sgld import SGLDState, sgld
 from unlearn_jax.algorithms.update import langevin_noise, noisy_update, project
 
 __all__ = [
-    "HYPERPARAMETERS",
-    "MODES",
-    "UNLEARNING_METHODS",
-    "Algorithm",
-    "MethodSpec",
-    "OptimizerState",
-    "SGLDState",
-    "StepInfo",
-    "langevin_noise",
-    "noisy_update",
-    "optax_training",
-    "project",
-    "register_unlearning_method",
-    "sgld",
-    "unlearning_method",
+  "HYPERPARAMETERS",
+  "MODES",
+  "UNLEARNING_METHODS",
+  "Algorithm",
+  "MethodSpec",
+  "OptimizerState",
+  "SGLDState",
+  "StepInfo",
+  "langevin_noise",
+  "noisy_update",
+  "optax_training",
+  "project",
+  "register_unlearning_method",
+  "sgld",
+  "unlearning_method",
 ]

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -33,8 +34,14 @@ __all__ = ["HYPERPARAMETERS", "Algorithm", "StepInfo", "check_static_positive", 
 PyTree = Any
 
 HYPERPARAMETERS = (
-    "step_size", "temperature", "accounting_temperature", "clip_norm", "weight_decay", "projection_radius",
-    "l1_strength", "l1_horizon",
+  "step_size",
+  "temperature",
+  "accounting_temperature",
+  "clip_norm",
+  "weight_decay",
+  "projection_radius",
+  "l1_strength",
+  "l1_horizon",
 )
 """Per-call hyperparameters a step may take (each an array; ``inf`` means "none" for the clip norm, the
 projection radius and the L1 horizon)."""
@@ -159,9 +166,12 @@ class Algorithm:
     """A JSON-able description that is the same in every process (for checkpoint fingerprints)."""
     if not self.name:
       return {"name": "", "init": describe_callable(self.init), "step": describe_callable(self.step)}
-    return {"name": self.name, "settings": json.loads(json.dumps(dict(self.settings), default=repr)),
-            "callables": [describe_callable(c) for c in self.callables],
-            "reduction_blocks": self.reduction_blocks}
+    return {
+      "name": self.name,
+      "settings": json.loads(json.dumps(dict(self.settings), default=repr)),
+      "callables": [describe_callable(c) for c in self.callables],
+      "reduction_blocks": self.reduction_blocks,
+    }
 
 
 def check_static_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:

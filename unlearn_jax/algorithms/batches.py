@@ -2,7 +2,7 @@
 
 | mode | examples | ĝ | costs |
 |---|---|---|---|
-| ``"full_batch"`` | every active example | mean over them, or (1/b) Σ with a fixed b | §2a (mean: an estimate), §2b at q = 1 (fixed b) |
+| ``"full_batch"`` | every active example | mean, or (1/b) Σ with b fixed | §2a (an estimate); fixed b: §2b, q = 1 |
 | ``"poisson"`` | each active example independently with probability q | (1/b) Σ, b = q·n fixed | §2b |
 | ``"shuffled"`` | a batch of B from the epoch's permutation | mean over the batch | §2a with N = B (an estimate) |
 
@@ -40,8 +40,17 @@ def fixed_denominator(mode: str, denominator: float | None, uses_filter: bool) -
   return mode == "poisson" or denominator is not None or (mode == "full_batch" and uses_filter)
 
 
-def select(mode: str, key: jax.Array, step: jax.Array, shuffle_key: jax.Array | None, n: int, dtype, *,
-           sampling_rate: float | None = None, batch_size: int | None = None) -> Selection:
+def select(
+  mode: str,
+  key: jax.Array,
+  step: jax.Array,
+  shuffle_key: jax.Array | None,
+  n: int,
+  dtype,
+  *,
+  sampling_rate: float | None = None,
+  batch_size: int | None = None,
+) -> Selection:
   """The selection of one step over the n rows (padding and removed examples are masked by the caller).
 
   Args:

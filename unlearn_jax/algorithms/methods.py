@@ -21,7 +21,8 @@ All three are one compiled program: they differ only in hyperparameters.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from unlearn_jax import _checks
 from unlearn_jax.algorithms.base import Algorithm
@@ -60,14 +61,23 @@ MethodFn = Callable[[Callable, MethodSpec], "tuple[Algorithm, dict[str, Any]]"]
 
 
 def _fine_tuning_step(loss_fn: Callable, spec: MethodSpec) -> Algorithm:
-  return sgld(loss_fn, mode="full_batch", norm_method=spec.norm_method, chunk_size=spec.chunk_size,
-              reduction_blocks=spec.reduction_blocks)
+  return sgld(
+    loss_fn,
+    mode="full_batch",
+    norm_method=spec.norm_method,
+    chunk_size=spec.chunk_size,
+    reduction_blocks=spec.reduction_blocks,
+  )
 
 
 def _common_hyper(spec: MethodSpec, temperature: float) -> dict[str, Any]:
-  return {"step_size": spec.step_size, "temperature": temperature,
-          "clip_norm": math.inf if spec.clip_norm is None else spec.clip_norm, "weight_decay": spec.weight_decay,
-          "projection_radius": math.inf if spec.projection_radius is None else spec.projection_radius}
+  return {
+    "step_size": spec.step_size,
+    "temperature": temperature,
+    "clip_norm": math.inf if spec.clip_norm is None else spec.clip_norm,
+    "weight_decay": spec.weight_decay,
+    "projection_radius": math.inf if spec.projection_radius is None else spec.projection_radius,
+  }
 
 
 def _no_options(name: str, spec: MethodSpec, allowed: tuple[str, ...] = ()) -> None:

@@ -12,7 +12,8 @@ size; for any other optimizer the ledger says so (``accounting.ledger_notes``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,14 +47,14 @@ def _structure(optimizer: optax.GradientTransformation) -> str:
 
 
 def optax_training(
-    loss_fn: Callable,
-    optimizer: optax.GradientTransformation,
-    *,
-    accounting: acc.AccountingConfig | None = None,
-    clip_norm: float | None = None,
-    description: str | None = None,
-    norm_method: str = "auto",
-    chunk_size: int | None = None,
+  loss_fn: Callable,
+  optimizer: optax.GradientTransformation,
+  *,
+  accounting: acc.AccountingConfig | None = None,
+  clip_norm: float | None = None,
+  description: str | None = None,
+  norm_method: str = "auto",
+  chunk_size: int | None = None,
 ) -> Algorithm:
   """Full-batch training with an optax optimizer as an :class:`~unlearn_jax.algorithms.base.Algorithm`.
 
@@ -95,8 +96,9 @@ def optax_training(
     if not isinstance(accounting, acc.AccountingConfig):
       raise TypeError(f"accounting must be an AccountingConfig or None, got {type(accounting).__name__}")
     if accounting.uses_filter:
-      raise ValueError("the individual Renyi filter (filter_budget) needs the SGLD algorithm; it is not "
-                       "supported with optimizer=...")
+      raise ValueError(
+        "the individual Renyi filter (filter_budget) needs the SGLD algorithm; it is not supported with optimizer=..."
+      )
   default_clip = check_static_positive("clip_norm", clip_norm)
   _checks.check_choice("norm_method", norm_method, pe.NORM_METHODS)
   opt = optax.with_extra_args_support(optimizer)
@@ -106,9 +108,17 @@ def optax_training(
     ledger = None if accounting is None else acc.ledger_init(num_examples, accounting)
     return OptimizerState(params, opt.init(params), jnp.zeros((), jnp.int32), ledger)
 
-  def step(state: OptimizerState, data: PyTree, key: jax.Array, step_size: ArrayLike, temperature: ArrayLike = 0.0,
-           *, data_mask: ArrayLike | None = None, accounting_temperature: ArrayLike | None = None,
-           clip_norm: ArrayLike | None = None) -> tuple[OptimizerState, StepInfo]:
+  def step(
+    state: OptimizerState,
+    data: PyTree,
+    key: jax.Array,
+    step_size: ArrayLike,
+    temperature: ArrayLike = 0.0,
+    *,
+    data_mask: ArrayLike | None = None,
+    accounting_temperature: ArrayLike | None = None,
+    clip_norm: ArrayLike | None = None,
+  ) -> tuple[OptimizerState, StepInfo]:
     del temperature
     n = _checks.check_batch(data, name="data")
     if accounting is not None and accounting_temperature is None:
@@ -117,8 +127,12 @@ def optax_training(
     dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(params)], float)
     w = jnp.ones((n,), dtype) if data_mask is None else jnp.asarray(data_mask, dtype)
     count = jnp.maximum(jnp.sum(w), 1.0)
-    clip = jnp.asarray(jnp.inf if (clip_norm if clip_norm is not None else default_clip) is None
-                       else (clip_norm if clip_norm is not None else default_clip), dtype)
+    clip = jnp.asarray(
+      jnp.inf
+      if (clip_norm if clip_norm is not None else default_clip) is None
+      else (clip_norm if clip_norm is not None else default_clip),
+      dtype,
+    )
     norms = mean_norm = None
     if accounting is None and clip_norm is None and default_clip is None:
       losses, vjp = jax.vjp(lambda p: jax.vmap(loss_fn, in_axes=(None, 0))(p, data), params)
@@ -133,8 +147,12 @@ def optax_training(
     if accounting is not None:
       stride = accounting.stride
       accounted = True if stride == 1 else (state.step % stride == 0)
-      kw = dict(clip_norm=clip, orders=accounting.orders, step_size=jnp.asarray(step_size, dtype),
-                temperature=jnp.asarray(accounting_temperature, dtype))
+      kw = dict(
+        clip_norm=clip,
+        orders=accounting.orders,
+        step_size=jnp.asarray(step_size, dtype),
+        temperature=jnp.asarray(accounting_temperature, dtype),
+      )
       evaluate = lambda: acc.mean_step_costs(ops, norms, factors, w, ghat, **kw)[:2]  # noqa: E731
       k = len(accounting.orders)
       zeros = lambda: (jnp.zeros((n, k), dtype), jnp.zeros((k,), dtype))  # noqa: E731
@@ -142,12 +160,24 @@ def optax_training(
       ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=accounting, accounted=accounted)
     updates, opt_state = opt.update(ghat, state.opt_state, params, key=key)
     new_params = optax.apply_updates(params, updates)
-    info = StepInfo(loss=jnp.sum(w * losses) / count, mean_grad_norm=mean_norm, grad_norms=norms, batch_mask=w,
-                    noise_norm=None, costs=costs, worst_case_cost=worst)
+    info = StepInfo(
+      loss=jnp.sum(w * losses) / count,
+      mean_grad_norm=mean_norm,
+      grad_norms=norms,
+      batch_mask=w,
+      noise_norm=None,
+      costs=costs,
+      worst_case_cost=worst,
+    )
     return OptimizerState(new_params, opt_state, state.step + 1, ledger), info
 
-  settings = {"accounting": None if accounting is None else tuple(accounting), "clip_norm": default_clip,
-              "optimizer": description or _structure(optimizer), "norm_method": norm_method,
-              "chunk_size": chunk_size}
-  return Algorithm(init=init, step=step, name="optax", settings=tuple(sorted(settings.items())),
-                   callables=(loss_fn, optimizer))
+  settings = {
+    "accounting": None if accounting is None else tuple(accounting),
+    "clip_norm": default_clip,
+    "optimizer": description or _structure(optimizer),
+    "norm_method": norm_method,
+    "chunk_size": chunk_size,
+  }
+  return Algorithm(
+    init=init, step=step, name="optax", settings=tuple(sorted(settings.items())), callables=(loss_fn, optimizer)
+  )

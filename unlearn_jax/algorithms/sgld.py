@@ -14,7 +14,8 @@ draws the permutation of epoch e from ``fold_in(shuffle_key, e)``, with ``shuffl
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,8 +75,20 @@ def _check_int_or_none(name: str, value: Any) -> int | None:
   return int(value)
 
 
-def _settings(loss_fn, mode, clip_norm, weight_decay, projection_radius, sampling_rate, batch_size, accounting,
-              norm_method, chunk_size, denominator, reduction_blocks) -> _Settings:
+def _settings(
+  loss_fn,
+  mode,
+  clip_norm,
+  weight_decay,
+  projection_radius,
+  sampling_rate,
+  batch_size,
+  accounting,
+  norm_method,
+  chunk_size,
+  denominator,
+  reduction_blocks,
+) -> _Settings:
   _checks.check_choice("mode", mode, batches.MODES)
   if not callable(loss_fn):
     raise TypeError(f"loss_fn must be callable as loss_fn(params, example), got {loss_fn!r}")
@@ -93,22 +106,33 @@ def _settings(loss_fn, mode, clip_norm, weight_decay, projection_radius, samplin
   elif batch_size is not None:
     raise ValueError(f"batch_size is only used with mode='shuffled', got {batch_size!r} with mode={mode!r}")
   if accounting is not None and not isinstance(accounting, acc.AccountingConfig):
-    raise TypeError(f"accounting must be an AccountingConfig from accountant(...) or None, got {type(accounting).__name__}")
+    raise TypeError(
+      f"accounting must be an AccountingConfig from accountant(...) or None, got {type(accounting).__name__}"
+    )
   if denominator is not None:
     if mode == "shuffled":
-      raise ValueError(f"denominator is used with mode='poisson' or 'full_batch', got {denominator!r} with "
-                       "mode='shuffled'")
+      raise ValueError(
+        f"denominator is used with mode='poisson' or 'full_batch', got {denominator!r} with mode='shuffled'"
+      )
     _checks.check_positive("denominator", denominator)
   if mode == "shuffled" and accounting is not None and accounting.uses_filter:
-    raise ValueError("the individual Renyi filter (filter_budget) certifies full-batch and Poisson runs only; "
-                     "shuffled-minibatch costs are estimates (THEORY §2a), so there is nothing to certify")
+    raise ValueError(
+      "the individual Renyi filter (filter_budget) certifies full-batch and Poisson runs only; "
+      "shuffled-minibatch costs are estimates (THEORY §2a), so there is nothing to certify"
+    )
   return _Settings(
-      mode, None if sampling_rate is None else float(sampling_rate), None if batch_size is None else int(batch_size),
-      None if denominator is None else float(denominator), accounting, norm_method,
-      _check_int_or_none("chunk_size", chunk_size),
-      None if reduction_blocks is None else blocks.check_blocks(reduction_blocks),
-      check_static_positive("clip_norm", clip_norm), float(weight_decay),
-      check_static_positive("projection_radius", projection_radius))
+    mode,
+    None if sampling_rate is None else float(sampling_rate),
+    None if batch_size is None else int(batch_size),
+    None if denominator is None else float(denominator),
+    accounting,
+    norm_method,
+    _check_int_or_none("chunk_size", chunk_size),
+    None if reduction_blocks is None else blocks.check_blocks(reduction_blocks),
+    check_static_positive("clip_norm", clip_norm),
+    float(weight_decay),
+    check_static_positive("projection_radius", projection_radius),
+  )
 
 
 def _check_step_inputs(s: _Settings, state, data, step_size, temperature, accounting_temperature, data_mask):
@@ -119,20 +143,26 @@ def _check_step_inputs(s: _Settings, state, data, step_size, temperature, accoun
   if accounting_temperature is not None:
     _checks.check_positive("accounting_temperature", accounting_temperature)
   elif s.accounting is not None and not _checks._is_traced(temperature) and np.any(np.asarray(temperature) == 0):
-    raise ValueError("temperature is 0 (noise-free training) with accounting on: pass accounting_temperature > 0, "
-                     "the temperature assumed for the privacy costs")
+    raise ValueError(
+      "temperature is 0 (noise-free training) with accounting on: pass accounting_temperature > 0, "
+      "the temperature assumed for the privacy costs"
+    )
   if s.accounting is not None:
     if state.ledger is None:
       raise ValueError("accounting is on but state.ledger is None; build the state with this algorithm's init")
     if state.ledger.realized.shape[0] != n:
-      raise ValueError(f"the ledger was created for {state.ledger.realized.shape[0]} examples but data has n = {n}; "
-                       "a ledger must be used with the data set it was created for")
+      raise ValueError(
+        f"the ledger was created for {state.ledger.realized.shape[0]} examples but data has n = {n}; "
+        "a ledger must be used with the data set it was created for"
+      )
   if s.mode == "shuffled" and s.batch_size > n:
     raise ValueError(f"batch_size = {s.batch_size} exceeds the number of examples n = {n}")
   if s.reduction_blocks is not None and n % s.reduction_blocks:
-    raise ValueError(f"data has n = {n} examples, which must be a multiple of reduction_blocks = {s.reduction_blocks}; "
-                     f"pad it with distributed.pad_to_multiple(data, {s.reduction_blocks}) and pass the returned "
-                     "mask as data_mask")
+    raise ValueError(
+      f"data has n = {n} examples, which must be a multiple of reduction_blocks = {s.reduction_blocks}; "
+      f"pad it with distributed.pad_to_multiple(data, {s.reduction_blocks}) and pass the returned "
+      "mask as data_mask"
+    )
   if data_mask is not None and np.shape(data_mask) != (n,):
     raise ValueError(f"data_mask must have shape (n,) = ({n},), got {np.shape(data_mask)}")
   return n
@@ -156,19 +186,19 @@ def _hyper(value: Any, default: float | None, dtype, none_as: float) -> jax.Arra
 
 
 def sgld(
-    loss_fn: Callable,
-    *,
-    mode: str = "full_batch",
-    clip_norm: float | None = None,
-    weight_decay: float = 0.0,
-    projection_radius: float | None = None,
-    sampling_rate: float | None = None,
-    batch_size: int | None = None,
-    denominator: float | None = None,
-    accounting: acc.AccountingConfig | None = None,
-    norm_method: str = "auto",
-    chunk_size: int | None = None,
-    reduction_blocks: int | None = None,
+  loss_fn: Callable,
+  *,
+  mode: str = "full_batch",
+  clip_norm: float | None = None,
+  weight_decay: float = 0.0,
+  projection_radius: float | None = None,
+  sampling_rate: float | None = None,
+  batch_size: int | None = None,
+  denominator: float | None = None,
+  accounting: acc.AccountingConfig | None = None,
+  norm_method: str = "auto",
+  chunk_size: int | None = None,
+  reduction_blocks: int | None = None,
 ) -> Algorithm:
   """Builds the noisy step (THEORY §0–§1) with the per-instance ledger (§2–§3) wired in.
 
@@ -229,8 +259,20 @@ def sgld(
     >>> state.ledger.realized.shape, info.grad_norms.round(3).tolist()
     ((3, 2), [1.0, 4.0, 6.0])
   """
-  s = _settings(loss_fn, mode, clip_norm, weight_decay, projection_radius, sampling_rate, batch_size, accounting,
-                norm_method, chunk_size, denominator, reduction_blocks)
+  s = _settings(
+    loss_fn,
+    mode,
+    clip_norm,
+    weight_decay,
+    projection_radius,
+    sampling_rate,
+    batch_size,
+    accounting,
+    norm_method,
+    chunk_size,
+    denominator,
+    reduction_blocks,
+  )
   fixed = batches.fixed_denominator(s.mode, s.denominator, s.accounting is not None and s.accounting.uses_filter)
 
   def init(params: PyTree, num_examples: int, *, key: jax.Array | None = None) -> SGLDState:
@@ -243,11 +285,21 @@ def sgld(
       shuffle_key = jax.random.fold_in(jax.random.key(0) if key is None else key, SHUFFLE_TAG)
     return SGLDState(params=params, step=jnp.zeros((), jnp.int32), ledger=ledger, shuffle_key=shuffle_key)
 
-  def step(state: SGLDState, data: PyTree, key: jax.Array, step_size: ArrayLike, temperature: ArrayLike = 0.0, *,
-           data_mask: ArrayLike | None = None, accounting_temperature: ArrayLike | None = None,
-           clip_norm: ArrayLike | None = None, weight_decay: ArrayLike | None = None,
-           projection_radius: ArrayLike | None = None, l1_strength: ArrayLike = 0.0,
-           l1_horizon: ArrayLike = jnp.inf) -> tuple[SGLDState, StepInfo]:
+  def step(
+    state: SGLDState,
+    data: PyTree,
+    key: jax.Array,
+    step_size: ArrayLike,
+    temperature: ArrayLike = 0.0,
+    *,
+    data_mask: ArrayLike | None = None,
+    accounting_temperature: ArrayLike | None = None,
+    clip_norm: ArrayLike | None = None,
+    weight_decay: ArrayLike | None = None,
+    projection_radius: ArrayLike | None = None,
+    l1_strength: ArrayLike = 0.0,
+    l1_horizon: ArrayLike = jnp.inf,
+  ) -> tuple[SGLDState, StepInfo]:
     """One noisy step on the whole data set ``data`` (see :func:`sgld`)."""
     n = _check_step_inputs(s, state, data, step_size, temperature, accounting_temperature, data_mask)
     params, ledger, config = state.params, state.ledger, s.accounting
@@ -261,22 +313,34 @@ def sgld(
     ops = blocks.example_ops(loss_fn, params, data, n, s.reduction_blocks, s.norm_method, s.chunk_size)
     norms = ops.norms().astype(dtype)
     factors = pe.clip_factors(norms, clip)
-    sel = batches.select(s.mode, update.sample_key(key), state.step, state.shuffle_key, n, dtype,
-                         sampling_rate=s.sampling_rate, batch_size=s.batch_size)
+    sel = batches.select(
+      s.mode,
+      update.sample_key(key),
+      state.step,
+      state.shuffle_key,
+      n,
+      dtype,
+      sampling_rate=s.sampling_rate,
+      batch_size=s.batch_size,
+    )
     stride = 1 if config is None else config.stride
     accounted = True if stride == 1 else (state.step % stride == 0)
     k = 0 if config is None else len(config.orders)
     zeros = lambda: (jnp.zeros((n, k), dtype), jnp.zeros((k,), dtype))  # noqa: E731
     costs = worst = None
     recomputed = jnp.zeros((), bool)
-    cost_kw = dict(clip_norm=clip, orders=None if config is None else config.orders, step_size=eta,
-                   temperature=tau_acc)
+    cost_kw = dict(clip_norm=clip, orders=None if config is None else config.orders, step_size=eta, temperature=tau_acc)
     if fixed:
       # ĝ = (1/b) Σ_{used} g_i: each example's cost (§2b) is its own, so the filter decides first.
       b = sel.q * jnp.sum(real) if s.denominator is None else jnp.asarray(s.denominator, dtype)
       if config is not None:
-        costs, worst = _when(accounted, lambda: _cast(acc.fixed_step_costs(
-            norms * factors * active, sel.q, b, num_terms=config.num_terms, **cost_kw), dtype), zeros)
+        costs, worst = _when(
+          accounted,
+          lambda: _cast(
+            acc.fixed_step_costs(norms * factors * active, sel.q, b, num_terms=config.num_terms, **cost_kw), dtype
+          ),
+          zeros,
+        )
         ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=config, accounted=accounted)
         active = active * ledger.active.astype(dtype)
       batch_mask = sel.mask * active
@@ -287,24 +351,42 @@ def sgld(
       losses, ghat = ops.grads(batch_mask * factors / jnp.maximum(jnp.sum(batch_mask), 1.0))
       if config is not None:
         costs, worst, recomputed = _when(
-            accounted, lambda: _cast(acc.mean_step_costs(ops, norms, factors, batch_mask, ghat, **cost_kw), dtype),
-            lambda: zeros() + (jnp.zeros((), bool),))
+          accounted,
+          lambda: _cast(acc.mean_step_costs(ops, norms, factors, batch_mask, ghat, **cost_kw), dtype),
+          lambda: zeros() + (jnp.zeros((), bool),),
+        )
         ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=config, accounted=accounted)
 
     gamma = jnp.asarray(l1_strength, dtype) * jnp.clip(1.0 - state.step / jnp.asarray(l1_horizon, dtype), 0.0, 1.0)
     new_params, noise_norm = update.noisy_update(
-        params, ghat, key, step_size=eta, temperature=tau,
-        weight_decay=_hyper(weight_decay, s.weight_decay, dtype, 0.0), l1_strength=gamma,
-        projection_radius=_hyper(projection_radius, s.projection_radius, dtype, jnp.inf))
+      params,
+      ghat,
+      key,
+      step_size=eta,
+      temperature=tau,
+      weight_decay=_hyper(weight_decay, s.weight_decay, dtype, 0.0),
+      l1_strength=gamma,
+      projection_radius=_hyper(projection_radius, s.projection_radius, dtype, jnp.inf),
+    )
     used = jnp.maximum(jnp.sum(batch_mask), 1.0)
     info = StepInfo(
-        loss=blocks.fixed_order_sum(losses * batch_mask, s.reduction_blocks) / used,
-        mean_grad_norm=blocks.fixed_order_sum(norms * batch_mask, s.reduction_blocks) / used,
-        grad_norms=norms, batch_mask=batch_mask, noise_norm=noise_norm,
-        costs=None if costs is None else costs * stride * ledger.active[:, None].astype(dtype),
-        worst_case_cost=None if worst is None else worst * stride, recomputed_costs=recomputed)
+      loss=blocks.fixed_order_sum(losses * batch_mask, s.reduction_blocks) / used,
+      mean_grad_norm=blocks.fixed_order_sum(norms * batch_mask, s.reduction_blocks) / used,
+      grad_norms=norms,
+      batch_mask=batch_mask,
+      noise_norm=noise_norm,
+      costs=None if costs is None else costs * stride * ledger.active[:, None].astype(dtype),
+      worst_case_cost=None if worst is None else worst * stride,
+      recomputed_costs=recomputed,
+    )
     return state._replace(params=new_params, step=state.step + 1, ledger=ledger), info
 
   settings = dict(s._asdict(), accounting=None if s.accounting is None else tuple(s.accounting))
-  return Algorithm(init=init, step=step, name="sgld", settings=tuple(sorted(settings.items())),
-                   callables=(loss_fn,), reduction_blocks=s.reduction_blocks)
+  return Algorithm(
+    init=init,
+    step=step,
+    name="sgld",
+    settings=tuple(sorted(settings.items())),
+    callables=(loss_fn,),
+    reduction_blocks=s.reduction_blocks,
+  )

@@ -15,7 +15,8 @@ Keys: the noise of a step uses ``fold_in(step_key, 0)`` (:func:`noise_key`), so 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,15 +63,15 @@ def project(params: PyTree, radius: ArrayLike) -> PyTree:
 
 
 def noisy_update(
-    params: PyTree,
-    ghat: PyTree,
-    key: jax.Array,
-    *,
-    step_size: ArrayLike,
-    temperature: ArrayLike,
-    weight_decay: ArrayLike = 0.0,
-    l1_strength: ArrayLike = 0.0,
-    projection_radius: ArrayLike = jnp.inf,
+  params: PyTree,
+  ghat: PyTree,
+  key: jax.Array,
+  *,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  weight_decay: ArrayLike = 0.0,
+  l1_strength: ArrayLike = 0.0,
+  projection_radius: ArrayLike = jnp.inf,
 ) -> tuple[PyTree, jax.Array]:
   """One update of the rule in the module docstring; returns ``(new_params, ‖noise‖)``.
 
@@ -111,7 +112,7 @@ class LangevinNoiseState(NamedTuple):
 
 
 def langevin_noise(
-    temperature: ArrayLike | Callable, step_size: ArrayLike | Callable, key: jax.Array | None = None
+  temperature: ArrayLike | Callable, step_size: ArrayLike | Callable, key: jax.Array | None = None
 ) -> optax.GradientTransformationExtraArgs:
   """An optax transformation adding Langevin noise ``sqrt(2 η τ) ξ`` to the updates.
 

@@ -138,7 +138,11 @@ def lsi_constant_strongly_convex(temperature: ArrayLike, m: ArrayLike) -> jax.Ar
 
 
 def contraction_factor(
-  num_steps: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike, temperature: ArrayLike,
+  num_steps: ArrayLike,
+  *,
+  alpha: ArrayLike,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
   lsi_constant: ArrayLike,
 ) -> jax.Array:
   """Rényi contraction exp(−2τηk/(β C_LSI)) after k noisy steps at order β = ``alpha`` (THEORY §4).
@@ -213,8 +217,15 @@ def _bracket(privacy_loss_4alpha, alpha, e1):
 
 
 def unlearning_bound(
-  privacy_loss_4alpha: ArrayLike, num_steps: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
-  temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
+  privacy_loss_4alpha: ArrayLike,
+  num_steps: ArrayLike,
+  *,
+  alpha: ArrayLike,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  lsi_constant: ArrayLike,
+  e1: ArrayLike = 0.0,
+  e2: ArrayLike = 0.0,
 ) -> jax.Array:
   """Per-instance bound on D_α(ρ_k ‖ π_T(D')) after k fine-tuning steps on D' (THEORY §4).
 
@@ -262,8 +273,15 @@ def _log_ratio(privacy_loss_4alpha, epsilon, alpha, e1, e2):
 
 
 def steps_to_unlearn_continuous(
-  privacy_loss_4alpha: ArrayLike, epsilon: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
-  temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
+  privacy_loss_4alpha: ArrayLike,
+  epsilon: ArrayLike,
+  *,
+  alpha: ArrayLike,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  lsi_constant: ArrayLike,
+  e1: ArrayLike = 0.0,
+  e2: ArrayLike = 0.0,
 ) -> jax.Array:
   """Un-rounded steps to unlearn: max(0, (α C_LSI/(τη)) log(bracket/(ε − E₂))) (THEORY §4).
 
@@ -303,8 +321,15 @@ def steps_to_unlearn_continuous(
 
 
 def steps_to_unlearn(
-  privacy_loss_4alpha: ArrayLike, epsilon: ArrayLike, *, alpha: ArrayLike, step_size: ArrayLike,
-  temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
+  privacy_loss_4alpha: ArrayLike,
+  epsilon: ArrayLike,
+  *,
+  alpha: ArrayLike,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  lsi_constant: ArrayLike,
+  e1: ArrayLike = 0.0,
+  e2: ArrayLike = 0.0,
 ) -> jax.Array:
   """Certified steps to unlearn x to (α, ε): k*(x) of THEORY §4.
 
@@ -337,9 +362,18 @@ def steps_to_unlearn(
     ...                        e2=0.2))
     inf
   """
-  return jnp.ceil(steps_to_unlearn_continuous(
-    privacy_loss_4alpha, epsilon, alpha=alpha, step_size=step_size, temperature=temperature,
-    lsi_constant=lsi_constant, e1=e1, e2=e2))
+  return jnp.ceil(
+    steps_to_unlearn_continuous(
+      privacy_loss_4alpha,
+      epsilon,
+      alpha=alpha,
+      step_size=step_size,
+      temperature=temperature,
+      lsi_constant=lsi_constant,
+      e1=e1,
+      e2=e2,
+    )
+  )
 
 
 def _quarter_orders(orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -349,8 +383,16 @@ def _quarter_orders(orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def steps_to_unlearn_dp(
-  ledger_realized: ArrayLike, orders: ArrayLike, epsilon: float, delta: float, *, step_size: ArrayLike,
-  temperature: ArrayLike, lsi_constant: ArrayLike, e1: ArrayLike = 0.0, e2: ArrayLike = 0.0,
+  ledger_realized: ArrayLike,
+  orders: ArrayLike,
+  epsilon: float,
+  delta: float,
+  *,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  lsi_constant: ArrayLike,
+  e1: ArrayLike = 0.0,
+  e2: ArrayLike = 0.0,
   method: str = conversions.DEFAULT_METHOD,
 ) -> tuple[jax.Array, jax.Array]:
   """Certified steps to reach (ε_dp, δ)-unlearning, best order from the ledger's grid (THEORY §4).
@@ -394,25 +436,33 @@ def steps_to_unlearn_dp(
   _checks.check_probability("delta", delta)
   realized = _float(ledger_realized)
   if realized.ndim != 2 or realized.shape[1] != orders_np.shape[0]:
-    raise ValueError(f"ledger_realized must have shape (n, {orders_np.shape[0]}) to match orders, "
-                     f"got {realized.shape}")
+    raise ValueError(f"ledger_realized must have shape (n, {orders_np.shape[0]}) to match orders, got {realized.shape}")
   idx, alphas = _quarter_orders(orders_np)
   if idx.size == 0:
-    raise ValueError(f"orders must contain an order > 4 (P is needed at 4*alpha with alpha > 1), "
-                     f"got {orders_np.tolist()}")
+    raise ValueError(
+      f"orders must contain an order > 4 (P is needed at 4*alpha with alpha > 1), got {orders_np.tolist()}"
+    )
 
   def per_grid(v):
     v = _float(v)
     return v[idx] if v.ndim == 1 and v.shape[0] == orders_np.shape[0] else v
 
-  p = realized[:, idx]                                                  # (n, J)
+  p = realized[:, idx]  # (n, J)
   alphas_j = jnp.asarray(alphas, dtype=realized.dtype)
   targets = conversions.renyi_target(epsilon, alphas_j, delta, method).astype(realized.dtype)  # (J,)
   e2j = per_grid(e2)
   slack_ok = targets > e2j
   safe_targets = jnp.where(slack_ok, targets, jnp.inf)  # inf target -> 0 steps; masked below
-  k = steps_to_unlearn(p, safe_targets, alpha=alphas_j, step_size=step_size, temperature=temperature,
-                       lsi_constant=per_grid(lsi_constant), e1=per_grid(e1), e2=e2j)
+  k = steps_to_unlearn(
+    p,
+    safe_targets,
+    alpha=alphas_j,
+    step_size=step_size,
+    temperature=temperature,
+    lsi_constant=per_grid(lsi_constant),
+    e1=per_grid(e1),
+    e2=e2j,
+  )
   k = jnp.where(slack_ok, k, jnp.inf)
   best = jnp.argmin(k, axis=1)
   return jnp.min(k, axis=1), alphas_j[best]
@@ -420,23 +470,44 @@ def steps_to_unlearn_dp(
 
 def _worst_case_log_epsilon0(alpha, m, temperature, num_removed, clip_norm, num_examples):
   """log ε(α, 0) = log(4 α S² C² / (m τ n²)), in log space: no overflow for tiny τ or m."""
-  return (jnp.log(4.0 * alpha) + 2.0 * jnp.log(_float(num_removed)) + 2.0 * jnp.log(_float(clip_norm))
-          - jnp.log(_float(m)) - jnp.log(_float(temperature)) - 2.0 * jnp.log(_float(num_examples)))
+  return (
+    jnp.log(4.0 * alpha)
+    + 2.0 * jnp.log(_float(num_removed))
+    + 2.0 * jnp.log(_float(clip_norm))
+    - jnp.log(_float(m))
+    - jnp.log(_float(temperature))
+    - 2.0 * jnp.log(_float(num_examples))
+  )
 
 
 def _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_examples):
-  for name, v in (("m", m), ("step_size", step_size), ("temperature", temperature),
-                  ("num_removed", num_removed), ("clip_norm", clip_norm), ("num_examples", num_examples)):
+  for name, v in (
+    ("m", m),
+    ("step_size", step_size),
+    ("temperature", temperature),
+    ("num_removed", num_removed),
+    ("clip_norm", clip_norm),
+    ("num_examples", num_examples),
+  ):
     _checks.check_positive(name, v)
   if not (_checks._is_traced(num_removed) or _checks._is_traced(num_examples)) and np.any(
-      np.asarray(num_removed) > np.asarray(num_examples)):
-    raise ValueError(f"num_removed must not exceed the training-set size num_examples = {num_examples!r}, "
-                     f"got {num_removed!r}")
+    np.asarray(num_removed) > np.asarray(num_examples)
+  ):
+    raise ValueError(
+      f"num_removed must not exceed the training-set size num_examples = {num_examples!r}, got {num_removed!r}"
+    )
 
 
 def worst_case_epsilon(
-  alpha: ArrayLike, num_steps: ArrayLike, *, m: ArrayLike, step_size: ArrayLike, temperature: ArrayLike,
-  num_removed: ArrayLike, clip_norm: ArrayLike, num_examples: ArrayLike,
+  alpha: ArrayLike,
+  num_steps: ArrayLike,
+  *,
+  m: ArrayLike,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  num_removed: ArrayLike,
+  clip_norm: ArrayLike,
+  num_examples: ArrayLike,
 ) -> jax.Array:
   """Chien et al.'s worst-case Rényi unlearning ε(α, K) = exp(−Kmη/α) · 4αS²C²/(mτn²) (THEORY §4).
 
@@ -472,8 +543,15 @@ def worst_case_epsilon(
 
 
 def worst_case_steps(
-  epsilon: ArrayLike, *, orders: ArrayLike, m: ArrayLike, step_size: ArrayLike,
-  temperature: ArrayLike, num_removed: ArrayLike, clip_norm: ArrayLike, num_examples: ArrayLike,
+  epsilon: ArrayLike,
+  *,
+  orders: ArrayLike,
+  m: ArrayLike,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  num_removed: ArrayLike,
+  clip_norm: ArrayLike,
+  num_examples: ArrayLike,
 ) -> jax.Array:
   """Chien et al.'s K: the least integer K ≥ 0 with min over ``orders`` of ε(α, K) ≤ ``epsilon``.
 
@@ -507,16 +585,23 @@ def worst_case_steps(
   _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_examples)
   a = jnp.asarray(orders_np)
   expand = lambda v: jnp.expand_dims(_float(v), -1)  # noqa: E731
-  log_eps0 = _worst_case_log_epsilon0(a, expand(m), expand(temperature), num_removed, expand(clip_norm),
-                                      num_examples)
+  log_eps0 = _worst_case_log_epsilon0(a, expand(m), expand(temperature), num_removed, expand(clip_norm), num_examples)
   k_alpha = jnp.maximum(0.0, jnp.ceil(a / (expand(m) * expand(step_size)) * (log_eps0 - jnp.log(expand(epsilon)))))
   return jnp.min(k_alpha, axis=-1)
 
 
 def group_steps_to_unlearn(
-  privacy_loss_4alpha: ArrayLike, forget_indices: ArrayLike, epsilon: ArrayLike, *,
-  alpha: ArrayLike, step_size: ArrayLike, temperature: ArrayLike, lsi_constant: ArrayLike,
-  e1: ArrayLike = 0.0, e2: ArrayLike = 0.0, fixed_denominator: bool = False,
+  privacy_loss_4alpha: ArrayLike,
+  forget_indices: ArrayLike,
+  epsilon: ArrayLike,
+  *,
+  alpha: ArrayLike,
+  step_size: ArrayLike,
+  temperature: ArrayLike,
+  lsi_constant: ArrayLike,
+  e1: ArrayLike = 0.0,
+  e2: ArrayLike = 0.0,
+  fixed_denominator: bool = False,
 ) -> jax.Array:
   """Certified steps to unlearn a whole forget set F: :func:`steps_to_unlearn` at P(F, 4α).
 
@@ -549,6 +634,6 @@ def group_steps_to_unlearn(
   if p.ndim != 1:
     raise ValueError(f"privacy_loss_4alpha must have shape (n,), got {p.shape}")
   p_group = ledger.group_privacy_loss(p[:, None], forget_indices, fixed_denominator=fixed_denominator)[0]
-  return steps_to_unlearn(p_group, epsilon, alpha=alpha, step_size=step_size, temperature=temperature,
-                          lsi_constant=lsi_constant, e1=e1, e2=e2)
-
+  return steps_to_unlearn(
+    p_group, epsilon, alpha=alpha, step_size=step_size, temperature=temperature, lsi_constant=lsi_constant, e1=e1, e2=e2
+  )

@@ -36,6 +36,7 @@ class Calibration(NamedTuple):
     converged: whether the solver met its tolerance with the budget satisfied.
     assumptions: :func:`certificate_assumptions` label.
   """
+
   value: float
   quantile_steps: float
   converged: bool
@@ -48,9 +49,16 @@ def _quantile_steps_fn(privacy_loss_4alpha, epsilon, quantile, alpha, e1, e2, ct
 
   def fn(log_param):
     kw = ctx_fn(jnp.exp(log_param))
-    k = steps_to_unlearn_continuous(p * kw["loss_scale"], epsilon, alpha=alpha,
-                                    step_size=kw["step_size"], temperature=kw["temperature"],
-                                    lsi_constant=kw["lsi_constant"], e1=e1, e2=e2)
+    k = steps_to_unlearn_continuous(
+      p * kw["loss_scale"],
+      epsilon,
+      alpha=alpha,
+      step_size=kw["step_size"],
+      temperature=kw["temperature"],
+      lsi_constant=kw["lsi_constant"],
+      e1=e1,
+      e2=e2,
+    )
     return jnp.quantile(k, quantile, method="higher")  # an order statistic, as the integer check
 
   return fn
@@ -96,9 +104,18 @@ def _solve_decreasing(fn, budget, lo, hi, *, iters_bisect=60, iters_newton=8):
 
 
 def calibrate_temperature(
-  privacy_loss_4alpha: ArrayLike, epsilon: float, max_steps: float, *, quantile: float = 0.5,
-  alpha: float, step_size: float, accounting_temperature: float, strong_convexity: float | None = None,
-  lsi_constant: float | None = None, e1: float = 0.0, e2: float = 0.0,
+  privacy_loss_4alpha: ArrayLike,
+  epsilon: float,
+  max_steps: float,
+  *,
+  quantile: float = 0.5,
+  alpha: float,
+  step_size: float,
+  accounting_temperature: float,
+  strong_convexity: float | None = None,
+  lsi_constant: float | None = None,
+  e1: float = 0.0,
+  e2: float = 0.0,
   bounds: tuple[float, float] = (1e-8, 1e8),
 ) -> Calibration:
   """Smallest temperature τ whose certified steps at a quantile of examples meet a budget.
@@ -140,8 +157,10 @@ def calibrate_temperature(
   _checks.check_positive("accounting_temperature", accounting_temperature)
   _checks.check_positive("max_steps", max_steps)
   if (strong_convexity is None) == (lsi_constant is None):
-    raise ValueError("give exactly one of strong_convexity (C_LSI = 2 tau / m) and lsi_constant, got "
-                     f"strong_convexity={strong_convexity!r}, lsi_constant={lsi_constant!r}")
+    raise ValueError(
+      "give exactly one of strong_convexity (C_LSI = 2 tau / m) and lsi_constant, got "
+      f"strong_convexity={strong_convexity!r}, lsi_constant={lsi_constant!r}"
+    )
   if strong_convexity is not None:
     _checks.check_positive("strong_convexity", strong_convexity)
   else:
@@ -154,24 +173,40 @@ def calibrate_temperature(
 
   def ctx(tau):
     c = 2.0 * tau / strong_convexity if strong_convexity is not None else lsi_constant
-    return dict(loss_scale=accounting_temperature / tau, step_size=step_size, temperature=tau,
-                lsi_constant=c)
+    return dict(loss_scale=accounting_temperature / tau, step_size=step_size, temperature=tau, lsi_constant=c)
 
   fn = _quantile_steps_fn(privacy_loss_4alpha, epsilon, quantile, alpha, e1, e2, ctx)
   x, ok = _solve_decreasing(fn, float(max_steps), math.log(bounds[0]), math.log(bounds[1]))
   tau = math.exp(x)
   p = _float(privacy_loss_4alpha)
   kw = ctx(tau)
-  k = steps_to_unlearn(p * kw["loss_scale"], epsilon, alpha=alpha, step_size=step_size, temperature=tau,
-                       lsi_constant=kw["lsi_constant"], e1=e1, e2=e2)
+  k = steps_to_unlearn(
+    p * kw["loss_scale"],
+    epsilon,
+    alpha=alpha,
+    step_size=step_size,
+    temperature=tau,
+    lsi_constant=kw["lsi_constant"],
+    e1=e1,
+    e2=e2,
+  )
   qk = float(jnp.quantile(k, quantile, method="higher"))
   return Calibration(tau, qk, bool(ok and qk <= max_steps), certificate_assumptions(e1, e2))
 
 
 def calibrate_step_size(
-  privacy_loss_4alpha: ArrayLike, epsilon: float, max_steps: float, *, quantile: float = 0.5,
-  alpha: float, temperature: float, lsi_constant: float, accounting_step_size: float | None = None,
-  e1: float = 0.0, e2: float = 0.0, bounds: tuple[float, float] = (1e-8, 1e2),
+  privacy_loss_4alpha: ArrayLike,
+  epsilon: float,
+  max_steps: float,
+  *,
+  quantile: float = 0.5,
+  alpha: float,
+  temperature: float,
+  lsi_constant: float,
+  accounting_step_size: float | None = None,
+  e1: float = 0.0,
+  e2: float = 0.0,
+  bounds: tuple[float, float] = (1e-8, 1e2),
 ) -> Calibration:
   """Smallest step size η whose certified steps at a quantile of examples meet a budget.
 
@@ -222,15 +257,31 @@ def calibrate_step_size(
   x, ok = _solve_decreasing(fn, float(max_steps), math.log(bounds[0]), math.log(bounds[1]))
   eta = math.exp(x)
   kw = ctx(eta)
-  k = steps_to_unlearn(_float(privacy_loss_4alpha) * kw["loss_scale"], epsilon, alpha=alpha,
-                       step_size=eta, temperature=temperature, lsi_constant=lsi_constant, e1=e1, e2=e2)
+  k = steps_to_unlearn(
+    _float(privacy_loss_4alpha) * kw["loss_scale"],
+    epsilon,
+    alpha=alpha,
+    step_size=eta,
+    temperature=temperature,
+    lsi_constant=lsi_constant,
+    e1=e1,
+    e2=e2,
+  )
   qk = float(jnp.quantile(k, quantile, method="higher"))
   return Calibration(eta, qk, bool(ok and qk <= max_steps), certificate_assumptions(e1, e2))
 
 
 def calibrate_steps(
-  privacy_loss_4alpha: ArrayLike, epsilon: float, *, quantile: float = 0.5, alpha: float,
-  step_size: float, temperature: float, lsi_constant: float, e1: float = 0.0, e2: float = 0.0,
+  privacy_loss_4alpha: ArrayLike,
+  epsilon: float,
+  *,
+  quantile: float = 0.5,
+  alpha: float,
+  step_size: float,
+  temperature: float,
+  lsi_constant: float,
+  e1: float = 0.0,
+  e2: float = 0.0,
 ) -> Calibration:
   """The number of steps that certifiably unlearns a quantile of examples: quantile of k*(x).
 
@@ -255,8 +306,15 @@ def calibrate_steps(
   """
   if not 0.0 <= quantile <= 1.0:
     raise ValueError(f"quantile must lie in [0, 1], got {quantile!r}")
-  k = steps_to_unlearn(privacy_loss_4alpha, epsilon, alpha=alpha, step_size=step_size,
-                       temperature=temperature, lsi_constant=lsi_constant, e1=e1, e2=e2)
+  k = steps_to_unlearn(
+    privacy_loss_4alpha,
+    epsilon,
+    alpha=alpha,
+    step_size=step_size,
+    temperature=temperature,
+    lsi_constant=lsi_constant,
+    e1=e1,
+    e2=e2,
+  )
   qk = float(jnp.quantile(k, quantile, method="higher"))
   return Calibration(qk, qk, math.isfinite(qk), certificate_assumptions(e1, e2))
-

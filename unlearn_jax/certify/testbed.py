@@ -23,15 +23,11 @@ from jax.typing import ArrayLike
 
 from unlearn_jax import _checks, accounting
 from unlearn_jax.algorithms import sgld
-from unlearn_jax.certify import bounds
 from unlearn_jax.evaluate.statistics import spearman
 
 __all__ = [
   "RidgeProblem",
-  "TableRow",
-  "certify_testbed_table",
   "exact_steps_to_unlearn",
-  "format_table",
   "gaussian_law_after",
   "gaussian_renyi",
   "make_outlier_problem",
@@ -52,6 +48,7 @@ class RidgeProblem(NamedTuple):
     A: (1/n) XᵀX + λ I, shape (d, d).
     c: (1/n) Xᵀy, shape (d,).
   """
+
   X: np.ndarray
   y: np.ndarray
   lam: float
@@ -140,7 +137,12 @@ def _geometric(r: np.ndarray, T: np.ndarray) -> np.ndarray:
 
 
 def gaussian_law_after(
-  problem: RidgeProblem, mu0: ArrayLike, S0: ArrayLike, T: Any, step_size: float, temperature: float,
+  problem: RidgeProblem,
+  mu0: ArrayLike,
+  S0: ArrayLike,
+  T: Any,
+  step_size: float,
+  temperature: float,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Exact law N(μ_T, S_T) after T noisy full-batch steps from θ₀ ~ N(μ₀, S₀) (THEORY §5).
 
@@ -172,18 +174,17 @@ def gaussian_law_after(
   mu0 = np.asarray(mu0, dtype=np.float64)
   S0 = np.asarray(S0, dtype=np.float64)
   mstar = problem.minimizer()
-  mT = m ** T_arr.astype(np.float64)[..., None]                          # (..., d)
-  z0 = V.T @ (mu0 - mstar)                                               # eigen coordinates
+  mT = m ** T_arr.astype(np.float64)[..., None]  # (..., d)
+  z0 = V.T @ (mu0 - mstar)  # eigen coordinates
   mu = mstar + (mT * z0) @ V.T
   S0e = V.T @ S0 @ V
-  noise = 2.0 * step_size * temperature * _geometric(m**2, T_arr)       # (..., d)
+  noise = 2.0 * step_size * temperature * _geometric(m**2, T_arr)  # (..., d)
   Se = mT[..., :, None] * S0e * mT[..., None, :] + noise[..., :, None] * np.eye(m.size)
   S = V @ Se @ V.T
   return mu, 0.5 * (S + np.swapaxes(S, -1, -2))
 
 
-def stationary_law(problem: RidgeProblem, step_size: float, temperature: float) -> tuple[
-    np.ndarray, np.ndarray]:
+def stationary_law(problem: RidgeProblem, step_size: float, temperature: float) -> tuple[np.ndarray, np.ndarray]:
   """Stationary law N(A⁻¹c, S) of the chain: S solves the discrete Lyapunov S = M S M + 2ητ I.
 
   In the eigenbasis of A, S = V diag(2ητ/(1 − m_i²)) Vᵀ (exact; needs |m_i| < 1, i.e. 0 < ηa_i < 2).
@@ -209,8 +210,10 @@ def stationary_law(problem: RidgeProblem, step_size: float, temperature: float) 
   _checks.check_positive("temperature", temperature)
   m, V = _eig_m(problem, step_size)
   if np.any(np.abs(m) >= 1):
-    raise ValueError(f"the chain has no stationary law: step_size={step_size!r} gives eigenvalues of "
-                     f"M = I - eta A of modulus >= 1 ({m.tolist()}); need 0 < eta * eig(A) < 2")
+    raise ValueError(
+      f"the chain has no stationary law: step_size={step_size!r} gives eigenvalues of "
+      f"M = I - eta A of modulus >= 1 ({m.tolist()}); need 0 < eta * eig(A) < 2"
+    )
   s = 2.0 * step_size * temperature / (1.0 - m**2)
   S = (V * s) @ V.T
   return problem.minimizer(), 0.5 * (S + S.T)
@@ -271,8 +274,14 @@ def gaussian_renyi(alpha: Any, mu1: ArrayLike, S1: ArrayLike, mu2: ArrayLike, S2
 
 
 def unlearned_laws(
-  problem: RidgeProblem, index: int, T: int, k: Any, step_size: float, temperature: float,
-  mu0: ArrayLike, S0: ArrayLike,
+  problem: RidgeProblem,
+  index: int,
+  T: int,
+  k: Any,
+  step_size: float,
+  temperature: float,
+  mu0: ArrayLike,
+  S0: ArrayLike,
 ) -> dict[str, Any]:
   """All the laws of THEORY §4 for removing example ``index``.
 
@@ -292,13 +301,19 @@ def unlearned_laws(
   oracle = gaussian_law_after(retain, mu0, S0, T, step_size, temperature)
   stationary = stationary_law(retain, step_size, temperature)
   unlearned = gaussian_law_after(retain, trained[0], trained[1], k, step_size, temperature)
-  return dict(trained=trained, oracle=oracle, stationary=stationary, unlearned=unlearned,
-              problem_retain=retain)
+  return dict(trained=trained, oracle=oracle, stationary=stationary, unlearned=unlearned, problem_retain=retain)
 
 
 def per_instance_exact(
-  problem: RidgeProblem, index: int, alpha: float, T: int, k: int, step_size: float,
-  temperature: float, mu0: ArrayLike, S0: ArrayLike,
+  problem: RidgeProblem,
+  index: int,
+  alpha: float,
+  T: int,
+  k: int,
+  step_size: float,
+  temperature: float,
+  mu0: ArrayLike,
+  S0: ArrayLike,
 ) -> dict[str, float]:
   """Every quantity of the per-instance theorem (THEORY §4), exactly, for removing ``index``.
 
@@ -331,8 +346,17 @@ def per_instance_exact(
 
 
 def exact_steps_to_unlearn(
-  problem: RidgeProblem, index: int, alpha: float, eps: float, T: int, step_size: float,
-  temperature: float, mu0: ArrayLike, S0: ArrayLike, *, max_steps: int = 200_000,
+  problem: RidgeProblem,
+  index: int,
+  alpha: float,
+  eps: float,
+  T: int,
+  step_size: float,
+  temperature: float,
+  mu0: ArrayLike,
+  S0: ArrayLike,
+  *,
+  max_steps: int = 200_000,
   chunk: int = 2048,
 ) -> float:
   """The exact least k with D_α(ρ_k ‖ π_T(D')) ≤ ε (first crossing), +inf if none up to ``max_steps``.
@@ -357,8 +381,14 @@ def exact_steps_to_unlearn(
 
 
 def make_outlier_problem(
-  n: int = 40, d: int = 3, *, lam: float = 0.1, noise: float = 0.1, outlier_scale: float = 4.0,
-  num_outliers: int = 1, seed: int = 0,
+  n: int = 40,
+  d: int = 3,
+  *,
+  lam: float = 0.1,
+  noise: float = 0.1,
+  outlier_scale: float = 4.0,
+  num_outliers: int = 1,
+  seed: int = 0,
 ) -> RidgeProblem:
   """A ridge problem with a few outliers (FINDINGS: n = 40, d = 3, one outlier).
 
@@ -381,145 +411,6 @@ def make_outlier_problem(
 
 
 # ----------------------------------------------------------------------------------------------------
-# per-instance vs worst case
-
-
-class TableRow(NamedTuple):
-  """One example of :func:`certify_testbed_table`."""
-  index: int
-  privacy_loss_4alpha: float   # exact P(x, 4α)
-  exact_steps: float           # exact least k with D_α(ρ_k‖π_T(D')) ≤ ε
-  certified_steps: float       # per-instance k* with exact P, E₁, E₂, C_LSI
-  certified_steps_stationary: float  # k* with E₁ = E₂ = 0 (stationarity assumed)
-  worst_case_steps: float      # Chien et al.'s K at the same (α, ε)
-  m: float                     # strong convexity of L_{D'}
-
-
-def certify_testbed_table(
-  problem: RidgeProblem | None = None, *, alpha: float = 2.0, eps: float = 0.05, T: int = 2000,
-  step_size: float = 0.05, temperature: float = 0.01, mu0: ArrayLike | None = None,
-  S0: ArrayLike | None = None, clip_norm: float | None = None, max_steps: int = 200_000,
-) -> tuple[list[TableRow], dict[str, Any]]:
-  """Per example: exact steps to unlearn, certified per-instance k*, and Chien et al.'s worst-case K.
-
-  The worst-case baseline uses m = λ_min(A') of each D' and a gradient bound C. Ridge has no clipping,
-  so C is not a clip norm; unless ``clip_norm`` is given, C = max_i ‖∇ℓ_i(θ̄)‖ at the stationary mean θ̄
-  = A⁻¹c of the D chain (labelled as such in the summary) — a heuristic stand-in, not a certified bound
-  over the trajectory.
-
-  Args:
-    problem: the ridge problem (default :func:`make_outlier_problem`: n = 40, d = 3, one outlier).
-    alpha: order α > 1 of the target.
-    eps: ε > 0 of the target.
-    T: training steps (from N(mu0, S0)).
-    step_size: η.
-    temperature: τ.
-    mu0: initial mean (default 0).
-    S0: initial covariance (default I).
-    clip_norm: the worst-case baseline's C (default: see above).
-    max_steps: search limit for the exact steps.
-
-  Returns:
-    ``(rows, summary)``; summary holds the medians / maxima of k*/exact and K/exact (over examples with
-    exact ≥ 1), the fraction with k* < K, C and how it was chosen, and the stationarity label.
-
-  Examples:
-    >>> rows, summary = certify_testbed_table(make_outlier_problem(n=8, d=2), T=500)
-    >>> len(rows), summary["sound"]
-    (8, True)
-  """
-  # Check the caller's values here, so that errors name them (not a derived order such as 4α − 1).
-  a = _checks._as_float("alpha", alpha)
-  if a is None or not (math.isfinite(a) and a > 1):
-    raise ValueError(f"alpha must be a finite Renyi order > 1, got {alpha!r}")
-  _checks.check_positive("eps", eps)
-  _checks.check_positive("step_size", step_size)
-  _checks.check_positive("temperature", temperature)
-  if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
-    raise ValueError(f"T must be a non-negative integer number of training steps, got {T!r}")
-  if clip_norm is not None:
-    _checks.check_positive("clip_norm", clip_norm)
-  with jax.enable_x64(True):
-    return _certify_testbed_table(problem, alpha, eps, T, step_size, temperature, mu0, S0, clip_norm,
-                                  max_steps, bounds)
-
-
-def _certify_testbed_table(problem, alpha, eps, T, step_size, temperature, mu0, S0, clip_norm,
-                           max_steps, bounds):
-  if problem is None:
-    problem = make_outlier_problem()
-  d = problem.X.shape[1]
-  mu0 = np.zeros(d) if mu0 is None else np.asarray(mu0, np.float64)
-  S0 = np.eye(d) if S0 is None else np.asarray(S0, np.float64)
-  if clip_norm is None:
-    theta_bar = stationary_law(problem, step_size, temperature)[0]
-    clip_norm = float(np.max(problem.per_example_grad_norms(theta_bar)))
-    clip_label = "C = max_i ||grad l_i(theta)|| at the stationary mean A^-1 c of D (heuristic, no clip)"
-  else:
-    clip_label = "C = clip_norm given by the caller"
-  n = problem.num_examples
-  rows = []
-  for i in range(n):
-    q = per_instance_exact(problem, i, alpha, T, 0, step_size, temperature, mu0, S0)
-    kw = dict(alpha=alpha, step_size=step_size, temperature=temperature, lsi_constant=q["C_LSI"])
-    k_cert = float(bounds.steps_to_unlearn(q["P"], eps, e1=q["E1"], e2=q["E2"], **kw))
-    k_stat = float(bounds.steps_to_unlearn(q["P"], eps, **kw))
-    K = float(bounds.worst_case_steps(eps, orders=[alpha], m=q["m"], step_size=step_size,
-                                      temperature=temperature, num_removed=1, clip_norm=clip_norm,
-                                      num_examples=n))
-    k_exact = exact_steps_to_unlearn(problem, i, alpha, eps, T, step_size, temperature, mu0, S0,
-                                     max_steps=max_steps)
-    rows.append(TableRow(i, q["P"], k_exact, k_cert, k_stat, K, q["m"]))
-  ex = np.array([r.exact_steps for r in rows])
-  kc = np.array([r.certified_steps for r in rows])
-  kw_ = np.array([r.worst_case_steps for r in rows])
-  use = np.isfinite(ex) & (ex >= 1)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    r_cert, r_wc = kc[use] / ex[use], kw_[use] / ex[use]
-  summary = dict(
-    alpha=alpha, eps=eps, T=T, step_size=step_size, temperature=temperature, n=n,
-    clip_norm=clip_norm, clip_norm_choice=clip_label,
-    num_ratio_examples=int(use.sum()),
-    median_certified_over_exact=float(np.median(r_cert)) if use.any() else math.nan,
-    max_certified_over_exact=float(np.max(r_cert)) if use.any() else math.nan,
-    median_worst_case_over_exact=float(np.median(r_wc)) if use.any() else math.nan,
-    max_worst_case_over_exact=float(np.max(r_wc)) if use.any() else math.nan,
-    fraction_certified_below_worst_case=float(np.mean(kc < kw_)),
-    sound=bool(np.all(kc >= ex)),
-    assumptions=bounds.EXACT_CONSTANTS,
-  )
-  return rows, summary
-
-
-def format_table(rows: list[TableRow], summary: dict[str, Any]) -> str:
-  """Plain-text rendering of :func:`certify_testbed_table`'s output.
-
-  Examples:
-    >>> rows, summary = certify_testbed_table(make_outlier_problem(n=4, d=2), T=300)
-    >>> print(format_table(rows, summary).splitlines()[0])
-    index  P(x,4a)  exact_k  certified_k*  k*(E1=E2=0)  worst_case_K
-  """
-  lines = ["index  P(x,4a)  exact_k  certified_k*  k*(E1=E2=0)  worst_case_K"]
-  for r in rows:
-    lines.append(f"{r.index:5d}  {r.privacy_loss_4alpha:8.3g}  {r.exact_steps:7.0f}  "
-                 f"{r.certified_steps:12.0f}  {r.certified_steps_stationary:11.0f}  "
-                 f"{r.worst_case_steps:12.0f}")
-  s = summary
-  lines += [
-    f"alpha={s['alpha']} eps={s['eps']} T={s['T']} eta={s['step_size']} tau={s['temperature']} "
-    f"n={s['n']}",
-    f"worst case: {s['clip_norm_choice']}; C = {s['clip_norm']:.4g}",
-    f"k*/exact: median {s['median_certified_over_exact']:.3g}, max "
-    f"{s['max_certified_over_exact']:.3g}  (over {s['num_ratio_examples']} examples with exact >= 1)",
-    f"K/exact:  median {s['median_worst_case_over_exact']:.3g}, max "
-    f"{s['max_worst_case_over_exact']:.3g}",
-    f"fraction with k* < K: {s['fraction_certified_below_worst_case']:.3f};  sound (k* >= exact "
-    f"everywhere): {s['sound']}",
-  ]
-  return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------
 # the project's realized ledger against the exact divergence
 
 
@@ -530,9 +421,16 @@ def ridge_loss(theta: Any, example: Any) -> Any:
 
 
 def realized_vs_exact(
-  problem: RidgeProblem | None = None, *, orders: tuple[float, ...] = (2.0, 4.0, 8.0),
-  T: int = 2000, step_size: float = 0.05, temperature: float = 0.01, num_seeds: int = 32,
-  mu0: ArrayLike | None = None, S0: ArrayLike | None = None, seed: int = 0,
+  problem: RidgeProblem | None = None,
+  *,
+  orders: tuple[float, ...] = (2.0, 4.0, 8.0),
+  T: int = 2000,
+  step_size: float = 0.05,
+  temperature: float = 0.01,
+  num_seeds: int = 32,
+  mu0: ArrayLike | None = None,
+  S0: ArrayLike | None = None,
+  seed: int = 0,
 ) -> dict[str, Any]:
   """Runs the project's SGLD with the ledger on the testbed and compares realized P with exact D_α.
 
@@ -565,18 +463,27 @@ def realized_vs_exact(
   mu0 = np.zeros(d) if mu0 is None else np.asarray(mu0, np.float64)
   S0 = np.eye(d) if S0 is None else np.asarray(S0, np.float64)
   _checks.check_positive("num_seeds", num_seeds)
-  exact = np.array([[float(gaussian_renyi(a, *gaussian_law_after(problem, mu0, S0, T, step_size,
-                                                                  temperature),
-                                          *gaussian_law_after(problem.remove(i), mu0, S0, T,
-                                                              step_size, temperature)))
-                     for a in orders] for i in range(n)])
+  exact = np.array(
+    [
+      [
+        float(
+          gaussian_renyi(
+            a,
+            *gaussian_law_after(problem, mu0, S0, T, step_size, temperature),
+            *gaussian_law_after(problem.remove(i), mu0, S0, T, step_size, temperature),
+          )
+        )
+        for a in orders
+      ]
+      for i in range(n)
+    ]
+  )
   with jax.enable_x64(True):
     cfg = accounting.accountant(orders)
-    alg = sgld(ridge_loss, mode="full_batch", clip_norm=None, weight_decay=problem.lam,
-                    accounting=cfg)
+    alg = sgld(ridge_loss, mode="full_batch", clip_norm=None, weight_decay=problem.lam, accounting=cfg)
     data = (jnp.asarray(problem.X), jnp.asarray(problem.y))
     w, V = np.linalg.eigh(S0)
-    chol = V * np.sqrt(np.maximum(w, 0.0))                               # S0 = chol chol^T
+    chol = V * np.sqrt(np.maximum(w, 0.0))  # S0 = chol chol^T
 
     def run(key):
       k0, kr = jax.random.split(key)
@@ -591,7 +498,7 @@ def realized_vs_exact(
       return state.ledger.realized
 
     keys = jax.random.split(jax.random.key(seed), num_seeds)
-    realized = np.asarray(jax.jit(jax.vmap(run))(keys))               # (R, n, K)
+    realized = np.asarray(jax.jit(jax.vmap(run))(keys))  # (R, n, K)
   mean, std = realized.mean(0), realized.std(0)
   infinite = np.isinf(exact)
   ratio = np.where(infinite, 0.0, mean / np.where(infinite, 1.0, exact))
@@ -599,7 +506,11 @@ def realized_vs_exact(
   exact_rank = np.where(infinite, 10.0 * abs(finite_max) + 1.0, exact)  # +inf above every finite value
   return dict(
     kind="estimate",
-    orders=np.asarray(orders), realized_mean=mean, realized_std=std, exact=exact, ratio=ratio,
+    orders=np.asarray(orders),
+    realized_mean=mean,
+    realized_std=std,
+    exact=exact,
+    ratio=ratio,
     spearman=np.array([float(spearman(mean[:, j], exact_rank[:, j])) for j in range(len(orders))]),
     fraction_realized_ge_exact=np.mean(mean >= exact, axis=0),
     ratio_median=np.median(ratio, axis=0),

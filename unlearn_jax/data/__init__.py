@@ -8,30 +8,31 @@ locally from a seed, file-based sets are read from a directory the user gives.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from unlearn_jax.data.builtin import load_digits, make_gaussian_mixture, make_mnist1d, mnist1d_templates
 from unlearn_jax.data.dataset import Dataset, normalize, subsample, train_test_split, validate_dataset
 from unlearn_jax.data.files import DEFAULT_MAX_EXAMPLES, DEFAULT_MAX_FILE_BYTES, load_cifar10, load_svhn
 
 __all__ = [
-    "DATASETS",
-    "DEFAULT_MAX_EXAMPLES",
-    "DEFAULT_MAX_FILE_BYTES",
-    "Dataset",
-    "DatasetSpec",
-    "load_cifar10",
-    "load_dataset",
-    "load_digits",
-    "load_svhn",
-    "make_gaussian_mixture",
-    "make_mnist1d",
-    "mnist1d_templates",
-    "normalize",
-    "register_dataset",
-    "subsample",
-    "train_test_split",
-    "validate_dataset",
+  "DATASETS",
+  "DEFAULT_MAX_EXAMPLES",
+  "DEFAULT_MAX_FILE_BYTES",
+  "Dataset",
+  "DatasetSpec",
+  "load_cifar10",
+  "load_dataset",
+  "load_digits",
+  "load_svhn",
+  "make_gaussian_mixture",
+  "make_mnist1d",
+  "mnist1d_templates",
+  "normalize",
+  "register_dataset",
+  "subsample",
+  "train_test_split",
+  "validate_dataset",
 ]
 
 
@@ -73,12 +74,13 @@ def _svhn(*, seed, n_train, n_test, data_dir, **kwargs):
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(_digits),
-    "mnist1d": DatasetSpec(_mnist1d),
-    "gaussian_mixture": DatasetSpec(_gaussian_mixture),
-    "cifar10": DatasetSpec(_cifar10, "the CIFAR-10 binary batches (data_batch_1.bin .. data_batch_5.bin, "
-                                     "test_batch.bin)"),
-    "svhn": DatasetSpec(_svhn, "the SVHN cropped-digits files train_32x32.mat and test_32x32.mat"),
+  "digits": DatasetSpec(_digits),
+  "mnist1d": DatasetSpec(_mnist1d),
+  "gaussian_mixture": DatasetSpec(_gaussian_mixture),
+  "cifar10": DatasetSpec(
+    _cifar10, "the CIFAR-10 binary batches (data_batch_1.bin .. data_batch_5.bin, test_batch.bin)"
+  ),
+  "svhn": DatasetSpec(_svhn, "the SVHN cropped-digits files train_32x32.mat and test_32x32.mat"),
 }
 """Data-set name -> :class:`DatasetSpec`."""
 
@@ -105,8 +107,15 @@ def register_dataset(name: str, load: Callable[..., Dataset], *, files: str | No
   DATASETS[name] = DatasetSpec(load, files)
 
 
-def load_dataset(name: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None,
-                 data_dir: Any = None, **kwargs: Any) -> Dataset:
+def load_dataset(
+  name: str,
+  *,
+  seed: int = 0,
+  n_train: int | None = None,
+  n_test: int | None = None,
+  data_dir: Any = None,
+  **kwargs: Any,
+) -> Dataset:
   """Loads the registered data set ``name`` (ValueError listing the names otherwise).
 
   Examples:

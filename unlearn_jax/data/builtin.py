@@ -4,6 +4,8 @@ downloaded): scikit-learn's bundled digits, an MNIST-1D-style set, Gaussian mixt
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+from sklearn import datasets as sk_datasets
 
 from unlearn_jax import _checks
 from unlearn_jax.data.dataset import Dataset, check_int, finish, make, train_test_split
@@ -11,9 +13,15 @@ from unlearn_jax.data.dataset import Dataset, check_int, finish, make, train_tes
 __all__ = ["load_digits", "make_gaussian_mixture", "make_mnist1d", "mnist1d_templates"]
 
 
-def load_digits(*, test_fraction: float = 397 / 1797, seed: int = 0, scale: float = 1 / 16,
-                normalization: str = "none", n_train: int | None = None,
-                n_test: int | None = None) -> Dataset:
+def load_digits(
+  *,
+  test_fraction: float = 397 / 1797,
+  seed: int = 0,
+  scale: float = 1 / 16,
+  normalization: str = "none",
+  n_train: int | None = None,
+  n_test: int | None = None,
+) -> Dataset:
   """scikit-learn's bundled 8x8 digits (1,797 images, 64 features, 10 classes; read locally).
 
   The defaults give the demo's split of FINDINGS.md: 1,400 train / 397 test, features divided by 16
@@ -34,18 +42,18 @@ def load_digits(*, test_fraction: float = 397 / 1797, seed: int = 0, scale: floa
     >>> ds.x_train.shape, ds.x_test.shape, float(ds.x_train.max())
     ((1400, 64), (397, 64), 1.0)
   """
-  from sklearn import datasets as sk_datasets  # local import: sklearn is slow to import
-
   _checks.check_positive("scale", scale)
   raw = sk_datasets.load_digits()
-  ds = train_test_split(raw.data * scale, raw.target, test_fraction=test_fraction, seed=seed,
-                        num_classes=10, name="digits")
+  ds = train_test_split(
+    raw.data * scale, raw.target, test_fraction=test_fraction, seed=seed, num_classes=10, name="digits"
+  )
   return finish(ds, n_train=n_train, n_test=n_test, normalization=normalization, seed=seed)
 
 
 # MNIST-1D digit templates: the 12-point shapes published with the data set (Greydanus 2020, Table/
 # repository greydanus/mnist1d). These numbers are the recipe's data; the code around them is ours.
-_MNIST1D_TEMPLATES = np.array([
+_MNIST1D_TEMPLATES = np.array(
+  [
     [5, 6, 6.5, 6.75, 7, 7, 7, 7, 6.75, 6.5, 6, 5],
     [5, 3, 3, 3.4, 3.8, 4.2, 4.6, 5, 5.4, 5.8, 5, 5],
     [5, 6, 6.5, 6.5, 6, 5.25, 4.75, 4, 3.5, 3.5, 4, 5],
@@ -56,7 +64,8 @@ _MNIST1D_TEMPLATES = np.array([
     [5, 7, 7, 6.6, 6.2, 5.8, 5.4, 5, 4.6, 4.2, 5, 5],
     [5, 4, 3.5, 3.5, 4, 5, 5, 4, 3.5, 3.5, 4, 5],
     [5, 4, 3.5, 3.5, 4, 5, 5, 5, 5, 4.7, 4.3, 5],
-])
+  ]
+)
 
 
 def mnist1d_templates() -> np.ndarray:
@@ -79,11 +88,23 @@ def _resample(signal: np.ndarray, length: int) -> np.ndarray:
   return np.interp(new, old, signal)
 
 
-def make_mnist1d(num_samples: int = 5000, *, seed: int = 42, train_fraction: float = 0.8,
-                 template_len: int = 12, padding: tuple[int, int] = (36, 60), scale_coeff: float = 0.4,
-                 max_translation: int = 48, corr_noise_scale: float = 0.25, iid_noise_scale: float = 2e-2,
-                 shear_scale: float = 0.75, final_seq_length: int = 40, normalization: str = "none",
-                 n_train: int | None = None, n_test: int | None = None) -> Dataset:
+def make_mnist1d(
+  num_samples: int = 5000,
+  *,
+  seed: int = 42,
+  train_fraction: float = 0.8,
+  template_len: int = 12,
+  padding: tuple[int, int] = (36, 60),
+  scale_coeff: float = 0.4,
+  max_translation: int = 48,
+  corr_noise_scale: float = 0.25,
+  iid_noise_scale: float = 2e-2,
+  shear_scale: float = 0.75,
+  final_seq_length: int = 40,
+  normalization: str = "none",
+  n_train: int | None = None,
+  n_test: int | None = None,
+) -> Dataset:
   """An MNIST-1D-style data set generated locally and deterministically from ``seed``.
 
   Follows the published recipe of Greydanus (2020), "Scaling down deep learning" (repository
@@ -122,8 +143,6 @@ def make_mnist1d(num_samples: int = 5000, *, seed: int = 42, train_fraction: flo
     >>> bool(np.array_equal(ds.x_train, make_mnist1d(200, seed=0).x_train))
     True
   """
-  from scipy import ndimage
-
   num_samples = check_int("num_samples", num_samples, minimum=10)
   _checks.check_probability("train_fraction", train_fraction)
   lo, hi = padding
@@ -158,8 +177,16 @@ def make_mnist1d(num_samples: int = 5000, *, seed: int = 42, train_fraction: flo
   return finish(ds, n_train=n_train, n_test=n_test, normalization=normalization, seed=seed)
 
 
-def make_gaussian_mixture(n: int, d: int, num_classes: int, *, separation: float = 3.0,
-                          noise_std: float = 1.0, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def make_gaussian_mixture(
+  n: int,
+  d: int,
+  num_classes: int,
+  *,
+  separation: float = 3.0,
+  noise_std: float = 1.0,
+  test_fraction: float = 0.2,
+  seed: int = 0,
+) -> Dataset:
   """Isotropic Gaussian classes: ``x = mu_y + noise_std * z``, y uniform over classes.
 
   Class means are ``separation`` times independent random unit vectors in R^d, so two means are about
@@ -195,4 +222,3 @@ def make_gaussian_mixture(n: int, d: int, num_classes: int, *, separation: float
   x = means[y] + noise_std * rng.standard_normal((n, d))
   n_test = int(round(test_fraction * n))
   return make(x[n_test:], y[n_test:], x[:n_test], y[:n_test], num_classes, "gaussian_mixture")
-

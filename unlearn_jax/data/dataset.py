@@ -57,8 +57,9 @@ def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
     if lo < 0 or hi >= num_classes:
       bad = y[(y < 0) | (y >= num_classes)]
       raise ValueError(
-          f"{name} must lie in [0, num_classes) = [0, {num_classes}), got {bad.size} label(s) outside, "
-          f"e.g. {bad[:5].tolist()}")
+        f"{name} must lie in [0, num_classes) = [0, {num_classes}), got {bad.size} label(s) outside, "
+        f"e.g. {bad[:5].tolist()}"
+      )
 
 
 def validate_dataset(dataset: Dataset) -> Dataset:
@@ -112,9 +113,13 @@ def validate_dataset(dataset: Dataset) -> Dataset:
 
 def make(x_train, y_train, x_test, y_test, num_classes, name) -> Dataset:
   ds = Dataset(
-      np.ascontiguousarray(x_train, dtype=np.float32), np.asarray(y_train).astype(np.int32),
-      np.ascontiguousarray(x_test, dtype=np.float32), np.asarray(y_test).astype(np.int32),
-      int(num_classes), str(name))
+    np.ascontiguousarray(x_train, dtype=np.float32),
+    np.asarray(y_train).astype(np.int32),
+    np.ascontiguousarray(x_test, dtype=np.float32),
+    np.asarray(y_test).astype(np.int32),
+    int(num_classes),
+    str(name),
+  )
   return validate_dataset(ds)
 
 
@@ -130,8 +135,9 @@ def _stratified_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.n
   return np.sort(np.concatenate(chosen))
 
 
-def train_test_split(x: np.ndarray, y: np.ndarray, *, test_fraction: float, seed: int, num_classes: int,
-                     name: str, stratify: bool = False) -> Dataset:
+def train_test_split(
+  x: np.ndarray, y: np.ndarray, *, test_fraction: float, seed: int, num_classes: int, name: str, stratify: bool = False
+) -> Dataset:
   """Splits ``(x, y)`` into a :class:`Dataset` with a fixed-seed random permutation.
 
   Args:
@@ -170,8 +176,9 @@ def train_test_split(x: np.ndarray, y: np.ndarray, *, test_fraction: float, seed
   return make(x[~mask], y[~mask], x[mask], y[mask], num_classes, name)
 
 
-def subsample(dataset: Dataset, n_train: int | None, seed: int = 0, *, n_test: int | None = None,
-              stratify: bool = False) -> Dataset:
+def subsample(
+  dataset: Dataset, n_train: int | None, seed: int = 0, *, n_test: int | None = None, stratify: bool = False
+) -> Dataset:
   """Keeps a fixed-seed random subset of the training (and optionally test) examples.
 
   Args:
@@ -250,12 +257,12 @@ def normalize(dataset: Dataset, method: str = "feature", *, eps: float = 1e-8) -
     shift, spread = xtr.min(), xtr.max() - xtr.min()
   spread = np.where(spread > eps, spread, 1.0)
   scale = lambda x: ((x.astype(np.float64) - shift) / spread).astype(np.float32)
-  return make(scale(dataset.x_train), dataset.y_train, scale(dataset.x_test), dataset.y_test,
-               dataset.num_classes, dataset.name)
+  return make(
+    scale(dataset.x_train), dataset.y_train, scale(dataset.x_test), dataset.y_test, dataset.num_classes, dataset.name
+  )
 
 
 def finish(ds: Dataset, *, n_train: int | None, n_test: int | None, normalization: str, seed: int) -> Dataset:
   if n_train is not None or n_test is not None:
     ds = subsample(ds, n_train, seed, n_test=n_test)
   return normalize(ds, normalization)
-

@@ -17,6 +17,7 @@ import zlib
 from typing import Any, NamedTuple
 
 import numpy as np
+from scipy import io as sio
 
 from unlearn_jax import _checks
 from unlearn_jax.data.dataset import Dataset, check_int, make, normalize
@@ -60,8 +61,10 @@ def _check_file(path: str, what: str, max_file_bytes: int) -> int:
   if size == 0:
     raise ValueError(f"{what}: file {path!r} is empty")
   if size > max_file_bytes:
-    raise ValueError(f"{what}: file {path!r} has {size} bytes, more than max_file_bytes = {max_file_bytes}; "
-                     "refusing to read it (raise max_file_bytes if the file is genuine)")
+    raise ValueError(
+      f"{what}: file {path!r} has {size} bytes, more than max_file_bytes = {max_file_bytes}; "
+      "refusing to read it (raise max_file_bytes if the file is genuine)"
+    )
   return size
 
 
@@ -69,8 +72,9 @@ def _read_cifar_file(path: str, max_file_bytes: int, max_examples: int) -> tuple
   size = _check_file(path, "CIFAR-10", max_file_bytes)
   if size % _CIFAR_RECORD:
     raise ValueError(
-        f"CIFAR-10: file {path!r} is truncated or corrupt: its size {size} bytes is not a multiple of the "
-        f"record size {_CIFAR_RECORD} (1 label byte + 3072 pixel bytes); is this the binary distribution?")
+      f"CIFAR-10: file {path!r} is truncated or corrupt: its size {size} bytes is not a multiple of the "
+      f"record size {_CIFAR_RECORD} (1 label byte + 3072 pixel bytes); is this the binary distribution?"
+    )
   count = size // _CIFAR_RECORD
   if count > max_examples:
     raise ValueError(f"CIFAR-10: file {path!r} holds {count} records, more than max_examples = {max_examples}")
@@ -83,16 +87,24 @@ def _read_cifar_file(path: str, max_file_bytes: int, max_examples: int) -> tuple
   if labels.max() > 9:
     bad = np.flatnonzero(labels > 9)
     raise ValueError(
-        f"CIFAR-10: file {path!r} is corrupt: label byte {int(labels[bad[0]])} > 9 in record {int(bad[0])} "
-        f"({bad.size} bad record(s)); labels must lie in [0, 10)")
+      f"CIFAR-10: file {path!r} is corrupt: label byte {int(labels[bad[0]])} > 9 in record {int(bad[0])} "
+      f"({bad.size} bad record(s)); labels must lie in [0, 10)"
+    )
   images = records[:, 1:].reshape(count, 3, 32, 32).transpose(0, 2, 3, 1)  # channel-major -> NHWC
   return images, labels
 
 
-def load_cifar10(directory: str | os.PathLike, *, scale: float = 1 / 255, normalization: str = "none",
-                 n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 max_examples: int = DEFAULT_MAX_EXAMPLES) -> Dataset:
+def load_cifar10(
+  directory: str | os.PathLike,
+  *,
+  scale: float = 1 / 255,
+  normalization: str = "none",
+  n_train: int | None = None,
+  n_test: int | None = None,
+  seed: int = 0,
+  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+  max_examples: int = DEFAULT_MAX_EXAMPLES,
+) -> Dataset:
   """CIFAR-10 from its **binary** distribution in ``directory``.
 
   Reads ``data_batch_1.bin`` ... ``data_batch_5.bin`` and ``test_batch.bin`` (each record: 1 label byte
@@ -130,18 +142,28 @@ def load_cifar10(directory: str | os.PathLike, *, scale: float = 1 / 255, normal
   if not os.path.exists(os.path.join(directory, _CIFAR_TRAIN[0])) and os.path.isdir(sub):
     directory = sub
   if not os.path.exists(os.path.join(directory, _CIFAR_TRAIN[0])):
-    for python_version in (os.path.join(directory, "data_batch_1"),
-                           os.path.join(directory, "cifar-10-batches-py")):
+    for python_version in (os.path.join(directory, "data_batch_1"), os.path.join(directory, "cifar-10-batches-py")):
       if os.path.exists(python_version):
         raise ValueError(
-            f"CIFAR-10: found {python_version!r}, the python (pickle) distribution, which is never unpickled "
-            f"(unpickling can run arbitrary code); use the binary distribution (cifar-10-binary.tar.gz, "
-            f"files data_batch_1.bin ... test_batch.bin)")
-  parts = [_read_cifar_file(os.path.join(directory, f), max_file_bytes, max_examples)
-           for f in _CIFAR_TRAIN + (_CIFAR_TEST,)]
-  return _images_dataset(np.concatenate([p[0] for p in parts[:-1]]), np.concatenate([p[1] for p in parts[:-1]]),
-                         parts[-1][0], parts[-1][1], "cifar10", scale=scale, normalization=normalization,
-                         n_train=n_train, n_test=n_test, seed=seed)
+          f"CIFAR-10: found {python_version!r}, the python (pickle) distribution, which is never unpickled "
+          f"(unpickling can run arbitrary code); use the binary distribution (cifar-10-binary.tar.gz, "
+          f"files data_batch_1.bin ... test_batch.bin)"
+        )
+  parts = [
+    _read_cifar_file(os.path.join(directory, f), max_file_bytes, max_examples) for f in _CIFAR_TRAIN + (_CIFAR_TEST,)
+  ]
+  return _images_dataset(
+    np.concatenate([p[0] for p in parts[:-1]]),
+    np.concatenate([p[1] for p in parts[:-1]]),
+    parts[-1][0],
+    parts[-1][1],
+    "cifar10",
+    scale=scale,
+    normalization=normalization,
+    n_train=n_train,
+    n_test=n_test,
+    seed=seed,
+  )
 
 
 def _images_dataset(x_train, y_train, x_test, y_test, name, *, scale, normalization, n_train, n_test, seed):
@@ -158,8 +180,14 @@ def _images_dataset(x_train, y_train, x_test, y_test, name, *, scale, normalizat
       x_train, y_train = x_train[idx], y_train[idx]
     else:
       x_test, y_test = x_test[idx], y_test[idx]
-  ds = make(x_train.astype(np.float32) * np.float32(scale), y_train,
-             x_test.astype(np.float32) * np.float32(scale), y_test, 10, name)
+  ds = make(
+    x_train.astype(np.float32) * np.float32(scale),
+    y_train,
+    x_test.astype(np.float32) * np.float32(scale),
+    y_test,
+    10,
+    name,
+  )
   return normalize(ds, normalization)
 
 
@@ -185,15 +213,15 @@ def _mat_subelement(buf: bytes, pos: int, endian: str, path: str) -> tuple[int, 
   """Parses one data element of a miMATRIX header; returns (type, payload, next position)."""
   if pos + 8 > len(buf):
     raise ValueError(f"SVHN: {path!r} is truncated or corrupt (incomplete MAT element header)")
-  first, second = struct.unpack(endian + "II", buf[pos:pos + 8])
+  first, second = struct.unpack(endian + "II", buf[pos : pos + 8])
   if first >> 16:  # small data element: type and size share the first word, payload in 4 bytes
     nbytes, mtype = first >> 16, first & 0xFFFF
     if nbytes > 4:
       raise ValueError(f"SVHN: {path!r} is corrupt (small MAT element claims {nbytes} bytes)")
-    return mtype, buf[pos + 4:pos + 4 + nbytes], pos + 8
+    return mtype, buf[pos + 4 : pos + 4 + nbytes], pos + 8
   mtype, nbytes = first, second
   end = pos + 8 + nbytes
-  return mtype, buf[pos + 8:end], end + (-nbytes % 8)
+  return mtype, buf[pos + 8 : end], end + (-nbytes % 8)
 
 
 def _parse_matrix_header(buf: bytes, endian: str, path: str) -> _MatVar:
@@ -212,7 +240,7 @@ def _parse_matrix_header(buf: bytes, endian: str, path: str) -> _MatVar:
   if array_class in _MX_NUMERIC:
     if pos + 8 > len(buf):
       raise ValueError(f"SVHN: {path!r} is truncated (MAT data tag of {name!r} missing)")
-    first, second = struct.unpack(endian + "II", buf[pos:pos + 8])
+    first, second = struct.unpack(endian + "II", buf[pos : pos + 8])
     data_type, data_bytes = (first & 0xFFFF, first >> 16) if first >> 16 else (first, second)
   return _MatVar(name, array_class, tuple(dims), data_type, data_bytes)
 
@@ -228,16 +256,19 @@ def _scan_mat_file(path: str, max_file_bytes: int) -> dict[str, _MatVar]:
     if header.startswith(b"\x89HDF") or header[:19] == b"MATLAB 7.3 MAT-file":
       raise ValueError(f"SVHN: {path!r} is a MATLAB v7.3 (HDF5) file; only MATLAB v5/v7 .mat files are read")
     if not header.startswith(b"MATLAB 5.0 MAT-file") or header[126:128] not in (b"IM", b"MI"):
-      raise ValueError(f"SVHN: {path!r} is not a MATLAB v5 .mat file (bad header {header[:20]!r}); "
-                       "files are never unpickled")
+      raise ValueError(
+        f"SVHN: {path!r} is not a MATLAB v5 .mat file (bad header {header[:20]!r}); files are never unpickled"
+      )
     endian = "<" if header[126:128] == b"IM" else ">"
     pos = 128
     while pos + 8 <= size:
       f.seek(pos)
       mtype, nbytes = struct.unpack(endian + "II", f.read(8))
       if pos + 8 + nbytes > size:
-        raise ValueError(f"SVHN: {path!r} is truncated or corrupt: an element at byte {pos} claims "
-                         f"{nbytes} bytes but only {size - pos - 8} remain")
+        raise ValueError(
+          f"SVHN: {path!r} is truncated or corrupt: an element at byte {pos} claims "
+          f"{nbytes} bytes but only {size - pos - 8} remain"
+        )
       if mtype == _MI_COMPRESSED:
         inflater = zlib.decompressobj()
         head, remaining = b"", nbytes
@@ -270,8 +301,7 @@ def _read_svhn_file(path: str, max_file_bytes: int, max_examples: int) -> tuple[
       raise ValueError(f"SVHN: {path!r} has no variable {name!r} (found {sorted(variables)})")
   xv, yv = variables["X"], variables["y"]
   if xv.array_class not in _MX_NUMERIC or yv.array_class not in _MX_NUMERIC:
-    raise ValueError(f"SVHN: {path!r}: X and y must be numeric arrays (MAT classes {xv.array_class}, "
-                     f"{yv.array_class})")
+    raise ValueError(f"SVHN: {path!r}: X and y must be numeric arrays (MAT classes {xv.array_class}, {yv.array_class})")
   if len(xv.dims) != 4 or xv.dims[:3] != (32, 32, 3):
     raise ValueError(f"SVHN: {path!r}: X must have shape (32, 32, 3, N), got {xv.dims}")
   count = xv.dims[3]
@@ -282,33 +312,47 @@ def _read_svhn_file(path: str, max_file_bytes: int, max_examples: int) -> tuple[
   for var, n_elems in ((xv, 32 * 32 * 3 * count), (yv, count)):
     expected = n_elems * _MI_SIZES.get(var.data_type, 0)
     if var.data_type not in _MI_SIZES or var.data_bytes != expected or expected > max_file_bytes:
-      raise ValueError(f"SVHN: {path!r} is corrupt: variable {var.name!r} of shape {var.dims} claims "
-                       f"{var.data_bytes} data bytes of MAT type {var.data_type} (expected {expected})")
-  from scipy import io as sio
-
+      raise ValueError(
+        f"SVHN: {path!r} is corrupt: variable {var.name!r} of shape {var.dims} claims "
+        f"{var.data_bytes} data bytes of MAT type {var.data_type} (expected {expected})"
+      )
   try:
     # scipy's v5 reader parses typed binary records (no pickle); only X and y are read.
-    mat = sio.loadmat(path, variable_names=["X", "y"], squeeze_me=False, struct_as_record=True,
-                      chars_as_strings=False, verify_compressed_data_integrity=True)
+    mat = sio.loadmat(
+      path,
+      variable_names=["X", "y"],
+      squeeze_me=False,
+      struct_as_record=True,
+      chars_as_strings=False,
+      verify_compressed_data_integrity=True,
+    )
   except Exception as e:  # any parse failure is a corrupt file
     raise ValueError(f"SVHN: {path!r} is corrupt or truncated: {type(e).__name__}: {e}") from e
   x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
   if x.shape != (32, 32, 3, count) or y.shape != (count,):
-    raise ValueError(f"SVHN: {path!r}: read shapes X {x.shape}, y {y.shape}; expected (32, 32, 3, {count}), "
-                     f"({count},)")
+    raise ValueError(f"SVHN: {path!r}: read shapes X {x.shape}, y {y.shape}; expected (32, 32, 3, {count}), ({count},)")
   if not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any((y < 0) | (y > 10)):
     bad = y[~(np.isfinite(y) & (y == np.round(y)) & (y >= 0) & (y <= 10))]
-    raise ValueError(f"SVHN: {path!r}: labels must be integers in [0, 10] (10 means digit 0), got e.g. "
-                     f"{bad[:5].tolist()}")
+    raise ValueError(
+      f"SVHN: {path!r}: labels must be integers in [0, 10] (10 means digit 0), got e.g. {bad[:5].tolist()}"
+    )
   if x.dtype != np.uint8 and (np.any(x < 0) | np.any(x > 255)):
     raise ValueError(f"SVHN: {path!r}: pixels must lie in [0, 255]")
   y = np.where(y == 10, 0, y).astype(np.int32)
   return np.transpose(x, (3, 0, 1, 2)), y
 
 
-def load_svhn(directory: str | os.PathLike, *, scale: float = 1 / 255, normalization: str = "none",
-              n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-              max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_examples: int = DEFAULT_MAX_EXAMPLES) -> Dataset:
+def load_svhn(
+  directory: str | os.PathLike,
+  *,
+  scale: float = 1 / 255,
+  normalization: str = "none",
+  n_train: int | None = None,
+  n_test: int | None = None,
+  seed: int = 0,
+  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+  max_examples: int = DEFAULT_MAX_EXAMPLES,
+) -> Dataset:
   """SVHN cropped digits from ``train_32x32.mat`` and ``test_32x32.mat`` in ``directory``.
 
   Each file is MATLAB v5 with ``X`` (32x32x3xN uint8) and ``y`` (Nx1, label 10 meaning digit 0; mapped to
@@ -344,6 +388,15 @@ def load_svhn(directory: str | os.PathLike, *, scale: float = 1 / 255, normaliza
   _checks.check_positive("scale", scale)
   x_train, y_train = _read_svhn_file(os.path.join(directory, "train_32x32.mat"), max_file_bytes, max_examples)
   x_test, y_test = _read_svhn_file(os.path.join(directory, "test_32x32.mat"), max_file_bytes, max_examples)
-  return _images_dataset(x_train, y_train, x_test, y_test, "svhn", scale=scale, normalization=normalization,
-                         n_train=n_train, n_test=n_test, seed=seed)
-
+  return _images_dataset(
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    "svhn",
+    scale=scale,
+    normalization=normalization,
+    n_train=n_train,
+    n_test=n_test,
+    seed=seed,
+  )

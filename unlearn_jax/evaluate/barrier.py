@@ -7,7 +7,8 @@ eagerly, each runs one compiled program per loss function, grid and shapes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,7 @@ def _check_same_structure(name_a: str, a: Any, name_b: str, b: Any) -> None:
     raise ValueError(f"{name_a} and {name_b} must have the same pytree structure, got {sa} and {sb}")
   for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     if np.shape(la) != np.shape(lb):
-      raise ValueError(
-        f"{name_a} and {name_b} leaves must have equal shapes, got {np.shape(la)} and {np.shape(lb)}"
-      )
+      raise ValueError(f"{name_a} and {name_b} leaves must have equal shapes, got {np.shape(la)} and {np.shape(lb)}")
 
 
 def _check_num_points(num_points: Any) -> int:
@@ -156,4 +155,3 @@ def _barriers_core(loss_fn, paired_seeds, checkpoints, reference, data, lambdas)
   if paired_seeds:
     return jax.lax.map(lambda p: jax.lax.map(single, (p, reference)), checkpoints)
   return jax.lax.map(lambda p: single((p, reference)), checkpoints)
-

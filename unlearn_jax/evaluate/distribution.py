@@ -20,8 +20,15 @@ from jax.typing import ArrayLike
 from unlearn_jax import _checks
 from unlearn_jax._compile import call
 
-__all__ = ["DEFAULT_MIN_VARIANCE", "StepsToUnlearn", "UnlearnedTest", "empirical_steps_to_unlearn",
-           "gaussian_symmetric_kl", "is_unlearned", "noise_floor"]
+__all__ = [
+  "DEFAULT_MIN_VARIANCE",
+  "StepsToUnlearn",
+  "UnlearnedTest",
+  "empirical_steps_to_unlearn",
+  "gaussian_symmetric_kl",
+  "is_unlearned",
+  "noise_floor",
+]
 
 DEFAULT_MIN_VARIANCE = 1e-6
 
@@ -337,4 +344,3 @@ def _steps_core(grid, scores, oracle, threshold, min_variance):
   grid_f = grid.astype(jnp.result_type(float))
   steps = jnp.where(any_pass, grid_f[jnp.maximum(index, 0)], jnp.inf)
   return StepsToUnlearn(steps, index, grid_f[-1], passed, medians, threshold)
-

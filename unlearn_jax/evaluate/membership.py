@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+from scipy import stats
 
 from unlearn_jax import _checks
 from unlearn_jax._compile import call
@@ -20,8 +21,6 @@ __all__ = ["membership_epsilon", "membership_lower_bound", "membership_resolvabl
 
 def _clopper_pearson_upper(num_samples: int, confidence: float) -> np.ndarray:
   """Upper ends of the two-sided Clopper–Pearson intervals for k = 0..N errors out of N."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-
   k = np.arange(num_samples + 1, dtype=float)
   alpha = 1.0 - confidence
   with np.errstate(all="ignore"):
@@ -168,8 +167,9 @@ def membership_lower_bound(
     >>> membership_lower_bound(a, b, delta=1e-5).tolist()  # two identical laws
     [0.0, 0.0, 0.0]
   """
-  return membership_epsilon(unlearned_scores, retrained_scores, delta=delta, confidence=confidence,
-                            one_sided=True, simultaneous=True)
+  return membership_epsilon(
+    unlearned_scores, retrained_scores, delta=delta, confidence=confidence, one_sided=True, simultaneous=True
+  )
 
 
 def membership_resolvable_cap(num_models: int, *, delta: float, confidence: float = 0.95) -> float:
@@ -196,8 +196,9 @@ def membership_resolvable_cap(num_models: int, *, delta: float, confidence: floa
   if isinstance(num_models, bool) or not isinstance(num_models, (int, np.integer)) or num_models < 1:
     raise ValueError(f"num_models must be an integer >= 1, got {num_models!r}")
   separated = jnp.arange(num_models, dtype=jnp.float32)[:, None]
-  return float(membership_lower_bound(separated + num_models, separated - num_models, delta=delta,
-                                      confidence=confidence)[0])
+  return float(
+    membership_lower_bound(separated + num_models, separated - num_models, delta=delta, confidence=confidence)[0]
+  )
 
 
 def _membership_core(one_sided, u, r, delta, upper):
@@ -221,4 +222,3 @@ def _membership_core(one_sided, u, r, delta, upper):
     return jnp.maximum(jnp.max(jnp.maximum(eps_hi, eps_lo)), 0.0)
 
   return jax.vmap(per_example, in_axes=(1, 1))(u, r)
-

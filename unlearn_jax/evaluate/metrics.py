@@ -23,7 +23,8 @@ Layouts: params with a leading seed axis ``R`` (``el2n``, ``grand``) or checkpoi
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,7 @@ __all__ = [
   "random_half_masks",
   "register_metric",
 ]
+
 
 def _logits(apply_fn, params, x):
   return jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
@@ -258,7 +260,9 @@ def correctness(apply_fn: Callable[[Any, Any], jax.Array], params: Any, x: Array
   return jnp.argmax(logits, axis=-1) == jnp.asarray(y)
 
 
-def correctness_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+def correctness_along(
+  apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any, x: ArrayLike, y: ArrayLike
+) -> jax.Array:
   """:func:`correctness` for each of C checkpoints (or seeds): ``(C, n)`` bool.
 
   Examples:
@@ -272,7 +276,9 @@ def correctness_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: An
   return jax.lax.map(lambda p: correctness(apply_fn, p, x, y), checkpoints)
 
 
-def confidence_along(apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any, x: ArrayLike, y: ArrayLike) -> jax.Array:
+def confidence_along(
+  apply_fn: Callable[[Any, Any], jax.Array], checkpoints: Any, x: ArrayLike, y: ArrayLike
+) -> jax.Array:
   """:func:`confidence` ``p_y`` for each of C checkpoints: ``(C, n)``.
 
   Examples:
@@ -421,7 +427,6 @@ def memorization(correct: ArrayLike, in_mask: ArrayLike) -> jax.Array:
   p_in = jnp.sum(c * m, axis=0) / num_in
   p_out = jnp.sum(c * (1.0 - m), axis=0) / num_out
   return jnp.where((num_in > 0) & (num_out > 0), p_in - p_out, jnp.nan)
-
 
 
 # ----------------------------------------------------------------------------------------------------

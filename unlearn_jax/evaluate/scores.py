@@ -8,7 +8,8 @@ recorded unlearning parameters — ``(G, R, ...)``; scores ``(R, n)`` / ``(G, R,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,14 @@ from jax.typing import ArrayLike
 from unlearn_jax import _checks
 from unlearn_jax._compile import call
 
-__all__ = ["SplitMetrics", "accuracy_and_loss", "logit_confidence", "logit_confidence_from_logits", "scores_along",
-           "split_report"]
+__all__ = [
+  "SplitMetrics",
+  "accuracy_and_loss",
+  "logit_confidence",
+  "logit_confidence_from_logits",
+  "scores_along",
+  "split_report",
+]
 
 
 def logit_confidence_from_logits(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -219,4 +226,3 @@ def split_report(
     acc, loss = accuracy_and_loss(apply_fn, params, x, y, seed_axis=seed_axis)
     report[name] = SplitMetrics(acc, loss)
   return report
-

@@ -67,7 +67,9 @@ def spearman(a: ArrayLike, b: ArrayLike) -> jax.Array:
   """
   a_arr, b_arr = jnp.asarray(a), jnp.asarray(b)
   if a_arr.shape != b_arr.shape or a_arr.ndim != 1 or a_arr.shape[0] < 2:
-    raise ValueError(f"a and b must be 1-D arrays of the same length n >= 2, got shapes {a_arr.shape} and {b_arr.shape}")
+    raise ValueError(
+      f"a and b must be 1-D arrays of the same length n >= 2, got shapes {a_arr.shape} and {b_arr.shape}"
+    )
   _checks.check_finite_array("a", a_arr)
   _checks.check_finite_array("b", b_arr)
   return call(_spearman_core, (), a_arr, b_arr)
@@ -79,7 +81,6 @@ def _spearman_core(a, b):
   ra = ra - jnp.mean(ra)
   rb = rb - jnp.mean(rb)
   return jnp.sum(ra * rb) / jnp.sqrt(jnp.sum(ra**2) * jnp.sum(rb**2))
-
 
 
 def finite_for_ranking(values: ArrayLike) -> np.ndarray:

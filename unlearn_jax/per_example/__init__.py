@@ -13,27 +13,27 @@
 """
 
 from unlearn_jax.per_example.api import (
-    NORM_METHODS,
-    clip_factors,
-    clip_per_example,
-    clipped_grad_sum,
-    per_example_grad_norms,
-    per_example_grads,
-    per_example_inner,
-    per_example_losses,
-    weighted_grad_sum,
+  NORM_METHODS,
+  clip_factors,
+  clip_per_example,
+  clipped_grad_sum,
+  per_example_grad_norms,
+  per_example_grads,
+  per_example_inner,
+  per_example_losses,
+  weighted_grad_sum,
 )
 from unlearn_jax.per_example.blocks import fixed_order_sum
 
 __all__ = [
-    "NORM_METHODS",
-    "clip_factors",
-    "clip_per_example",
-    "clipped_grad_sum",
-    "fixed_order_sum",
-    "per_example_grad_norms",
-    "per_example_grads",
-    "per_example_inner",
-    "per_example_losses",
-    "weighted_grad_sum",
+  "NORM_METHODS",
+  "clip_factors",
+  "clip_per_example",
+  "clipped_grad_sum",
+  "fixed_order_sum",
+  "per_example_grad_norms",
+  "per_example_grads",
+  "per_example_inner",
+  "per_example_losses",
+  "weighted_grad_sum",
 ]

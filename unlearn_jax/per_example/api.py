@@ -31,7 +31,8 @@ one compiled program.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,15 +44,15 @@ from unlearn_jax._compile import call
 from unlearn_jax.per_example import chunking, ghost
 
 __all__ = [
-    "NORM_METHODS",
-    "clip_factors",
-    "clip_per_example",
-    "clipped_grad_sum",
-    "per_example_grad_norms",
-    "per_example_grads",
-    "per_example_inner",
-    "per_example_losses",
-    "weighted_grad_sum",
+  "NORM_METHODS",
+  "clip_factors",
+  "clip_per_example",
+  "clipped_grad_sum",
+  "per_example_grad_norms",
+  "per_example_grads",
+  "per_example_inner",
+  "per_example_losses",
+  "weighted_grad_sum",
 ]
 
 PyTree = Any
@@ -70,15 +71,15 @@ def _check_loss_fn(loss_fn: Any, params: PyTree, batch: PyTree) -> int:
     out = jax.eval_shape(loss_fn, params, example)
   except (TypeError, ValueError) as e:
     raise TypeError(
-        "loss_fn(params, example) failed on one example of the batch (an example is the batch pytree "
-        f"without its leading axis): {type(e).__name__}: {e}"
+      "loss_fn(params, example) failed on one example of the batch (an example is the batch pytree "
+      f"without its leading axis): {type(e).__name__}: {e}"
     ) from e
   leaves = jax.tree.leaves(out)
   if len(leaves) != 1 or not hasattr(leaves[0], "shape") or leaves[0].shape != ():
-    shapes = [getattr(l, "shape", type(l).__name__) for l in leaves]
+    shapes = [getattr(leaf, "shape", type(leaf).__name__) for leaf in leaves]
     raise TypeError(
-        "loss_fn must return a scalar loss for ONE example (shape ()), got output shape(s) "
-        f"{shapes}; write loss_fn for a single example, it is vmapped over the batch"
+      "loss_fn must return a scalar loss for ONE example (shape ()), got output shape(s) "
+      f"{shapes}; write loss_fn for a single example, it is vmapped over the batch"
     )
   if not jnp.issubdtype(leaves[0].dtype, jnp.floating):
     raise TypeError(f"loss_fn must return a floating-point scalar, got dtype {leaves[0].dtype}")
@@ -139,8 +140,9 @@ def _chunked_per_example(core: Callable, loss_fn: LossFn, chunk_size: int, param
   return jax.tree.map(lambda x: jnp.reshape(x, (-1,) + x.shape[2:]), out)
 
 
-def _per_example(core: Callable, loss_fn: LossFn, params: PyTree, batch: PyTree, n: int,
-                 chunk_size: int | None) -> PyTree:
+def _per_example(
+  core: Callable, loss_fn: LossFn, params: PyTree, batch: PyTree, n: int, chunk_size: int | None
+) -> PyTree:
   """Per-example outputs of ``core(loss_fn, params, batch)``, ``chunk_size`` examples at a time."""
   if chunk_size is None or chunk_size >= n:
     return call(core, (loss_fn,), params, batch)
@@ -235,9 +237,7 @@ def per_example_losses(loss_fn: LossFn, params: PyTree, batch: PyTree) -> jax.Ar
   return call(_vmapped_losses, (loss_fn,), params, batch)
 
 
-def per_example_grads(
-    loss_fn: LossFn, params: PyTree, batch: PyTree, *, chunk_size: int | None = None
-) -> PyTree:
+def per_example_grads(loss_fn: LossFn, params: PyTree, batch: PyTree, *, chunk_size: int | None = None) -> PyTree:
   """Gradient of every example's loss, stacked along a leading axis.
 
   Args:
@@ -268,12 +268,12 @@ def per_example_grads(
 
 
 def per_example_grad_norms(
-    loss_fn: LossFn,
-    params: PyTree,
-    batch: PyTree,
-    *,
-    chunk_size: int | None = None,
-    method: str = "auto",
+  loss_fn: LossFn,
+  params: PyTree,
+  batch: PyTree,
+  *,
+  chunk_size: int | None = None,
+  method: str = "auto",
 ) -> jax.Array:
   """Euclidean norm ‖∇ℓ(θ; z_i)‖ of every example's gradient (over all parameter leaves).
 
@@ -360,9 +360,7 @@ def clip_per_example(grads: PyTree, clip_norm: ArrayLike | None) -> tuple[PyTree
   _checks.check_batch(grads, name="grads")
   norms = _safe_sqrt(_per_example_sq_norms_of(grads))
   factors = clip_factors(norms, clip_norm)
-  clipped = jax.tree.map(
-      lambda g: g * jnp.reshape(factors, (-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), grads
-  )
+  clipped = jax.tree.map(lambda g: g * jnp.reshape(factors, (-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), grads)
   return clipped, norms
 
 
@@ -427,14 +425,14 @@ def weighted_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, weights: A
 
 
 def clipped_grad_sum(
-    loss_fn: LossFn,
-    params: PyTree,
-    batch: PyTree,
-    clip_norm: ArrayLike | None,
-    *,
-    weights: ArrayLike | None = None,
-    chunk_size: int | None = None,
-    method: str = "auto",
+  loss_fn: LossFn,
+  params: PyTree,
+  batch: PyTree,
+  clip_norm: ArrayLike | None,
+  *,
+  weights: ArrayLike | None = None,
+  chunk_size: int | None = None,
+  method: str = "auto",
 ) -> tuple[PyTree, jax.Array]:
   """``Σ_i w_i clip_C(∇ℓ(θ; z_i))`` by the two-pass method, and the unclipped norms.
 
@@ -476,4 +474,3 @@ def clipped_grad_sum(
   w = factors if weights is None else factors * jnp.asarray(weights, dtype=factors.dtype)
   total = _weighted_sum(loss_fn, params, batch, jax.lax.stop_gradient(w), n, chunk_size)
   return total, norms
-

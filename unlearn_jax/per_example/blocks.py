@@ -14,7 +14,8 @@ examples are split over devices, as long as every device holds at least two bloc
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,8 +115,8 @@ def fixed_order_sum(x: ArrayLike, num_blocks: int | None) -> jax.Array:
   num_blocks = check_blocks(num_blocks)
   if x.ndim == 0 or x.shape[0] % num_blocks:
     raise ValueError(
-        f"x must have a leading axis whose size is a multiple of num_blocks = {num_blocks}, got shape "
-        f"{x.shape}; pad it (distributed.pad_to_multiple) and mask the padding rows"
+      f"x must have a leading axis whose size is a multiple of num_blocks = {num_blocks}, got shape "
+      f"{x.shape}; pad it (distributed.pad_to_multiple) and mask the padding rows"
     )
   n = x.shape[0]
   blocks = jnp.reshape(x, (num_blocks, n // num_blocks) + x.shape[1:])
@@ -149,33 +150,35 @@ def example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> Ex
   """
   if blocks is None:
     return ExampleOps(
-        norms=lambda: api.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method),
-        grads=lambda w: _losses_and_weighted_grad(loss_fn, params, data, w),
-        inner=lambda g: api.per_example_inner(loss_fn, params, data, g),
-        centered_sq=lambda p, d, f, m: distances.centered_sq_direct(loss_fn, p, d, f, m, chunk_size or 256),
-        params_and_data=(params, data),
+      norms=lambda: api.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method),
+      grads=lambda w: _losses_and_weighted_grad(loss_fn, params, data, w),
+      inner=lambda g: api.per_example_inner(loss_fn, params, data, g),
+      centered_sq=lambda p, d, f, m: distances.centered_sq_direct(loss_fn, p, d, f, m, chunk_size or 256),
+      params_and_data=(params, data),
     )
   bparams = _broadcast_blocks(params, blocks)
   bdata = _split_blocks(data, blocks)
 
   def norms():
     out = jax.vmap(lambda p, d: api.per_example_grad_norms(loss_fn, p, d, chunk_size=chunk_size, method=norm_method))(
-        bparams, bdata)
+      bparams, bdata
+    )
     return jnp.reshape(out, (n,))
 
   def grads(weights):
     weights = jax.lax.stop_gradient(weights)
     losses, block_grads = jax.vmap(lambda p, d, w: _losses_and_weighted_grad(loss_fn, p, d, w))(
-        bparams, bdata, jnp.reshape(weights, (blocks, n // blocks)))
+      bparams, bdata, jnp.reshape(weights, (blocks, n // blocks))
+    )
     return jnp.reshape(losses, (n,)), jax.tree.map(_fixed_order_block_sum, block_grads)
 
   def inner(direction):
     out = jax.vmap(lambda p, d, g: api.per_example_inner(loss_fn, p, d, g))(
-        bparams, bdata, _broadcast_blocks(direction, blocks))
+      bparams, bdata, _broadcast_blocks(direction, blocks)
+    )
     return jnp.reshape(out, (n,))
 
   def centered_sq(p, d, factors, mask):  # the slow exact path, rare: no fixed block order (see _mean_costs)
     return distances.centered_sq_direct(loss_fn, p, d, factors, mask, chunk_size or 256)
 
   return ExampleOps(norms=norms, grads=grads, inner=inner, centered_sq=centered_sq, params_and_data=(params, data))
-

@@ -5,7 +5,8 @@ Padding repeats the first example, so padded rows give finite values; their outp
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ def pad_batch(batch: PyTree, n: int, chunk_size: int) -> tuple[PyTree, jax.Array
     fill = jnp.broadcast_to(x[:1], (n_pad - n,) + x.shape[1:])
     return jnp.concatenate([x, fill], axis=0)
 
-  mask = (jnp.arange(n_pad) < n)
+  mask = jnp.arange(n_pad) < n
   return jax.tree.map(pad, batch), mask, n_pad
 
 

@@ -10,7 +10,8 @@ under ``vmap`` (:func:`only_if`), so only those steps pay for it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +53,7 @@ def centered_sq_direct(loss_fn, params, data, factors, mask, chunk_size):
   def shifted(c):
     (d, f, w), ok = c
     g = grads_fn(params, d)
-    return jax.tree.map(lambda gi, r: gi * f.reshape((-1,) + (1,) * (gi.ndim - 1)).astype(gi.dtype) - r, g, ref), \
-        w * ok
+    return jax.tree.map(lambda gi, r: gi * f.reshape((-1,) + (1,) * (gi.ndim - 1)).astype(gi.dtype) - r, g, ref), w * ok
 
   def add_shift(total, c):
     diff, w = shifted(c)
@@ -65,8 +65,10 @@ def centered_sq_direct(loss_fn, params, data, factors, mask, chunk_size):
 
   def sq(c):
     diff, _ = shifted(c)
-    return sum(jnp.sum(jnp.reshape((x - m) ** 2, (x.shape[0], -1)), axis=1) for x, m in
-               zip(jax.tree.leaves(diff), jax.tree.leaves(mean)))
+    return sum(
+      jnp.sum(jnp.reshape((x - m) ** 2, (x.shape[0], -1)), axis=1)
+      for x, m in zip(jax.tree.leaves(diff), jax.tree.leaves(mean))
+    )
 
   return jnp.reshape(jax.lax.map(sq, chunks), (-1,))[:n]
 
@@ -96,9 +98,9 @@ def only_if(pred: jax.Array, fn: Callable, operands: tuple, out: jax.ShapeDtypeS
   return run(pred, jax.lax.stop_gradient(operands))
 
 
-
-def centered_sq_norms(ops, norms: jax.Array, factors: jax.Array, mask: jax.Array, gbar: Any
-                      ) -> tuple[jax.Array, jax.Array]:
+def centered_sq_norms(
+  ops, norms: jax.Array, factors: jax.Array, mask: jax.Array, gbar: Any
+) -> tuple[jax.Array, jax.Array]:
   """‖s_i ∇ℓ_i − ḡ‖² for every example of ``mask`` (0 elsewhere), ḡ the clipped mean over ``mask``.
 
   Args:
@@ -119,6 +121,10 @@ def centered_sq_norms(ops, norms: jax.Array, factors: jax.Array, mask: jax.Array
   eps = jnp.finfo(sq_dist.dtype).eps
   error = CANCELLATION_ULPS * eps * (clipped_sq + jnp.abs(cross) + gbar_sq)
   imprecise = jnp.any((mask > 0) & (error > COST_RTOL * sq_dist))
-  direct = only_if(imprecise, ops.centered_sq, ops.params_and_data + (factors, mask),
-                   jax.ShapeDtypeStruct(sq_dist.shape, sq_dist.dtype))
+  direct = only_if(
+    imprecise,
+    ops.centered_sq,
+    ops.params_and_data + (factors, mask),
+    jax.ShapeDtypeStruct(sq_dist.shape, sq_dist.dtype),
+  )
   return jnp.where(imprecise, direct, sq_dist) * mask, imprecise

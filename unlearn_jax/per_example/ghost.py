@@ -26,8 +26,9 @@ class GhostUnsupported(Exception):
   """The loss function could not be traced for the ghost evaluator."""
 
 
-_VIEW_PRIMS = frozenset({"reshape", "transpose", "convert_element_type", "squeeze", "expand_dims",
-                         "broadcast_in_dim", "copy", "copy_p"})
+_VIEW_PRIMS = frozenset(
+  {"reshape", "transpose", "convert_element_type", "squeeze", "expand_dims", "broadcast_in_dim", "copy", "copy_p"}
+)
 
 
 _INLINE_PRIMS = frozenset({"jit", "pjit", "closed_call", "core_call"})
@@ -36,26 +37,26 @@ _INLINE_PRIMS = frozenset({"jit", "pjit", "closed_call", "core_call"})
 class _Tag(NamedTuple):
   leaf: int
   chain: tuple  # view equations from the leaf to this value, in order
-  iso: bool     # True when the chain preserves the Euclidean norm (no real broadcast)
+  iso: bool  # True when the chain preserves the Euclidean norm (no real broadcast)
 
 
 class _Site(NamedTuple):
-  path: tuple          # equation index path (through inlined jit calls)
-  kind: str            # "dot", "conv", "gather", "add"
+  path: tuple  # equation index path (through inlined jit calls)
+  kind: str  # "dot", "conv", "gather", "add"
   leaf: int
-  param_arg: int       # which operand of the equation is the parameter view
-  eqn_params: Any      # the equation's params (dimension numbers etc.)
+  param_arg: int  # which operand of the equation is the parameter view
+  eqn_params: Any  # the equation's params (dimension numbers etc.)
   chain: tuple
-  param_shape: tuple   # shape of the parameter view operand
-  out_shape: tuple     # per-example output shape
-  act_shape: tuple     # per-example shape of the other operand (activation / indices)
+  param_shape: tuple  # shape of the parameter view operand
+  out_shape: tuple  # per-example output shape
+  act_shape: tuple  # per-example shape of the other operand (activation / indices)
 
 
 class _Plan(NamedTuple):
-  closed: Any          # ClosedJaxpr of the per-example loss
-  sites: tuple         # _Site per covered leaf
-  covered: tuple       # leaf indices covered by a site (or unused: zero gradient)
-  fallback: tuple      # leaf indices needing vmap
+  closed: Any  # ClosedJaxpr of the per-example loss
+  sites: tuple  # _Site per covered leaf
+  covered: tuple  # leaf indices covered by a site (or unused: zero gradient)
+  fallback: tuple  # leaf indices needing vmap
   site_paths: frozenset
   prefixes: frozenset  # path prefixes that lead to a site (inline those calls)
 
@@ -109,10 +110,14 @@ def _gather_site(eqn, k, t, shapes, out_shape):
   if not (t.iso and k == 0 and len(shapes[0]) == 2):
     return None
   dn = eqn.params["dimension_numbers"]
-  rows = (tuple(dn.collapsed_slice_dims) == (0,) and tuple(dn.start_index_map) == (0,)
-          and tuple(dn.offset_dims) == (len(out_shape) - 1,)
-          and not tuple(getattr(dn, "operand_batching_dims", ()))
-          and tuple(eqn.params["slice_sizes"]) == (1, shapes[0][1]) and shapes[1][-1:] == (1,))
+  rows = (
+    tuple(dn.collapsed_slice_dims) == (0,)
+    and tuple(dn.start_index_map) == (0,)
+    and tuple(dn.offset_dims) == (len(out_shape) - 1,)
+    and not tuple(getattr(dn, "operand_batching_dims", ()))
+    and tuple(eqn.params["slice_sizes"]) == (1, shapes[0][1])
+    and shapes[1][-1:] == (1,)
+  )
   return "gather" if rows else None
 
 
@@ -122,8 +127,12 @@ def _add_site(eqn, k, t, shapes, out_shape):
 
 # Primitive -> matcher (eqn, parameter operand index, tag, operand shapes, output shape) -> site kind or None.
 # Each kind has its norm rule in ghost_rules.RULES.
-_SITE_MATCHERS = {"dot_general": _dot_site, "conv_general_dilated": _conv_site, "gather": _gather_site,
-                  "add": _add_site}
+_SITE_MATCHERS = {
+  "dot_general": _dot_site,
+  "conv_general_dilated": _conv_site,
+  "gather": _gather_site,
+  "add": _add_site,
+}
 
 
 def _site_of(eqn, tin, here):
@@ -141,8 +150,9 @@ def _site_of(eqn, tin, here):
   kind = match(eqn, k, t, shapes, out_shape)
   if kind is None:
     return None
-  return _Site(here, kind, t.leaf, k, dict(eqn.params), t.chain, shapes[k], out_shape,
-               shapes[1 - k] if len(shapes) == 2 else ())
+  return _Site(
+    here, kind, t.leaf, k, dict(eqn.params), t.chain, shapes[k], out_shape, shapes[1 - k] if len(shapes) == 2 else ()
+  )
 
 
 def ghost_plan(loss_fn, params, batch) -> _Plan:
@@ -256,4 +266,3 @@ def ghost_apply(plan: _Plan, loss_fn, params, batch) -> jax.Array:
     g = jax.vmap(jax.grad(loss_fb), in_axes=(None, 0))(sub, batch)
     sq = sq + sum(sq_rows(x) for x in jax.tree.leaves(g)).astype(dtype)
   return sq
-

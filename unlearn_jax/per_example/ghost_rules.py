@@ -5,8 +5,9 @@ factors through the site's input activations ``a_i`` and output gradients ``δ_i
 
 | kind | layer | per-example squared norm |
 |---|---|---|
-| ``"dot"`` | Dense, attention projections, one-hot embeddings (``dot_general``) | ``‖a_i‖²‖δ_i‖²`` for one position; Gram ``Σ_{p,q}⟨a_ip, a_iq⟩⟨δ_ip, δ_iq⟩`` or the materialised gradient, whichever is cheaper, for several |
-| ``"conv"`` | Conv (``conv_general_dilated``) | per kernel offset: input slices times output gradients (direct or Gram) |
+| ``"dot"`` | Dense, attention, one-hot embeddings (``dot_general``) | one position: ``‖a_i‖²‖δ_i‖²``; several: \
+Gram ``Σ_{p,q}⟨a_ip, a_iq⟩⟨δ_ip, δ_iq⟩`` or the materialised gradient, the cheaper |
+| ``"conv"`` | Conv (``conv_general_dilated``) | per kernel offset: input slices times output gradients |
 | ``"gather"`` | Embedding lookups (``gather`` of table rows) | ``Σ_{p,q: idx_p = idx_q} ⟨δ_p, δ_q⟩`` |
 | ``"add"`` | biases | ``‖Σ_p δ_ip‖²`` (through the view chain from the leaf) |
 
@@ -16,7 +17,6 @@ factors through the site's input activations ``a_i`` and output gradients ``δ_i
 from __future__ import annotations
 
 import math
-
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,7 @@ def _chain_fn(chain):
     for eqn in chain:
       x = bind(eqn, [x])
     return x
+
   return f
 
 
@@ -110,12 +111,11 @@ def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
   """
   n, nb, o = d.shape[:3]
   out_spatial = d.shape[3:]
-  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)         # (n, N, P, O)
+  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
   slices = _conv_offset_slices(x, filt, p, out_spatial)
   if gram:
-    a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)        # (n, N, P, F)
-    return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)),
-                           form="gram")
+    a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)  # (n, N, P, F)
+    return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)), form="gram")
   sq = jnp.zeros((n,), d.dtype)
   for s in slices:
     sq = sq + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl))
@@ -171,24 +171,27 @@ def _conv_rule(site, leaf, act, delta) -> jax.Array:
   dn = p["dimension_numbers"]
   lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
   filt = tuple(site.param_shape[j] for j in rhs_spec[2:])
-  x = jnp.transpose(act, [0] + [1 + j for j in lhs_spec])      # (n, N, C, *spatial)
-  d = jnp.transpose(delta, [0] + [1 + j for j in out_spec])    # (n, N, O, *out_spatial)
+  x = jnp.transpose(act, [0] + [1 + j for j in lhs_spec])  # (n, N, C, *spatial)
+  d = jnp.transpose(delta, [0] + [1 + j for j in out_spec])  # (n, N, c_out, *out_spatial)
   num_pos = size(d.shape[3:]) * d.shape[1]
   c_in = x.shape[2]
   F = c_in * size(filt)
-  O = d.shape[2]
-  gram = num_pos * (F + O) + size(filt) * F <= F * O  # Gram over positions is cheaper
+  c_out = d.shape[2]
+  gram = num_pos * (F + c_out) + size(filt) * F <= F * c_out  # Gram over positions is cheaper
   if FORCE_FORM is not None:
     gram = FORCE_FORM == "gram"
   if all(int(v) == 1 for v in p["lhs_dilation"]):
     return _conv_sq_norms_by_offsets(x.astype(d.dtype), d, filt, p, gram)
   # Transposed (input-dilated) convolutions: patches / per-example kernel gradients.
   if gram:
-    patches = jax.vmap(lambda xi: jax.lax.conv_general_dilated_patches(
-        xi, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"]))(x)
+    patches = jax.vmap(
+      lambda xi: jax.lax.conv_general_dilated_patches(
+        xi, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"]
+      )
+    )(x)
     a = jnp.moveaxis(jnp.reshape(patches, patches.shape[:3] + (-1,)), 2, 3)  # (n, N, P, F)
     a = jnp.reshape(a, (n, 1, -1, F))
-    dd = jnp.reshape(jnp.moveaxis(jnp.reshape(d, d.shape[:3] + (-1,)), 2, 3), (n, 1, -1, O))
+    dd = jnp.reshape(jnp.moveaxis(jnp.reshape(d, d.shape[:3] + (-1,)), 2, 3), (n, 1, -1, c_out))
     return _gram_or_direct(a.astype(dd.dtype), dd)
   kernel = jnp.zeros(site.param_shape, delta.dtype)
   bind_params = dict(p)
@@ -215,7 +218,7 @@ def _gather_rule(site, leaf, act, delta) -> jax.Array:
     idx = jnp.clip(idx, 0, table_rows - 1)
     valid = jnp.ones(idx.shape, bool)
   d = jnp.where(valid[..., None], d, 0)
-  same = (idx[:, :, None] == idx[:, None, :])
+  same = idx[:, :, None] == idx[:, None, :]
   gd = jnp.einsum("npr,nqr->npq", d, d)
   return jnp.sum(jnp.where(same, gd, 0), axis=(1, 2))
 
@@ -231,4 +234,3 @@ def site_sq_norms(site, leaf, act, delta) -> jax.Array:
 
 def _vjp_dtype(f, x):
   return jax.eval_shape(f, x).dtype
-

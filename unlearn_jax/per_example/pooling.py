@@ -28,8 +28,11 @@ def window_max_spec(eqn, x):
   pads = tuple((int(lo), int(hi)) for lo, hi in p["padding"])
   if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
     return None
-  if (tuple(p["window_strides"]) != win or any(d != 1 for d in p["base_dilation"])
-      or any(d != 1 for d in p["window_dilation"])):
+  if (
+    tuple(p["window_strides"]) != win
+    or any(d != 1 for d in p["base_dilation"])
+    or any(d != 1 for d in p["window_dilation"])
+  ):
     return None
   if any(lo < 0 or hi < 0 for lo, hi in pads):
     return None
@@ -87,4 +90,3 @@ def fast_window_max(eqn, invals):
   if spec is None:
     return None
   return window_max(x, *spec)
-

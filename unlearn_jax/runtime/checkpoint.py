@@ -37,7 +37,8 @@ import socket
 import struct
 import tempfile
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.serialization
 import jax
@@ -45,17 +46,17 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "CheckpointError",
-    "LockError",
-    "RunLock",
-    "save_checkpoint",
-    "load_checkpoint",
-    "read_metadata",
-    "checkpoint_path",
-    "list_checkpoints",
-    "latest_checkpoint",
-    "remove_checkpoints",
-    "MAGIC",
+  "CheckpointError",
+  "LockError",
+  "RunLock",
+  "save_checkpoint",
+  "load_checkpoint",
+  "read_metadata",
+  "checkpoint_path",
+  "list_checkpoints",
+  "latest_checkpoint",
+  "remove_checkpoints",
+  "MAGIC",
 ]
 
 PyTree = Any
@@ -241,10 +242,10 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, *, metadata: dict | N
     signatures.append(_leaf_signature(leaf))
   payload = flax.serialization.msgpack_serialize({"leaves": arrays})
   header = {
-      "format_version": _FORMAT_VERSION,
-      "treedef": str(treedef),
-      "signatures": [[list(s), d] for s, d in signatures],
-      "metadata": metadata if metadata is not None else {},
+    "format_version": _FORMAT_VERSION,
+    "treedef": str(treedef),
+    "signatures": [[list(s), d] for s, d in signatures],
+    "metadata": metadata if metadata is not None else {},
   }
   try:
     meta_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8")
@@ -252,14 +253,16 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, *, metadata: dict | N
     raise TypeError(f"metadata must be JSON-serialisable (finite numbers, strings, lists, dicts): {e}") from e
   if len(meta_bytes) > _MAX_METADATA_BYTES:
     raise ValueError(f"metadata too large: {len(meta_bytes)} bytes > {_MAX_METADATA_BYTES}")
-  blob = b"".join([
+  blob = b"".join(
+    [
       MAGIC,
       struct.pack("<I", len(meta_bytes)),
       meta_bytes,
       struct.pack("<Q", len(payload)),
       hashlib.sha256(payload).digest(),
       payload,
-  ])
+    ]
+  )
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
   try:
@@ -287,8 +290,9 @@ def _read_header(f, path: str, file_size: int) -> tuple[dict, int, bytes, int]:
   magic = f.read(len(MAGIC))
   if magic != MAGIC:
     raise CheckpointError(
-        f"{path} is not an unlearn_jax checkpoint (bad magic bytes {magic[:8]!r}, expected {MAGIC!r}); "
-        "checkpoints are never unpickled or evaluated")
+      f"{path} is not an unlearn_jax checkpoint (bad magic bytes {magic[:8]!r}, expected {MAGIC!r}); "
+      "checkpoints are never unpickled or evaluated"
+    )
   raw = f.read(4)
   if len(raw) != 4:
     raise CheckpointError(f"{path} is truncated: the header ends after {file_size} bytes")
@@ -297,8 +301,8 @@ def _read_header(f, path: str, file_size: int) -> tuple[dict, int, bytes, int]:
     raise CheckpointError(f"{path}: metadata length {meta_len} exceeds the limit {_MAX_METADATA_BYTES}")
   if len(MAGIC) + 4 + meta_len + 8 + 32 > file_size:
     raise CheckpointError(
-        f"{path} is truncated: the header claims {meta_len} bytes of metadata but the file has "
-        f"{file_size} bytes")
+      f"{path} is truncated: the header claims {meta_len} bytes of metadata but the file has {file_size} bytes"
+    )
   meta_bytes = f.read(meta_len)
   try:
     header = json.loads(meta_bytes.decode("utf-8"))
@@ -306,8 +310,9 @@ def _read_header(f, path: str, file_size: int) -> tuple[dict, int, bytes, int]:
     raise CheckpointError(f"{path} is corrupt: its metadata is not valid JSON ({e})") from e
   if not isinstance(header, dict) or header.get("format_version") != _FORMAT_VERSION:
     raise CheckpointError(
-        f"{path}: unsupported checkpoint format version "
-        f"{header.get('format_version') if isinstance(header, dict) else header!r}, expected {_FORMAT_VERSION}")
+      f"{path}: unsupported checkpoint format version "
+      f"{header.get('format_version') if isinstance(header, dict) else header!r}, expected {_FORMAT_VERSION}"
+    )
   for field, kind in (("treedef", str), ("signatures", list), ("metadata", dict)):
     if not isinstance(header.get(field), kind):
       raise CheckpointError(f"{path} is corrupt: header field {field!r} missing or not a {kind.__name__}")
@@ -341,14 +346,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def _template_signatures(target: PyTree) -> tuple[Any, list[tuple[tuple[int, ...], str]], list[Any]]:
   leaves, treedef = jax.tree.flatten(target)
-  return treedef, [_leaf_signature(l) for l in leaves], leaves
+  return treedef, [_leaf_signature(leaf) for leaf in leaves], leaves
 
 
 def load_checkpoint(
-    path: str | os.PathLike,
-    target: PyTree | Callable[[dict], PyTree],
-    *,
-    max_bytes: int | None = None,
+  path: str | os.PathLike,
+  target: PyTree | Callable[[dict], PyTree],
+  *,
+  max_bytes: int | None = None,
 ) -> tuple[PyTree, dict]:
   """Reads a checkpoint written by :func:`save_checkpoint`, validating it against ``target``.
 
@@ -390,32 +395,36 @@ def load_checkpoint(
         raise
       except Exception as e:  # the metadata came from the file: any failure means a bad file
         raise CheckpointError(
-            f"{path}: its metadata does not describe a valid checkpoint ({type(e).__name__}: {e})") from e
+          f"{path}: its metadata does not describe a valid checkpoint ({type(e).__name__}: {e})"
+        ) from e
     treedef, signatures, target_leaves = _template_signatures(target)
     if header["treedef"] != str(treedef):
       raise CheckpointError(
-          f"{path} does not match the expected structure: stored tree {header['treedef']} but expected "
-          f"{treedef}")
+        f"{path} does not match the expected structure: stored tree {header['treedef']} but expected {treedef}"
+      )
     stored = header["signatures"]
     if len(stored) != len(signatures):
       raise CheckpointError(f"{path}: stored {len(stored)} leaves, expected {len(signatures)}")
     for i, ((shape, name), item) in enumerate(zip(signatures, stored)):
-      if (not isinstance(item, list) or len(item) != 2 or tuple(item[0]) != shape
-          or item[1] != name):
+      if not isinstance(item, list) or len(item) != 2 or tuple(item[0]) != shape or item[1] != name:
         raise CheckpointError(
-            f"{path}: leaf {i} has shape/dtype {item!r} in the file but the target expects "
-            f"shape {list(shape)} dtype {name}")
+          f"{path}: leaf {i} has shape/dtype {item!r} in the file but the target expects "
+          f"shape {list(shape)} dtype {name}"
+        )
     expected = sum(_nbytes(s) for s in signatures)
-    limit = max_bytes if max_bytes is not None else (
-        expected + _PER_LEAF_OVERHEAD * (len(signatures) + 1) + _FIXED_OVERHEAD)
+    limit = (
+      max_bytes if max_bytes is not None else (expected + _PER_LEAF_OVERHEAD * (len(signatures) + 1) + _FIXED_OVERHEAD)
+    )
     if payload_len > limit:
       raise CheckpointError(
-          f"{path}: payload of {payload_len} bytes exceeds the limit of {limit} bytes for the expected "
-          "target; refusing to read it")
+        f"{path}: payload of {payload_len} bytes exceeds the limit of {limit} bytes for the expected "
+        "target; refusing to read it"
+      )
     if offset + payload_len != size:
       raise CheckpointError(
-          f"{path} is truncated or has trailing bytes: the header announces {payload_len} payload bytes "
-          f"after offset {offset}, the file has {size} bytes in all")
+        f"{path} is truncated or has trailing bytes: the header announces {payload_len} payload bytes "
+        f"after offset {offset}, the file has {size} bytes in all"
+      )
     payload = f.read(payload_len)
   if hashlib.sha256(payload).digest() != digest:
     raise CheckpointError(f"{path} is corrupt: the SHA-256 of its payload does not match its header")
@@ -436,14 +445,17 @@ def load_checkpoint(
     if name.startswith("key<"):
       if arr.shape != shape or arr.dtype != np.uint32:
         raise CheckpointError(f"{path}: key leaf {i} has data {arr.shape} {arr.dtype}, expected {shape} uint32")
-      impl = (jax.random.key_impl(tleaf) if not isinstance(tleaf, jax.ShapeDtypeStruct)
-              else getattr(tleaf.dtype, "_impl", None))
+      impl = (
+        jax.random.key_impl(tleaf)
+        if not isinstance(tleaf, jax.ShapeDtypeStruct)
+        else getattr(tleaf.dtype, "_impl", None)
+      )
       out.append(jax.random.wrap_key_data(jnp.asarray(arr), impl=impl))
       continue
     if arr.shape != shape or arr.dtype.name != name:
       raise CheckpointError(
-          f"{path}: leaf {i} decodes to shape {list(arr.shape)} dtype {arr.dtype.name}, expected "
-          f"{list(shape)} {name}")
+        f"{path}: leaf {i} decodes to shape {list(arr.shape)} dtype {arr.dtype.name}, expected {list(shape)} {name}"
+      )
     out.append(np.array(arr))  # writable copy
   return jax.tree.unflatten(treedef, out), header["metadata"]
 
@@ -509,7 +521,7 @@ class RunLock:
       os.fsync(f.fileno())
     return True
 
-  def acquire(self) -> "RunLock":
+  def acquire(self) -> RunLock:
     """Takes the lock or raises :class:`LockError`."""
     os.makedirs(self.directory, exist_ok=True)
     for _ in range(3):
@@ -527,12 +539,15 @@ class RunLock:
       same_host = host is None or host == socket.gethostname()
       if pid > 0 and (_pid_alive(pid) or not same_host):
         raise LockError(
-            f"directory {self.directory!r} is locked by another run (pid {pid} on "
-            f"{host or 'this host'}; lock file {self.path}); wait for it to finish or use another "
-            "directory")
+          f"directory {self.directory!r} is locked by another run (pid {pid} on "
+          f"{host or 'this host'}; lock file {self.path}); wait for it to finish or use another "
+          "directory"
+        )
       warnings.warn(
-          f"taking over the stale lock {self.path} (owner pid {pid if pid > 0 else '?'} is not running)",
-          RuntimeWarning, stacklevel=2)
+        f"taking over the stale lock {self.path} (owner pid {pid if pid > 0 else '?'} is not running)",
+        RuntimeWarning,
+        stacklevel=2,
+      )
       try:
         os.remove(self.path)
       except FileNotFoundError:
@@ -548,7 +563,7 @@ class RunLock:
       except FileNotFoundError:
         pass
 
-  def __enter__(self) -> "RunLock":
+  def __enter__(self) -> RunLock:
     return self.acquire()
 
   def __exit__(self, *exc) -> None:

@@ -38,7 +38,8 @@ Several hosts: call ``jax.distributed.initialize()`` first on every host, then r
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,18 +49,18 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from unlearn_jax import _checks
 
 __all__ = [
-    "DATA_AXIS",
-    "SEEDS_AXIS",
-    "TrainingInputs",
-    "make_mesh",
-    "data_axis_size",
-    "pad_to_multiple",
-    "unpad",
-    "shard_data",
-    "shard_ledger",
-    "shard_state",
-    "replicate",
-    "place_training_inputs",
+  "DATA_AXIS",
+  "SEEDS_AXIS",
+  "TrainingInputs",
+  "make_mesh",
+  "data_axis_size",
+  "pad_to_multiple",
+  "unpad",
+  "shard_data",
+  "shard_ledger",
+  "shard_state",
+  "replicate",
+  "place_training_inputs",
 ]
 
 PyTree = Any
@@ -88,8 +89,7 @@ def _check_mesh(mesh: Any) -> Mesh:
   missing = [a for a in (SEEDS_AXIS, DATA_AXIS) if a not in mesh.axis_names]
   if missing:
     raise ValueError(
-        f"mesh must have the axes {(SEEDS_AXIS, DATA_AXIS)} (build it with make_mesh), got axes "
-        f"{mesh.axis_names}"
+      f"mesh must have the axes {(SEEDS_AXIS, DATA_AXIS)} (build it with make_mesh), got axes {mesh.axis_names}"
     )
   return mesh
 
@@ -129,8 +129,8 @@ def _check_seed_leading(name: str, leaf: Any, mesh: Mesh) -> None:
     raise ValueError(f"{name} leaves need a leading seed axis when seed_axis=True, got a scalar leaf")
   if shape[0] % seeds:
     raise ValueError(
-        f"{name} has a leading seed axis of size {shape[0]}, which must be a multiple of the mesh's "
-        f"'{SEEDS_AXIS}' axis size {seeds}; choose num_seeds divisible by make_mesh(seeds=...)"
+      f"{name} has a leading seed axis of size {shape[0]}, which must be a multiple of the mesh's "
+      f"'{SEEDS_AXIS}' axis size {seeds}; choose num_seeds divisible by make_mesh(seeds=...)"
     )
 
 
@@ -140,10 +140,10 @@ def _check_seed_leading(name: str, leaf: Any, mesh: Mesh) -> None:
 
 
 def make_mesh(
-    num_devices: int | None = None,
-    *,
-    seeds: int = 1,
-    devices: Sequence[jax.Device] | None = None,
+  num_devices: int | None = None,
+  *,
+  seeds: int = 1,
+  devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
   """Builds a ("seeds", "data") device mesh over the available devices.
 
@@ -175,9 +175,9 @@ def make_mesh(
   num_devices = _check_int("num_devices", num_devices)
   if num_devices > len(available):
     raise ValueError(
-        f"num_devices must be at most the number of available devices ({len(available)}: "
-        f"{[str(d) for d in available]}), got {num_devices}; on CPU, more host devices can be forced "
-        "with XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts"
+      f"num_devices must be at most the number of available devices ({len(available)}: "
+      f"{[str(d) for d in available]}), got {num_devices}; on CPU, more host devices can be forced "
+      "with XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts"
     )
   seeds = _check_int("seeds", seeds)
   if num_devices % seeds:
@@ -273,8 +273,7 @@ def unpad(tree: PyTree, num_examples: int, *, seed_axis: bool = False) -> PyTree
     shape = np.shape(x)
     if len(shape) <= axis or shape[axis] < num_examples:
       raise ValueError(
-          f"tree leaves need an example axis {axis} of size >= num_examples = {num_examples}, got a "
-          f"leaf of shape {shape}"
+        f"tree leaves need an example axis {axis} of size >= num_examples = {num_examples}, got a leaf of shape {shape}"
       )
     return x[:, :num_examples] if seed_axis else x[:num_examples]
 
@@ -322,13 +321,13 @@ def shard_data(data: PyTree, mesh: Mesh, *, seed_axis: bool = False) -> PyTree:
     n = _checks.check_batch(data, "data")
   if n % size:
     raise ValueError(
-        f"data has n = {n} examples, which must be a multiple of the mesh's '{DATA_AXIS}' axis size "
-        f"{size}; pad it first with pad_to_multiple(data, {size}) and pass the returned data_mask to "
-        "the step"
+      f"data has n = {n} examples, which must be a multiple of the mesh's '{DATA_AXIS}' axis size "
+      f"{size}; pad it first with pad_to_multiple(data, {size}) and pass the returned data_mask to "
+      "the step"
     )
   return jax.tree.map(
-      lambda x: _place(x, NamedSharding(mesh, _leading_spec(np.ndim(x), DATA_AXIS, seed_axis=seed_axis))),
-      data,
+    lambda x: _place(x, NamedSharding(mesh, _leading_spec(np.ndim(x), DATA_AXIS, seed_axis=seed_axis))),
+    data,
   )
 
 
@@ -355,7 +354,7 @@ def replicate(params: PyTree, mesh: Mesh, *, seed_axis: bool = False) -> PyTree:
     for leaf in jax.tree.leaves(params):
       _check_seed_leading("params", leaf, mesh)
   return jax.tree.map(
-      lambda x: _place(x, NamedSharding(mesh, _replicated_spec(np.ndim(x), seed_axis=seed_axis))), params
+    lambda x: _place(x, NamedSharding(mesh, _replicated_spec(np.ndim(x), seed_axis=seed_axis))), params
   )
 
 
@@ -394,14 +393,14 @@ def shard_ledger(ledger: Any, mesh: Mesh, *, seed_axis: bool = False) -> Any:
     return None
   if not _is_ledger(ledger):
     raise TypeError(
-        f"ledger must be an accounting.Ledger (a NamedTuple with fields {_LEDGER_PER_EXAMPLE_FIELDS}), "
-        f"got {type(ledger).__name__}"
+      f"ledger must be an accounting.Ledger (a NamedTuple with fields {_LEDGER_PER_EXAMPLE_FIELDS}), "
+      f"got {type(ledger).__name__}"
     )
   per_example = {f: getattr(ledger, f) for f in _LEDGER_PER_EXAMPLE_FIELDS}
   others = {f: getattr(ledger, f) for f in ledger._fields if f not in _LEDGER_PER_EXAMPLE_FIELDS}
   return ledger._replace(
-      **shard_data(per_example, mesh, seed_axis=seed_axis),
-      **replicate(others, mesh, seed_axis=seed_axis),
+    **shard_data(per_example, mesh, seed_axis=seed_axis),
+    **replicate(others, mesh, seed_axis=seed_axis),
   )
 
 
@@ -431,8 +430,8 @@ def shard_state(state: Any, mesh: Mesh, *, seed_axis: bool = False) -> Any:
   if hasattr(state, "_fields") and "ledger" in state._fields:
     rest = {f: getattr(state, f) for f in state._fields if f != "ledger"}
     return state._replace(
-        ledger=shard_ledger(state.ledger, mesh, seed_axis=seed_axis),
-        **replicate(rest, mesh, seed_axis=seed_axis),
+      ledger=shard_ledger(state.ledger, mesh, seed_axis=seed_axis),
+      **replicate(rest, mesh, seed_axis=seed_axis),
     )
   return replicate(state, mesh, seed_axis=seed_axis)
 
@@ -455,9 +454,7 @@ class TrainingInputs(NamedTuple):
   num_examples: int
 
 
-def place_training_inputs(
-    params: PyTree, data: PyTree, mesh: Mesh, *, seed_axis: bool = False
-) -> TrainingInputs:
+def place_training_inputs(params: PyTree, data: PyTree, mesh: Mesh, *, seed_axis: bool = False) -> TrainingInputs:
   """Pads, masks and places parameters and data set on a mesh in one call.
 
   Args:
@@ -480,8 +477,8 @@ def place_training_inputs(
   n = _checks.check_batch(data, "data")
   padded, mask = pad_to_multiple(data, data_axis_size(mesh))
   return TrainingInputs(
-      params=replicate(params, mesh, seed_axis=seed_axis),
-      data=shard_data(padded, mesh),
-      data_mask=shard_data(mask, mesh),
-      num_examples=n,
+    params=replicate(params, mesh, seed_axis=seed_axis),
+    data=shard_data(padded, mesh),
+    data_mask=shard_data(mask, mesh),
+    num_examples=n,
   )

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,10 +36,9 @@ from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
 from unlearn_jax.algorithms import methods
-from unlearn_jax.algorithms.base import Algorithm
+from unlearn_jax.algorithms.base import Algorithm, describe_callable
 from unlearn_jax.algorithms.optimizer import optax_training
 from unlearn_jax.algorithms.sgld import sgld
-from unlearn_jax.algorithms.base import describe_callable
 from unlearn_jax.runtime import inputs, loop
 from unlearn_jax.runtime.progress import Progress
 from unlearn_jax.runtime.results import RunResult
@@ -51,33 +51,61 @@ LossFn = Callable[[PyTree, PyTree], ArrayLike]
 
 def _step_hyper(step_size, temperature, accounting_temperature, clip_norm, weight_decay, projection_radius) -> dict:
   """The per-call hyperparameters of an SGLD step, validated (inf: no clip / no projection)."""
-  hyper = {"step_size": inputs.hyperparameter("step_size", step_size),
-           "temperature": inputs.hyperparameter("temperature", temperature, allow_zero=True),
-           "clip_norm": inputs.hyperparameter("clip_norm", math.inf if clip_norm is None else clip_norm, allow_inf=True),
-           "weight_decay": inputs.hyperparameter("weight_decay", weight_decay, allow_zero=True),
-           "projection_radius": inputs.hyperparameter(
-               "projection_radius", math.inf if projection_radius is None else projection_radius, allow_inf=True),
-           "l1_strength": inputs.hyperparameter("l1_strength", 0.0, allow_zero=True),
-           "l1_horizon": inputs.hyperparameter("l1_horizon", math.inf, allow_inf=True)}
+  hyper = {
+    "step_size": inputs.hyperparameter("step_size", step_size),
+    "temperature": inputs.hyperparameter("temperature", temperature, allow_zero=True),
+    "clip_norm": inputs.hyperparameter("clip_norm", math.inf if clip_norm is None else clip_norm, allow_inf=True),
+    "weight_decay": inputs.hyperparameter("weight_decay", weight_decay, allow_zero=True),
+    "projection_radius": inputs.hyperparameter(
+      "projection_radius", math.inf if projection_radius is None else projection_radius, allow_inf=True
+    ),
+    "l1_strength": inputs.hyperparameter("l1_strength", 0.0, allow_zero=True),
+    "l1_horizon": inputs.hyperparameter("l1_horizon", math.inf, allow_inf=True),
+  }
   if accounting_temperature is not None:
     hyper["accounting_temperature"] = inputs.hyperparameter("accounting_temperature", accounting_temperature)
   return hyper
 
 
-def _training_step(loss_fn, *, algorithm, optimizer, optimizer_description, accounting, accounting_temperature,
-                   step_size, temperature, mode, clip_norm, weight_decay, projection_radius, sampling_rate,
-                   batch_size, denominator, norm_method, chunk_size, reduction_blocks):
+def _training_step(
+  loss_fn,
+  *,
+  algorithm,
+  optimizer,
+  optimizer_description,
+  accounting,
+  accounting_temperature,
+  step_size,
+  temperature,
+  mode,
+  clip_norm,
+  weight_decay,
+  projection_radius,
+  sampling_rate,
+  batch_size,
+  denominator,
+  norm_method,
+  chunk_size,
+  reduction_blocks,
+):
   """(algorithm, hyperparameters) of :func:`train`'s three routes."""
   if algorithm is not None and optimizer is not None:
     raise ValueError("pass at most one of algorithm and optimizer")
   if optimizer is not None:
     if accounting is not None and accounting_temperature is None:
       raise ValueError("accounting with an optimizer needs accounting_temperature (the assumed τ > 0)")
-    alg = optax_training(loss_fn, optimizer, accounting=accounting, description=optimizer_description,
-                         norm_method=norm_method, chunk_size=chunk_size)
-    hyper = {"step_size": inputs.hyperparameter("step_size", step_size),
-             "clip_norm": inputs.hyperparameter("clip_norm", math.inf if clip_norm is None else clip_norm,
-                                                allow_inf=True)}
+    alg = optax_training(
+      loss_fn,
+      optimizer,
+      accounting=accounting,
+      description=optimizer_description,
+      norm_method=norm_method,
+      chunk_size=chunk_size,
+    )
+    hyper = {
+      "step_size": inputs.hyperparameter("step_size", step_size),
+      "clip_norm": inputs.hyperparameter("clip_norm", math.inf if clip_norm is None else clip_norm, allow_inf=True),
+    }
     if accounting_temperature is not None:
       hyper["accounting_temperature"] = inputs.hyperparameter("accounting_temperature", accounting_temperature)
     return alg, hyper
@@ -87,15 +115,28 @@ def _training_step(loss_fn, *, algorithm, optimizer, optimizer_description, acco
     if not isinstance(algorithm, Algorithm):
       raise TypeError(f"algorithm must be an unlearn_jax.algorithms.Algorithm (init, step), got {algorithm!r}")
     if clip_norm is not None or weight_decay or projection_radius is not None or mode != "full_batch":
-      raise ValueError("clip_norm, weight_decay, projection_radius and mode are settings of the algorithm; "
-                       "build it with them (unlearn_jax.sgld(...)) instead of passing them to train")
-    hyper = {"step_size": inputs.hyperparameter("step_size", step_size),
-             "temperature": inputs.hyperparameter("temperature", temperature, allow_zero=True)}
+      raise ValueError(
+        "clip_norm, weight_decay, projection_radius and mode are settings of the algorithm; "
+        "build it with them (unlearn_jax.sgld(...)) instead of passing them to train"
+      )
+    hyper = {
+      "step_size": inputs.hyperparameter("step_size", step_size),
+      "temperature": inputs.hyperparameter("temperature", temperature, allow_zero=True),
+    }
     if accounting_temperature is not None:
       hyper["accounting_temperature"] = inputs.hyperparameter("accounting_temperature", accounting_temperature)
     return algorithm, hyper
-  alg = sgld(loss_fn, mode=mode, sampling_rate=sampling_rate, batch_size=batch_size, denominator=denominator,
-             accounting=accounting, norm_method=norm_method, chunk_size=chunk_size, reduction_blocks=reduction_blocks)
+  alg = sgld(
+    loss_fn,
+    mode=mode,
+    sampling_rate=sampling_rate,
+    batch_size=batch_size,
+    denominator=denominator,
+    accounting=accounting,
+    norm_method=norm_method,
+    chunk_size=chunk_size,
+    reduction_blocks=reduction_blocks,
+  )
   return alg, _step_hyper(step_size, temperature, accounting_temperature, clip_norm, weight_decay, projection_radius)
 
 
@@ -120,41 +161,41 @@ def _check_callable(name: str, fn: Any, how: str) -> None:
 
 
 def train(
-    loss_fn: LossFn,
-    params: PyTree | Callable[[jax.Array], PyTree],
-    data: PyTree,
-    *,
-    num_steps: int,
-    key: jax.Array,
-    step_size: ArrayLike,
-    temperature: ArrayLike | None = None,
-    algorithm: Algorithm | None = None,
-    optimizer: optax.GradientTransformation | None = None,
-    optimizer_description: str | None = None,
-    accounting: Any = None,
-    accounting_temperature: ArrayLike | None = None,
-    mode: str = "full_batch",
-    clip_norm: float | None = None,
-    weight_decay: float = 0.0,
-    projection_radius: float | None = None,
-    sampling_rate: float | None = None,
-    batch_size: int | None = None,
-    denominator: float | None = None,
-    norm_method: str = "auto",
-    chunk_size: int | None = None,
-    reduction_blocks: int | None = None,
-    num_seeds: int | None = None,
-    params_per_seed: bool = False,
-    steps_per_chunk: int = 100,
-    history_stride: int = 1,
-    eval_fn: Callable[[PyTree], dict] | None = None,
-    record_steps: Sequence[int] = (),
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool = True,
-    progress: bool | Progress = True,
-    data_mask: ArrayLike | None = None,
-    mesh: Any = None,
+  loss_fn: LossFn,
+  params: PyTree | Callable[[jax.Array], PyTree],
+  data: PyTree,
+  *,
+  num_steps: int,
+  key: jax.Array,
+  step_size: ArrayLike,
+  temperature: ArrayLike | None = None,
+  algorithm: Algorithm | None = None,
+  optimizer: optax.GradientTransformation | None = None,
+  optimizer_description: str | None = None,
+  accounting: Any = None,
+  accounting_temperature: ArrayLike | None = None,
+  mode: str = "full_batch",
+  clip_norm: float | None = None,
+  weight_decay: float = 0.0,
+  projection_radius: float | None = None,
+  sampling_rate: float | None = None,
+  batch_size: int | None = None,
+  denominator: float | None = None,
+  norm_method: str = "auto",
+  chunk_size: int | None = None,
+  reduction_blocks: int | None = None,
+  num_seeds: int | None = None,
+  params_per_seed: bool = False,
+  steps_per_chunk: int = 100,
+  history_stride: int = 1,
+  eval_fn: Callable[[PyTree], dict] | None = None,
+  record_steps: Sequence[int] = (),
+  checkpoint_dir: str | os.PathLike | None = None,
+  checkpoint_every: int | None = None,
+  resume: bool = True,
+  progress: bool | Progress = True,
+  data_mask: ArrayLike | None = None,
+  mesh: Any = None,
 ) -> RunResult:
   """Trains for ``num_steps`` steps in jitted ``lax.scan`` chunks, with the ledger, history and checkpoints.
 
@@ -236,8 +277,8 @@ def train(
   """
   _check_callable("loss_fn", loss_fn, "loss_fn(params, example)")
   num_steps, num_seeds, steps_per_chunk, history_stride, checkpoint_every = inputs.check_common(
-      num_steps, num_seeds, steps_per_chunk, history_stride, checkpoint_every, checkpoint_dir, eval_fn, progress,
-      resume)
+    num_steps, num_seeds, steps_per_chunk, history_stride, checkpoint_every, checkpoint_dir, eval_fn, progress, resume
+  )
   key = inputs.check_key(key)
   _, mask = inputs.check_data(data, data_mask, "data")
   init_params_fn = params if callable(params) else None
@@ -251,37 +292,75 @@ def train(
   else:
     reduction_blocks_for_data = reduction_blocks
   algorithm, hyper = _training_step(
-      loss_fn, algorithm=algorithm, optimizer=optimizer, optimizer_description=optimizer_description,
-      accounting=accounting, accounting_temperature=accounting_temperature, step_size=step_size,
-      temperature=temperature, mode=mode, clip_norm=clip_norm, weight_decay=weight_decay,
-      projection_radius=projection_radius, sampling_rate=sampling_rate, batch_size=batch_size,
-      denominator=denominator, norm_method=norm_method, chunk_size=chunk_size, reduction_blocks=reduction_blocks)
-  data, mask, params, num_real = inputs.place_on_mesh(mesh, data, mask, params,
-                                                      num_seeds is not None and params_per_seed,
-                                                      reduction_blocks_for_data)
+    loss_fn,
+    algorithm=algorithm,
+    optimizer=optimizer,
+    optimizer_description=optimizer_description,
+    accounting=accounting,
+    accounting_temperature=accounting_temperature,
+    step_size=step_size,
+    temperature=temperature,
+    mode=mode,
+    clip_norm=clip_norm,
+    weight_decay=weight_decay,
+    projection_radius=projection_radius,
+    sampling_rate=sampling_rate,
+    batch_size=batch_size,
+    denominator=denominator,
+    norm_method=norm_method,
+    chunk_size=chunk_size,
+    reduction_blocks=reduction_blocks,
+  )
+  data, mask, params, num_real = inputs.place_on_mesh(
+    mesh, data, mask, params, num_seeds is not None and params_per_seed, reduction_blocks_for_data
+  )
   record = inputs.check_steps("record_steps", record_steps, num_steps)
   state, history, recorded, start = loop.run(
-      driver="train", algorithm=algorithm, params=None if init_params_fn is not None else params,
-      init_params_fn=init_params_fn, data=data, data_mask=mask, key=key, num_seeds=num_seeds,
-      params_per_seed=params_per_seed, hyper=hyper, num_steps=num_steps, chunk_len=steps_per_chunk,
-      stride=history_stride, record_steps=record, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-      resume_ok=resume, progress=progress, description=_describe(algorithm, eval_fn, mesh), mesh=mesh,
-      eval_fn=eval_fn)
-  ledger, history = inputs.unpad_results(getattr(state, "ledger", None), history, num_real,
-                                         jax.tree.leaves(data)[0].shape[0], num_seeds)
-  return RunResult(state=state, ledger=ledger, history=history, recorded=_recorded_stack(recorded, record),
-                   recorded_steps=np.asarray(record, np.int64), num_steps=num_steps, resumed_from=start)
+    driver="train",
+    algorithm=algorithm,
+    params=None if init_params_fn is not None else params,
+    init_params_fn=init_params_fn,
+    data=data,
+    data_mask=mask,
+    key=key,
+    num_seeds=num_seeds,
+    params_per_seed=params_per_seed,
+    hyper=hyper,
+    num_steps=num_steps,
+    chunk_len=steps_per_chunk,
+    stride=history_stride,
+    record_steps=record,
+    checkpoint_dir=checkpoint_dir,
+    checkpoint_every=checkpoint_every,
+    resume_ok=resume,
+    progress=progress,
+    description=_describe(algorithm, eval_fn, mesh),
+    mesh=mesh,
+    eval_fn=eval_fn,
+  )
+  ledger, history = inputs.unpad_results(
+    getattr(state, "ledger", None), history, num_real, jax.tree.leaves(data)[0].shape[0], num_seeds
+  )
+  return RunResult(
+    state=state,
+    ledger=ledger,
+    history=history,
+    recorded=_recorded_stack(recorded, record),
+    recorded_steps=np.asarray(record, np.int64),
+    num_steps=num_steps,
+    resumed_from=start,
+  )
 
 
 def retrain(
-    loss_fn: LossFn,
-    init_fn: Callable[[jax.Array], PyTree],
-    retain_data: PyTree,
-    *,
-    num_steps: int,
-    key: jax.Array,
-    step_size: ArrayLike,
-    **kwargs: Any,
+  loss_fn: LossFn,
+  init_fn: Callable[[jax.Array], PyTree],
+  retain_data: PyTree,
+  *,
+  num_steps: int,
+  key: jax.Array,
+  step_size: ArrayLike,
+  **kwargs: Any,
 ) -> RunResult:
   """The oracle: the same training as :func:`train` from a fresh initialisation, on the retain set D'.
 
@@ -320,35 +399,54 @@ def retrain(
   return train(loss_fn, init_fn, retain_data, num_steps=num_steps, key=key, step_size=step_size, **kwargs)
 
 
+def _step_list(record_steps) -> list:
+  try:
+    steps_list = list(record_steps)
+  except TypeError as e:
+    raise TypeError(f"record_steps must be a sequence of non-negative integers, got {record_steps!r}") from e
+  if not steps_list:
+    raise ValueError("record_steps must name at least one step count")
+  return steps_list
+
+
+def _check_fine_tuning(step_size, clip_norm, weight_decay, projection_radius) -> None:
+  _checks.check_positive("step_size", step_size)
+  if clip_norm is not None:
+    _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
+  _checks.check_nonnegative("weight_decay", weight_decay)
+  if projection_radius is not None:
+    _checks.check_positive("projection_radius", projection_radius, allow_inf=True)
+
+
 def unlearn(
-    loss_fn: LossFn,
-    params: PyTree,
-    retain_data: PyTree,
-    *,
-    method: str,
-    key: jax.Array,
-    step_size: ArrayLike,
-    record_steps: Sequence[int],
-    num_steps: int | None = None,
-    temperature: ArrayLike | None = None,
-    clip_norm: float | None = None,
-    weight_decay: float = 0.0,
-    projection_radius: float | None = None,
-    num_seeds: int | None = None,
-    params_per_seed: bool = False,
-    data_mask: ArrayLike | None = None,
-    steps_per_chunk: int = 100,
-    history_stride: int = 1,
-    eval_fn: Callable[[PyTree], dict] | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool = True,
-    progress: bool | Progress = True,
-    norm_method: str = "auto",
-    chunk_size: int | None = None,
-    mesh: Any = None,
-    reduction_blocks: int | None = None,
-    **options: Any,
+  loss_fn: LossFn,
+  params: PyTree,
+  retain_data: PyTree,
+  *,
+  method: str,
+  key: jax.Array,
+  step_size: ArrayLike,
+  record_steps: Sequence[int],
+  num_steps: int | None = None,
+  temperature: ArrayLike | None = None,
+  clip_norm: float | None = None,
+  weight_decay: float = 0.0,
+  projection_radius: float | None = None,
+  num_seeds: int | None = None,
+  params_per_seed: bool = False,
+  data_mask: ArrayLike | None = None,
+  steps_per_chunk: int = 100,
+  history_stride: int = 1,
+  eval_fn: Callable[[PyTree], dict] | None = None,
+  checkpoint_dir: str | os.PathLike | None = None,
+  checkpoint_every: int | None = None,
+  resume: bool = True,
+  progress: bool | Progress = True,
+  norm_method: str = "auto",
+  chunk_size: int | None = None,
+  mesh: Any = None,
+  reduction_blocks: int | None = None,
+  **options: Any,
 ) -> RunResult:
   """Fine-tunes trained ``params`` on the retain set and returns the parameters at ``record_steps``.
 
@@ -392,42 +490,73 @@ def unlearn(
   """
   _check_callable("loss_fn", loss_fn, "loss_fn(params, example)")
   method_fn = methods.unlearning_method(method)
-  try:
-    steps_list = list(record_steps)
-  except TypeError as e:
-    raise TypeError(f"record_steps must be a sequence of non-negative integers, got {record_steps!r}") from e
-  if not steps_list:
-    raise ValueError("record_steps must name at least one step count")
+  steps_list = _step_list(record_steps)
   if num_steps is None:
     num_steps = max(int(s) for s in steps_list)
   num_steps, num_seeds, steps_per_chunk, history_stride, checkpoint_every = inputs.check_common(
-      num_steps, num_seeds, steps_per_chunk, history_stride, checkpoint_every, checkpoint_dir, eval_fn, progress,
-      resume, min_steps=0)
+    num_steps,
+    num_seeds,
+    steps_per_chunk,
+    history_stride,
+    checkpoint_every,
+    checkpoint_dir,
+    eval_fn,
+    progress,
+    resume,
+    min_steps=0,
+  )
   record = inputs.check_steps("record_steps", steps_list, num_steps)
   key = inputs.check_key(key)
   _, mask = inputs.check_data(retain_data, data_mask, "retain_data")
   inputs.check_params(params, num_seeds, params_per_seed)
   reduction_blocks = inputs.check_reduction_blocks(reduction_blocks, mesh)
-  _checks.check_positive("step_size", step_size)
-  if clip_norm is not None:
-    _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
-  _checks.check_nonnegative("weight_decay", weight_decay)
-  if projection_radius is not None:
-    _checks.check_positive("projection_radius", projection_radius, allow_inf=True)
-  spec = methods.MethodSpec(num_steps=num_steps, step_size=step_size, temperature=temperature, clip_norm=clip_norm,
-                            weight_decay=weight_decay, projection_radius=projection_radius,
-                            norm_method=norm_method, chunk_size=chunk_size, reduction_blocks=reduction_blocks,
-                            options=dict(options))
+  _check_fine_tuning(step_size, clip_norm, weight_decay, projection_radius)
+  spec = methods.MethodSpec(
+    num_steps=num_steps,
+    step_size=step_size,
+    temperature=temperature,
+    clip_norm=clip_norm,
+    weight_decay=weight_decay,
+    projection_radius=projection_radius,
+    norm_method=norm_method,
+    chunk_size=chunk_size,
+    reduction_blocks=reduction_blocks,
+    options=dict(options),
+  )
   algorithm, raw_hyper = method_fn(loss_fn, spec)
   hyper = {k: inputs.hyperparameter(k, v, allow_zero=True, allow_inf=True) for k, v in raw_hyper.items()}
-  retain_data, mask, params, _ = inputs.place_on_mesh(mesh, retain_data, mask, params,
-                                                      num_seeds is not None and params_per_seed, reduction_blocks)
+  retain_data, mask, params, _ = inputs.place_on_mesh(
+    mesh, retain_data, mask, params, num_seeds is not None and params_per_seed, reduction_blocks
+  )
   state, history, recorded, start = loop.run(
-      driver=f"unlearn-{method}", algorithm=algorithm, params=params, init_params_fn=None, data=retain_data,
-      data_mask=mask, key=key, num_seeds=num_seeds, params_per_seed=params_per_seed, hyper=hyper,
-      num_steps=num_steps, chunk_len=steps_per_chunk, stride=history_stride, record_steps=record,
-      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume_ok=resume, progress=progress,
-      description=_describe(algorithm, eval_fn, mesh), mesh=mesh, eval_fn=eval_fn)
-  return RunResult(state=state, ledger=getattr(state, "ledger", None), history=history,
-                   recorded=_recorded_stack(recorded, record), recorded_steps=np.asarray(record, np.int64),
-                   num_steps=num_steps, resumed_from=start)
+    driver=f"unlearn-{method}",
+    algorithm=algorithm,
+    params=params,
+    init_params_fn=None,
+    data=retain_data,
+    data_mask=mask,
+    key=key,
+    num_seeds=num_seeds,
+    params_per_seed=params_per_seed,
+    hyper=hyper,
+    num_steps=num_steps,
+    chunk_len=steps_per_chunk,
+    stride=history_stride,
+    record_steps=record,
+    checkpoint_dir=checkpoint_dir,
+    checkpoint_every=checkpoint_every,
+    resume_ok=resume,
+    progress=progress,
+    description=_describe(algorithm, eval_fn, mesh),
+    mesh=mesh,
+    eval_fn=eval_fn,
+  )
+  return RunResult(
+    state=state,
+    ledger=getattr(state, "ledger", None),
+    history=history,
+    recorded=_recorded_stack(recorded, record),
+    recorded_steps=np.asarray(record, np.int64),
+    num_steps=num_steps,
+    resumed_from=start,
+  )

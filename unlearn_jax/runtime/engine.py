@@ -18,7 +18,8 @@ INIT_TAG)``, a tag no step index reaches.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,17 @@ def _num_examples(data) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("algorithm", "init_params_fn", "num_seeds", "params_per_seed", "mesh"))
-def init_states(params: PyTree, data: PyTree, keys: jax.Array, *, algorithm: Algorithm,
-                init_params_fn: Callable | None, num_seeds: int | None, params_per_seed: bool, mesh: Any) -> Any:
+def init_states(
+  params: PyTree,
+  data: PyTree,
+  keys: jax.Array,
+  *,
+  algorithm: Algorithm,
+  init_params_fn: Callable | None,
+  num_seeds: int | None,
+  params_per_seed: bool,
+  mesh: Any,
+) -> Any:
   """The initial state of every chain (``algorithm.init``), parameters from ``init_params_fn`` if given."""
 
   def init_one(p, chain_key):
@@ -88,9 +98,22 @@ def _scalars(algorithm: Algorithm, info: StepInfo, old_params: PyTree, state: An
 
 
 @functools.partial(jax.jit, static_argnames=("algorithm", "eval_fn", "num_seeds", "chunk_len", "stride", "mesh"))
-def run_chunk(state: Any, data: PyTree, mask: jax.Array | None, keys: jax.Array, hyper: dict, start: jax.Array,
-              end: jax.Array, *, algorithm: Algorithm, eval_fn: Callable | None, num_seeds: int | None,
-              chunk_len: int, stride: int, mesh: Any) -> tuple[Any, dict]:
+def run_chunk(
+  state: Any,
+  data: PyTree,
+  mask: jax.Array | None,
+  keys: jax.Array,
+  hyper: dict,
+  start: jax.Array,
+  end: jax.Array,
+  *,
+  algorithm: Algorithm,
+  eval_fn: Callable | None,
+  num_seeds: int | None,
+  chunk_len: int,
+  stride: int,
+  mesh: Any,
+) -> tuple[Any, dict]:
   """Steps ``start`` .. ``end`` − 1 (at most ``chunk_len``) of every chain; returns (state, outputs).
 
   ``outputs`` holds, per step of the chunk (leading axis ``chunk_len``; rows past ``end`` are zeros),

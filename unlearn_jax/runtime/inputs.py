@@ -13,8 +13,17 @@ from unlearn_jax import _checks
 from unlearn_jax.per_example import blocks
 from unlearn_jax.runtime import distributed
 
-__all__ = ["check_common", "check_data", "check_key", "check_params", "check_reduction_blocks", "check_steps",
-           "hyperparameter", "place_on_mesh", "unpad_results"]
+__all__ = [
+  "check_common",
+  "check_data",
+  "check_key",
+  "check_params",
+  "check_reduction_blocks",
+  "check_steps",
+  "hyperparameter",
+  "place_on_mesh",
+  "unpad_results",
+]
 
 
 def _num_examples(data) -> int:
@@ -86,20 +95,32 @@ def check_params(params: Any, num_seeds: int | None, params_per_seed: bool) -> N
     raise ValueError("params must be a pytree with at least one array leaf")
   for i, leaf in enumerate(leaves):
     if not hasattr(leaf, "shape") or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-      raise TypeError(f"params leaf {i} must be a floating-point array, got {type(leaf).__name__} "
-                      f"{getattr(leaf, 'dtype', '')}")
+      raise TypeError(
+        f"params leaf {i} must be a floating-point array, got {type(leaf).__name__} {getattr(leaf, 'dtype', '')}"
+      )
     _checks.check_finite_array(f"params leaf {i}", leaf)
   if params_per_seed:
     if num_seeds is None:
       raise ValueError("params_per_seed=True needs num_seeds (the size of the leading seed axis)")
-    bad = [np.shape(l) for l in leaves if np.ndim(l) == 0 or np.shape(l)[0] != num_seeds]
+    bad = [np.shape(leaf) for leaf in leaves if np.ndim(leaf) == 0 or np.shape(leaf)[0] != num_seeds]
     if bad:
-      raise ValueError(f"params_per_seed=True needs every params leaf to have leading axis "
-                       f"num_seeds={num_seeds}, got shapes {bad}")
+      raise ValueError(
+        f"params_per_seed=True needs every params leaf to have leading axis num_seeds={num_seeds}, got shapes {bad}"
+      )
 
 
-def check_common(num_steps, num_seeds, steps_per_chunk, history_stride, checkpoint_every, checkpoint_dir,
-                   eval_fn, progress, resume, min_steps=1):
+def check_common(
+  num_steps,
+  num_seeds,
+  steps_per_chunk,
+  history_stride,
+  checkpoint_every,
+  checkpoint_dir,
+  eval_fn,
+  progress,
+  resume,
+  min_steps=1,
+):
   num_steps = _check_int("num_steps", num_steps, minimum=min_steps)
   num_seeds = _check_int("num_seeds", num_seeds, minimum=1, allow_none=True)
   steps_per_chunk = _check_int("steps_per_chunk", steps_per_chunk, minimum=1)
@@ -132,8 +153,9 @@ def check_reduction_blocks(value: Any, mesh: Any) -> int | None:
     size = distributed.data_axis_size(mesh)
     if value % size:
       raise ValueError(
-          f"reduction_blocks must be a multiple of the mesh's 'data' axis size {size}, got {value}; "
-          "choose R = 2 x the largest device count you compare (e.g. 8 for 1, 2 and 4 devices)")
+        f"reduction_blocks must be a multiple of the mesh's 'data' axis size {size}, got {value}; "
+        "choose R = 2 x the largest device count you compare (e.g. 8 for 1, 2 and 4 devices)"
+      )
   return int(value)
 
 
@@ -174,4 +196,3 @@ def unpad_results(ledger, history, num_real, num_padded, num_seeds):
   if "privacy_loss_mean" in history:  # padding rows hold 0: mean over real rows = mean * n_pad / n
     history = dict(history, privacy_loss_mean=history["privacy_loss_mean"] * (num_padded / num_real))
   return ledger, history
-

@@ -12,7 +12,7 @@ SIGINT and SIGTERM finish the running chunk, write a checkpoint and raise
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from unlearn_jax.runtime import checkpoint as ckpt_lib
 from unlearn_jax.runtime import engine, resume
 from unlearn_jax.runtime.progress import Progress
 from unlearn_jax.runtime.results import DivergenceError
-from unlearn_jax.runtime.signals import InterruptGuard, Interrupted
+from unlearn_jax.runtime.signals import Interrupted, InterruptGuard
 
 __all__ = ["run"]
 
@@ -79,62 +79,147 @@ def _chunk_end(s: int, num_steps: int, chunk_len: int, boundaries: set, every: i
   return e if every is None else min(e, (s // every + 1) * every)
 
 
-def run(*, driver: str, algorithm: Algorithm, params: PyTree, init_params_fn, data: PyTree, data_mask, key,
-        num_seeds: int | None, params_per_seed: bool, hyper: dict, num_steps: int, chunk_len: int, stride: int,
-        record_steps: tuple[int, ...], checkpoint_dir, checkpoint_every: int | None, resume_ok: bool,
-        progress: bool | Progress, description: dict, mesh: Any, eval_fn) -> tuple[Any, dict, dict, int]:
+class _Run(NamedTuple):
+  """The settings of one run that the host loop reads."""
+
+  driver: str
+  algorithm: Algorithm
+  data: PyTree
+  data_mask: Any
+  hyper: dict
+  num_steps: int
+  chunk_len: int
+  stride: int
+  record_steps: tuple[int, ...]
+  checkpoint_dir: str | None
+  checkpoint_every: int | None
+  resume_ok: bool
+  num_seeds: int | None
+  mesh: Any
+  eval_fn: Any
+
+
+def _fingerprint(run_: _Run, description: dict, key, params, init_params_fn) -> str:
+  """The fingerprint of a run: the algorithm's description and every input that changes its result."""
+  return resume.fingerprint(
+    dict(
+      description,
+      driver=run_.driver,
+      num_steps=run_.num_steps,
+      num_seeds=run_.num_seeds,
+      chunk_len=run_.chunk_len,
+      stride=run_.stride,
+      record_steps=list(run_.record_steps),
+      checkpoint_every=run_.checkpoint_every,
+      hyper={k: float(v) for k, v in run_.hyper.items()},
+      key=resume.array_digest(key),
+      data=resume.array_digest(run_.data),
+      data_mask=None if run_.data_mask is None else resume.array_digest(run_.data_mask),
+      params=None if init_params_fn is not None else resume.array_digest(params),
+    )
+  )
+
+
+def run(
+  *,
+  driver: str,
+  algorithm: Algorithm,
+  params: PyTree,
+  init_params_fn,
+  data: PyTree,
+  data_mask,
+  key,
+  num_seeds: int | None,
+  params_per_seed: bool,
+  hyper: dict,
+  num_steps: int,
+  chunk_len: int,
+  stride: int,
+  record_steps: tuple[int, ...],
+  checkpoint_dir,
+  checkpoint_every: int | None,
+  resume_ok: bool,
+  progress: bool | Progress,
+  description: dict,
+  mesh: Any,
+  eval_fn,
+) -> tuple[Any, dict, dict, int]:
   """Runs ``algorithm`` from step 0 (or a checkpoint) to ``num_steps``.
 
   Returns ``(state, history, recorded, start)``: the final state, the history (arrays at the stride),
   ``{step: params}`` at the recorded steps, and the step this call resumed from.
   """
+  run_ = _Run(
+    driver,
+    algorithm,
+    data,
+    data_mask,
+    hyper,
+    num_steps,
+    chunk_len,
+    stride,
+    record_steps,
+    None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+    checkpoint_every,
+    resume_ok,
+    num_seeds,
+    mesh,
+    eval_fn,
+  )
   keys = _chain_keys(key, num_seeds)
   fingerprint, lock = None, None
-  if checkpoint_dir is not None:
-    checkpoint_dir = os.fspath(checkpoint_dir)
-    description = dict(description, driver=driver, num_steps=num_steps, num_seeds=num_seeds, chunk_len=chunk_len,
-                       stride=stride, record_steps=list(record_steps), checkpoint_every=checkpoint_every,
-                       hyper={k: float(v) for k, v in hyper.items()}, key=resume.array_digest(key),
-                       data=resume.array_digest(data),
-                       data_mask=None if data_mask is None else resume.array_digest(data_mask),
-                       params=None if init_params_fn is not None else resume.array_digest(params))
-    fingerprint = resume.fingerprint(description)
-    lock = ckpt_lib.RunLock(checkpoint_dir).acquire()
+  if run_.checkpoint_dir is not None:
+    fingerprint = _fingerprint(run_, description, key, params, init_params_fn)
+    lock = ckpt_lib.RunLock(run_.checkpoint_dir).acquire()
   try:
-    state = resume.strong(engine.init_states(
-        params, data, keys, algorithm=algorithm, init_params_fn=init_params_fn, num_seeds=num_seeds,
-        params_per_seed=params_per_seed, mesh=mesh))
-    return _loop(driver, algorithm, state, data, data_mask, keys, hyper, num_steps, chunk_len, stride,
-                 record_steps, checkpoint_dir, checkpoint_every, resume_ok, progress, fingerprint, num_seeds,
-                 mesh, eval_fn)
+    state = engine.init_states(
+      params,
+      data,
+      keys,
+      algorithm=algorithm,
+      init_params_fn=init_params_fn,
+      num_seeds=num_seeds,
+      params_per_seed=params_per_seed,
+      mesh=mesh,
+    )
+    return _loop(run_, resume.strong(state), keys, fingerprint, progress)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _loop(driver, algorithm, state, data, data_mask, keys, hyper, num_steps, chunk_len, stride, record_steps,
-          checkpoint_dir, checkpoint_every, resume_ok, progress, fingerprint, num_seeds, mesh, eval_fn):
+def _loop(run_: _Run, state, keys, fingerprint: str | None, progress) -> tuple[Any, dict, dict, int]:
   start, history_parts, recorded, last_ckpt = 0, [], {}, None
-  if checkpoint_dir is not None:
+  ckpt_dir, num_steps, stride = run_.checkpoint_dir, run_.num_steps, run_.stride
+  if ckpt_dir is not None:
     start, state, history_parts, recorded, last_ckpt = _resume_or_clear(
-        checkpoint_dir, resume_ok, state, fingerprint, record_steps)
-  if start == 0 and 0 in record_steps:
+      ckpt_dir, run_.resume_ok, state, fingerprint, run_.record_steps
+    )
+  if start == 0 and 0 in run_.record_steps:
     recorded[0] = resume.to_host(state.params)
-  every = None if checkpoint_dir is None else (checkpoint_every or chunk_len)
-  boundaries = set(record_steps) | {num_steps}
+  every = None if ckpt_dir is None else (run_.checkpoint_every or run_.chunk_len)
+  boundaries = set(run_.record_steps) | {num_steps}
   own_bar = not isinstance(progress, Progress)
-  bar = Progress(num_steps, driver, enabled=bool(progress)) if own_bar else progress
+  bar = Progress(num_steps, run_.driver, enabled=bool(progress)) if own_bar else progress
   if start:
-    bar.note(f"[unlearn-jax] {driver}: resuming from step {start} of {num_steps} ({checkpoint_dir})")
+    bar.note(f"[unlearn-jax] {run_.driver}: resuming from step {start} of {num_steps} ({ckpt_dir})")
     bar.update(start)
   s = start
-  static = dict(algorithm=algorithm, eval_fn=eval_fn, num_seeds=num_seeds, chunk_len=chunk_len, stride=stride,
-                mesh=mesh)
+  static = dict(
+    algorithm=run_.algorithm,
+    eval_fn=run_.eval_fn,
+    num_seeds=run_.num_seeds,
+    chunk_len=run_.chunk_len,
+    stride=stride,
+    mesh=run_.mesh,
+  )
   try:
     with InterruptGuard() as guard:
       while s < num_steps:
-        e = _chunk_end(s, num_steps, chunk_len, boundaries, every)
-        new_state, outs = engine.run_chunk(state, data, data_mask, keys, hyper, jnp.int32(s), jnp.int32(e), **static)
+        e = _chunk_end(s, num_steps, run_.chunk_len, boundaries, every)
+        new_state, outs = engine.run_chunk(
+          state, run_.data, run_.data_mask, keys, run_.hyper, jnp.int32(s), jnp.int32(e), **static
+        )
         outs = resume.to_host(outs)
         _check_finite(outs, s, e - s, last_ckpt)
         part = _history_part(outs, s, e, stride)
@@ -142,10 +227,10 @@ def _loop(driver, algorithm, state, data, data_mask, keys, hyper, num_steps, chu
           history_parts.append(part)
         bar.update(e - s)
         state, s = new_state, e
-        if s in record_steps:
+        if s in run_.record_steps:
           recorded[s] = resume.to_host(state.params)
-        if checkpoint_dir is not None and (s % every == 0 or s == num_steps or guard.flag):
-          last_ckpt = resume.save(checkpoint_dir, s, state, history_parts, recorded, fingerprint, driver)
+        if ckpt_dir is not None and (s % every == 0 or s == num_steps or guard.flag):
+          last_ckpt = resume.save(ckpt_dir, s, state, history_parts, recorded, fingerprint, run_.driver)
         if guard.flag:
           raise Interrupted(s, last_ckpt, guard.signum)
   finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import IO
 
+import tqdm
+
 __all__ = ["Progress"]
 
 
@@ -23,17 +25,20 @@ class Progress:
     4
   """
 
-  def __init__(self, total: int, desc: str, *, enabled: bool = True, file: IO[str] | None = None,
-               unit: str = "step"):
+  def __init__(self, total: int, desc: str, *, enabled: bool = True, file: IO[str] | None = None, unit: str = "step"):
     self.total = int(total)
     self.done = 0
     self.enabled = bool(enabled)
     self._bar = None
     if self.enabled:
-      import tqdm
-
-      self._bar = tqdm.tqdm(total=self.total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-                            file=file if file is not None else sys.stderr)
+      self._bar = tqdm.tqdm(
+        total=self.total,
+        desc=desc,
+        unit=unit,
+        leave=False,
+        dynamic_ncols=True,
+        file=file if file is not None else sys.stderr,
+      )
 
   def update(self, n: int) -> None:
     """Advances the bar by ``n`` steps."""
@@ -51,7 +56,7 @@ class Progress:
       self._bar.close()
       self._bar = None
 
-  def __enter__(self) -> "Progress":
+  def __enter__(self) -> Progress:
     return self
 
   def __exit__(self, *exc) -> None:

@@ -54,6 +54,7 @@ class DivergenceError(RuntimeError):
     self.checkpoint = checkpoint
     kept = f"; the last good checkpoint {checkpoint} was kept" if checkpoint else ""
     super().__init__(
-        f"the run diverged at step {self.step}: {what} turned non-finite (NaN/Inf){kept}. Try a smaller "
-        "step_size, per-example clipping (clip_norm), or a different weight_decay / temperature; check that "
-        "the data and labels are valid")
+      f"the run diverged at step {self.step}: {what} turned non-finite (NaN/Inf){kept}. Try a smaller "
+      "step_size, per-example clipping (clip_norm), or a different weight_decay / temperature; check that "
+      "the data and labels are valid"
+    )

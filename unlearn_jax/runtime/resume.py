@@ -71,9 +71,10 @@ def restore(checkpoint_dir, state, fingerprint, record_steps):
       continue
     if meta.get("fingerprint") != fingerprint:
       raise ckpt_lib.CheckpointError(
-          f"checkpoint_dir {checkpoint_dir!r} holds checkpoints of a different run (configuration, data, "
-          "key or initial parameters differ); pass resume=False to start over there, or use another "
-          "checkpoint_dir")
+        f"checkpoint_dir {checkpoint_dir!r} holds checkpoints of a different run (configuration, data, "
+        "key or initial parameters differ); pass resume=False to start over there, or use another "
+        "checkpoint_dir"
+      )
 
     def target(meta):
       hist_spec = meta.get("history_spec", {})
@@ -88,8 +89,7 @@ def restore(checkpoint_dir, state, fingerprint, record_steps):
         if np.dtype(d).kind not in "biuf":
           raise ckpt_lib.CheckpointError(f"{path}: history entry {k!r} has unsupported dtype {d!r}")
         history[k] = jax.ShapeDtypeStruct((hist_len,) + tuple(int(v) for v in s), np.dtype(d))
-      return {"state": state_host, "history": history,
-              "recorded": {str(s): params_host for s in rec}}
+      return {"state": state_host, "history": history, "recorded": {str(s): params_host for s in rec}}
 
     try:
       tree, meta = ckpt_lib.load_checkpoint(path, target)
@@ -104,25 +104,22 @@ def restore(checkpoint_dir, state, fingerprint, record_steps):
     history = [tree["history"]] if int(meta.get("history_len", 0)) else []
     return step, restored_state, history, recorded
   if errors:
-    raise ckpt_lib.CheckpointError(
-        f"no valid checkpoint in {checkpoint_dir!r} to resume from: " + " | ".join(errors))
+    raise ckpt_lib.CheckpointError(f"no valid checkpoint in {checkpoint_dir!r} to resume from: " + " | ".join(errors))
   return None
 
 
 def save(checkpoint_dir, step, state, history_parts, recorded, fingerprint, driver) -> str:
   history = concat_history(history_parts)
-  tree = {"state": to_host(state), "history": history,
-          "recorded": {str(s): p for s, p in recorded.items()}}
+  tree = {"state": to_host(state), "history": history, "recorded": {str(s): p for s, p in recorded.items()}}
   meta = {
-      "step": int(step),
-      "driver": driver,
-      "fingerprint": fingerprint,
-      "history_len": int(len(history["step"])) if history else 0,
-      "history_spec": {k: [list(v.shape[1:]), v.dtype.name] for k, v in history.items()},
-      "recorded_steps": sorted(int(s) for s in recorded),
+    "step": int(step),
+    "driver": driver,
+    "fingerprint": fingerprint,
+    "history_len": int(len(history["step"])) if history else 0,
+    "history_spec": {k: [list(v.shape[1:]), v.dtype.name] for k, v in history.items()},
+    "recorded_steps": sorted(int(s) for s in recorded),
   }
   path = ckpt_lib.checkpoint_path(checkpoint_dir, step)
   ckpt_lib.save_checkpoint(path, tree, metadata=meta)
   ckpt_lib.remove_checkpoints(checkpoint_dir, keep=KEEP_CHECKPOINTS)
   return path
-

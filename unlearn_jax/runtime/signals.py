@@ -60,7 +60,7 @@ class InterruptGuard:
       raise Interrupted(0, None, signum)  # the second signal: at once
     self.signum = signum
 
-  def __enter__(self) -> "InterruptGuard":
+  def __enter__(self) -> InterruptGuard:
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGINT, signal.SIGTERM):
         self._old[sig] = signal.signal(sig, self._handler)

@@ -14,5 +14,14 @@ from unlearn_jax.study.pipeline import OutputDirError, run
 from unlearn_jax.study.report import write_per_example_csv, write_report_json, write_report_md
 from unlearn_jax.study.stages import DataMissingError
 
-__all__ = ["Config", "ConfigError", "DataMissingError", "OutputDirError", "demo_config", "run",
-           "write_per_example_csv", "write_report_json", "write_report_md"]
+__all__ = [
+  "Config",
+  "ConfigError",
+  "DataMissingError",
+  "OutputDirError",
+  "demo_config",
+  "run",
+  "write_per_example_csv",
+  "write_report_json",
+  "write_report_md",
+]

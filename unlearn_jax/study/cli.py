@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from unlearn_jax import runtime
-from unlearn_jax.certify import testbed
+from unlearn_jax.certify import testbed, testbed_table
 from unlearn_jax.runtime import checkpoint
 from unlearn_jax.study import config as config_lib
 from unlearn_jax.study import pipeline, stages
@@ -53,54 +53,84 @@ examples:
 
 
 def _add_study_options(p: argparse.ArgumentParser, *, default_out: str | None) -> None:
-  p.add_argument("--out", metavar="DIR", default=default_out,
-                 help="output directory for report.json, report.md, per_example.csv, figures and checkpoints"
-                      + (f" (default: {default_out})" if default_out else " (default: the config's out_dir)"))
-  p.add_argument("--seed", type=int, default=None, metavar="N",
-                 help="master seed; overrides the config's seed (same config + seed => identical report)")
-  p.add_argument("--devices", type=int, default=None, metavar="N",
-                 help="shard the per-example work over N devices (default: one device; on CPU force several "
-                      "with XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-  p.add_argument("--data-dir", default=None, metavar="DIR",
-                 help="directory of CIFAR-10 binary batches / SVHN .mat files; overrides data.data_dir")
+  p.add_argument(
+    "--out",
+    metavar="DIR",
+    default=default_out,
+    help="output directory for report.json, report.md, per_example.csv, figures and checkpoints"
+    + (f" (default: {default_out})" if default_out else " (default: the config's out_dir)"),
+  )
+  p.add_argument(
+    "--seed",
+    type=int,
+    default=None,
+    metavar="N",
+    help="master seed; overrides the config's seed (same config + seed => identical report)",
+  )
+  p.add_argument(
+    "--devices",
+    type=int,
+    default=None,
+    metavar="N",
+    help="shard the per-example work over N devices (default: one device; on CPU force several "
+    "with XLA_FLAGS=--xla_force_host_platform_device_count=N)",
+  )
+  p.add_argument(
+    "--data-dir",
+    default=None,
+    metavar="DIR",
+    help="directory of CIFAR-10 binary batches / SVHN .mat files; overrides data.data_dir",
+  )
   p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The argparse parser of ``unlearn-jax`` (exposed for tests and documentation)."""
-  parser = argparse.ArgumentParser(prog="unlearn-jax", description=_DESCRIPTION, epilog=_EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="unlearn-jax", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   sub = parser.add_subparsers(dest="command", metavar="{demo,run,certify-testbed}")
   sub.required = True
 
   demo = sub.add_parser(
-      "demo", formatter_class=argparse.RawDescriptionHelpFormatter,
-      help="run the whole study on built-in digits (a few minutes on 2 CPU cores)",
-      description="Run the whole study on scikit-learn's bundled digits (1,400 train / 397 test, MLP "
-                  "64-64-10, full-batch noisy GD with the ledger), sized to finish in under 5 minutes on "
-                  "2 CPU cores. The same settings are in configs/demo.toml.")
+    "demo",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    help="run the whole study on built-in digits (a few minutes on 2 CPU cores)",
+    description="Run the whole study on scikit-learn's bundled digits (1,400 train / 397 test, MLP "
+    "64-64-10, full-batch noisy GD with the ledger), sized to finish in under 5 minutes on "
+    "2 CPU cores. The same settings are in configs/demo.toml.",
+  )
   _add_study_options(demo, default_out="runs/demo")
 
   run = sub.add_parser(
-      "run", formatter_class=argparse.RawDescriptionHelpFormatter,
-      help="run the study described by a TOML/JSON config file",
-      description="Run the study described by a config file (TOML or JSON). Its keys are the library's "
-                  "keyword names (step_size, temperature, clip_norm, sampling_rate, mode, num_steps, "
-                  "orders, alpha, ...) in the sections [data] [model] [training] [privacy] [forget_sets] "
-                  "[unlearning] [evaluation] [metrics]; see configs/*.toml. Unknown keys, wrong types "
-                  "and out-of-range values are refused with a message naming the key.")
+    "run",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    help="run the study described by a TOML/JSON config file",
+    description="Run the study described by a config file (TOML or JSON). Its keys are the library's "
+    "keyword names (step_size, temperature, clip_norm, sampling_rate, mode, num_steps, "
+    "orders, alpha, ...) in the sections [data] [model] [training] [privacy] [forget_sets] "
+    "[unlearning] [evaluation] [metrics]; see configs/*.toml. Unknown keys, wrong types "
+    "and out-of-range values are refused with a message naming the key.",
+  )
   run.add_argument("--config", required=True, metavar="FILE", help="config file (.toml or .json)")
   _add_study_options(run, default_out=None)
 
   tb = sub.add_parser(
-      "certify-testbed", formatter_class=argparse.RawDescriptionHelpFormatter,
-      help="print per-example exact / certified / worst-case steps on the exact testbed",
-      description="On the exact linear-Gaussian ridge testbed (THEORY §5) print, per example, the exact "
-                  "number of unlearning steps needed for (alpha, epsilon), the certified per-instance "
-                  "k* (§4, exact P, E1, E2, C_LSI) and the worst-case baseline's K (Chien et al.), then "
-                  "the summary ratios.")
-  tb.add_argument("--n", type=int, default=None, metavar="N",
-                  help="number of training examples of the ridge problem (default 40, one outlier)")
+    "certify-testbed",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    help="print per-example exact / certified / worst-case steps on the exact testbed",
+    description="On the exact linear-Gaussian ridge testbed (THEORY §5) print, per example, the exact "
+    "number of unlearning steps needed for (alpha, epsilon), the certified per-instance "
+    "k* (§4, exact P, E1, E2, C_LSI) and the worst-case baseline's K (Chien et al.), then "
+    "the summary ratios.",
+  )
+  tb.add_argument(
+    "--n",
+    type=int,
+    default=None,
+    metavar="N",
+    help="number of training examples of the ridge problem (default 40, one outlier)",
+  )
   tb.add_argument("--d", type=int, default=None, metavar="D", help="feature dimension (default 3)")
   tb.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the random problem (default 0)")
   tb.add_argument("--alpha", type=float, default=None, help="Rényi order alpha > 1 of the target (default 2)")
@@ -147,34 +177,52 @@ def _study(args: argparse.Namespace) -> int:
   except runtime.DivergenceError as e:
     return _error(str(e), EXIT_DIVERGED)
   except checkpoint.CheckpointError as e:
-    return _error(f"{e}. The output directory {config.out_dir!r} holds checkpoints this run cannot resume "
-                  "from: use another --out, or delete its checkpoints/ folder to start over", EXIT_OUTPUT)
+    return _error(
+      f"{e}. The output directory {config.out_dir!r} holds checkpoints this run cannot resume "
+      "from: use another --out, or delete its checkpoints/ folder to start over",
+      EXIT_OUTPUT,
+    )
   except runtime.Interrupted as e:
-    print(f"unlearn-jax: {e}; checkpoints are in {config.out_dir}/checkpoints and the same command resumes "
-          "from them", file=sys.stderr)
+    print(
+      f"unlearn-jax: {e}; checkpoints are in {config.out_dir}/checkpoints and the same command resumes from them",
+      file=sys.stderr,
+    )
     return e.exit_code
   except KeyboardInterrupt:
-    print(f"unlearn-jax: interrupted; checkpoints (if any) are in {config.out_dir}/checkpoints and "
-          "the same command resumes from them", file=sys.stderr)
+    print(
+      f"unlearn-jax: interrupted; checkpoints (if any) are in {config.out_dir}/checkpoints and "
+      "the same command resumes from them",
+      file=sys.stderr,
+    )
     return EXIT_INTERRUPTED
   if not args.quiet:
     out = pathlib.Path(config.out_dir)
-    print(f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'per_example.csv'} "
-          f"and {len(report.get('figures', {}))} figures")
+    print(
+      f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'per_example.csv'} "
+      f"and {len(report.get('figures', {}))} figures"
+    )
   return 0
 
 
 def _certify_testbed(args: argparse.Namespace) -> int:
   problem_kwargs = {k: v for k, v in (("n", args.n), ("d", args.d), ("seed", args.seed)) if v is not None}
-  table_kwargs = {k: v for k, v in (("alpha", args.alpha), ("eps", args.epsilon), ("T", args.steps),
-                                    ("step_size", args.step_size), ("temperature", args.temperature))
-                  if v is not None}
+  table_kwargs = {
+    k: v
+    for k, v in (
+      ("alpha", args.alpha),
+      ("eps", args.epsilon),
+      ("T", args.steps),
+      ("step_size", args.step_size),
+      ("temperature", args.temperature),
+    )
+    if v is not None
+  }
   try:
     problem = testbed.make_outlier_problem(**problem_kwargs)
-    rows, summary = testbed.certify_testbed_table(problem, **table_kwargs)
+    rows, summary = testbed_table.certify_testbed_table(problem, **table_kwargs)
   except (ValueError, TypeError) as e:
     return _error(str(e), EXIT_CONFIG)
-  print(testbed.format_table(rows, summary))
+  print(testbed_table.format_table(rows, summary))
   return 0
 
 

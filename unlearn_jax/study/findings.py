@@ -19,15 +19,16 @@ __all__ = ["Correlations", "correlate", "findings", "harder_groups"]
 class Correlations(NamedTuple):
   """Rank correlations of the privacy loss with every metric, between all scores, certified vs empirical."""
 
-  spearman: dict[str, float]           # metric -> Spearman(P, metric)
-  oriented: dict[str, float]           # sign flipped where low means hard
+  spearman: dict[str, float]  # metric -> Spearman(P, metric)
+  oriented: dict[str, float]  # sign flipped where low means hard
   labels: list[str]
-  matrix: np.ndarray                   # Spearman between every pair of scores
+  matrix: np.ndarray  # Spearman between every pair of scores
   certified_vs_empirical: dict[str, float]  # method -> Spearman over the forget sets
 
 
-def correlate(certs: Certificates, metric_values: dict[str, np.ndarray], sets: list[SetResult],
-              methods: tuple[str, ...]) -> Correlations:
+def correlate(
+  certs: Certificates, metric_values: dict[str, np.ndarray], sets: list[SetResult], methods: tuple[str, ...]
+) -> Correlations:
   p4 = certs.privacy_loss
   spearman = {name: spearman_where_defined(p4, v) for name, v in metric_values.items()}
   oriented = {name: (c * METRICS[name].sign if math.isfinite(c) else c) for name, c in spearman.items()}
@@ -56,12 +57,18 @@ def _claim_a(corr: Correlations) -> dict[str, Any]:
   strong = [k for k, v in oriented.items() if math.isfinite(v) and v >= 0.3]
   weak = [k for k, v in oriented.items() if math.isfinite(v) and 0 < v < 0.3]
   against = [k for k, v in oriented.items() if not (math.isfinite(v) and v > 0)]
-  verdict = ("holds" if oriented and len(strong) == len(oriented) else
-             "holds for some metrics" if strong else "does not hold")
-  return {"verdict": verdict if oriented else "not measured (no metrics)", "spearman_oriented": oriented,
-          "strong": strong, "weak": weak, "not_positive": against,
-          "note": "Spearman(privacy loss, metric), sign flipped for metrics where low means hard "
-                  "(confidence, margin, cproxy); >= 0.3 counted as 'strong'."}
+  verdict = (
+    "holds" if oriented and len(strong) == len(oriented) else "holds for some metrics" if strong else "does not hold"
+  )
+  return {
+    "verdict": verdict if oriented else "not measured (no metrics)",
+    "spearman_oriented": oriented,
+    "strong": strong,
+    "weak": weak,
+    "not_positive": against,
+    "note": "Spearman(privacy loss, metric), sign flipped for metrics where low means hard "
+    "(confidence, margin, cproxy); >= 0.3 counted as 'strong'.",
+  }
 
 
 def _claim_b(by: dict, method: str, grid_end: int) -> dict[str, Any] | None:
@@ -72,11 +79,18 @@ def _claim_b(by: dict, method: str, grid_end: int) -> dict[str, Any] | None:
   harder = {name: _hardness(top) > _hardness(o) for name, o in others.items()}
   more = {name: float(top.empirical_steps) > float(o.empirical_steps) for name, o in others.items()}
   return {
-      "steps": {"privacy_loss:top": steps_text(top, grid_end), **{k: steps_text(v, grid_end) for k, v in others.items()}},
-      "mean_median_distance": {"privacy_loss:top": _hardness(top)[1], **{k: _hardness(v)[1] for k, v in others.items()}},
-      "more_steps_than": more, "harder_than": harder,
-      "verdict": ("holds" if all(more.values()) else
-                  "holds only on the distance (steps tied)" if all(harder.values()) else "does not hold")}
+    "steps": {"privacy_loss:top": steps_text(top, grid_end), **{k: steps_text(v, grid_end) for k, v in others.items()}},
+    "mean_median_distance": {"privacy_loss:top": _hardness(top)[1], **{k: _hardness(v)[1] for k, v in others.items()}},
+    "more_steps_than": more,
+    "harder_than": harder,
+    "verdict": (
+      "holds"
+      if all(more.values())
+      else "holds only on the distance (steps tied)"
+      if all(harder.values())
+      else "does not hold"
+    ),
+  }
 
 
 def _claim_c(by: dict, method: str, grid_end: int) -> dict[str, Any] | None:
@@ -87,8 +101,11 @@ def _claim_c(by: dict, method: str, grid_end: int) -> dict[str, Any] | None:
   for (sel, meth), m in by.items():
     if meth != method or sel.startswith("privacy_loss") or sel == "random" or not sel.endswith(":top"):
       continue
-    comp[sel] = {"steps": steps_text(m, grid_end), "at_least_as_hard": _hardness(top) >= _hardness(m),
-                 "at_least_as_many_steps": float(top.empirical_steps) >= float(m.empirical_steps)}
+    comp[sel] = {
+      "steps": steps_text(m, grid_end),
+      "at_least_as_hard": _hardness(top) >= _hardness(m),
+      "at_least_as_many_steps": float(top.empirical_steps) >= float(m.empirical_steps),
+    }
   if not comp:
     return None
   fewer = [k for k, v in comp.items() if not v["at_least_as_many_steps"]]
@@ -99,28 +116,36 @@ def _claim_c(by: dict, method: str, grid_end: int) -> dict[str, Any] | None:
     verdict = "holds on steps (tied), but by the mean distance to the oracle " + ", ".join(closer) + " is harder"
   else:
     verdict = "holds"
-  return {"privacy_loss:top_steps": steps_text(top, grid_end), "privacy_loss:top_distance": _hardness(top)[1],
-          "vs": comp, "vs_distance": {k: _hardness(by[(k, method)])[1] for k in comp}, "verdict": verdict}
+  return {
+    "privacy_loss:top_steps": steps_text(top, grid_end),
+    "privacy_loss:top_distance": _hardness(top)[1],
+    "vs": comp,
+    "vs_distance": {k: _hardness(by[(k, method)])[1] for k in comp},
+    "verdict": verdict,
+  }
 
 
-def findings(corr: Correlations, sets: list[SetResult], methods: tuple[str, ...], privacy: dict[str, Any],
-             grid_end: int) -> dict[str, Any]:
+def findings(
+  corr: Correlations, sets: list[SetResult], methods: tuple[str, ...], privacy: dict[str, Any], grid_end: int
+) -> dict[str, Any]:
   """The claims (a)–(d), each with its measured values and a verdict (holds / does not)."""
   by = {(r.forget_set.label, m.method): m for r in sets for m in r.methods}
   b_rows = {m: row for m in methods if (row := _claim_b(by, m, grid_end)) is not None}
   c_rows = {m: row for m in methods if (row := _claim_c(by, m, grid_end)) is not None}
   frac = privacy["fraction_certified_below_worst_case"]
   return {
-      "a_privacy_loss_correlates_with_difficulty": _claim_a(corr),
-      "b_high_privacy_loss_needs_more_steps": b_rows or {
-          "verdict": "not measured (needs privacy_loss:top, privacy_loss:bottom and random)"},
-      "c_privacy_loss_sets_at_least_as_hard_as_metric_sets": c_rows or {
-          "verdict": "not measured (needs privacy_loss:top and <metric>:top selections)"},
-      "d_certified_below_worst_case": {
-          "fraction_below": frac, "worst_case_steps": privacy["worst_case_steps"],
-          "certified_median": privacy["certified_steps_summary"]["median"],
-          "verdict": "holds" if frac > 0.5 else "does not hold",
-          "assumptions": [privacy["lsi_note"], privacy["stationarity"]]},
+    "a_privacy_loss_correlates_with_difficulty": _claim_a(corr),
+    "b_high_privacy_loss_needs_more_steps": b_rows
+    or {"verdict": "not measured (needs privacy_loss:top, privacy_loss:bottom and random)"},
+    "c_privacy_loss_sets_at_least_as_hard_as_metric_sets": c_rows
+    or {"verdict": "not measured (needs privacy_loss:top and <metric>:top selections)"},
+    "d_certified_below_worst_case": {
+      "fraction_below": frac,
+      "worst_case_steps": privacy["worst_case_steps"],
+      "certified_median": privacy["certified_steps_summary"]["median"],
+      "verdict": "holds" if frac > 0.5 else "does not hold",
+      "assumptions": [privacy["lsi_note"], privacy["stationarity"]],
+    },
   }
 
 
@@ -131,8 +156,16 @@ def harder_groups(sets: list[SetResult], methods: tuple[str, ...]) -> list[dict[
     ranked = sorted(sets, key=lambda r: _hardness(r.methods[i]), reverse=True)
     for rank, r in enumerate(ranked, 1):
       m = r.methods[i]
-      rows.append({"method": method, "rank": rank, "selection": r.forget_set.label,
-                   "mean_privacy_loss": r.mean_privacy_loss, "empirical_steps": m.empirical_steps,
-                   "mean_median_distance": _hardness(m)[1], "loss_barrier": m.loss_barrier,
-                   "certified_steps": r.certified_steps})
+      rows.append(
+        {
+          "method": method,
+          "rank": rank,
+          "selection": r.forget_set.label,
+          "mean_privacy_loss": r.mean_privacy_loss,
+          "empirical_steps": m.empirical_steps,
+          "mean_median_distance": _hardness(m)[1],
+          "loss_barrier": m.loss_barrier,
+          "certified_steps": r.certified_steps,
+        }
+      )
   return rows

@@ -73,13 +73,30 @@ def _run_stages(ctx: stages.Context) -> dict[str, Any]:
   ctx.tick("correlations")
   result = report.build_report(config, s, trained, certs, sets, corr)
   _write_params(ctx.out, start_params, sets)
-  report.write_per_example_csv(ctx.out / "per_example.csv", np.asarray(s.dataset.y_train), certs.privacy_loss,
-                               certs.certified_steps, {k: metric_values[k] for k in config.metrics.names})
-  cap = (membership_resolvable_cap(config.unlearning.num_seeds, delta=config.evaluation.delta)
-         if config.evaluation.membership else None)
-  result["figures"] = figures.draw_figures(ctx.out, result["privacy"], certs, sets, corr, methods,
-                                           list(config.unlearning.step_grid), config.unlearning.num_seeds, cap,
-                                           ctx.stage)
+  report.write_per_example_csv(
+    ctx.out / "per_example.csv",
+    np.asarray(s.dataset.y_train),
+    certs.privacy_loss,
+    certs.certified_steps,
+    {k: metric_values[k] for k in config.metrics.names},
+  )
+  cap = (
+    membership_resolvable_cap(config.unlearning.num_seeds, delta=config.evaluation.delta)
+    if config.evaluation.membership
+    else None
+  )
+  result["figures"] = figures.draw_figures(
+    ctx.out,
+    result["privacy"],
+    certs,
+    sets,
+    corr,
+    methods,
+    list(config.unlearning.step_grid),
+    config.unlearning.num_seeds,
+    cap,
+    ctx.stage,
+  )
   result = report.jsonable(result)
   report.write_report_json(ctx.out / "report.json", result)
   ctx.tick("outputs")
@@ -132,8 +149,9 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
     ctx = stages.context(config, out, progress)
     result = _run_stages(ctx)
     ctx.timings["total"] = time.perf_counter() - start
-    (out / "timings.json").write_text(json.dumps({k: round(v, 3) for k, v in ctx.timings.items()}, indent=2) + "\n",
-                                      encoding="utf-8")
+    (out / "timings.json").write_text(
+      json.dumps({k: round(v, 3) for k, v in ctx.timings.items()}, indent=2) + "\n", encoding="utf-8"
+    )
     report.write_report_md(out / "report.md", result, ctx.timings)
     return result
   finally:

@@ -10,7 +10,8 @@ import math
 import pathlib
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,21 @@ from unlearn_jax.evaluate import METRICS, MetricInputs, metrics, selection
 from unlearn_jax.runtime import distributed
 from unlearn_jax.study.config import Config, ConfigError
 
-__all__ = ["Certificates", "Context", "DataMissingError", "ForgetSet", "Setup", "Trained", "certify_examples", "compute_metrics",
-           "context", "seeded", "select_forget_sets", "setup", "train_with_ledger"]
+__all__ = [
+  "Certificates",
+  "Context",
+  "DataMissingError",
+  "ForgetSet",
+  "Setup",
+  "Trained",
+  "certify_examples",
+  "compute_metrics",
+  "context",
+  "seeded",
+  "select_forget_sets",
+  "setup",
+  "train_with_ledger",
+]
 
 PyTree = Any
 KEY_NAMES = ("train", "oracle", "unlearn", "select", "floor", "memorization")
@@ -88,8 +102,11 @@ class Setup(NamedTuple):
     """(n,) 0/1 over the real examples -> (n_pad,) mask with the padding rows off."""
     keep = jnp.asarray(keep, jnp.float32)
     n_pad = int(jax.tree.leaves(self.train_data)[0].shape[0])
-    return keep if n_pad == self.num_examples else jnp.concatenate(
-        [keep, jnp.zeros((n_pad - self.num_examples,), jnp.float32)])
+    return (
+      keep
+      if n_pad == self.num_examples
+      else jnp.concatenate([keep, jnp.zeros((n_pad - self.num_examples,), jnp.float32)])
+    )
 
 
 def _load(cfg, seed: int) -> data_lib.Dataset:
@@ -97,19 +114,25 @@ def _load(cfg, seed: int) -> data_lib.Dataset:
   directory = None
   if spec.files is not None:
     if cfg.data_dir is None:
-      raise DataMissingError(f"data set {cfg.name!r} is read from local files and config key 'data.data_dir' is "
-                             f"not set: pass --data-dir DIR (or set data.data_dir) to a directory holding "
-                             f"{spec.files}; nothing is downloaded")
+      raise DataMissingError(
+        f"data set {cfg.name!r} is read from local files and config key 'data.data_dir' is "
+        f"not set: pass --data-dir DIR (or set data.data_dir) to a directory holding "
+        f"{spec.files}; nothing is downloaded"
+      )
     directory = pathlib.Path(cfg.data_dir).expanduser()
     if not directory.exists():
-      raise DataMissingError(f"data directory {str(directory)!r} (config key 'data.data_dir') does not exist; it "
-                             f"must hold {spec.files}")
+      raise DataMissingError(
+        f"data directory {str(directory)!r} (config key 'data.data_dir') does not exist; it must hold {spec.files}"
+      )
     if not directory.is_dir():
-      raise DataMissingError(f"data directory {str(directory)!r} (config key 'data.data_dir') is a file, not a "
-                             f"directory; it must hold {spec.files}")
+      raise DataMissingError(
+        f"data directory {str(directory)!r} (config key 'data.data_dir') is a file, not a "
+        f"directory; it must hold {spec.files}"
+      )
   try:
-    return data_lib.load_dataset(cfg.name, seed=seed, n_train=cfg.num_train, n_test=cfg.num_test,
-                                 data_dir=directory, **cfg.kwargs)
+    return data_lib.load_dataset(
+      cfg.name, seed=seed, n_train=cfg.num_train, n_test=cfg.num_test, data_dir=directory, **cfg.kwargs
+    )
   except FileNotFoundError as e:
     raise DataMissingError(f"{e} (data.data_dir = {str(directory)!r} must hold {spec.files})") from e
   except TypeError as e:
@@ -132,9 +155,11 @@ def _place(config: Config, data: PyTree):
   if config.devices is None or config.devices <= 1:
     return data, None
   if jax.device_count() < config.devices:
-    raise ConfigError(f"config key 'devices' (--devices) asks for {config.devices} devices, but only "
-                      f"{jax.device_count()} {jax.default_backend()} device(s) are visible (on CPU, force N with "
-                      f"XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    raise ConfigError(
+      f"config key 'devices' (--devices) asks for {config.devices} devices, but only "
+      f"{jax.device_count()} {jax.default_backend()} device(s) are visible (on CPU, force N with "
+      f"XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+    )
   mesh = distributed.make_mesh(config.devices)
   padded, pad_mask = distributed.pad_to_multiple(data, distributed.data_axis_size(mesh))
   return distributed.shard_data(padded, mesh), pad_mask
@@ -146,10 +171,11 @@ def _check_lsi(config: Config) -> None:
   if pv.lsi_constant is None and not convex:
     tau = uc.temperature if uc.temperature is not None else tr.temperature
     raise ConfigError(
-        f"config key 'privacy.lsi_constant' is required for model {config.model.name!r}: its objective is not "
-        f"strongly convex, so C_LSI is not known and the certificate must rest on an assumed value (e.g. "
-        f"2*temperature/weight_decay = {2 * tau / max(tr.weight_decay, 1e-300):.3g}, what an m-strongly "
-        f"convex objective would give)")
+      f"config key 'privacy.lsi_constant' is required for model {config.model.name!r}: its objective is not "
+      f"strongly convex, so C_LSI is not known and the certificate must rest on an assumed value (e.g. "
+      f"2*temperature/weight_decay = {2 * tau / max(tr.weight_decay, 1e-300):.3g}, what an m-strongly "
+      f"convex objective would give)"
+    )
 
 
 def setup(ctx: Context) -> Setup:
@@ -160,34 +186,62 @@ def setup(ctx: Context) -> Setup:
   ds = _load(config.data, config.seed)
   n = int(ds.x_train.shape[0])
   if config.forget_sets.size >= n // 2:
-    raise ConfigError(f"config key 'forget_sets.size' must be below half the training set ({n // 2}), "
-                      f"got {config.forget_sets.size}")
+    raise ConfigError(
+      f"config key 'forget_sets.size' must be below half the training set ({n // 2}), got {config.forget_sets.size}"
+    )
   model = _build_model(config.model, int(ds.num_classes))
   x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, dtype=jnp.int32)
   xt, yt = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test, dtype=jnp.int32)
   try:
     jax.eval_shape(model.init_fn, jax.random.key(0), x[0])
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"config key 'model.name': model {config.model.name!r} does not take the examples of "
-                      f"{config.data.name!r} (shape {tuple(x.shape[1:])}): {e}") from e
+    raise ConfigError(
+      f"config key 'model.name': model {config.model.name!r} does not take the examples of "
+      f"{config.data.name!r} (shape {tuple(x.shape[1:])}): {e}"
+    ) from e
   train_data, pad_mask = _place(config, (x, y))
   tr = config.training
-  step = {"mode": tr.mode, "weight_decay": tr.weight_decay,
-          "projection_radius": None if math.isinf(tr.projection_radius) else tr.projection_radius,
-          "clip_norm": None if math.isinf(tr.clip_norm) else tr.clip_norm}
+  step = {
+    "mode": tr.mode,
+    "weight_decay": tr.weight_decay,
+    "projection_radius": None if math.isinf(tr.projection_radius) else tr.projection_radius,
+    "clip_norm": None if math.isinf(tr.clip_norm) else tr.clip_norm,
+  }
   if tr.mode == "poisson":
     step["sampling_rate"] = tr.sampling_rate
   if tr.mode == "shuffled":
     step["batch_size"] = tr.batch_size
   example = jnp.zeros(tuple(x.shape[1:]), x.dtype)
-  setup_ = Setup(ds, x, y, xt, yt, n, train_data, pad_mask, model, models.cross_entropy_loss_fn(model.apply_fn),
-                 lambda k: model.init_fn(k, example), step)
+  setup_ = Setup(
+    ds,
+    x,
+    y,
+    xt,
+    yt,
+    n,
+    train_data,
+    pad_mask,
+    model,
+    models.cross_entropy_loss_fn(model.apply_fn),
+    lambda k: model.init_fn(k, example),
+    step,
+  )
   ctx.tick("setup")
   return setup_
 
 
-def seeded(driver: Callable, *, num_seeds: int, key: jax.Array, vmap_seeds: bool, pick: Callable, bar,
-           per_seed_params: Any = None, params_arg: str | None = None, **kwargs: Any) -> Any:
+def seeded(
+  driver: Callable,
+  *,
+  num_seeds: int,
+  key: jax.Array,
+  vmap_seeds: bool,
+  pick: Callable,
+  bar,
+  per_seed_params: Any = None,
+  params_arg: str | None = None,
+  **kwargs: Any,
+) -> Any:
   """Runs ``driver`` for ``num_seeds`` chains: one vmapped call, or one call per seed.
 
   Seed r of a ``num_seeds=R`` call equals a single-chain call with ``key=fold_in(key, r)``; on CPUs the
@@ -213,10 +267,10 @@ def seeded(driver: Callable, *, num_seeds: int, key: jax.Array, vmap_seeds: bool
 class Trained(NamedTuple):
   """Stage 1: the trained chains and their ledger."""
 
-  params: PyTree            # (S, ...)
-  checkpoints: PyTree       # (G, S, ...)
+  params: PyTree  # (S, ...)
+  checkpoints: PyTree  # (G, S, ...)
   checkpoint_steps: list[int]
-  early_index: int          # position of the early checkpoint in ``checkpoints``
+  early_index: int  # position of the early checkpoint in ``checkpoints``
   realized_mean: np.ndarray  # (n, K) P(x, α) averaged over the chains
   realized_std: np.ndarray
   certified: bool
@@ -239,32 +293,57 @@ def train_with_ledger(ctx: Context, s: Setup) -> Trained:
   T = tr.num_steps
   early = max(1, int(round(mc.early_fraction * T)))
   ckpt_steps = sorted({early, *[int(round(T * (c + 1) / tr.num_checkpoints)) for c in range(tr.num_checkpoints)]})
-  acc_cfg = accounting.accountant(pv.orders, stride=pv.stride, filter_budget=pv.filter_budget,
-                                  filter_order=pv.filter_order)
+  acc_cfg = accounting.accountant(
+    pv.orders, stride=pv.stride, filter_budget=pv.filter_budget, filter_order=pv.filter_order
+  )
   steps_per_chunk = max(1, min(100, T))
   ctx.stage(f"training {tr.num_seeds} chain(s) x {T} steps with the per-instance ledger")
   bar = progress_bar(ctx, tr.num_seeds, T, "train")
   trained = seeded(
-      runtime.train, num_seeds=tr.num_seeds, key=ctx.keys["train"], vmap_seeds=ctx.config.vmap_seeds, bar=bar,
-      pick=lambda res: {"params": res.state.params, "ledger": res.ledger, "recorded": res.recorded},
-      loss_fn=s.loss_fn, params=s.init_fn, data=s.train_data, data_mask=s.pad_mask, num_steps=T,
-      step_size=tr.step_size, temperature=tr.temperature, accounting=acc_cfg, record_steps=ckpt_steps,
-      checkpoint_dir=str(ctx.out / "checkpoints" / "train"), checkpoint_every=max(steps_per_chunk, T // 10),
-      steps_per_chunk=steps_per_chunk, history_stride=max(1, T // 100), **s.step)
+    runtime.train,
+    num_seeds=tr.num_seeds,
+    key=ctx.keys["train"],
+    vmap_seeds=ctx.config.vmap_seeds,
+    bar=bar,
+    pick=lambda res: {"params": res.state.params, "ledger": res.ledger, "recorded": res.recorded},
+    loss_fn=s.loss_fn,
+    params=s.init_fn,
+    data=s.train_data,
+    data_mask=s.pad_mask,
+    num_steps=T,
+    step_size=tr.step_size,
+    temperature=tr.temperature,
+    accounting=acc_cfg,
+    record_steps=ckpt_steps,
+    checkpoint_dir=str(ctx.out / "checkpoints" / "train"),
+    checkpoint_every=max(steps_per_chunk, T // 10),
+    steps_per_chunk=steps_per_chunk,
+    history_stride=max(1, T // 100),
+    **s.step,
+  )
   if bar:
     bar.close()
   ledger, ckpts = trained["ledger"], trained["recorded"]  # (G, S, ...) vmapped / (S, G, ...) looped
   if not ctx.config.vmap_seeds:
     ckpts = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), ckpts)
   accounting.check_ledger(jax.tree.map(lambda leaf: leaf[0], ledger))
-  mean, std = accounting.average_ledgers(jnp.asarray(ledger.realized)[:, :s.num_examples])
+  mean, std = accounting.average_ledgers(jnp.asarray(ledger.realized)[:, : s.num_examples])
   train_acc, _ = evaluate.accuracy_and_loss(s.apply_fn, trained["params"], s.x, s.y, seed_axis=True)
   test_acc, test_loss = evaluate.accuracy_and_loss(s.apply_fn, trained["params"], s.x_test, s.y_test, seed_axis=True)
-  result = Trained(trained["params"], ckpts, ckpt_steps, ckpt_steps.index(early), np.asarray(mean, np.float64),
-                   np.asarray(std, np.float64), bool(np.all(np.asarray(ledger.certified))),
-                   bool(np.all(np.asarray(ledger.exact))), np.asarray(ledger.worst_case)[0],
-                   float(np.mean(np.asarray(train_acc))), float(np.mean(np.asarray(test_acc))),
-                   float(np.mean(np.asarray(test_loss))))
+  result = Trained(
+    trained["params"],
+    ckpts,
+    ckpt_steps,
+    ckpt_steps.index(early),
+    np.asarray(mean, np.float64),
+    np.asarray(std, np.float64),
+    bool(np.all(np.asarray(ledger.certified))),
+    bool(np.all(np.asarray(ledger.exact))),
+    np.asarray(ledger.worst_case)[0],
+    float(np.mean(np.asarray(train_acc))),
+    float(np.mean(np.asarray(test_acc))),
+    float(np.mean(np.asarray(test_loss))),
+  )
   ctx.tick("train")
   return result
 
@@ -273,14 +352,14 @@ class Certificates(NamedTuple):
   """Stage 2: every example's certified steps to unlearn (THEORY §4) and the worst-case baseline."""
 
   alpha: float
-  order_index: int          # column of P(x, 4α) in the ledger
+  order_index: int  # column of P(x, 4α) in the ledger
   privacy_loss: np.ndarray  # (n,) P(x, 4α)
-  constants: dict           # alpha, step_size, temperature, lsi_constant, e1, e2 of the certificate
-  lsi_status: str           # "certified" / "given" / "assumed"
+  constants: dict  # alpha, step_size, temperature, lsi_constant, e1, e2 of the certificate
+  lsi_status: str  # "certified" / "given" / "assumed"
   lsi_note: str
   stationarity: str
   certified_steps: np.ndarray  # (n,) k*(x)
-  m_eff: float                 # 2τ/C_LSI (the weight decay when C_LSI = 2τ/m)
+  m_eff: float  # 2τ/C_LSI (the weight decay when C_LSI = 2τ/m)
   clip_norm: float | None
   num_examples: int
 
@@ -289,9 +368,18 @@ class Certificates(NamedTuple):
     if self.clip_norm is None:
       return math.inf
     c = self.constants
-    return float(certify.worst_case_steps(epsilon, orders=[self.alpha], m=self.m_eff, step_size=c["step_size"],
-                                          temperature=c["temperature"], num_removed=num_removed,
-                                          clip_norm=self.clip_norm, num_examples=self.num_examples))
+    return float(
+      certify.worst_case_steps(
+        epsilon,
+        orders=[self.alpha],
+        m=self.m_eff,
+        step_size=c["step_size"],
+        temperature=c["temperature"],
+        num_removed=num_removed,
+        clip_norm=self.clip_norm,
+        num_examples=self.num_examples,
+      )
+    )
 
 
 def _index_of(orders: tuple[float, ...], value: float) -> int:
@@ -307,12 +395,22 @@ def _lsi(config: Config, tau_u: float) -> tuple[float, str, str]:
   convex = config.model.name == "logistic_regression" and tr.weight_decay > 0
   if pv.lsi_constant is None:
     lsi = float(certify.lsi_constant_strongly_convex(tau_u, tr.weight_decay))
-    return lsi, "certified", f"certified: L2-regularised logistic regression is m-strongly convex, C_LSI = 2τ/m = {lsi:.4g}"
+    return (
+      lsi,
+      "certified",
+      f"certified: L2-regularised logistic regression is m-strongly convex, C_LSI = 2τ/m = {lsi:.4g}",
+    )
   lsi = pv.lsi_constant
   if convex:
     return lsi, "given", f"given in the config: C_LSI = {lsi:.4g} (2τ/m would be {2 * tau_u / tr.weight_decay:.4g})"
-  return lsi, "assumed", (f"assumed C_LSI = {lsi:.4g} (config value; model {config.model.name!r} is not convex, "
-                          "so the certificate rests on this assumption)")
+  return (
+    lsi,
+    "assumed",
+    (
+      f"assumed C_LSI = {lsi:.4g} (config value; model {config.model.name!r} is not convex, "
+      "so the certificate rests on this assumption)"
+    ),
+  )
 
 
 def certify_examples(ctx: Context, s: Setup, trained: Trained) -> Certificates:
@@ -326,8 +424,19 @@ def certify_examples(ctx: Context, s: Setup, trained: Trained) -> Certificates:
   lsi, status, note = _lsi(config, tau_u)
   constants = dict(alpha=pv.alpha, step_size=eta_u, temperature=tau_u, lsi_constant=lsi, e1=pv.e1, e2=pv.e2)
   certified = np.asarray(certify.steps_to_unlearn(jnp.asarray(p4), pv.epsilon, **constants), dtype=np.float64)
-  result = Certificates(pv.alpha, i4, p4, constants, status, note, certify.certificate_assumptions(pv.e1, pv.e2),
-                        certified, 2 * tau_u / lsi, s.step["clip_norm"], s.num_examples)
+  result = Certificates(
+    pv.alpha,
+    i4,
+    p4,
+    constants,
+    status,
+    note,
+    certify.certificate_assumptions(pv.e1, pv.e2),
+    certified,
+    2 * tau_u / lsi,
+    s.step["clip_norm"],
+    s.num_examples,
+  )
   ctx.tick("certify")
   return result
 
@@ -343,10 +452,20 @@ def _train_on_halves(ctx: Context, s: Setup) -> Callable[[], tuple[np.ndarray, n
     ctx.stage(f"memorization: {mc.memorization_models} models on random halves x {mem_steps} steps")
     correct = []
     for r in range(mc.memorization_models):
-      res = runtime.train(s.loss_fn, s.init_fn, s.train_data, num_steps=mem_steps, key=jax.random.fold_in(key, r),
-                          step_size=tr.step_size, temperature=tr.temperature, data_mask=s.as_mask(masks[r]),
-                          steps_per_chunk=max(1, min(100, mem_steps)), history_stride=max(1, mem_steps // 10),
-                          progress=False, **s.step)
+      res = runtime.train(
+        s.loss_fn,
+        s.init_fn,
+        s.train_data,
+        num_steps=mem_steps,
+        key=jax.random.fold_in(key, r),
+        step_size=tr.step_size,
+        temperature=tr.temperature,
+        data_mask=s.as_mask(masks[r]),
+        steps_per_chunk=max(1, min(100, mem_steps)),
+        history_stride=max(1, mem_steps // 10),
+        progress=False,
+        **s.step,
+      )
       correct.append(np.asarray(call(metrics.correctness, (s.apply_fn,), res.state.params, s.x, s.y)))
     return np.stack(correct), masks
 
@@ -357,9 +476,16 @@ def compute_metrics(ctx: Context, s: Setup, trained: Trained) -> dict[str, np.nd
   """Stage 3: every configured difficulty metric for every training example (``evaluate.METRICS``)."""
   names = ctx.config.metrics.names
   ctx.stage(f"difficulty metrics: {', '.join(names)}")
-  inputs = MetricInputs(s.apply_fn, s.loss_fn, s.x, s.y, trained.params,
-                        jax.tree.map(lambda leaf: leaf[trained.early_index], trained.checkpoints),
-                        trained.checkpoints, _train_on_halves(ctx, s))
+  inputs = MetricInputs(
+    s.apply_fn,
+    s.loss_fn,
+    s.x,
+    s.y,
+    trained.params,
+    jax.tree.map(lambda leaf: leaf[trained.early_index], trained.checkpoints),
+    trained.checkpoints,
+    _train_on_halves(ctx, s),
+  )
   values = {name: np.asarray(METRICS[name].compute(inputs), dtype=np.float64) for name in names}
   ctx.tick("metrics")
   return values
@@ -387,8 +513,9 @@ def select_forget_sets(ctx: Context, certs: Certificates, metric_values: dict[st
       idx = selection.select_forget_set(np.nan_to_num(sign * scores[name], nan=0.0), kind, size=fc.size)
     sets.append(ForgetSet(sel, np.asarray(idx)))
   for b in range(fc.privacy_loss_bins):
-    idx = selection.select_forget_set(p4, f"bin:{b}/{fc.privacy_loss_bins}", size=fc.size,
-                                      key=jax.random.fold_in(key, 1000 + b))
+    idx = selection.select_forget_set(
+      p4, f"bin:{b}/{fc.privacy_loss_bins}", size=fc.size, key=jax.random.fold_in(key, 1000 + b)
+    )
     sets.append(ForgetSet(f"privacy_loss:bin{b}/{fc.privacy_loss_bins}", np.asarray(idx)))
   ctx.tick("select")
   return sets

@@ -23,11 +23,11 @@ PyTree = Any
 class OracleEval(NamedTuple):
   """The oracles of one forget set, evaluated on it."""
 
-  params: PyTree           # (R, ...)
-  scores: jax.Array        # (R, m) logit-scaled confidences
-  floor: jax.Array         # noise-floor distances
-  barrier: float           # mean oracle-vs-oracle loss barrier
-  accuracy: float          # mean forget-set accuracy
+  params: PyTree  # (R, ...)
+  scores: jax.Array  # (R, m) logit-scaled confidences
+  floor: jax.Array  # noise-floor distances
+  barrier: float  # mean oracle-vs-oracle loss barrier
+  accuracy: float  # mean forget-set accuracy
 
 
 class MethodResult(NamedTuple):
@@ -35,11 +35,11 @@ class MethodResult(NamedTuple):
 
   method: str
   empirical_steps: float
-  median_distance: np.ndarray   # (G,) along the grid
+  median_distance: np.ndarray  # (G,) along the grid
   floor_threshold: float
-  barriers: np.ndarray          # (G,) unlearned vs oracle, along the grid
-  loss_barrier: float           # original vs oracle
-  forget_accuracy: float        # of the unlearned models at the grid's end
+  barriers: np.ndarray  # (G,) unlearned vs oracle, along the grid
+  loss_barrier: float  # original vs oracle
+  forget_accuracy: float  # of the unlearned models at the grid's end
   membership_lower_bound: np.ndarray | None
   membership_point_estimate: np.ndarray | None
   certified_epsilon: float | None
@@ -50,10 +50,10 @@ class SetResult(NamedTuple):
 
   forget_set: ForgetSet
   mean_privacy_loss: float
-  group_privacy_loss: float | None   # the group bound P(F, 4α) (full batch only)
+  group_privacy_loss: float | None  # the group bound P(F, 4α) (full batch only)
   group_factor: float | None
-  certified_steps: float | None      # k* of the set from the group bound
-  certified_steps_median: float      # median of its examples' k*(x)
+  certified_steps: float | None  # k* of the set from the group bound
+  certified_steps_median: float  # median of its examples' k*(x)
   worst_case_steps: float
   oracle: OracleEval
   overlap_with_top: int | None
@@ -64,22 +64,30 @@ def _evaluate_oracle_core(apply_fn, loss_fn, num_points, oracle, xf, yf, key):
   scores = evaluate.logit_confidence(apply_fn, oracle, xf, yf)
   floor = evaluate.noise_floor(scores, key, num_splits=8)
   pair = jax.tree.map(lambda leaf: jnp.roll(leaf, 1, axis=0), oracle)
-  barrier, _ = evaluate.barriers_along(loss_fn, jax.tree.map(lambda leaf: leaf[None], oracle), pair, (xf, yf),
-                                       num_points=num_points, paired_seeds=True)
+  barrier, _ = evaluate.barriers_along(
+    loss_fn, jax.tree.map(lambda leaf: leaf[None], oracle), pair, (xf, yf), num_points=num_points, paired_seeds=True
+  )
   accuracy = evaluate.accuracy_and_loss(apply_fn, oracle, xf, yf, seed_axis=True)[0]
   return scores, floor, jnp.mean(barrier), jnp.mean(accuracy)
 
 
-def _evaluate_method_core(apply_fn, loss_fn, num_points, grid, percentile, membership, delta,
-                          recorded, oracle, oracle_scores, floor, xf, yf):
+def _evaluate_method_core(
+  apply_fn, loss_fn, num_points, grid, percentile, membership, delta, recorded, oracle, oracle_scores, floor, xf, yf
+):
   scores_g = evaluate.scores_along(apply_fn, recorded, xf, yf)  # (G, R, m)
-  steps = evaluate.empirical_steps_to_unlearn(np.asarray(grid), scores_g, oracle_scores, floor=floor,
-                                              percentile=percentile)
+  steps = evaluate.empirical_steps_to_unlearn(
+    np.asarray(grid), scores_g, oracle_scores, floor=floor, percentile=percentile
+  )
   barriers, _ = evaluate.barriers_along(loss_fn, recorded, oracle, (xf, yf), num_points=num_points, paired_seeds=True)
   last = jax.tree.map(lambda leaf: leaf[-1], recorded)
   acc = evaluate.accuracy_and_loss(apply_fn, last, xf, yf, seed_axis=True)[0]
-  out = {"steps": steps.steps, "median": steps.median_distances, "threshold": steps.threshold,
-         "barriers": jnp.mean(barriers, axis=1), "acc_f": jnp.mean(acc)}
+  out = {
+    "steps": steps.steps,
+    "median": steps.median_distances,
+    "threshold": steps.threshold,
+    "barriers": jnp.mean(barriers, axis=1),
+    "acc_f": jnp.mean(acc),
+  }
   if membership:
     out["membership_lower_bound"] = evaluate.membership_lower_bound(scores_g[-1], oracle_scores, delta=delta)
     out["membership_point_estimate"] = evaluate.membership_epsilon(scores_g[-1], oracle_scores, delta=delta)
@@ -90,13 +98,32 @@ def _oracles(ctx: Context, s: Setup, mask: jax.Array, f_idx: int, xf, yf, bar) -
   uc, tr, ec = ctx.config.unlearning, ctx.config.training, ctx.config.evaluation
   steps = uc.retrain_steps or tr.num_steps
   oracle = seeded(
-      runtime.retrain, num_seeds=uc.num_seeds, key=ctx.keys["oracle"], vmap_seeds=ctx.config.vmap_seeds, bar=bar,
-      pick=lambda res: res.state.params, loss_fn=s.loss_fn, init_fn=s.init_fn, retain_data=s.train_data,
-      num_steps=steps, step_size=tr.step_size, temperature=tr.temperature, data_mask=mask,
-      steps_per_chunk=max(1, min(100, steps)), history_stride=max(1, steps // 10), **s.step)
+    runtime.retrain,
+    num_seeds=uc.num_seeds,
+    key=ctx.keys["oracle"],
+    vmap_seeds=ctx.config.vmap_seeds,
+    bar=bar,
+    pick=lambda res: res.state.params,
+    loss_fn=s.loss_fn,
+    init_fn=s.init_fn,
+    retain_data=s.train_data,
+    num_steps=steps,
+    step_size=tr.step_size,
+    temperature=tr.temperature,
+    data_mask=mask,
+    steps_per_chunk=max(1, min(100, steps)),
+    history_stride=max(1, steps // 10),
+    **s.step,
+  )
   ctx.tick("oracles")
-  scores, floor, barrier, acc = call(_evaluate_oracle_core, (s.apply_fn, s.loss_fn, ec.barrier_points), oracle, xf,
-                                     yf, jax.random.fold_in(ctx.keys["floor"], f_idx))
+  scores, floor, barrier, acc = call(
+    _evaluate_oracle_core,
+    (s.apply_fn, s.loss_fn, ec.barrier_points),
+    oracle,
+    xf,
+    yf,
+    jax.random.fold_in(ctx.keys["floor"], f_idx),
+  )
   return OracleEval(oracle, scores, floor, float(barrier), float(acc))
 
 
@@ -106,8 +133,9 @@ def _certified_epsilon(ctx: Context, certs: Certificates, group_all: np.ndarray)
   half = [a / 4 for a in pv.orders if any(math.isclose(a / 4, b) for b in pv.orders) and a / 4 > 1]
   c = dict(certs.constants)
   del c["alpha"]
-  rdp = np.array([float(certify.unlearning_bound(group_all[_index(pv.orders, 4 * a)], grid_end, alpha=a, **c))
-                  for a in half])
+  rdp = np.array(
+    [float(certify.unlearning_bound(group_all[_index(pv.orders, 4 * a)], grid_end, alpha=a, **c)) for a in half]
+  )
   return float(accounting.rdp_to_dp(jnp.asarray(rdp), half, ec.delta)[0])
 
 
@@ -120,32 +148,76 @@ def _has_certified_epsilon(ctx: Context) -> bool:
   return any(any(math.isclose(a / 4, b) for b in orders) and a / 4 > 1 for a in orders)
 
 
-def _method(ctx: Context, s: Setup, certs: Certificates, start_params, oracle: OracleEval, mask, xf, yf, m_idx: int,
-            method: str, group_all, bar) -> MethodResult:
+def _method(
+  ctx: Context,
+  s: Setup,
+  certs: Certificates,
+  start_params,
+  oracle: OracleEval,
+  mask,
+  xf,
+  yf,
+  m_idx: int,
+  method: str,
+  group_all,
+  bar,
+) -> MethodResult:
   uc, ec, tr = ctx.config.unlearning, ctx.config.evaluation, ctx.config.training
   grid = list(uc.step_grid)
-  kwargs = dict(loss_fn=s.loss_fn, retain_data=s.train_data, method=method, step_size=certs.constants["step_size"],
-                record_steps=grid, clip_norm=s.step["clip_norm"], weight_decay=tr.weight_decay,
-                projection_radius=s.step["projection_radius"], data_mask=mask,
-                steps_per_chunk=max(1, min(100, grid[-1] or 1)), history_stride=max(1, (grid[-1] or 1) // 10),
-                **uc.options(method))
+  kwargs = dict(
+    loss_fn=s.loss_fn,
+    retain_data=s.train_data,
+    method=method,
+    step_size=certs.constants["step_size"],
+    record_steps=grid,
+    clip_norm=s.step["clip_norm"],
+    weight_decay=tr.weight_decay,
+    projection_radius=s.step["projection_radius"],
+    data_mask=mask,
+    steps_per_chunk=max(1, min(100, grid[-1] or 1)),
+    history_stride=max(1, (grid[-1] or 1) // 10),
+    **uc.options(method),
+  )
   if method == "sgld":
     kwargs["temperature"] = certs.constants["temperature"]
-  recorded = seeded(runtime.unlearn, num_seeds=uc.num_seeds, key=jax.random.fold_in(ctx.keys["unlearn"], m_idx),
-                    vmap_seeds=ctx.config.vmap_seeds, bar=bar, per_seed_params=start_params, params_arg="params",
-                    pick=lambda res: res.recorded, **kwargs)
+  recorded = seeded(
+    runtime.unlearn,
+    num_seeds=uc.num_seeds,
+    key=jax.random.fold_in(ctx.keys["unlearn"], m_idx),
+    vmap_seeds=ctx.config.vmap_seeds,
+    bar=bar,
+    per_seed_params=start_params,
+    params_arg="params",
+    pick=lambda res: res.recorded,
+    **kwargs,
+  )
   if not ctx.config.vmap_seeds:  # (R, G, ...) -> (G, R, ...)
     recorded = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), recorded)
   ctx.tick("unlearn")
-  ev = jax.device_get(call(_evaluate_method_core, (s.apply_fn, s.loss_fn, ec.barrier_points, tuple(grid),
-                                                   100 * ec.floor_quantile, ec.membership, ec.delta),
-                           recorded, oracle.params, oracle.scores, oracle.floor, xf, yf))
+  ev = jax.device_get(
+    call(
+      _evaluate_method_core,
+      (s.apply_fn, s.loss_fn, ec.barrier_points, tuple(grid), 100 * ec.floor_quantile, ec.membership, ec.delta),
+      recorded,
+      oracle.params,
+      oracle.scores,
+      oracle.floor,
+      xf,
+      yf,
+    )
+  )
   barriers = np.asarray(ev["barriers"], dtype=np.float64)
   if grid[0] == 0:
     original = float(barriers[0])
   else:
-    orig_b, _ = evaluate.barriers_along(s.loss_fn, jax.tree.map(lambda leaf: leaf[None], start_params), oracle.params,
-                                        (xf, yf), num_points=ec.barrier_points, paired_seeds=True)
+    orig_b, _ = evaluate.barriers_along(
+      s.loss_fn,
+      jax.tree.map(lambda leaf: leaf[None], start_params),
+      oracle.params,
+      (xf, yf),
+      num_points=ec.barrier_points,
+      paired_seeds=True,
+    )
     original = float(np.mean(np.asarray(orig_b)))
   lower = point = cert_eps = None
   if ec.membership:
@@ -153,8 +225,18 @@ def _method(ctx: Context, s: Setup, certs: Certificates, start_params, oracle: O
     point = np.asarray(ev["membership_point_estimate"], dtype=np.float64)
     if method == "sgld" and group_all is not None and _has_certified_epsilon(ctx):
       cert_eps = _certified_epsilon(ctx, certs, group_all)
-  result = MethodResult(method, float(ev["steps"]), np.asarray(ev["median"], dtype=np.float64), float(ev["threshold"]),
-                        barriers, original, float(ev["acc_f"]), lower, point, cert_eps)
+  result = MethodResult(
+    method,
+    float(ev["steps"]),
+    np.asarray(ev["median"], dtype=np.float64),
+    float(ev["threshold"]),
+    barriers,
+    original,
+    float(ev["acc_f"]),
+    lower,
+    point,
+    cert_eps,
+  )
   ctx.tick("evaluate")
   return result
 
@@ -170,8 +252,9 @@ def _group(ctx: Context, certs: Certificates, trained: Trained, idx: np.ndarray)
   return group_all, group_p4, accounting.group_factor(certs.num_examples, int(idx.size), fixed_denominator=fixed), steps
 
 
-def unlearn_forget_sets(ctx: Context, s: Setup, trained: Trained, certs: Certificates,
-                        forget_sets: list[ForgetSet]) -> tuple[list[SetResult], PyTree]:
+def unlearn_forget_sets(
+  ctx: Context, s: Setup, trained: Trained, certs: Certificates, forget_sets: list[ForgetSet]
+) -> tuple[list[SetResult], PyTree]:
   """Stage 5: oracles, unlearning by every method and their evaluation, forget set by forget set."""
   uc, tr = ctx.config.unlearning, ctx.config.training
   R = uc.num_seeds
@@ -184,18 +267,32 @@ def unlearn_forget_sets(ctx: Context, s: Setup, trained: Trained, certs: Certifi
   results = []
   for f_idx, fs in enumerate(forget_sets):
     idx = fs.indices
-    ctx.stage(f"forget set {f_idx + 1}/{len(forget_sets)} ({fs.label}, {idx.size} examples): {R} oracle(s) x "
-              f"{retrain_steps} steps, methods {', '.join(uc.methods)} x {grid_end} steps")
+    ctx.stage(
+      f"forget set {f_idx + 1}/{len(forget_sets)} ({fs.label}, {idx.size} examples): {R} oracle(s) x "
+      f"{retrain_steps} steps, methods {', '.join(uc.methods)} x {grid_end} steps"
+    )
     mask = s.as_mask(jnp.ones((s.num_examples,), jnp.float32).at[jnp.asarray(idx)].set(0.0))
     xf, yf = s.x[idx], s.y[idx]
     oracle = _oracles(ctx, s, mask, f_idx, xf, yf, bar)
     group_all, group_p4, factor, cert_steps = _group(ctx, certs, trained, idx)
-    methods = tuple(_method(ctx, s, certs, start_params, oracle, mask, xf, yf, m_idx, method, group_all, bar)
-                    for m_idx, method in enumerate(uc.methods))
-    results.append(SetResult(
-        fs, float(np.mean(certs.privacy_loss[idx])), group_p4, factor, cert_steps,
-        float(np.median(certs.certified_steps[idx])), certs.worst_case_steps(ctx.config.privacy.epsilon, int(idx.size)),
-        oracle, None if top is None else int(np.intersect1d(idx, top).size), methods))
+    methods = tuple(
+      _method(ctx, s, certs, start_params, oracle, mask, xf, yf, m_idx, method, group_all, bar)
+      for m_idx, method in enumerate(uc.methods)
+    )
+    results.append(
+      SetResult(
+        fs,
+        float(np.mean(certs.privacy_loss[idx])),
+        group_p4,
+        factor,
+        cert_steps,
+        float(np.median(certs.certified_steps[idx])),
+        certs.worst_case_steps(ctx.config.privacy.epsilon, int(idx.size)),
+        oracle,
+        None if top is None else int(np.intersect1d(idx, top).size),
+        methods,
+      )
+    )
   if bar:
     bar.close()
   return results, start_params
