@@ -15,6 +15,7 @@ Re-exports only; importing does no work. The folders follow the pipeline:
 """
 
 from unlearn_jax import accounting, algorithms, certify, data, evaluate, models, per_example, runtime
+from unlearn_jax._traced import raise_under_jit
 from unlearn_jax.accounting import (
   DEFAULT_ORDERS,
   AccountingConfig,
@@ -91,6 +92,7 @@ __all__ = [
   "per_example_grad_norms",
   "per_example_grads",
   "per_example_inner",
+  "raise_under_jit",
   "rdp_to_dp",
   "retrain",
   "runtime",

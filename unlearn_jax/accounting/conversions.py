@@ -21,6 +21,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
+from unlearn_jax._traced import guarded
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "dp_offset", "max_steps_for_epsilon", "rdp_to_dp", "renyi_target"]
 
@@ -32,6 +33,7 @@ def _check_delta(delta: Any) -> None:
   _checks.check_probability("delta", delta, open_low=True, open_high=True)
 
 
+@guarded
 def dp_offset(orders: ArrayLike, delta: ArrayLike, method: str = DEFAULT_METHOD) -> jax.Array:
   """The term the conversion adds to the RDP at each order: ε(α) = rdp(α) + offset(α).
 
@@ -57,6 +59,7 @@ def dp_offset(orders: ArrayLike, delta: ArrayLike, method: str = DEFAULT_METHOD)
   return jnp.where(a > 1.01, jnp.log1p(-1.0 / a) - jnp.log(delta * a) / (a - 1.0), jnp.inf)
 
 
+@guarded
 def rdp_to_dp(
   rdp: ArrayLike,
   orders: ArrayLike | Sequence[float],
@@ -112,6 +115,7 @@ def rdp_to_dp(
   return jnp.maximum(best, 0.0), a[idx]
 
 
+@guarded
 def renyi_target(epsilon: ArrayLike, alpha: ArrayLike, delta: ArrayLike, method: str = DEFAULT_METHOD) -> jax.Array:
   """The Rényi ε at order α whose conversion gives (``epsilon``, δ)-DP: ``epsilon − dp_offset(α, δ)``.
 
@@ -126,6 +130,7 @@ def renyi_target(epsilon: ArrayLike, alpha: ArrayLike, delta: ArrayLike, method:
   return jnp.asarray(epsilon, jnp.result_type(float)) - dp_offset(alpha, delta, method)
 
 
+@guarded
 def max_steps_for_epsilon(
   step_rdp: ArrayLike,
   orders: ArrayLike | Sequence[float],

@@ -24,6 +24,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
+from unlearn_jax._traced import guarded
 from unlearn_jax.accounting.sgm import (
   DEFAULT_NUM_TERMS,
   DEFAULT_ORDERS,
@@ -52,6 +53,7 @@ def _check_step(step_size: Any, temperature: Any) -> None:
   _checks.check_positive("temperature", temperature)
 
 
+@guarded
 def full_batch_costs(
   sq_dist: ArrayLike,
   num_examples: ArrayLike,
@@ -95,9 +97,11 @@ def full_batch_costs(
   nm1 = jnp.asarray(num_examples, dtype) - 1.0
   scale = jnp.asarray(step_size, dtype) / (4.0 * jnp.asarray(temperature, dtype) * nm1**2)
   scale = jnp.where(nm1 > 0, scale, jnp.inf)
-  return jnp.asarray(orders, dtype)[None, :] * (d.astype(dtype) * scale)[..., None]
+  d = jnp.where(d < 0, jnp.nan, d.astype(dtype))  # negative squared distances exist only under a trace
+  return jnp.asarray(orders, dtype)[None, :] * (d * scale)[..., None]
 
 
+@guarded
 def full_batch_worst_case_cost(
   clip_norm: ArrayLike,
   num_examples: ArrayLike,
@@ -138,9 +142,11 @@ def _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype)
     2.0 * jnp.asarray(temperature, dtype) / jnp.asarray(step_size, dtype)
   )
   pos = norms > 0
-  return jnp.where(pos, noise_std / jnp.where(pos, norms, 1.0), jnp.inf)
+  z = jnp.where(pos, noise_std / jnp.where(pos, norms, 1.0), jnp.inf)
+  return jnp.where(norms < 0, jnp.nan, z)  # a negative norm (possible only under a trace) is no number
 
 
+@guarded
 def poisson_costs(
   norms: ArrayLike,
   q: ArrayLike,
@@ -186,6 +192,7 @@ def poisson_costs(
   return monotone_in_order(sampled_gaussian_rdp(q, z, orders_t, num_terms=num_terms), orders_t)
 
 
+@guarded
 def poisson_worst_case_cost(
   clip_norm: ArrayLike,
   q: ArrayLike,

@@ -272,8 +272,9 @@ def ledger_update(
   w = jnp.asarray(weight, dtype)
   accounted = jnp.asarray(accounted, bool)
   keep = filter_admits(ledger, costs * w, config)
-  ok = jnp.isfinite(costs) & keep[:, None]
-  finite_now = jnp.all(jnp.where(ledger.active[:, None], jnp.isfinite(costs), True)) & ~jnp.any(jnp.isnan(worst))
+  valid = jnp.isfinite(costs) & (costs >= 0)  # a negative cost (possible only under a trace) is never summed
+  ok = valid & keep[:, None]
+  finite_now = jnp.all(jnp.where(ledger.active[:, None], valid, True)) & ~jnp.any(jnp.isnan(worst))
   add = jnp.where(ok & accounted, w * costs, 0.0)
   worst_add = jnp.where(~jnp.isnan(worst) & accounted, w * worst, 0.0)  # inf (no clip) is kept
   return ledger._replace(

@@ -35,6 +35,7 @@ from jax.typing import ArrayLike
 from scipy import special as _sp_special
 
 from unlearn_jax import _checks
+from unlearn_jax._traced import guarded
 from unlearn_jax.accounting.sgm_fractional import (
   _BLOCK,
   _fast_frac_ok,
@@ -195,6 +196,7 @@ def _static_orders(orders: Any, fn: str) -> tuple[float, ...]:
   return tuple(float(a) for a in _checks.check_orders(orders))
 
 
+@guarded
 def sampled_gaussian_rdp(
   q: ArrayLike,
   noise_multiplier: ArrayLike,
@@ -283,6 +285,7 @@ def sampled_gaussian_rdp(
   return rdp.reshape(batch_shape + (len(orders_t),))
 
 
+@guarded
 def gaussian_rdp(sensitivity: ArrayLike, noise_std: ArrayLike, orders: ArrayLike | Sequence[float]) -> jax.Array:
   """RDP of the Gaussian mechanism: ``α · s² / (2 σ²)`` (Mironov 2017, Prop. 7).
 

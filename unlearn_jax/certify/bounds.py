@@ -27,6 +27,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
+from unlearn_jax._traced import guarded
 from unlearn_jax.accounting import conversions, ledger
 
 __all__ = [
@@ -115,6 +116,7 @@ def certificate_assumptions(e1: ArrayLike = 0.0, e2: ArrayLike = 0.0) -> str:
   return EXACT_CONSTANTS
 
 
+@guarded
 def lsi_constant_strongly_convex(temperature: ArrayLike, m: ArrayLike) -> jax.Array:
   """LSI constant 2τ/m of the Gibbs law ∝ exp(−L/τ) of an m-strongly convex L (THEORY §0).
 
@@ -137,6 +139,7 @@ def lsi_constant_strongly_convex(temperature: ArrayLike, m: ArrayLike) -> jax.Ar
   return 2.0 * _float(temperature) / _float(m)
 
 
+@guarded
 def contraction_factor(
   num_steps: ArrayLike,
   *,
@@ -172,6 +175,7 @@ def contraction_factor(
   return jnp.exp(-2.0 * _float(temperature) * step_size * _float(num_steps) / (alpha * lsi_constant))
 
 
+@guarded
 def weak_triangle(d_2alpha_pq: ArrayLike, d_2alpham1_qr: ArrayLike, alpha: ArrayLike) -> jax.Array:
   """Weak triangle inequality (Mironov 2017, p = q = 2): a bound on D_α(P‖R).
 
@@ -213,9 +217,11 @@ def _bracket(privacy_loss_4alpha, alpha, e1):
   """((α−½)/(α−1)) · [((4α−1)/(4α−2)) P(x,4α) + E₁]: the bound at k = 0 without E₂."""
   alpha = _float(alpha)
   p = _nan_to_inf(_float(privacy_loss_4alpha))
+  p = jnp.where(p < 0, jnp.nan, p)  # a negative loss (possible only under a trace) is no number
   return _triangle_coeff(alpha) * (_triangle_coeff(2.0 * alpha) * p + e1)
 
 
+@guarded
 def unlearning_bound(
   privacy_loss_4alpha: ArrayLike,
   num_steps: ArrayLike,
@@ -269,9 +275,10 @@ def _log_ratio(privacy_loss_4alpha, epsilon, alpha, e1, e2):
   pos = br > 0
   safe_br = jnp.where(pos, br, 1.0)
   lr = jnp.where(pos, jnp.log(safe_br) - jnp.log(safe_slack), -jnp.inf)
-  return jnp.where(ok, lr, jnp.inf)
+  return jnp.where(jnp.isnan(br), jnp.nan, jnp.where(ok, lr, jnp.inf))
 
 
+@guarded
 def steps_to_unlearn_continuous(
   privacy_loss_4alpha: ArrayLike,
   epsilon: ArrayLike,
@@ -317,9 +324,10 @@ def steps_to_unlearn_continuous(
   pos = lr > 0
   safe_lr = jnp.where(pos & jnp.isfinite(lr), lr, 1.0)
   k = jnp.where(pos, rate * safe_lr, 0.0)
-  return jnp.where(jnp.isposinf(lr), jnp.inf, k)
+  return jnp.where(jnp.isnan(lr), jnp.nan, jnp.where(jnp.isposinf(lr), jnp.inf, k))
 
 
+@guarded
 def steps_to_unlearn(
   privacy_loss_4alpha: ArrayLike,
   epsilon: ArrayLike,
@@ -382,6 +390,7 @@ def _quarter_orders(orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return idx, orders[idx] / 4.0
 
 
+@guarded
 def steps_to_unlearn_dp(
   ledger_realized: ArrayLike,
   orders: ArrayLike,
@@ -498,6 +507,7 @@ def _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_exa
     )
 
 
+@guarded
 def worst_case_epsilon(
   alpha: ArrayLike,
   num_steps: ArrayLike,
@@ -542,6 +552,7 @@ def worst_case_epsilon(
   return jnp.exp(log_eps0 - _float(num_steps) * m * step_size / alpha)
 
 
+@guarded
 def worst_case_steps(
   epsilon: ArrayLike,
   *,
@@ -590,6 +601,7 @@ def worst_case_steps(
   return jnp.min(k_alpha, axis=-1)
 
 
+@guarded
 def group_steps_to_unlearn(
   privacy_loss_4alpha: ArrayLike,
   forget_indices: ArrayLike,
