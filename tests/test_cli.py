@@ -130,8 +130,8 @@ seed = 0
 [data]
 num_train = 120
 num_test = 40
-[model]
-hidden = [16]
+[model.kwargs]
+hidden_sizes = [16]
 [training]
 num_steps = {steps}
 num_seeds = 1

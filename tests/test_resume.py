@@ -92,6 +92,7 @@ def test_reference_run_is_sane(reference):
   assert reference["history_loss"][-1] < reference["history_loss"][0]
 
 
+@pytest.mark.slow  # 20 s: run by .ci/run's slow pass; the SIGINT resume test below stays in the default suite
 def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path, env, reference):
   # Kill points, fixed by a seed: after the checkpoint at or past a random step appears, wait a random
   # 0-20 ms and SIGKILL (so the kill lands inside a chunk or inside a checkpoint write). Steps, not wall

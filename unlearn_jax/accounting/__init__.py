@@ -29,6 +29,7 @@ from unlearn_jax.accounting.ledger import (
   filter_admits,
   group_factor,
   group_privacy_loss,
+  ledger_add_rows,
   ledger_init,
   ledger_update,
 )
@@ -56,6 +57,7 @@ __all__ = [
   "group_factor",
   "group_privacy_loss",
   "ledger_init",
+  "ledger_add_rows",
   "ledger_update",
   "max_steps_for_epsilon",
   "mean_step_costs",

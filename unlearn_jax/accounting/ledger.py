@@ -17,6 +17,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
+from unlearn_jax.accounting.costs import DEFAULT_Z_SPACING
 from unlearn_jax.accounting.sgm import DEFAULT_NUM_TERMS, DEFAULT_ORDERS
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
   "filter_admits",
   "group_factor",
   "group_privacy_loss",
+  "ledger_add_rows",
   "ledger_init",
   "ledger_update",
 ]
@@ -39,17 +41,25 @@ class AccountingConfig(NamedTuple):
   Attributes:
     orders: Rényi orders (floats > 1).
     stride: evaluate the costs every ``stride`` steps and count them ``stride`` times (an estimate
-      when > 1, flagged in the ledger).
+      when > 1, flagged in the ledger); ``"epoch"``: once per epoch of a minibatch run (n // B steps
+      shuffled, round(1/q) Poisson; the refresh of Yu et al., *Individual privacy accounting for
+      DP-SGD*), resolved by the step.
     filter_budget: budget B of the individual Rényi filter at order ``filter_order`` (None: off).
     filter_order: the order α* of the filter; must be one of ``orders``.
     num_terms: terms of the fractional-order series of :func:`sampled_gaussian_rdp`.
+    z_nodes: Poisson costs from a grid of this many noise multipliers (an upper bound, at a cost
+      independent of n: :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`), or None (the
+      default) for the exact series of every example.
+    z_spacing: the ratio of consecutive grid nodes.
   """
 
   orders: tuple[float, ...]
-  stride: int = 1
+  stride: int | str = 1
   filter_budget: float | None = None
   filter_order: float | None = None
   num_terms: int = DEFAULT_NUM_TERMS
+  z_nodes: int | None = None
+  z_spacing: float = DEFAULT_Z_SPACING
 
   @property
   def filter_index(self) -> int | None:
@@ -66,19 +76,26 @@ class AccountingConfig(NamedTuple):
 def accountant(
   orders: ArrayLike | Sequence[float] = DEFAULT_ORDERS,
   *,
-  stride: int = 1,
+  stride: int | str = 1,
   filter_budget: float | None = None,
   filter_order: float | None = None,
   num_terms: int = DEFAULT_NUM_TERMS,
+  z_nodes: int | None = None,
+  z_spacing: float = DEFAULT_Z_SPACING,
 ) -> AccountingConfig:
   """Builds the accounting settings: every step (exact), strided (estimate) or with a Rényi filter.
 
   Args:
     orders: Rényi orders > 1 (default :data:`DEFAULT_ORDERS`).
-    stride: evaluate costs every ``stride`` ≥ 1 steps and count each evaluation ``stride`` times.
+    stride: evaluate costs every ``stride`` ≥ 1 steps and count each evaluation ``stride`` times, or
+      ``"epoch"`` (once per epoch of a shuffled or Poisson run).
     filter_budget: B > 0 for the individual Rényi filter (Feldman & Zrnic 2021), or None.
     filter_order: α* (one of ``orders``), required with ``filter_budget``.
     num_terms: terms per fractional order in :func:`sampled_gaussian_rdp`.
+    z_nodes: nodes of the grid of noise multipliers of the Poisson costs (None, the default: every
+      example's own series; a grid is an upper bound whose over-charge depends on the setting, see
+      :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`).
+    z_spacing: ratio of consecutive nodes (> 1).
 
   Returns:
     An :class:`AccountingConfig`. The ledger it produces is certified iff the filter is on and
@@ -93,8 +110,8 @@ def accountant(
     (1, 1)
   """
   orders_t = tuple(float(a) for a in _checks.check_orders(orders))
-  if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-    raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+  if stride != "epoch" and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1):
+    raise ValueError(f"stride must be an int >= 1 or 'epoch', got {stride!r}")
   if isinstance(num_terms, bool) or not isinstance(num_terms, (int, np.integer)) or num_terms < 1:
     raise ValueError(f"num_terms must be an int >= 1, got {num_terms!r}")
   if filter_budget is None:
@@ -108,7 +125,20 @@ def accountant(
       raise ValueError(f"filter_order must be one of orders {list(orders_t)}, got {filter_order!r}")
     filter_budget = float(filter_budget)
     filter_order = float(filter_order)
-  return AccountingConfig(orders_t, int(stride), filter_budget, filter_order, int(num_terms))
+  stride = stride if stride == "epoch" else int(stride)
+  if z_nodes is not None and (isinstance(z_nodes, bool) or not isinstance(z_nodes, (int, np.integer)) or z_nodes < 1):
+    raise ValueError(f"z_nodes must be None or an int >= 1, got {z_nodes!r}")
+  if not (isinstance(z_spacing, (int, float, np.floating)) and z_spacing > 1 and np.isfinite(z_spacing)):
+    raise ValueError(f"z_spacing must be a finite number > 1, got {z_spacing!r}")
+  return AccountingConfig(
+    orders_t,
+    stride,
+    filter_budget,
+    filter_order,
+    int(num_terms),
+    None if z_nodes is None else int(z_nodes),
+    float(z_spacing),
+  )
 
 
 class Ledger(NamedTuple):
@@ -283,6 +313,49 @@ def ledger_update(
     num_steps=ledger.num_steps + 1,
     num_accounted=ledger.num_accounted + accounted.astype(jnp.int32),
     active=jnp.where(accounted, keep, ledger.active),
+    finite=ledger.finite & (finite_now | ~accounted),
+  )
+
+
+def ledger_add_rows(
+  ledger: Ledger,
+  indices: jax.Array,
+  costs: jax.Array,
+  worst_case_cost: jax.Array,
+  *,
+  weight: ArrayLike = 1,
+  accounted: ArrayLike = True,
+) -> Ledger:
+  """:func:`ledger_update` for a step whose costs are non-zero on a few rows only (a minibatch).
+
+  Adds ``costs[j]`` to row ``indices[j]`` (a scatter-add of m rows; nothing of size n is computed).
+  Without the individual filter (minibatch ledgers are estimates) this equals :func:`ledger_update`
+  with the costs scattered into an (n, K) array of zeros.
+
+  Args:
+    ledger: the ledger.
+    indices: (m,) distinct row indices.
+    costs: (m, K) this step's costs of those rows.
+    worst_case_cost: (K,) this step's worst-case cost.
+    weight: multiplicity of the evaluation (the stride).
+    accounted: whether this step's costs were evaluated.
+
+  Returns:
+    The updated ledger.
+  """
+  dtype = ledger.realized.dtype
+  costs = jnp.asarray(costs, dtype)
+  worst = jnp.asarray(worst_case_cost, dtype)
+  w = jnp.asarray(weight, dtype)
+  accounted = jnp.asarray(accounted, bool)
+  valid = jnp.isfinite(costs) & (costs >= 0)
+  finite_now = jnp.all(jnp.where(ledger.active[indices][:, None], valid, True)) & ~jnp.any(jnp.isnan(worst))
+  add = jnp.where(valid & accounted, w * costs, 0.0)
+  return ledger._replace(
+    realized=ledger.realized.at[indices].add(add),
+    worst_case=ledger.worst_case + jnp.where(~jnp.isnan(worst) & accounted, w * worst, 0.0),
+    num_steps=ledger.num_steps + 1,
+    num_accounted=ledger.num_accounted + accounted.astype(jnp.int32),
     finite=ledger.finite & (finite_now | ~accounted),
   )
 

@@ -6,6 +6,10 @@
 | ``"poisson"`` | each active example independently with probability q | (1/b) Σ, b = q·n fixed | §2b |
 | ``"shuffled"`` | a batch of B from the epoch's permutation | mean over the batch | §2a with N = B (an estimate) |
 
+Minibatch modes gather their rows (:func:`gather`) into a batch of fixed shape — B for shuffled
+batches, a capacity of about q·n + 6 standard deviations for Poisson draws — so that a step's
+per-example work is proportional to its batch; :func:`select` gives the same choice as an (n,) mask.
+
 A *fixed denominator* (Poisson sampling, or a full batch with ``denominator`` or the individual filter)
 makes each example's cost a function of θ_t and that example alone, which the individual Rényi filter
 needs; the mean over the selected examples does not.
@@ -13,12 +17,13 @@ needs; the mean over the selected examples does not.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MODES", "Selection", "fixed_denominator", "select"]
+__all__ = ["MODES", "Gathered", "Selection", "fixed_denominator", "gather", "permute", "poisson_capacity", "select"]
 
 MODES = ("full_batch", "poisson", "shuffled")
 
@@ -69,10 +74,121 @@ def select(
   if mode == "poisson":
     return Selection(jax.random.bernoulli(key, sampling_rate, (n,)).astype(dtype), sampling_rate)
   if mode == "shuffled":
-    steps_per_epoch = max(n // batch_size, 1)
-    epoch = step // steps_per_epoch
-    pos = step % steps_per_epoch
-    perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
-    idx = jax.lax.dynamic_slice(perm, (pos * batch_size,), (batch_size,))
+    idx = _shuffled_indices(step, shuffle_key, n, batch_size)
     return Selection(jnp.zeros((n,), dtype).at[idx].set(1.0), 1.0)
   return Selection(jnp.ones((n,), dtype), 1.0)
+
+
+class Gathered(NamedTuple):
+  """The rows of a minibatch step, gathered into a fixed-size batch.
+
+  Attributes:
+    indices: (m,) int32 row indices (padding slots repeat row 0 and are not valid).
+    valid: (m,) float, 1 for the slots that hold a selected example.
+    q: the sampling rate of the §2b costs (1 for shuffled batches).
+    dropped: int32, selected examples that did not fit in the m slots (Poisson only; 0 unless the
+      capacity was too small, which the runtime reports as an error).
+  """
+
+  indices: jax.Array
+  valid: jax.Array
+  q: float
+  dropped: jax.Array
+
+
+def poisson_capacity(n: int, q: float, multiple: int = 1) -> int:
+  """Slots for a Poisson batch: the mean q·n plus six standard deviations plus 10, at most n.
+
+  Overflow then needs a draw beyond the six-sigma quantile (and at least 10 more than expected): about
+  1e-9 per step for large q·n and below 1e-15 for q·n of order 1.
+
+  Examples:
+    >>> poisson_capacity(50_000, 256 / 50_000), poisson_capacity(100, 1.0)
+    (362, 100)
+  """
+  mean = q * n
+  cap = int(math.ceil(mean + 6.0 * math.sqrt(mean * (1.0 - q)) + 10.0))
+  return int(min(n, -(-cap // multiple) * multiple))
+
+
+def gather(
+  mode: str,
+  key: jax.Array,
+  step: jax.Array,
+  shuffle_key: jax.Array | None,
+  n: int,
+  dtype,
+  *,
+  sampling_rate: float | None = None,
+  batch_size: int | None = None,
+  capacity: int | None = None,
+) -> Gathered:
+  """The rows of one minibatch step: a shuffled batch of B, or a Poisson draw in ``capacity`` slots.
+
+  The Poisson draw is the same Bernoulli mask as :func:`select` with the same key, so a gathered step
+  and a masked all-rows step use the same examples. A shuffled batch of B = n keeps the rows in order.
+  """
+  if mode == "shuffled":
+    if batch_size >= n:
+      return Gathered(jnp.arange(n, dtype=jnp.int32), jnp.ones((n,), dtype), 1.0, jnp.zeros((), jnp.int32))
+    idx = _shuffled_indices(step, shuffle_key, n, batch_size)
+    return Gathered(idx.astype(jnp.int32), jnp.ones((batch_size,), dtype), 1.0, jnp.zeros((), jnp.int32))
+  mask = jax.random.bernoulli(key, sampling_rate, (n,))
+  count = jnp.sum(mask.astype(jnp.int32))
+  (idx,) = jnp.nonzero(mask, size=capacity, fill_value=0)
+  valid = (jnp.arange(capacity) < count).astype(dtype)
+  return Gathered(idx.astype(jnp.int32), valid, sampling_rate, jnp.maximum(count - capacity, 0).astype(jnp.int32))
+
+
+def _shuffled_indices(step, shuffle_key, n: int, batch_size: int) -> jax.Array:
+  """Rows of batch ``pos`` of epoch ``e``: positions pos·B … pos·B + B − 1 of the epoch's permutation."""
+  steps_per_epoch = max(n // batch_size, 1)
+  epoch = step // steps_per_epoch
+  pos = step % steps_per_epoch
+  positions = (pos * batch_size + jnp.arange(batch_size)).astype(jnp.uint32)
+  return permute(jax.random.fold_in(shuffle_key, epoch), positions, n)
+
+
+_ROUNDS = 6
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+  """A 32-bit integer hash (an avalanche finaliser; uint32 arithmetic wraps)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def permute(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
+  """The images of ``positions`` under a keyed pseudo-random permutation of range(n), in O(len(positions)).
+
+  A balanced Feistel network on the smallest power of 4 ≥ n (a bijection of that domain), with cycle
+  walking back into [0, n) — so a minibatch step never sorts or materialises a permutation of all n
+  rows, and every epoch (one key) still visits each row exactly once.
+
+  Examples:
+    >>> import jax
+    >>> perm = permute(jax.random.key(0), jnp.arange(10, dtype=jnp.uint32), 10)
+    >>> sorted(perm.tolist()) == list(range(10))
+    True
+  """
+  half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+  mask = jnp.uint32((1 << half) - 1)
+  round_keys = jax.random.bits(key, (_ROUNDS,), jnp.uint32)
+
+  def feistel(x):
+    left, right = x >> half, x & mask
+    for r in range(_ROUNDS):
+      left, right = right, left ^ (_mix32(right ^ round_keys[r]) & mask)
+    return (left << half) | right
+
+  def walk(carry):
+    x, _ = carry
+    y = jnp.where(x >= n, feistel(x), x)
+    return y, jnp.any(y >= n)
+
+  x = feistel(positions.astype(jnp.uint32))
+  x, _ = jax.lax.while_loop(lambda c: c[1], walk, (x, jnp.any(x >= n)))
+  return x.astype(jnp.int32)

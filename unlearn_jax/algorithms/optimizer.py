@@ -146,6 +146,8 @@ def optax_training(
     ledger, costs, worst = state.ledger, None, None
     if accounting is not None:
       stride = accounting.stride
+      if stride == "epoch":
+        raise ValueError("accounting stride='epoch' needs a minibatch mode of sgld; give the optax route a number")
       accounted = True if stride == 1 else (state.step % stride == 0)
       kw = dict(
         clip_norm=clip,

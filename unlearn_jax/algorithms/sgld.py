@@ -65,6 +65,7 @@ class _Settings(NamedTuple):
   clip_norm: float | None
   weight_decay: float
   projection_radius: float | None
+  batch_capacity: int | None = None
 
 
 def _check_int_or_none(name: str, value: Any) -> int | None:
@@ -88,6 +89,7 @@ def _settings(
   chunk_size,
   denominator,
   reduction_blocks,
+  batch_capacity=None,
 ) -> _Settings:
   _checks.check_choice("mode", mode, batches.MODES)
   if not callable(loss_fn):
@@ -132,7 +134,17 @@ def _settings(
     check_static_positive("clip_norm", clip_norm),
     float(weight_decay),
     check_static_positive("projection_radius", projection_radius),
+    _check_capacity(batch_capacity, mode, reduction_blocks),
   )
+
+
+def _check_capacity(batch_capacity, mode, reduction_blocks) -> int | None:
+  capacity = _check_int_or_none("batch_capacity", batch_capacity)
+  if capacity is not None and mode != "poisson":
+    raise ValueError(f"batch_capacity is only used with mode='poisson', got {batch_capacity!r} with mode={mode!r}")
+  if capacity is not None and reduction_blocks is not None and capacity % reduction_blocks:
+    raise ValueError(f"batch_capacity = {capacity} must be a multiple of reduction_blocks = {reduction_blocks}")
+  return capacity
 
 
 def _check_step_inputs(s: _Settings, state, data, step_size, temperature, accounting_temperature, data_mask):
@@ -185,6 +197,231 @@ def _hyper(value: Any, default: float | None, dtype, none_as: float) -> jax.Arra
   return jnp.asarray(none_as if value is None else value, dtype)
 
 
+class _StepContext(NamedTuple):
+  """What every part of one step reads."""
+
+  loss_fn: Callable
+  s: _Settings
+  state: SGLDState
+  data: PyTree
+  key: jax.Array
+  n: int
+  dtype: Any
+  clip: jax.Array
+  eta: jax.Array
+  tau_acc: jax.Array
+  real: jax.Array  # (n,) 1 for the rows that count
+
+  @property
+  def config(self) -> acc.AccountingConfig | None:
+    return self.s.accounting
+
+  @property
+  def active(self) -> jax.Array:
+    ledger = self.state.ledger
+    return self.real if ledger is None else self.real * ledger.active.astype(self.dtype)
+
+  @property
+  def stride(self) -> int:
+    return resolve_stride(self.config, self.s, self.n)
+
+  @property
+  def accounted(self) -> Any:
+    stride = self.stride
+    return True if stride == 1 else (self.state.step % stride == 0)
+
+  def ops(self, data: PyTree, m: int) -> blocks.ExampleOps:
+    return blocks.example_ops(
+      self.loss_fn, self.state.params, data, m, self.s.reduction_blocks, self.s.norm_method, self.s.chunk_size
+    )
+
+  def cost_kw(self) -> dict:
+    return dict(clip_norm=self.clip, orders=self.config.orders, step_size=self.eta, temperature=self.tau_acc)
+
+  def zeros(self, rows: int) -> tuple[jax.Array, jax.Array]:
+    k = len(self.config.orders)
+    return jnp.zeros((rows, k), self.dtype), jnp.zeros((k,), self.dtype)
+
+
+class _Gradient(NamedTuple):
+  """The gradient part of one step: ĝ, the updated ledger and the step's diagnostics."""
+
+  ghat: PyTree
+  ledger: acc.Ledger | None
+  loss: jax.Array
+  mean_grad_norm: jax.Array
+  grad_norms: jax.Array  # (n,)
+  batch_mask: jax.Array  # (n,)
+  costs: jax.Array | None  # (n, K) charged this step (times the stride)
+  worst: jax.Array | None
+  recomputed: jax.Array
+  dropped: jax.Array
+
+
+def resolve_stride(config: acc.AccountingConfig | None, s: _Settings, n: int) -> int:
+  """The accounting stride in steps: ``"epoch"`` is n // B steps (shuffled) or round(1/q) (Poisson)."""
+  if config is None:
+    return 1
+  if config.stride != "epoch":
+    return int(config.stride)
+  if s.mode == "shuffled":
+    return max(n // s.batch_size, 1)
+  if s.mode == "poisson":
+    return max(int(round(1.0 / s.sampling_rate)), 1)
+  return 1
+
+
+def _summary(ctx: _StepContext, losses, norms, weights):
+  used = jnp.maximum(jnp.sum(weights), 1.0)
+  rb = ctx.s.reduction_blocks
+  return blocks.fixed_order_sum(losses * weights, rb) / used, blocks.fixed_order_sum(norms * weights, rb) / used
+
+
+def _charged(ctx: _StepContext, costs, ledger):
+  """This step's costs as charged: times the stride, zero for removed examples."""
+  if costs is None:
+    return None
+  return costs * ctx.stride * ledger.active[:, None].astype(ctx.dtype)
+
+
+def _full_batch_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
+  """Every row: the mean over the active rows (§2a), or (1/b) Σ with a fixed b (§2b at q = 1)."""
+  s, config, ledger, active, dtype = ctx.s, ctx.config, ctx.state.ledger, ctx.active, ctx.dtype
+  ops = ctx.ops(ctx.data, ctx.n)
+  norms = ops.norms().astype(dtype)
+  factors = pe.clip_factors(norms, ctx.clip)
+  costs = worst = None
+  recomputed = jnp.zeros((), bool)
+  if fixed:  # each example's cost is its own: the filter decides first
+    b = jnp.sum(ctx.real) if s.denominator is None else jnp.asarray(s.denominator, dtype)
+    if config is not None:
+      costs, worst = _when(
+        ctx.accounted,
+        lambda: _cast(
+          acc.fixed_step_costs(norms * factors * active, 1.0, b, num_terms=config.num_terms, **ctx.cost_kw()), dtype
+        ),
+        lambda: ctx.zeros(ctx.n),
+      )
+      ledger = acc.ledger_update(ledger, costs, worst, weight=ctx.stride, config=config, accounted=ctx.accounted)
+      active = active * ledger.active.astype(dtype)
+    losses, ghat = ops.grads(active * factors / b)
+  else:  # the mean (§2a, an estimate): the costs need ĝ, so they come after
+    losses, ghat = ops.grads(active * factors / jnp.maximum(jnp.sum(active), 1.0))
+    if config is not None:
+      costs, worst, recomputed = _when(
+        ctx.accounted,
+        lambda: _cast(acc.mean_step_costs(ops, norms, factors, active, ghat, **ctx.cost_kw()), dtype),
+        lambda: ctx.zeros(ctx.n) + (jnp.zeros((), bool),),
+      )
+      ledger = acc.ledger_update(ledger, costs, worst, weight=ctx.stride, config=config, accounted=ctx.accounted)
+  loss, mean_norm = _summary(ctx, losses, norms, active)
+  return _Gradient(
+    ghat,
+    ledger,
+    loss,
+    mean_norm,
+    norms,
+    active,
+    _charged(ctx, costs, ledger),
+    None if worst is None else worst * ctx.stride,
+    recomputed,
+    jnp.zeros((), jnp.int32),
+  )
+
+
+def _gather_rows(data: PyTree, indices: jax.Array) -> PyTree:
+  return jax.tree.map(lambda leaf: jnp.take(leaf, indices, axis=0, mode="clip"), data)
+
+
+def _scatter(n: int, indices: jax.Array, values: jax.Array) -> jax.Array:
+  return jnp.zeros((n,) + values.shape[1:], values.dtype).at[indices].add(values)
+
+
+def _poisson_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
+  """(1/b) Σ over the Poisson draw, gathered into ``capacity`` rows; the §2b costs of every active row
+  (at accounted steps: they need every clipped norm at θ_t, an all-n norm pass)."""
+  del fixed
+  s, config, ledger, active, dtype, n = ctx.s, ctx.config, ctx.state.ledger, ctx.active, ctx.dtype, ctx.n
+  q = s.sampling_rate
+  g = batches.gather(
+    "poisson", update.sample_key(ctx.key), ctx.state.step, None, n, dtype, sampling_rate=q, capacity=_capacity(s, n)
+  )
+  b = q * jnp.sum(ctx.real) if s.denominator is None else jnp.asarray(s.denominator, dtype)
+  costs = worst = None
+  if config is not None:
+
+    def all_costs():
+      norms_all = ctx.ops(ctx.data, n).norms().astype(dtype)
+      clipped = norms_all * pe.clip_factors(norms_all, ctx.clip) * active
+      grid = dict(z_nodes=config.z_nodes, z_spacing=config.z_spacing)
+      return _cast(acc.fixed_step_costs(clipped, q, b, num_terms=config.num_terms, **grid, **ctx.cost_kw()), dtype)
+
+    costs, worst = _when(ctx.accounted, all_costs, lambda: ctx.zeros(n))
+    ledger = acc.ledger_update(ledger, costs, worst, weight=ctx.stride, config=config, accounted=ctx.accounted)
+    active = active * ledger.active.astype(dtype)
+  weights = g.valid * active[g.indices]
+  ops = ctx.ops(_gather_rows(ctx.data, g.indices), g.indices.shape[0])
+  norms = ops.norms().astype(dtype)
+  losses, ghat = ops.grads(weights * pe.clip_factors(norms, ctx.clip) / b)
+  loss, mean_norm = _summary(ctx, losses, norms, weights)
+  return _Gradient(
+    ghat,
+    ledger,
+    loss,
+    mean_norm,
+    _scatter(n, g.indices, norms * g.valid),
+    _scatter(n, g.indices, weights),
+    _charged(ctx, costs, ledger),
+    None if worst is None else worst * ctx.stride,
+    jnp.zeros((), bool),
+    g.dropped,
+  )
+
+
+def _shuffled_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
+  """The mean over a batch of B rows of the epoch's permutation, gathered; the §2a costs of those rows
+  (relative to the batch mean, an estimate) added to their ledger rows."""
+  del fixed
+  s, config, ledger, dtype, n = ctx.s, ctx.config, ctx.state.ledger, ctx.dtype, ctx.n
+  g = batches.gather("shuffled", None, ctx.state.step, ctx.state.shuffle_key, n, dtype, batch_size=s.batch_size)
+  m = g.indices.shape[0]
+  rows = ctx.data if m == n else _gather_rows(ctx.data, g.indices)
+  weights = ctx.active if m == n else ctx.active[g.indices]
+  ops = ctx.ops(rows, m)
+  norms = ops.norms().astype(dtype)
+  factors = pe.clip_factors(norms, ctx.clip)
+  losses, ghat = ops.grads(weights * factors / jnp.maximum(jnp.sum(weights), 1.0))
+  costs = worst = None
+  recomputed = jnp.zeros((), bool)
+  if config is not None:
+    rows_costs, worst, recomputed = _when(
+      ctx.accounted,
+      lambda: _cast(acc.mean_step_costs(ops, norms, factors, weights, ghat, **ctx.cost_kw()), dtype),
+      lambda: ctx.zeros(m) + (jnp.zeros((), bool),),
+    )
+    ledger = acc.ledger_add_rows(ledger, g.indices, rows_costs, worst, weight=ctx.stride, accounted=ctx.accounted)
+    costs = _scatter(n, g.indices, rows_costs)
+  loss, mean_norm = _summary(ctx, losses, norms, weights)
+  return _Gradient(
+    ghat,
+    ledger,
+    loss,
+    mean_norm,
+    _scatter(n, g.indices, norms),
+    _scatter(n, g.indices, weights),
+    _charged(ctx, costs, ledger),
+    None if worst is None else worst * ctx.stride,
+    recomputed,
+    jnp.zeros((), jnp.int32),
+  )
+
+
+def _capacity(s: _Settings, n: int) -> int:
+  if s.batch_capacity is not None:
+    return min(s.batch_capacity, n)
+  return batches.poisson_capacity(n, s.sampling_rate, s.reduction_blocks or 1)
+
+
 def sgld(
   loss_fn: Callable,
   *,
@@ -199,6 +436,7 @@ def sgld(
   norm_method: str = "auto",
   chunk_size: int | None = None,
   reduction_blocks: int | None = None,
+  batch_capacity: int | None = None,
 ) -> Algorithm:
   """Builds the noisy step (THEORY §0–§1) with the per-instance ledger (§2–§3) wired in.
 
@@ -206,7 +444,12 @@ def sgld(
   temperature=0.0, *, data_mask=None, accounting_temperature=None, clip_norm=None, weight_decay=None,
   projection_radius=None, l1_strength=0.0, l1_horizon=inf) -> (SGLDState, StepInfo)``. ``data`` is the
   WHOLE training set (leading axis n); the mode picks the examples; ``data_mask`` (n,) marks rows (0)
-  that never count and cost nothing (padding, the forget set). Every step argument after ``key`` is an
+  that never count and cost nothing (padding, the forget set). Minibatch modes gather their rows: a
+  shuffled step computes norms, the clipped gradient and the §2a costs on its B rows only and adds the
+  costs to those B ledger rows; a Poisson step computes the gradient on its draw, gathered into
+  ``batch_capacity`` rows (default about q·n + 6 standard deviations; a draw that does not fit is
+  counted in ``StepInfo.dropped`` and the runtime stops with an error rather than drop examples), and
+  at accounted steps the norms of all n rows for the §2b costs. Every step argument after ``key`` is an
   array: new values never recompile a jitted step. ``clip_norm``, ``weight_decay`` and
   ``projection_radius`` given here are the defaults of the step's arguments of the same names.
   ``temperature = 0`` is noise-free (clipped) gradient descent; with accounting on, pass the assumed
@@ -241,6 +484,8 @@ def sgld(
       ``runtime.distributed.pad_to_multiple``). With R ≥ 2 × the mesh's ``"data"`` axis and a multiple
       of it (R = 8 for 1, 2 and 4 devices) results were bitwise identical on 1, 2 and 4 devices and on
       two processes (XLA CPU, ``docs/distributed.md``).
+    batch_capacity: rows of a gathered Poisson batch (default
+      :func:`~unlearn_jax.algorithms.batches.poisson_capacity`).
 
   Returns:
     An :class:`~unlearn_jax.algorithms.base.Algorithm`.
@@ -272,6 +517,7 @@ def sgld(
     chunk_size,
     denominator,
     reduction_blocks,
+    batch_capacity,
   )
   fixed = batches.fixed_denominator(s.mode, s.denominator, s.accounting is not None and s.accounting.uses_filter)
 
@@ -300,67 +546,31 @@ def sgld(
     l1_strength: ArrayLike = 0.0,
     l1_horizon: ArrayLike = jnp.inf,
   ) -> tuple[SGLDState, StepInfo]:
-    """One noisy step on the whole data set ``data`` (see :func:`sgld`)."""
+    """One noisy step on the data set ``data`` (see :func:`sgld`)."""
     n = _check_step_inputs(s, state, data, step_size, temperature, accounting_temperature, data_mask)
-    params, ledger, config = state.params, state.ledger, s.accounting
-    dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(params)], float)
+    dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(state.params)], float)
     eta, tau = jnp.asarray(step_size, dtype), jnp.asarray(temperature, dtype)
     tau_acc = tau if accounting_temperature is None else jnp.asarray(accounting_temperature, dtype)
-    clip = _hyper(clip_norm, s.clip_norm, dtype, jnp.inf)
-    real = jnp.ones((n,), dtype) if data_mask is None else jnp.asarray(data_mask, dtype)
-    active = real if ledger is None else real * ledger.active.astype(dtype)
-
-    ops = blocks.example_ops(loss_fn, params, data, n, s.reduction_blocks, s.norm_method, s.chunk_size)
-    norms = ops.norms().astype(dtype)
-    factors = pe.clip_factors(norms, clip)
-    sel = batches.select(
-      s.mode,
-      update.sample_key(key),
-      state.step,
-      state.shuffle_key,
+    ctx = _StepContext(
+      loss_fn,
+      s,
+      state,
+      data,
+      key,
       n,
       dtype,
-      sampling_rate=s.sampling_rate,
-      batch_size=s.batch_size,
+      _hyper(clip_norm, s.clip_norm, dtype, jnp.inf),
+      eta,
+      tau_acc,
+      jnp.ones((n,), dtype) if data_mask is None else jnp.asarray(data_mask, dtype),
     )
-    stride = 1 if config is None else config.stride
-    accounted = True if stride == 1 else (state.step % stride == 0)
-    k = 0 if config is None else len(config.orders)
-    zeros = lambda: (jnp.zeros((n, k), dtype), jnp.zeros((k,), dtype))  # noqa: E731
-    costs = worst = None
-    recomputed = jnp.zeros((), bool)
-    cost_kw = dict(clip_norm=clip, orders=None if config is None else config.orders, step_size=eta, temperature=tau_acc)
-    if fixed:
-      # ĝ = (1/b) Σ_{used} g_i: each example's cost (§2b) is its own, so the filter decides first.
-      b = sel.q * jnp.sum(real) if s.denominator is None else jnp.asarray(s.denominator, dtype)
-      if config is not None:
-        costs, worst = _when(
-          accounted,
-          lambda: _cast(
-            acc.fixed_step_costs(norms * factors * active, sel.q, b, num_terms=config.num_terms, **cost_kw), dtype
-          ),
-          zeros,
-        )
-        ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=config, accounted=accounted)
-        active = active * ledger.active.astype(dtype)
-      batch_mask = sel.mask * active
-      losses, ghat = ops.grads(batch_mask * factors / b)
-    else:
-      # The mean over the selected examples (§2a, an estimate): the costs need ĝ, so they come after.
-      batch_mask = sel.mask * active
-      losses, ghat = ops.grads(batch_mask * factors / jnp.maximum(jnp.sum(batch_mask), 1.0))
-      if config is not None:
-        costs, worst, recomputed = _when(
-          accounted,
-          lambda: _cast(acc.mean_step_costs(ops, norms, factors, batch_mask, ghat, **cost_kw), dtype),
-          lambda: zeros() + (jnp.zeros((), bool),),
-        )
-        ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=config, accounted=accounted)
-
+    grad = {"full_batch": _full_batch_gradient, "poisson": _poisson_gradient, "shuffled": _shuffled_gradient}[s.mode](
+      ctx, fixed
+    )
     gamma = jnp.asarray(l1_strength, dtype) * jnp.clip(1.0 - state.step / jnp.asarray(l1_horizon, dtype), 0.0, 1.0)
     new_params, noise_norm = update.noisy_update(
-      params,
-      ghat,
+      state.params,
+      grad.ghat,
       key,
       step_size=eta,
       temperature=tau,
@@ -368,18 +578,18 @@ def sgld(
       l1_strength=gamma,
       projection_radius=_hyper(projection_radius, s.projection_radius, dtype, jnp.inf),
     )
-    used = jnp.maximum(jnp.sum(batch_mask), 1.0)
     info = StepInfo(
-      loss=blocks.fixed_order_sum(losses * batch_mask, s.reduction_blocks) / used,
-      mean_grad_norm=blocks.fixed_order_sum(norms * batch_mask, s.reduction_blocks) / used,
-      grad_norms=norms,
-      batch_mask=batch_mask,
+      loss=grad.loss,
+      mean_grad_norm=grad.mean_grad_norm,
+      grad_norms=grad.grad_norms,
+      batch_mask=grad.batch_mask,
       noise_norm=noise_norm,
-      costs=None if costs is None else costs * stride * ledger.active[:, None].astype(dtype),
-      worst_case_cost=None if worst is None else worst * stride,
-      recomputed_costs=recomputed,
+      costs=grad.costs,
+      worst_case_cost=grad.worst,
+      recomputed_costs=grad.recomputed,
+      dropped=grad.dropped,
     )
-    return state._replace(params=new_params, step=state.step + 1, ledger=ledger), info
+    return state._replace(params=new_params, step=state.step + 1, ledger=grad.ledger), info
 
   settings = dict(s._asdict(), accounting=None if s.accounting is None else tuple(s.accounting))
   return Algorithm(

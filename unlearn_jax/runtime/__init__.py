@@ -12,7 +12,16 @@
 
 from unlearn_jax.runtime.drivers import retrain, train, unlearn
 from unlearn_jax.runtime.progress import Progress
-from unlearn_jax.runtime.results import DivergenceError, RunResult
+from unlearn_jax.runtime.results import BatchOverflowError, DivergenceError, RunResult
 from unlearn_jax.runtime.signals import Interrupted
 
-__all__ = ["DivergenceError", "Interrupted", "Progress", "RunResult", "retrain", "train", "unlearn"]
+__all__ = [
+  "BatchOverflowError",
+  "DivergenceError",
+  "Interrupted",
+  "Progress",
+  "RunResult",
+  "retrain",
+  "train",
+  "unlearn",
+]

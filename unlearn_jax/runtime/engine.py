@@ -125,6 +125,8 @@ def run_chunk(
     new, info = algorithm.step(s, data, jax.random.fold_in(chain_key, t), data_mask=mask, **hyper)
     outs = _scalars(algorithm, info, s.params, new)
     outs["finite"] = jnp.isfinite(info.loss) & _finite_tree(new.params)
+    if info.dropped is not None:
+      outs["dropped"] = info.dropped
     if eval_fn is not None:
       shapes = jax.eval_shape(eval_fn, new.params)
       zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)

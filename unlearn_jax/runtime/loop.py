@@ -22,7 +22,7 @@ from unlearn_jax.algorithms.base import Algorithm
 from unlearn_jax.runtime import checkpoint as ckpt_lib
 from unlearn_jax.runtime import engine, resume
 from unlearn_jax.runtime.progress import Progress
-from unlearn_jax.runtime.results import DivergenceError
+from unlearn_jax.runtime.results import BatchOverflowError, DivergenceError
 from unlearn_jax.runtime.signals import Interrupted, InterruptGuard
 
 __all__ = ["run"]
@@ -37,13 +37,18 @@ def _chain_keys(key: jax.Array, num_seeds: int | None) -> jax.Array:
 
 
 def _flatten_outs(outs) -> dict:
-  flat = {k: v for k, v in outs.items() if k not in ("eval", "finite")}
+  flat = {k: v for k, v in outs.items() if k not in ("eval", "finite", "dropped")}
   for k, v in outs.get("eval", {}).items():
     flat[str(k)] = v
   return flat
 
 
 def _check_finite(outs, s: int, count: int, last_ckpt: str | None) -> None:
+  if "dropped" in outs:
+    dropped = outs["dropped"][:count].reshape(count, -1).max(axis=1)
+    if dropped.any():
+      first = int(np.argmax(dropped > 0))
+      raise BatchOverflowError(s + first + 1, int(dropped[first]), last_ckpt)
   finite = outs["finite"][:count].reshape(count, -1).all(axis=1)
   if not finite.all():
     bad = s + int(np.argmin(finite)) + 1

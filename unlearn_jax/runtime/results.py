@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["DivergenceError", "RunResult"]
+__all__ = ["BatchOverflowError", "DivergenceError", "RunResult"]
 
 
 class RunResult(NamedTuple):
@@ -57,4 +57,23 @@ class DivergenceError(RuntimeError):
       f"the run diverged at step {self.step}: {what} turned non-finite (NaN/Inf){kept}. Try a smaller "
       "step_size, per-example clipping (clip_norm), or a different weight_decay / temperature; check that "
       "the data and labels are valid"
+    )
+
+
+class BatchOverflowError(RuntimeError):
+  """A Poisson draw had more examples than the gathered batch holds; the step is not taken.
+
+  Attributes:
+    step: the 1-based step whose draw did not fit.
+    dropped: how many sampled examples did not fit.
+    checkpoint: path of the last good checkpoint (None without ``checkpoint_dir``).
+  """
+
+  def __init__(self, step: int, dropped: int, checkpoint: str | None):
+    self.step, self.dropped, self.checkpoint = int(step), int(dropped), checkpoint
+    kept = f"; the last good checkpoint {checkpoint} was kept" if checkpoint else ""
+    super().__init__(
+      f"the Poisson draw of step {self.step} had {self.dropped} more example(s) than the gathered batch holds; "
+      "dropping them would change the mechanism the ledger accounts for, so the run stopped"
+      f"{kept}. Build the step with a larger batch_capacity (sgld(..., batch_capacity=...))"
     )

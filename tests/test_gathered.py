@@ -1,0 +1,226 @@
+"""Minibatch steps that cost their batch: gathered shuffled and Poisson batches, their exactness against
+the masked all-rows computation, overflow that cannot be missed, and once-per-epoch accounting."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import unlearn_jax as uj
+from unlearn_jax import accounting
+from unlearn_jax.accounting import costs as costs_lib
+from unlearn_jax.algorithms import batches, update
+
+ORDERS = (2.0, 8.0)
+
+
+def mlp_loss(p, ex):
+  x, y = ex
+  logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
+  return jax.nn.logsumexp(logits) - logits[y]
+
+
+def _problem(n=30, d=5, h=7, k=3, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d))
+  y = rng.integers(0, k, size=n).astype(np.int32)
+  p = {"w1": 0.5 * rng.normal(size=(d, h)), "b1": 0.1 * rng.normal(size=h), "w2": 0.5 * rng.normal(size=(h, k))}
+  return (x, y), p
+
+
+def _per_example_grads(p, data):
+  stacked = jax.vmap(jax.grad(mlp_loss), in_axes=(None, 0))(p, data)  # autodiff per row: independent of the step
+  return [jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), stacked) for i in range(data[1].shape[0])]
+
+
+def _norm(tree):
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(v))) for v in jax.tree.leaves(tree))))
+
+
+def test_gathered_poisson_step_equals_the_masked_all_rows_step_in_float64():
+  with jax.enable_x64(True):
+    data, p = _problem()
+    n, q, eta, tau, C, wd = 30, 0.3, 0.2, 1e-3, 0.8, 1e-2
+    alg = uj.sgld(
+      mlp_loss, mode="poisson", sampling_rate=q, clip_norm=C, weight_decay=wd, accounting=accounting.accountant(ORDERS)
+    )
+    key = jax.random.key(11)
+    state = alg.init(p, n)
+    new, info = jax.jit(alg.step)(state, data, key, eta, tau)
+    # the reference: the same Bernoulli draw as an (n,) mask, every row's gradient, (1/b) Σ_mask clip(g_i)
+    mask = np.asarray(jax.random.bernoulli(update.sample_key(key), q, (n,)), float)
+    assert 0 < mask.sum() < n
+    grads = _per_example_grads(p, data)
+    norms = np.array([_norm(g) for g in grads])
+    factors = np.minimum(1.0, C / norms)
+    b = q * n
+    ghat = jax.tree.map(lambda *gs: sum(m * f * g for m, f, g in zip(mask, factors, gs)) / b, *grads)
+    want, _ = update.noisy_update(
+      p, ghat, key, step_size=eta, temperature=tau, weight_decay=wd, l1_strength=0.0, projection_radius=jnp.inf
+    )
+    for got, ref in zip(jax.tree.leaves(new.params), jax.tree.leaves(want)):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-12, atol=1e-14)
+    # every active row is charged its §2b cost at θ_t, sampled or not
+    ref_costs = costs_lib.poisson_costs(norms * factors, q, b, orders=ORDERS, step_size=eta, temperature=tau)
+    np.testing.assert_allclose(np.asarray(new.ledger.realized), np.asarray(ref_costs), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(info.batch_mask), mask)
+    np.testing.assert_allclose(np.asarray(info.grad_norms), norms * mask, rtol=1e-12)
+    assert int(info.dropped) == 0
+
+
+def test_shuffled_batch_of_all_rows_equals_the_full_batch_step_bit_for_bit():
+  with jax.enable_x64(True):
+    data, p = _problem()
+    kw = dict(clip_norm=0.8, weight_decay=1e-2, accounting=accounting.accountant(ORDERS))
+    full, shuffled = uj.sgld(mlp_loss, **kw), uj.sgld(mlp_loss, mode="shuffled", batch_size=30, **kw)
+    s_full, s_shuf = full.init(p, 30), shuffled.init(p, 30, key=jax.random.key(0))
+    for t in range(3):
+      key = jax.random.key(t)
+      s_full, _ = jax.jit(full.step)(s_full, data, key, 0.2, 1e-3)
+      s_shuf, _ = jax.jit(shuffled.step)(s_shuf, data, key, 0.2, 1e-3)
+    for a, b in zip(jax.tree.leaves(s_full.params), jax.tree.leaves(s_shuf.params)):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert np.asarray(s_full.ledger.realized).tobytes() == np.asarray(s_shuf.ledger.realized).tobytes()
+
+
+def test_shuffled_step_touches_only_its_batch_rows_and_matches_a_float64_reference():
+  with jax.enable_x64(True):
+    data, p = _problem()
+    B, C, eta, tau = 6, 0.8, 0.2, 1e-3
+    alg = uj.sgld(mlp_loss, mode="shuffled", batch_size=B, clip_norm=C, accounting=accounting.accountant(ORDERS))
+    state = alg.init(p, 30, key=jax.random.key(4))
+    new, info = jax.jit(alg.step)(state, data, jax.random.key(9), eta, tau)
+    idx = np.flatnonzero(np.asarray(info.batch_mask))
+    assert idx.size == B
+    grads = _per_example_grads(p, data)
+    factors = {i: min(1.0, C / _norm(grads[i])) for i in idx}
+    clipped = [jax.tree.map(lambda g, i=i: factors[i] * g, grads[i]) for i in idx]
+    mean = jax.tree.map(lambda *gs: sum(gs) / B, *clipped)
+    dist2 = np.array([_norm(jax.tree.map(lambda a, m: a - m, g, mean)) ** 2 for g in clipped])
+    want = np.zeros((30, len(ORDERS)))
+    want[idx] = np.asarray(ORDERS)[None, :] * eta * dist2[:, None] / (4 * tau * (B - 1) ** 2)
+    np.testing.assert_allclose(np.asarray(new.ledger.realized), want, rtol=1e-9, atol=1e-15)
+    assert not bool(new.ledger.exact)
+
+
+def test_poisson_overflow_is_counted_and_stops_the_run():
+  data, p = _problem()
+  data = tuple(np.asarray(a, np.float32) if a.dtype == np.float64 else a for a in data)
+  p = jax.tree.map(lambda v: np.asarray(v, np.float32), p)
+  alg = uj.sgld(mlp_loss, mode="poisson", sampling_rate=0.5, batch_capacity=2)
+  _, info = jax.jit(alg.step)(alg.init(p, 30), data, jax.random.key(0), 0.1, 0.0)
+  assert int(info.dropped) > 0
+  with pytest.raises(uj.runtime.BatchOverflowError, match=r"step 1 .*batch_capacity"):
+    uj.train(
+      mlp_loss,
+      p,
+      data,
+      num_steps=3,
+      key=jax.random.key(0),
+      step_size=0.1,
+      temperature=0.0,
+      algorithm=alg,
+      progress=False,
+    )
+
+
+def test_default_poisson_capacity_never_overflowed_in_many_draws():
+  # P(Bin(n, q) > capacity) is below 1e-9 by construction; 2,000 draws at three sizes find no overflow.
+  for n, q in ((50, 0.02), (1000, 0.1), (5000, 0.5)):
+    cap = batches.poisson_capacity(n, q)
+    counts = jax.vmap(lambda k: jnp.sum(jax.random.bernoulli(k, q, (n,))))(jax.random.split(jax.random.key(n), 2000))
+    assert int(jnp.max(counts)) <= cap < n or cap == n
+
+
+def test_once_per_epoch_accounting_counts_each_epoch_once_and_is_flagged_an_estimate():
+  data, p = _problem(n=24)
+  p = jax.tree.map(lambda v: np.asarray(v, np.float32), p)
+  data = (np.asarray(data[0], np.float32), data[1])
+  acct = accounting.accountant(ORDERS, stride="epoch")
+  res = uj.train(
+    mlp_loss,
+    p,
+    data,
+    num_steps=12,
+    key=jax.random.key(0),
+    step_size=0.1,
+    temperature=1e-3,
+    mode="shuffled",
+    batch_size=6,
+    clip_norm=1.0,
+    accounting=acct,
+    progress=False,
+  )
+  assert int(res.ledger.num_accounted) == 3 and int(res.ledger.num_steps) == 12  # 4 steps per epoch
+  assert not bool(res.ledger.exact)
+  with pytest.raises(ValueError, match="stride"):
+    accounting.accountant(ORDERS, stride="week")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 64, 1000, 4097])
+def test_keyed_permutation_is_a_bijection_and_differs_between_keys(n):
+  positions = jnp.arange(n, dtype=jnp.uint32)
+  a = np.asarray(batches.permute(jax.random.key(1), positions, n))
+  b = np.asarray(batches.permute(jax.random.key(2), positions, n))
+  assert sorted(a.tolist()) == list(range(n)) and sorted(b.tolist()) == list(range(n))
+  if n >= 17:
+    assert not np.array_equal(a, b)
+
+
+def test_keyed_permutation_is_decorrelated_from_the_position():
+  # Spearman correlation of position and image over 50 keys: a uniformly random permutation of 1,000 has
+  # a rank correlation with standard deviation 1/sqrt(999) ≈ 0.032, so |mean of 50| > 0.03 (6.7 sd) or any
+  # single |rho| > 0.2 (6.3 sd) would show structure; a fixed-point fraction far from 1/n likewise.
+  n = 1000
+  keys = jax.random.split(jax.random.key(100), 50)
+  images = np.asarray(jax.jit(jax.vmap(lambda k: batches.permute(k, jnp.arange(n, dtype=jnp.uint32), n)))(keys))
+  rhos = [np.corrcoef(np.arange(n), image)[0, 1] for image in images]  # images are ranks already
+  fixed = np.mean(images == np.arange(n)[None, :], axis=1)
+  assert abs(np.mean(rhos)) < 0.03 and np.max(np.abs(rhos)) < 0.2
+  assert np.mean(fixed) < 0.01  # expected 1/n = 0.001
+
+
+def test_grid_poisson_costs_are_an_upper_bound_exact_at_the_nodes_and_can_over_charge():
+  with jax.enable_x64(True):
+    q, b, eta, tau, C = 0.05, 10.0, 0.1, 1e-3, 1.0
+    # random norms (clipped at C), C itself, and norms just below a node's (C / 1.02^j: z just above the
+    # node, so charged that node's cost): one call of each
+    on_node = (1 - 1e-4) * C / 1.02 ** np.arange(0, 40, 7.0)
+    norms = np.minimum(np.random.default_rng(0).uniform(0.01, 1.5, size=100), C)
+    norms = jnp.asarray(np.concatenate([norms, [C], on_node]))
+    kw = dict(orders=ORDERS, step_size=eta, temperature=tau)
+    exact = np.asarray(costs_lib.poisson_costs(norms, q, b, **kw))
+    grid, worst = costs_lib.poisson_costs_on_grid(norms, q, b, clip_norm=C, num_nodes=64, spacing=1.02, **kw)
+    grid = np.asarray(grid)
+    assert np.all(grid >= exact * (1 - 1e-12))
+    np.testing.assert_allclose(np.asarray(worst), exact[100])
+    np.testing.assert_allclose(grid[101:], exact[101:], rtol=2e-3)
+    # the documented steep case: q = 1e-4, α = 8, z just above a node at 0.64 → about 14× the exact cost
+    eta2, tau2 = 0.5, 0.64**2 * 0.5 / 2
+    steep = jnp.array([1.0 / 1.0199])
+    exact2 = costs_lib.poisson_costs(steep, 1e-4, 1.0, orders=[8.0], step_size=eta2, temperature=tau2)
+    grid2, _ = costs_lib.poisson_costs_on_grid(
+      steep, 1e-4, 1.0, clip_norm=1.0, orders=[8.0], step_size=eta2, temperature=tau2, num_nodes=8
+    )
+    assert 10 < float(grid2[0, 0] / exact2[0, 0]) < 20
+
+
+def test_grid_accounting_is_opt_in_and_charges_at_least_the_exact_ledger():
+  data, p = _problem()
+  runs = {}
+  for z_nodes in (None, 256):
+    alg = uj.sgld(
+      mlp_loss,
+      mode="poisson",
+      sampling_rate=0.3,
+      clip_norm=0.8,
+      accounting=accounting.accountant(ORDERS, z_nodes=z_nodes),
+    )
+    state = alg.init(jax.tree.map(lambda v: np.asarray(v, np.float32), p), 30)
+    x32 = (np.asarray(data[0], np.float32), data[1])
+    runs[z_nodes], _ = jax.jit(alg.step)(state, x32, jax.random.key(3), 0.2, 1e-3)
+  assert accounting.accountant(ORDERS).z_nodes is None
+  exact, grid = np.asarray(runs[None].ledger.realized), np.asarray(runs[256].ledger.realized)
+  assert np.all(grid >= exact * (1 - 1e-5)) and np.any(grid > exact * (1 + 1e-4))
