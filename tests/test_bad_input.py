@@ -888,3 +888,126 @@ def test_cli_output_dir_holding_another_run_is_a_clean_error(tmp_path, capsys):
   assert code == cli.EXIT_OUTPUT, err
   assert str(out) in err and "different run" in err, err
   assert "Traceback" not in err, err
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI rows: each error a config or data file can cause maps to its exit status with one line, no traceback
+# ----------------------------------------------------------------------------------------------------
+
+_SMALL_TOML = _DIVERGING_TOML.replace("step_size = 1e6\nweight_decay = 0.01\n", "")
+
+
+def _corrupt_cifar(tmp_path):
+  d = tmp_path / "cifar"
+  d.mkdir()
+  for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+    (d / name).write_bytes(b"\0" * 100)  # not a multiple of the 3,073-byte record
+  return _SMALL_TOML.replace('[model]\nname = "logistic_regression"', f'name = "cifar10"\ndata_dir = "{d}"\n[model]')
+
+
+def _corrupt_svhn(tmp_path):
+  d = tmp_path / "svhn"
+  d.mkdir()
+  for name in ("train_32x32.mat", "test_32x32.mat"):
+    (d / name).write_bytes(b"garbage" * 10)
+  return _SMALL_TOML.replace('[model]\nname = "logistic_regression"', f'name = "svhn"\ndata_dir = "{d}"\n[model]')
+
+
+def _file_as_data_dir(tmp_path):
+  (tmp_path / "afile").write_text("x")
+  return _SMALL_TOML.replace(
+    '[model]\nname = "logistic_regression"', f'name = "cifar10"\ndata_dir = "{tmp_path / "afile"}"\n[model]'
+  )
+
+
+_CLI_ROWS = [
+  # (id, config text from tmp_path, extra CLI arguments, exit status, fragment of the one-line message)
+  ("corrupt_cifar10_file", _corrupt_cifar, [], cli.EXIT_DATA, "truncated or corrupt"),
+  ("corrupt_svhn_file", _corrupt_svhn, [], cli.EXIT_DATA, "not a MATLAB file"),
+  ("data_dir_is_a_file", _file_as_data_dir, [], cli.EXIT_DATA, "is a file, not a directory"),
+  ("orders_beyond_float32", lambda _: _SMALL_TOML.replace("[2.0, 8.0]", "[2.0, 8.0, 1e300]"), [], 2, "orders[2]"),
+  (
+    "temperature_zero_in_float32",
+    lambda _: _SMALL_TOML.replace("num_steps = 12", "num_steps = 12\ntemperature = 1e-50"),
+    [],
+    2,
+    "training.temperature",
+  ),  # noqa: E501
+  (
+    "num_steps_beyond_int64",
+    lambda _: _SMALL_TOML.replace("num_steps = 12", f"num_steps = {2**70}"),
+    [],
+    2,
+    "training.num_steps",
+  ),  # noqa: E501
+  ("seed_beyond_int64", lambda _: _SMALL_TOML, ["--seed", str(2**70)], 2, "seed"),
+  (
+    "num_train_above_the_data_set",
+    lambda _: _SMALL_TOML.replace("num_train = 30", "num_train = 100000"),
+    [],
+    2,
+    "data.num_train",
+  ),  # noqa: E501
+  (
+    "resnet18_on_flat_inputs",
+    lambda _: _SMALL_TOML.replace('name = "logistic_regression"', 'name = "resnet18"'),
+    [],
+    2,
+    "model.name",
+  ),  # noqa: E501
+  ("toml_with_a_bom", lambda _: "\ufeff" + _SMALL_TOML, [], 2, "byte-order mark"),
+  ("empty_out_dir", lambda _: _SMALL_TOML, ["--out", ""], 2, "out_dir"),
+]
+
+
+@pytest.mark.parametrize("row", _CLI_ROWS, ids=[r[0] for r in _CLI_ROWS])
+def test_cli_error_rows_exit_with_their_code_and_one_line(row, tmp_path, capsys):
+  _, make, extra, code, fragment = row
+  cfg = tmp_path / "c.toml"
+  cfg.write_text(make(tmp_path), encoding="utf-8")
+  out = [] if "--out" in extra else ["--out", str(tmp_path / "out")]
+  got = _cli(["run", "--quiet", "--config", str(cfg), *out, *extra])
+  err = capsys.readouterr().err
+  assert got == code, err
+  assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err, err
+
+
+def test_cli_json_nested_too_deep_is_a_config_error(tmp_path, capsys):
+  cfg = tmp_path / "deep.json"
+  cfg.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+  assert _cli(["run", "--quiet", "--config", str(cfg), "--out", str(tmp_path / "o")]) == cli.EXIT_CONFIG
+  err = capsys.readouterr().err
+  assert "nested too deeply" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_json_duplicate_keys_are_refused_naming_the_key(tmp_path, capsys):
+  cfg = tmp_path / "dup.json"
+  cfg.write_text('{"training": {"step_size": 0.5, "step_size": 1e6}}')
+  assert _cli(["run", "--quiet", "--config", str(cfg), "--out", str(tmp_path / "o")]) == cli.EXIT_CONFIG
+  err = capsys.readouterr().err
+  assert "step_size" in err and "given twice" in err, err
+
+
+@pytest.mark.slow  # a whole study (20 s)
+def test_cli_tiny_clip_norm_finishes_with_every_figure(tmp_path, capsys):
+  # clip_norm = 1e-30: every privacy loss and every k* is 0; the log-scale figures used to raise.
+  pytest.importorskip("matplotlib")
+  toml = _SMALL_TOML.replace("num_steps = 12", "num_steps = 12\nclip_norm = 1e-30")
+  out = tmp_path / "out"
+  assert _cli(["run", "--quiet", "--config", _write(tmp_path, "c.toml", toml), "--out", str(out)]) == 0
+  assert (out / "certified_vs_worst_case.png").stat().st_size > 0 and (out / "report.json").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_cli_disk_full_is_exit_3_with_one_line(tmp_path, capsys):
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mount)], capture_output=True).returncode:
+    pytest.skip("cannot mount a tmpfs here (no privilege in this container)")
+  try:
+    code = _cli(["run", "--quiet", "--config", _write(tmp_path, "c.toml", _SMALL_TOML), "--out", str(mount / "o")])
+    err = capsys.readouterr().err
+  finally:
+    subprocess.run(["umount", str(mount)], check=False)
+  assert code == cli.EXIT_OUTPUT, err
+  assert "No space left on device" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

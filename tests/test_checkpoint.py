@@ -142,7 +142,8 @@ def test_corrupt_metadata_and_payload_with_valid_digest(tmp_path):
   (meta_len,) = struct.unpack("<I", blob[8:12])
   head = blob[: 12 + meta_len]
   payload = b"\xc1\xc1\xc1"  # 0xc1 is "never used" in msgpack
-  path.write_bytes(head + struct.pack("<Q", len(payload)) + hashlib.sha256(payload).digest() + payload)
+  digest = hashlib.sha256(head[12:] + payload).digest()  # the digest covers metadata and payload
+  path.write_bytes(head + struct.pack("<Q", len(payload)) + digest + payload)
   with pytest.raises(ck.CheckpointError, match="does not decode|corrupt"):
     ck.load_checkpoint(path, tree)
 

@@ -39,7 +39,7 @@ def test_demo_toml_mirrors_demo_config():
   assert Config.from_file(REPO / "configs" / "demo.toml") == experiment.demo_config()
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "mnist1d.toml", "cifar10_resnet18.toml", "svhn_resnet18.toml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.toml")))
 def test_shipped_configs_parse(name):
   cfg = Config.from_file(REPO / "configs" / name)
   assert isinstance(cfg, Config)
@@ -75,7 +75,9 @@ BAD = [
   ({"forget_sets": {"selections": ["privacy:top"]}}, ["'forget_sets.selections'", "'privacy:top'"]),
   # ranges
   ({"training": {"step_size": -0.1}}, ["'training.step_size'", "-0.1", "positive"]),
-  ({"training": {"temperature": 0}}, ["'training.temperature'", "positive"]),
+  ({"training": {"temperature": -1e-5}}, ["'training.temperature'", "non-negative"]),
+  ({"training": {"temperature": 0}}, ["'training.accounting_temperature'", "when temperature = 0"]),
+  ({"training": {"accounting_temperature": 1e-5}}, ["'training.accounting_temperature'", "absent when"]),
   ({"training": {"clip_norm": 0.0}}, ["'training.clip_norm'"]),
   ({"training": {"mode": "poisson"}}, ["'training.sampling_rate'", "(0, 1]"]),
   ({"training": {"mode": "poisson", "sampling_rate": 1.5}}, ["'training.sampling_rate'", "1.5"]),

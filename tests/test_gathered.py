@@ -12,6 +12,7 @@ import unlearn_jax as uj
 from unlearn_jax import accounting
 from unlearn_jax.accounting import costs as costs_lib
 from unlearn_jax.algorithms import batches, update
+from unlearn_jax.algorithms.sgld import ALL_ROWS_CHUNK
 
 ORDERS = (2.0, 8.0)
 
@@ -224,3 +225,23 @@ def test_grid_accounting_is_opt_in_and_charges_at_least_the_exact_ledger():
   assert accounting.accountant(ORDERS).z_nodes is None
   exact, grid = np.asarray(runs[None].ledger.realized), np.asarray(runs[256].ledger.realized)
   assert np.all(grid >= exact * (1 - 1e-5)) and np.any(grid > exact * (1 + 1e-4))
+
+
+def test_poisson_all_rows_norm_pass_is_chunked_by_default_with_the_same_costs():
+  n = ALL_ROWS_CHUNK * 2 + 5  # more rows than one chunk, not a multiple of it
+  data, p = _problem(n=n)
+  data = (np.asarray(data[0], np.float32), data[1])
+  p = jax.tree.map(lambda v: np.asarray(v, np.float32), p)
+  out = {}
+  for chunk in (None, n):  # default (chunked) vs one chunk of all rows
+    alg = uj.sgld(
+      mlp_loss,
+      mode="poisson",
+      sampling_rate=0.01,
+      clip_norm=0.8,
+      chunk_size=chunk,
+      accounting=accounting.accountant(ORDERS),
+    )
+    out[chunk], _ = jax.jit(alg.step)(alg.init(p, n), data, jax.random.key(5), 0.2, 1e-3)
+  np.testing.assert_allclose(np.asarray(out[None].ledger.realized), np.asarray(out[n].ledger.realized), rtol=1e-5)
+  assert float(jnp.sum(out[None].ledger.realized)) > 0

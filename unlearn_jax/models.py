@@ -314,11 +314,31 @@ class CrossEntropyLoss:
   def __call__(self, params: Params, example: Any) -> jax.Array:
     x, y = example
     logits = self.apply_fn(params, x)
-    loss = jax.nn.logsumexp(logits) - jnp.take(logits, jnp.asarray(y, jnp.int32))
+    num_classes = logits.shape[-1]
+    _checks.check_labels("y", jnp.atleast_1d(y) if not _checks._is_traced(y) else y, num_classes)
+    label = jnp.asarray(y)
+    # under a trace a label cannot raise: a fractional or out-of-range one makes the loss NaN (the run
+    # then stops as diverged) instead of training on a clamped or truncated class
+    valid = (label >= 0) & (label < num_classes) & (label == jnp.round(label))
+    loss = jax.nn.logsumexp(logits) - jnp.take(logits, jnp.clip(label, 0, num_classes - 1).astype(jnp.int32))
+    loss = jnp.where(valid, loss, jnp.nan)
     if self.weight_decay:
       sq = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
       loss = loss + 0.5 * self.weight_decay * sq
     return loss
+
+  def check_data(self, params: Params, data: Any, name: str = "data") -> None:
+    """Eager check of a data set ``(x, y)`` for this loss: integer labels in [0, number of classes)."""
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+      raise TypeError(f"{name} must be a pair (x, y) for the cross-entropy loss, got {type(data).__name__}")
+    x, y = data
+    if _checks._is_traced(y) or _checks._is_traced(x):
+      return
+    try:
+      num_classes = jax.eval_shape(self.apply_fn, params, jnp.asarray(x)[0]).shape[-1]
+    except Exception:  # noqa: BLE001 - params of another layout (per seed): the range is checked per call
+      num_classes = None
+    _checks.check_labels(f"{name} labels y", y, num_classes)
 
 
 def cross_entropy_loss_fn(

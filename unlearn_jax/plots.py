@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
+from unlearn_jax import _atomic
+
 try:  # the optional extra; figures are drawn on Figure objects, so no global backend is touched
   from matplotlib.figure import Figure
 except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
@@ -50,6 +52,16 @@ def _vector(name: str, value: ArrayLike) -> np.ndarray:
   return arr
 
 
+def _log_x(ax: Any, values: np.ndarray, label: str) -> None:
+  """A log x axis when some value is positive; otherwise (every privacy loss 0, e.g. a clip norm of
+  1e-30) a linear one, said in the label: a log axis with nothing on it cannot be drawn."""
+  if np.any(np.asarray(values, float) > 0):
+    ax.set_xscale("log")
+    ax.set_xlabel(label + " (log scale)")
+  else:
+    ax.set_xlabel(label + " (all 0: linear scale)")
+
+
 def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(path)
   if path.suffix.lower() != ".png":
@@ -57,8 +69,7 @@ def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
   # Fixed metadata: the same inputs give the same bytes (no creation date, no version string).
-  fig.savefig(path, dpi=110, metadata={"Software": None})
-  return path
+  return _atomic.replace_into(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
 
 
 def privacy_loss_histogram(
@@ -97,9 +108,7 @@ def privacy_loss_histogram(
     ax.hist(positive, bins=bins, color="tab:blue", edgecolor="white", linewidth=0.4)
     ax.axvline(np.median(positive), color="k", linestyle="--", linewidth=1, label=f"median {np.median(positive):.3g}")
     ax.legend()
-  ax.set_xscale("log")
-  label = f"privacy loss P(x, {order:g})" if order is not None else "privacy loss P(x, α)"
-  ax.set_xlabel(label + " (log scale)")
+  _log_x(ax, positive, f"privacy loss P(x, {order:g})" if order is not None else "privacy loss P(x, α)")
   ax.set_ylabel("number of training examples")
   zeros = int(np.sum(p == 0))
   title = f"Per-example privacy loss, n = {p.size}"
@@ -146,7 +155,7 @@ def certified_vs_worst_case(
   ax = fig.subplots()
   finite = np.isfinite(k)
   below = float(np.mean(k[finite] < worst_case_steps)) if finite.any() else 0.0
-  xs = np.where(p > 0, p, np.nan)
+  xs = np.where(p > 0, p, np.nan) if np.any(p > 0) else p
   ax.scatter(xs[finite], k[finite], s=6, alpha=0.6, label="per-instance certified k*(x)")
   if (~finite).any():
     top = np.nanmax(np.where(finite, k, np.nan)) if finite.any() else 1.0
@@ -162,8 +171,7 @@ def certified_vs_worst_case(
     ax.axhline(
       worst_case_steps, color="tab:orange", linewidth=2, label=f"worst case (Chien et al.) K = {worst_case_steps:.0f}"
     )
-  ax.set_xscale("log")
-  ax.set_xlabel("privacy loss P(x, 4α) (log scale)")
+  _log_x(ax, p, "privacy loss P(x, 4α)")
   ax.set_ylabel("steps to unlearn one example")
   title = f"Certified per-instance vs worst-case steps: {100 * below:.0f}% of examples below K"
   if label:
@@ -242,8 +250,7 @@ def empirical_steps_by_privacy_loss(
         xytext=(3, 3),
         textcoords="offset points",
       )
-  ax.set_xscale("log")
-  ax.set_xlabel("mean privacy loss of the forget set (log scale)")
+  _log_x(ax, x, "mean privacy loss of the forget set")
   ax.set_ylabel("empirical steps to unlearn")
   ax.set_title("Empirical steps to unlearn vs privacy loss of the forget set")
   ax.legend(fontsize=8)

@@ -263,7 +263,9 @@ def unlearning_bound(
   _check_nonneg_int("num_steps", num_steps)
   alpha = _float(alpha)
   decay = jnp.exp(-_float(temperature) * step_size * _float(num_steps) / (alpha * lsi_constant))
-  return decay * _bracket(privacy_loss_4alpha, alpha, e1) + e2
+  bracket = _bracket(privacy_loss_4alpha, alpha, e1)
+  infinite = jnp.isposinf(bracket)  # +inf stays +inf even where the contraction underflows to 0 (inf · 0)
+  return jnp.where(infinite, jnp.inf, decay * jnp.where(infinite, 0.0, bracket)) + e2
 
 
 def _log_ratio(privacy_loss_4alpha, epsilon, alpha, e1, e2):
@@ -477,16 +479,19 @@ def steps_to_unlearn_dp(
   return jnp.min(k, axis=1), alphas_j[best]
 
 
-def _worst_case_log_epsilon0(alpha, m, temperature, num_removed, clip_norm, num_examples):
-  """log ε(α, 0) = log(4 α S² C² / (m τ n²)), in log space: no overflow for tiny τ or m."""
-  return (
-    jnp.log(4.0 * alpha)
-    + 2.0 * jnp.log(_float(num_removed))
-    + 2.0 * jnp.log(_float(clip_norm))
-    - jnp.log(_float(m))
-    - jnp.log(_float(temperature))
-    - 2.0 * jnp.log(_float(num_examples))
-  )
+def _log(x: ArrayLike) -> jax.Array:
+  """log x; a concrete x is taken in float64 first, so that a value outside float32's range (τ = 1e-50)
+  has its true, finite logarithm rather than log(0) = −inf."""
+  if _checks._is_traced(x) or isinstance(x, jax.Array):
+    return jnp.log(_float(x))
+  return _float(np.log(np.asarray(x, np.float64)))
+
+
+def _worst_case_log_epsilon0(alpha, m, temperature, num_removed, clip_norm, num_examples, expand=lambda v: v):
+  """log ε(α, 0) = log(4 α S² C² / (m τ n²)), in log space: no overflow for tiny τ or m (``expand``
+  broadcasts the logs of m, τ and C against the orders)."""
+  log_c, log_m, log_tau = expand(_log(clip_norm)), expand(_log(m)), expand(_log(temperature))
+  return jnp.log(4.0 * alpha) + 2.0 * _log(num_removed) + 2.0 * log_c - log_m - log_tau - 2.0 * _log(num_examples)
 
 
 def _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_examples):
@@ -596,7 +601,7 @@ def worst_case_steps(
   _check_worst_case(m, step_size, temperature, num_removed, clip_norm, num_examples)
   a = jnp.asarray(orders_np)
   expand = lambda v: jnp.expand_dims(_float(v), -1)  # noqa: E731
-  log_eps0 = _worst_case_log_epsilon0(a, expand(m), expand(temperature), num_removed, expand(clip_norm), num_examples)
+  log_eps0 = _worst_case_log_epsilon0(a, m, temperature, num_removed, clip_norm, num_examples, expand=expand)
   k_alpha = jnp.maximum(0.0, jnp.ceil(a / (expand(m) * expand(step_size)) * (log_eps0 - jnp.log(expand(epsilon)))))
   return jnp.min(k_alpha, axis=-1)
 

@@ -14,21 +14,25 @@ from typing import Any, NamedTuple
 from unlearn_jax.data.builtin import load_digits, make_gaussian_mixture, make_mnist1d, mnist1d_templates
 from unlearn_jax.data.dataset import Dataset, normalize, subsample, train_test_split, validate_dataset
 from unlearn_jax.data.files import DEFAULT_MAX_EXAMPLES, DEFAULT_MAX_FILE_BYTES, load_cifar10, load_svhn
+from unlearn_jax.data.idx import IDX_FILES, load_idx, read_idx
 
 __all__ = [
   "DATASETS",
   "DEFAULT_MAX_EXAMPLES",
   "DEFAULT_MAX_FILE_BYTES",
+  "IDX_FILES",
   "Dataset",
   "DatasetSpec",
   "load_cifar10",
   "load_dataset",
   "load_digits",
+  "load_idx",
   "load_svhn",
   "make_gaussian_mixture",
   "make_mnist1d",
   "mnist1d_templates",
   "normalize",
+  "read_idx",
   "register_dataset",
   "subsample",
   "train_test_split",
@@ -73,6 +77,15 @@ def _svhn(*, seed, n_train, n_test, data_dir, **kwargs):
   return load_svhn(data_dir, seed=seed, n_train=n_train, n_test=n_test, **kwargs)
 
 
+def _idx(name):
+  def load(*, seed, n_train, n_test, data_dir, **kwargs):
+    return load_idx(data_dir, name=name, seed=seed, n_train=n_train, n_test=n_test, **kwargs)
+
+  return load
+
+
+_IDX_DESCRIPTION = "the four IDX files " + ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
+
 DATASETS: dict[str, DatasetSpec] = {
   "digits": DatasetSpec(_digits),
   "mnist1d": DatasetSpec(_mnist1d),
@@ -81,6 +94,9 @@ DATASETS: dict[str, DatasetSpec] = {
     _cifar10, "the CIFAR-10 binary batches (data_batch_1.bin .. data_batch_5.bin, test_batch.bin)"
   ),
   "svhn": DatasetSpec(_svhn, "the SVHN cropped-digits files train_32x32.mat and test_32x32.mat"),
+  "mnist": DatasetSpec(_idx("mnist"), _IDX_DESCRIPTION + " of MNIST"),
+  "fashion_mnist": DatasetSpec(_idx("fashion_mnist"), _IDX_DESCRIPTION + " of Fashion-MNIST"),
+  "kmnist": DatasetSpec(_idx("kmnist"), _IDX_DESCRIPTION + " of KMNIST"),
 }
 """Data-set name -> :class:`DatasetSpec`."""
 

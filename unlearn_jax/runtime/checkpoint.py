@@ -5,7 +5,7 @@ PRNG keys, history so far) plus a small JSON metadata record. The file layout is
 
     MAGIC (8 bytes, b"ULJXCKP1")
     metadata length (uint32, little endian) | metadata (UTF-8 JSON)
-    payload length  (uint64, little endian) | SHA-256 of the payload (32 bytes)
+    payload length  (uint64, little endian) | digest of metadata + payload (32 bytes)
     payload: msgpack (``flax.serialization.msgpack_serialize``) of {"leaves": {"0": array, ...}}
 
 Why ``flax.serialization`` and not orbax: the states saved here are small host-side pytrees written
@@ -18,18 +18,26 @@ these sizes.
 Loading never unpickles and never evaluates anything: msgpack decodes only primitive types and raw
 array buffers (``np.frombuffer`` with a named dtype; object dtypes are refused by NumPy), the metadata is
 JSON, and before anything is allocated the loader checks the magic bytes, the header sizes against the
-file size and against a limit derived from the expected target, then the payload's SHA-256, then that the
-tree structure, every leaf shape and every dtype match the expected target. Any failure raises
-:class:`CheckpointError` naming the file and what is wrong.
+file size and against a limit derived from the expected target, then the digest of metadata and payload,
+then that the tree structure, every leaf shape and every dtype match the expected target. Any failure
+raises :class:`CheckpointError` naming the file and what is wrong (never echoing the file's bytes).
 
-:class:`RunLock` is a lock file created with ``O_CREAT | O_EXCL`` holding the owner's pid; a second run on
-the same directory is refused with :class:`LockError` while the owner lives, and a stale lock whose pid
-is dead is taken over with a warning.
+The digest is a SHA-256: it detects corruption, not forgery — anyone who can write the output directory
+can rewrite a ledger and recompute the hash, so certificates are as trustworthy as that directory's
+permissions. For shared storage set the environment variable ``UNLEARN_JAX_CHECKPOINT_KEY`` (a secret
+the user holds): checkpoints are then signed with HMAC-SHA256 under that key, and loading refuses an
+unsigned checkpoint, or one signed under another key.
+
+:class:`RunLock` is an exclusive ``flock`` on a lock file holding the owner's pid; a second run on the
+same directory is refused with :class:`LockError` while the owner lives, and the lock of a dead owner
+(released by the kernel) is taken over with a warning.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -62,7 +70,9 @@ __all__ = [
 PyTree = Any
 
 MAGIC = b"ULJXCKP1"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the digest covers the metadata too, and may be an HMAC
+KEY_ENV = "UNLEARN_JAX_CHECKPOINT_KEY"
+"""Environment variable holding the key that signs and verifies checkpoints (HMAC-SHA256); unset: SHA-256."""
 _MAX_METADATA_BYTES = 1 << 20  # 1 MiB of JSON metadata at most
 _PER_LEAF_OVERHEAD = 512  # msgpack framing per leaf (key, ext header, shape, dtype name), generous
 _FIXED_OVERHEAD = 1 << 16
@@ -241,8 +251,10 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, *, metadata: dict | N
     arrays[str(i)] = np.array(arr, order="C", copy=True)
     signatures.append(_leaf_signature(leaf))
   payload = flax.serialization.msgpack_serialize({"leaves": arrays})
+  key = _signing_key()
   header = {
     "format_version": _FORMAT_VERSION,
+    "digest": "sha256" if key is None else "hmac-sha256",
     "treedef": str(treedef),
     "signatures": [[list(s), d] for s, d in signatures],
     "metadata": metadata if metadata is not None else {},
@@ -259,7 +271,7 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, *, metadata: dict | N
       struct.pack("<I", len(meta_bytes)),
       meta_bytes,
       struct.pack("<Q", len(payload)),
-      hashlib.sha256(payload).digest(),
+      _digest(meta_bytes, payload, key),
       payload,
     ]
   )
@@ -285,12 +297,45 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, *, metadata: dict | N
 # ----------------------------------------------------------------------------------------------------
 
 
-def _read_header(f, path: str, file_size: int) -> tuple[dict, int, bytes, int]:
-  """Returns (header dict, payload length, payload sha256, payload offset)."""
+def _check_regular_file(path: str) -> None:
+  if os.path.islink(path):
+    raise CheckpointError(f"checkpoint file {path!r} is a symbolic link; checkpoints are regular files the run wrote")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"checkpoint file {path!r} does not exist")
+
+
+def _signing_key() -> bytes | None:
+  key = os.environ.get(KEY_ENV)
+  return key.encode("utf-8") if key else None
+
+
+def _digest(meta_bytes: bytes, payload: bytes, key: bytes | None) -> bytes:
+  """SHA-256 (corruption) or, with a key, HMAC-SHA256 (forgery) of the metadata and the payload."""
+  if key is None:
+    return hashlib.sha256(meta_bytes + payload).digest()
+  return hmac.new(key, meta_bytes + payload, hashlib.sha256).digest()
+
+
+def _check_digest(path: str, header: dict, meta_bytes: bytes, payload: bytes, digest: bytes) -> None:
+  key = _signing_key()
+  kind = header.get("digest")
+  if kind == "hmac-sha256" and key is None:
+    raise CheckpointError(f"{path} is signed (HMAC-SHA256): set {KEY_ENV} to the key it was written with")
+  if kind == "sha256" and key is not None:
+    raise CheckpointError(f"{path} is not signed, but {KEY_ENV} is set: refusing an unsigned checkpoint")
+  if kind not in ("sha256", "hmac-sha256"):
+    raise CheckpointError(f"{path} is corrupt: header field 'digest' is not 'sha256' or 'hmac-sha256'")
+  if not hmac.compare_digest(_digest(meta_bytes, payload, key), digest):
+    what = "SHA-256 of its metadata and payload" if key is None else f"HMAC under {KEY_ENV} (forged, or another key)"
+    raise CheckpointError(f"{path} is corrupt: the {what} does not match its header")
+
+
+def _read_header(f, path: str, file_size: int) -> tuple[dict, int, bytes, int, bytes]:
+  """Returns (header dict, payload length, digest, payload offset, the metadata's bytes)."""
   magic = f.read(len(MAGIC))
   if magic != MAGIC:
     raise CheckpointError(
-      f"{path} is not an unlearn_jax checkpoint (bad magic bytes {magic[:8]!r}, expected {MAGIC!r}); "
+      f"{path} is not an unlearn_jax checkpoint (it does not start with the magic bytes {MAGIC!r}); "
       "checkpoints are never unpickled or evaluated"
     )
   raw = f.read(4)
@@ -309,17 +354,16 @@ def _read_header(f, path: str, file_size: int) -> tuple[dict, int, bytes, int]:
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path} is corrupt: its metadata is not valid JSON ({e})") from e
   if not isinstance(header, dict) or header.get("format_version") != _FORMAT_VERSION:
-    raise CheckpointError(
-      f"{path}: unsupported checkpoint format version "
-      f"{header.get('format_version') if isinstance(header, dict) else header!r}, expected {_FORMAT_VERSION}"
-    )
+    version = header.get("format_version") if isinstance(header, dict) else None
+    shown = version if isinstance(version, int) else f"(a {type(version).__name__})"
+    raise CheckpointError(f"{path}: unsupported checkpoint format version {shown}, expected {_FORMAT_VERSION}")
   for field, kind in (("treedef", str), ("signatures", list), ("metadata", dict)):
     if not isinstance(header.get(field), kind):
       raise CheckpointError(f"{path} is corrupt: header field {field!r} missing or not a {kind.__name__}")
   (payload_len,) = struct.unpack("<Q", f.read(8))
   digest = f.read(32)
   offset = len(MAGIC) + 4 + meta_len + 8 + 32
-  return header, payload_len, digest, offset
+  return header, payload_len, digest, offset, meta_bytes
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -336,11 +380,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     7
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"checkpoint file {path!r} does not exist")
+  _check_regular_file(path)
   size = os.path.getsize(path)
   with open(path, "rb") as f:
-    header, _, _, _ = _read_header(f, path, size)
+    header = _read_header(f, path, size)[0]
   return header["metadata"]
 
 
@@ -383,11 +426,10 @@ def load_checkpoint(
     True
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"checkpoint file {path!r} does not exist")
+  _check_regular_file(path)
   size = os.path.getsize(path)
   with open(path, "rb") as f:
-    header, payload_len, digest, offset = _read_header(f, path, size)
+    header, payload_len, digest, offset, meta_bytes = _read_header(f, path, size)
     if callable(target) and not isinstance(target, (list, tuple, dict)):
       try:
         target = target(header["metadata"])
@@ -426,8 +468,7 @@ def load_checkpoint(
         f"after offset {offset}, the file has {size} bytes in all"
       )
     payload = f.read(payload_len)
-  if hashlib.sha256(payload).digest() != digest:
-    raise CheckpointError(f"{path} is corrupt: the SHA-256 of its payload does not match its header")
+  _check_digest(path, header, meta_bytes, payload, digest)
   try:
     restored = flax.serialization.msgpack_restore(payload)
   except Exception as e:  # msgpack raises several exception types on malformed input
@@ -465,34 +506,16 @@ def load_checkpoint(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-  if pid <= 0:
-    return False
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # exists, owned by someone else
-  # A zombie (exited, not yet reaped) still answers kill(pid, 0); it holds nothing.
-  try:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-      state = f.read().rsplit(b")", 1)[-1].split()[0]
-    if state == b"Z":
-      return False
-  except (OSError, IndexError):
-    pass
-  return True
-
-
 class RunLock:
-  """A lock file in ``directory`` that refuses a second concurrent run.
+  """A lock of ``directory`` that refuses a second concurrent run.
 
-  The lock is ``directory/.unlearn_jax.lock``, created with ``O_CREAT | O_EXCL`` and holding
-  ``"<pid> <hostname>"``. If it already exists and its pid is alive (on this host), :class:`LockError`
-  is raised naming the directory and the owner. If the owner is dead (or the file is unreadable), the
-  lock is stale: it is taken over with a ``RuntimeWarning``. Use as a context manager; the lock is
-  removed on exit.
+  The lock is an exclusive ``fcntl.flock`` on ``directory/.unlearn_jax.lock`` (opened with
+  ``O_NOFOLLOW``: a symbolic link there is refused, never followed), which holds ``"<pid> <hostname>"``
+  for the messages. The kernel releases the lock when its process dies, however it dies, so taking
+  over after a crash is atomic: of two restarts exactly one gets it. A lock file left by a dead run is
+  taken over with a ``RuntimeWarning``. After the lock is taken, the file is checked to still be the one
+  at the path (a holder that released meanwhile unlinks it), so two runs never hold two different files.
+  Use as a context manager; the lock file is removed on exit.
 
   Examples:
     >>> import tempfile
@@ -508,60 +531,70 @@ class RunLock:
   def __init__(self, directory: str | os.PathLike):
     self.directory = os.fspath(directory)
     self.path = os.path.join(self.directory, LOCK_NAME)
-    self._held = False
+    self._fd: int | None = None
 
-  def _try_create(self) -> bool:
+  def _open(self) -> int:
     try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      f.write(f"{os.getpid()} {socket.gethostname()}\n")
-      f.flush()
-      os.fsync(f.fileno())
-    return True
+      return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+      if os.path.islink(self.path):
+        raise LockError(f"the lock file {self.path} is a symbolic link; refusing to follow it") from e
+      raise LockError(f"cannot open the lock file {self.path}: {e.strerror}") from e
+
+  def _owner(self, fd: int) -> tuple[int, str | None]:
+    """(pid, host) recorded in the lock file; only digits and host-name characters are ever shown."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    parts = os.read(fd, 256).decode("ascii", "replace").split()
+    pid = int(parts[0]) if parts and parts[0].isdigit() else -1
+    host = parts[1] if len(parts) > 1 and re.fullmatch(r"[A-Za-z0-9.\-]{1,64}", parts[1]) else None
+    return pid, host
 
   def acquire(self) -> RunLock:
     """Takes the lock or raises :class:`LockError`."""
     os.makedirs(self.directory, exist_ok=True)
-    for _ in range(3):
-      if self._try_create():
-        self._held = True
-        return self
+    for _ in range(10):
+      fd = self._open()
       try:
-        with open(self.path) as f:
-          content = f.read(256)
-      except FileNotFoundError:
-        continue  # released meanwhile; retry
-      parts = content.split()
-      pid = int(parts[0]) if parts and parts[0].isdigit() else -1
-      host = parts[1] if len(parts) > 1 else None
-      same_host = host is None or host == socket.gethostname()
-      if pid > 0 and (_pid_alive(pid) or not same_host):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        pid, host = self._owner(fd)
+        os.close(fd)
+        who = f"pid {pid} on {host or 'this host'}" if pid > 0 else "another process"
         raise LockError(
-          f"directory {self.directory!r} is locked by another run (pid {pid} on "
-          f"{host or 'this host'}; lock file {self.path}); wait for it to finish or use another "
-          "directory"
-        )
-      warnings.warn(
-        f"taking over the stale lock {self.path} (owner pid {pid if pid > 0 else '?'} is not running)",
-        RuntimeWarning,
-        stacklevel=2,
-      )
+          f"directory {self.directory!r} is locked by another run ({who}; lock file {self.path}); wait for "
+          "it to finish or use another directory"
+        ) from None
       try:
-        os.remove(self.path)
+        same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
       except FileNotFoundError:
-        pass
+        same = False
+      if not same:  # the file was released (unlinked) between our open and our lock: try the new one
+        os.close(fd)
+        continue
+      pid, _ = self._owner(fd)
+      if pid != -1 or os.fstat(fd).st_size:
+        warnings.warn(
+          f"taking over the stale lock {self.path} (owner pid {pid if pid > 0 else '?'} is not running)",
+          RuntimeWarning,
+          stacklevel=2,
+        )
+      os.ftruncate(fd, 0)
+      os.lseek(fd, 0, os.SEEK_SET)
+      os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+      os.fsync(fd)
+      self._fd = fd
+      return self
     raise LockError(f"could not acquire the lock {self.path}: it keeps being re-created by another run")
 
   def release(self) -> None:
-    """Removes the lock file if this object holds it."""
-    if self._held:
-      self._held = False
+    """Removes the lock file and releases the lock if this object holds it."""
+    if self._fd is not None:
+      fd, self._fd = self._fd, None
       try:
-        os.remove(self.path)
+        os.remove(self.path)  # while still holding it: a waiter then sees a different (new) file
       except FileNotFoundError:
         pass
+      os.close(fd)
 
   def __enter__(self) -> RunLock:
     return self.acquire()

@@ -155,6 +155,10 @@ def _recorded_stack(recorded: dict, record_steps: tuple[int, ...]):
   return jax.tree.map(lambda *xs: jax.numpy.asarray(np.stack(xs)), *[recorded[s] for s in record_steps])
 
 
+def _one_seed(params: PyTree, params_per_seed: bool) -> PyTree:
+  return jax.tree.map(lambda leaf: leaf[0], params) if params_per_seed and not callable(params) else params
+
+
 def _check_callable(name: str, fn: Any, how: str) -> None:
   if not callable(fn):
     raise TypeError(f"{name} must be callable as {how}, got {fn!r}")
@@ -286,6 +290,7 @@ def train(
     inputs.check_params(params, num_seeds, params_per_seed)
   elif params_per_seed:
     raise ValueError("params_per_seed=True needs a params pytree, got an initialisation callable")
+  inputs.check_data_for_loss(loss_fn, _one_seed(params, params_per_seed), data, "data")
   reduction_blocks = inputs.check_reduction_blocks(reduction_blocks, mesh)
   if algorithm is not None or optimizer is not None:
     reduction_blocks_for_data = None if algorithm is None else algorithm.reduction_blocks
@@ -509,6 +514,7 @@ def unlearn(
   key = inputs.check_key(key)
   _, mask = inputs.check_data(retain_data, data_mask, "retain_data")
   inputs.check_params(params, num_seeds, params_per_seed)
+  inputs.check_data_for_loss(loss_fn, _one_seed(params, params_per_seed), retain_data, "retain_data")
   reduction_blocks = inputs.check_reduction_blocks(reduction_blocks, mesh)
   _check_fine_tuning(step_size, clip_norm, weight_decay, projection_radius)
   spec = methods.MethodSpec(

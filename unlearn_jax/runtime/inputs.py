@@ -16,6 +16,7 @@ from unlearn_jax.runtime import distributed
 __all__ = [
   "check_common",
   "check_data",
+  "check_data_for_loss",
   "check_key",
   "check_params",
   "check_reduction_blocks",
@@ -65,6 +66,13 @@ def check_data(data: Any, data_mask: Any, name: str) -> tuple[int, jax.Array | N
   if not np.any(mask):
     raise ValueError(f"data_mask selects no example of {name}: at least one entry must be 1")
   return n, jnp.asarray(mask, jnp.result_type(float))
+
+
+def check_data_for_loss(loss_fn: Any, params: Any, data: Any, name: str) -> None:
+  """The loss's own check of the data (the library's cross-entropy: integer labels in range), if it has one."""
+  check = getattr(loss_fn, "check_data", None)
+  if callable(check):  # an initialisation function: its shapes are enough to count the classes
+    check(jax.eval_shape(params, jax.random.key(0)) if callable(params) else params, data, name)
 
 
 def check_steps(name: str, steps: Any, num_steps: int) -> tuple[int, ...]:

@@ -8,10 +8,10 @@ Subcommands:
   steps needed, certified per-instance steps and the worst-case baseline's steps.
 
 Exit status: 0 on success, 2 for a bad command line or config (the message names the key and the
-allowed values), 3 when the output directory cannot be used (not writable, or locked by another run),
-4 when the data are missing, 5 when training diverged (the message names the step; the last good
-checkpoint is kept), 130 when interrupted by Ctrl-C (SIGINT) and 143 by SIGTERM (the drivers save a
-checkpoint first, and the same command resumes from it).
+allowed values), 3 when the output directory cannot be used (not writable, full, or locked by another
+run), 4 when the data are missing or their files are corrupt, 5 when training diverged (the message
+names the step; the last good checkpoint is kept), 130 when interrupted by Ctrl-C (SIGINT) and 143 by
+SIGTERM (the drivers save a checkpoint first, and the same command resumes from it).
 """
 
 from __future__ import annotations
@@ -182,6 +182,9 @@ def _study(args: argparse.Namespace) -> int:
       "from: use another --out, or delete its checkpoints/ folder to start over",
       EXIT_OUTPUT,
     )
+  except OSError as e:  # the outputs or checkpoints could not be written: disk full, read-only, permissions
+    where = f" ({e.filename})" if e.filename else ""
+    return _error(f"cannot write to the output directory {config.out_dir!r}: {e.strerror or e}{where}", EXIT_OUTPUT)
   except runtime.Interrupted as e:
     print(
       f"unlearn-jax: {e}; checkpoints are in {config.out_dir}/checkpoints and the same command resumes from them",

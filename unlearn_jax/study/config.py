@@ -130,6 +130,27 @@ def _unknown_key(key: str, section: str, allowed: list[str]) -> ConfigError:
   return ConfigError(f"unknown config key {config_key(section, key)!r} {where}{hint}. Allowed keys: {allowed}")
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.1754943508222875e-38
+_INT32_MAX = 2**31 - 1
+
+
+def _check_representable(key: str, value: Any) -> None:
+  """The study computes in float32 with int32 step counters: a setting beyond their range would become
+  inf or 0 (a temperature of 1e-50 is 0 in float32) or overflow, so it is refused here, naming the key."""
+  if isinstance(value, tuple):
+    for i, v in enumerate(value):
+      _check_representable(f"{key}[{i}]", v)
+  elif isinstance(value, float) and math.isfinite(value) and value != 0:
+    if not _FLOAT32_TINY <= abs(value) <= _FLOAT32_MAX:
+      raise ConfigError(
+        f"config key {key!r} must have a magnitude in [{_FLOAT32_TINY:.3g}, {_FLOAT32_MAX:.3g}] (the study "
+        f"computes in float32, where {value!r} is {'inf' if abs(value) > 1 else '0'}), got {value!r}"
+      )
+  elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT32_MAX:
+    raise ConfigError(f"config key {key!r} must be at most 2**31 - 1 = {_INT32_MAX} (int32 counters), got {value!r}")
+
+
 def _section_from_dict(cls: type, section: str, raw: Any) -> Any:
   if not isinstance(raw, Mapping):
     raise ConfigError(f"config key {section!r} must be a table/object of settings, got {raw!r}")
@@ -140,6 +161,7 @@ def _section_from_dict(cls: type, section: str, raw: Any) -> Any:
     if k not in fields:
       raise _unknown_key(str(k), section, fields)
     kwargs[k] = _coerce(config_key(section, k), v, hints[k])
+    _check_representable(config_key(section, k), kwargs[k])
   return cls(**kwargs)
 
 

@@ -8,8 +8,11 @@
 3. compute the difficulty metrics and pick forget sets by privacy loss, by each metric and at random;
 4. for each forget set: retrain the oracles, unlearn with every method recording the step grid, and
    measure distances, loss barriers and membership lower bounds (:mod:`study.unlearning`);
-5. correlate and state the findings, then write ``report.json``, ``report.md``, ``per_example.csv``, the
-   figures and the parameters (``params/*.npz``).
+5. correlate and state the findings, then write ``report.md``, ``per_example.csv``, the figures and the
+   parameters (``params/*.npz``), each atomically (temporary file, then rename); remove the outputs of an
+   earlier run into the same directory that this run did not produce; write ``report.json`` last — it is
+   the completion marker (deleted when a run starts, so a directory with ``report.json`` holds one
+   complete run).
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
+import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
 
+from unlearn_jax import _atomic
 from unlearn_jax.evaluate import membership_resolvable_cap
 from unlearn_jax.runtime import checkpoint
 from unlearn_jax.study import figures, findings, report, stages, unlearning
@@ -39,25 +45,38 @@ def _prepare_out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
   out = pathlib.Path(out_dir)
   try:
     out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write_test"
-    probe.write_text("ok", encoding="utf-8")
-    probe.unlink()
+    with tempfile.TemporaryFile(dir=out):  # a new file (O_EXCL): never writes through a planted link
+      pass
   except OSError as e:
     raise OutputDirError(f"output directory {str(out)!r} cannot be created or written: {e}") from e
   return out
 
 
-def _save_params_npz(path: pathlib.Path, params: Any) -> None:
+def _save_params_npz(path: pathlib.Path, params: Any) -> pathlib.Path:
   """Saves a params pytree's leaves (in ``jax.tree.leaves`` order) as ``leaf_0``, ``leaf_1``, ..."""
-  np.savez(path, **{f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(params))})
+  leaves = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(params))}
+  return _atomic.replace_into(path, lambda tmp: np.savez(tmp, **leaves))
 
 
-def _write_params(out: pathlib.Path, start_params: Any, sets: list[unlearning.SetResult]) -> None:
+def _write_params(out: pathlib.Path, start_params: Any, sets: list[unlearning.SetResult]) -> list[pathlib.Path]:
   params_dir = out / "params"
   params_dir.mkdir(exist_ok=True)
-  _save_params_npz(params_dir / "trained.npz", start_params)
+  written = [_save_params_npz(params_dir / "trained.npz", start_params)]
   for i, r in enumerate(sets):
-    _save_params_npz(params_dir / f"oracle_{i}.npz", r.oracle.params)
+    written.append(_save_params_npz(params_dir / f"oracle_{i}.npz", r.oracle.params))
+  return written
+
+
+_OUTPUT_PATTERNS = ("report.json", "report.md", "per_example.csv", "timings.json", "*.png", "params/*.npz")
+"""What a study writes into its output directory (checkpoints/ is the resume state, kept)."""
+
+
+def _remove_stale_outputs(out: pathlib.Path, produced: set[pathlib.Path]) -> list[str]:
+  """Deletes outputs of an earlier run into ``out`` that this run did not produce; returns their names."""
+  stale = sorted({p for pattern in _OUTPUT_PATTERNS for p in out.glob(pattern)} - produced)
+  for p in stale:
+    p.unlink(missing_ok=True)
+  return [str(p.relative_to(out)) for p in stale]
 
 
 def _run_stages(ctx: stages.Context) -> dict[str, Any]:
@@ -72,13 +91,15 @@ def _run_stages(ctx: stages.Context) -> dict[str, Any]:
   corr = findings.correlate(certs, metric_values, sets, methods)
   ctx.tick("correlations")
   result = report.build_report(config, s, trained, certs, sets, corr)
-  _write_params(ctx.out, start_params, sets)
-  report.write_per_example_csv(
-    ctx.out / "per_example.csv",
-    np.asarray(s.dataset.y_train),
-    certs.privacy_loss,
-    certs.certified_steps,
-    {k: metric_values[k] for k in config.metrics.names},
+  produced = set(_write_params(ctx.out, start_params, sets))
+  produced.add(
+    report.write_per_example_csv(
+      ctx.out / "per_example.csv",
+      np.asarray(s.dataset.y_train),
+      certs.privacy_loss,
+      certs.certified_steps,
+      {k: metric_values[k] for k in config.metrics.names},
+    )
   )
   cap = (
     membership_resolvable_cap(config.unlearning.num_seeds, delta=config.evaluation.delta)
@@ -97,10 +118,9 @@ def _run_stages(ctx: stages.Context) -> dict[str, Any]:
     cap,
     ctx.stage,
   )
-  result = report.jsonable(result)
-  report.write_report_json(ctx.out / "report.json", result)
+  produced.update(ctx.out / name for name in result["figures"].values())
   ctx.tick("outputs")
-  return result
+  return report.jsonable(result), produced
 
 
 def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
@@ -146,13 +166,18 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
     raise OutputDirError(str(e)) from e
   try:
     start = time.perf_counter()
+    (out / "report.json").unlink(missing_ok=True)  # the completion marker goes first, and comes back last
     ctx = stages.context(config, out, progress)
-    result = _run_stages(ctx)
+    result, produced = _run_stages(ctx)
     ctx.timings["total"] = time.perf_counter() - start
-    (out / "timings.json").write_text(
-      json.dumps({k: round(v, 3) for k, v in ctx.timings.items()}, indent=2) + "\n", encoding="utf-8"
-    )
-    report.write_report_md(out / "report.md", result, ctx.timings)
+    timings = json.dumps({k: round(v, 3) for k, v in ctx.timings.items()}, indent=2) + "\n"
+    produced.add(_atomic.write_text(out / "timings.json", timings))
+    produced.add(report.write_report_md(out / "report.md", result, ctx.timings))
+    produced.add(out / "report.json")
+    removed = _remove_stale_outputs(out, produced)
+    if removed and progress:
+      print(f"[unlearn-jax] removed {len(removed)} output(s) of an earlier run: {', '.join(removed)}", file=sys.stderr)
+    report.write_report_json(out / "report.json", result)
     return result
   finally:
     lock.release()

@@ -141,7 +141,10 @@ class TrainingConfig(_Section):
     mode: gradient estimate, one of ``algorithms.MODES`` (THEORY §1).
     num_steps: noisy steps T.
     step_size: η > 0.
-    temperature: τ > 0.
+    temperature: τ ≥ 0; 0 is plain (clipped) SGD, which needs ``accounting_temperature``.
+    accounting_temperature: the temperature τ_acc > 0 the ledger *assumes* when training is noise-free
+      (τ = 0): the costs are those of the noisy chain at τ_acc, an assumption stated in the report, not a
+      bound for the run that took place. Absent (the default) when τ > 0.
     clip_norm: per-example clip C > 0 (``inf``: no clipping).
     weight_decay: L2 strength m >= 0 (the regulariser m/2 ||θ||²; with logistic regression it makes the
       objective m-strongly convex).
@@ -157,6 +160,7 @@ class TrainingConfig(_Section):
   num_steps: int = 1500
   step_size: float = 0.5
   temperature: float = 1e-5
+  accounting_temperature: float | None = None
   clip_norm: float = 5.0
   weight_decay: float = 1e-3
   sampling_rate: float | None = None
@@ -169,7 +173,14 @@ class TrainingConfig(_Section):
     self._choice("mode", MODES)
     self._at_least("num_steps", 1)
     self._positive("step_size")
-    self._positive("temperature")
+    self._nonnegative("temperature")
+    self._positive("accounting_temperature", optional=True)
+    if self.temperature == 0 and self.accounting_temperature is None:
+      self._fail(
+        "accounting_temperature", None, "a number > 0 when temperature = 0 (the temperature the ledger assumes)"
+      )
+    if self.temperature > 0 and self.accounting_temperature is not None:
+      self._fail("accounting_temperature", self.accounting_temperature, "absent when temperature > 0")
     self._positive("clip_norm", allow_inf=True)
     self._nonnegative("weight_decay")
     self._positive("projection_radius", allow_inf=True)
@@ -186,6 +197,11 @@ class TrainingConfig(_Section):
       self._fail("batch_size", self.batch_size, f"absent unless mode = 'shuffled' (mode is {self.mode!r})")
     self._at_least("num_seeds", 1)
     self._at_least("num_checkpoints", 2)
+
+  @property
+  def ledger_temperature(self) -> float:
+    """The temperature of the ledger's costs: τ, or the assumed τ_acc of noise-free training."""
+    return self.temperature if self.accounting_temperature is None else self.accounting_temperature
 
 
 @dataclasses.dataclass(frozen=True)

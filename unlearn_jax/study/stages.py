@@ -46,7 +46,8 @@ KEY_NAMES = ("train", "oracle", "unlearn", "select", "floor", "memorization")
 
 
 class DataMissingError(FileNotFoundError):
-  """A data set that is read from files has no (existing) data directory."""
+  """A data set that is read from files has no (existing) data directory, or its files are unreadable
+  (truncated, corrupt, of the wrong format): the CLI's exit status 4."""
 
 
 @dataclasses.dataclass
@@ -140,6 +141,8 @@ def _load(cfg, seed: int) -> data_lib.Dataset:
   except ValueError as e:
     if cfg.num_train is not None and "n_train" in str(e) or cfg.num_test is not None and "n_test" in str(e):
       raise ConfigError(f"config key 'data.num_train'/'data.num_test': {e}") from e
+    if spec.files is not None:  # the loaders name the file and what is wrong with it
+      raise DataMissingError(str(e)) from e
     raise
 
 
@@ -169,7 +172,7 @@ def _check_lsi(config: Config) -> None:
   tr, pv, uc = config.training, config.privacy, config.unlearning
   convex = config.model.name == "logistic_regression" and tr.weight_decay > 0
   if pv.lsi_constant is None and not convex:
-    tau = uc.temperature if uc.temperature is not None else tr.temperature
+    tau = uc.temperature if uc.temperature is not None else tr.ledger_temperature
     raise ConfigError(
       f"config key 'privacy.lsi_constant' is required for model {config.model.name!r}: its objective is not "
       f"strongly convex, so C_LSI is not known and the certificate must rest on an assumed value (e.g. "
@@ -313,6 +316,7 @@ def train_with_ledger(ctx: Context, s: Setup) -> Trained:
     num_steps=T,
     step_size=tr.step_size,
     temperature=tr.temperature,
+    accounting_temperature=tr.accounting_temperature,
     accounting=acc_cfg,
     record_steps=ckpt_steps,
     checkpoint_dir=str(ctx.out / "checkpoints" / "train"),
@@ -368,18 +372,19 @@ class Certificates(NamedTuple):
     if self.clip_norm is None:
       return math.inf
     c = self.constants
-    return float(
-      certify.worst_case_steps(
-        epsilon,
-        orders=[self.alpha],
-        m=self.m_eff,
-        step_size=c["step_size"],
-        temperature=c["temperature"],
-        num_removed=num_removed,
-        clip_norm=self.clip_norm,
-        num_examples=self.num_examples,
+    with jax.enable_x64(True):  # K beyond float32's range (τ = 1e-30) is still a number to compare with
+      return float(
+        certify.worst_case_steps(
+          epsilon,
+          orders=[self.alpha],
+          m=self.m_eff,
+          step_size=c["step_size"],
+          temperature=c["temperature"],
+          num_removed=num_removed,
+          clip_norm=self.clip_norm,
+          num_examples=self.num_examples,
+        )
       )
-    )
 
 
 def _index_of(orders: tuple[float, ...], value: float) -> int:
@@ -420,7 +425,7 @@ def certify_examples(ctx: Context, s: Setup, trained: Trained) -> Certificates:
   i4 = _index_of(pv.orders, 4 * pv.alpha)
   p4 = trained.realized_mean[:, i4]
   eta_u = uc.step_size if uc.step_size is not None else tr.step_size
-  tau_u = uc.temperature if uc.temperature is not None else tr.temperature
+  tau_u = uc.temperature if uc.temperature is not None else tr.ledger_temperature
   lsi, status, note = _lsi(config, tau_u)
   constants = dict(alpha=pv.alpha, step_size=eta_u, temperature=tau_u, lsi_constant=lsi, e1=pv.e1, e2=pv.e2)
   certified = np.asarray(certify.steps_to_unlearn(jnp.asarray(p4), pv.epsilon, **constants), dtype=np.float64)
