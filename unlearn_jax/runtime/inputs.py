@@ -12,6 +12,7 @@ import numpy as np
 from unlearn_jax import _checks
 from unlearn_jax.per_example import blocks
 from unlearn_jax.runtime import distributed
+from unlearn_jax.runtime.progress import Progress
 
 __all__ = [
   "check_common",
@@ -147,9 +148,10 @@ def check_common(
       raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)!r} is not writable")
   if eval_fn is not None and not callable(eval_fn):
     raise TypeError(f"eval_fn must be callable as eval_fn(params) -> dict of scalars, got {eval_fn!r}")
-  for name, value in (("progress", progress), ("resume", resume)):
-    if not isinstance(value, bool):
-      raise TypeError(f"{name} must be a bool, got {value!r}")
+  if not isinstance(progress, (bool, Progress)):  # a Progress: a bar shared by several calls (the study's)
+    raise TypeError(f"progress must be a bool or a runtime.Progress, got {progress!r}")
+  if not isinstance(resume, bool):
+    raise TypeError(f"resume must be a bool, got {resume!r}")
   return num_steps, num_seeds, steps_per_chunk, history_stride, checkpoint_every
 
 
