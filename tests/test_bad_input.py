@@ -869,6 +869,7 @@ def test_cli_diverging_run_is_a_clean_error_naming_the_step(tmp_path, capsys):
   err = capsys.readouterr().err
   assert code not in (0, None), err
   assert "diverged at step" in err and "step_size" in err, err
+  assert "add weight decay" not in err, err  # the hint must not blame a missing weight decay (this run has one)
   assert "Traceback" not in err, err
 
 
@@ -998,6 +999,7 @@ def test_cli_tiny_clip_norm_finishes_with_every_figure(tmp_path, capsys):
   assert (out / "certified_vs_worst_case.png").stat().st_size > 0 and (out / "report.json").is_file()
 
 
+@pytest.mark.slow  # a study until the disk is full (15 s)
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_cli_disk_full_is_exit_3_with_one_line(tmp_path, capsys):
   mount = tmp_path / "small"

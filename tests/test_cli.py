@@ -237,13 +237,3 @@ def test_devices_option_on_forced_cpu_devices(tmp_path):
     timeout=300,
   )
   assert res.returncode == cli.EXIT_CONFIG and "'devices'" in res.stderr and "2 cpu device" in res.stderr
-
-
-def test_run_with_progress_shown_completes_and_reports_the_stages(tmp_path, capsys):
-  # without --quiet the study hands one progress bar to every driver call of a stage; the drivers once
-  # refused anything but a bool there, so the README's demo command failed at its first training call
-  cfg = tmp_path / "c.toml"
-  cfg.write_text(_TINY_TOML.format(steps=20).replace("num_test = 40", "num_test = 20"))
-  code, out, err = _run_main(["run", "--config", str(cfg), "--out", str(tmp_path / "out")], capsys)
-  assert code == 0, err
-  assert "training" in err and "wrote" in out and (tmp_path / "out" / "report.json").is_file()

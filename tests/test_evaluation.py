@@ -538,3 +538,19 @@ def test_fits_the_models_contract():
   s = np.asarray(ev.logit_confidence(model.apply_fn, seeds, x, y))
   p = np.asarray(jax.nn.softmax(logits_a))[np.arange(10), np.asarray(y)]
   np.testing.assert_allclose(s[0], np.log(p / (1 - p)), rtol=1e-4, atol=1e-5)
+
+
+def test_unlearned_only_when_the_rest_of_the_grid_stays_under_the_threshold():
+  # a pass at step 100 followed by a climb back over the threshold (as L1-sparse fine-tuning did:
+  # distance 0.78 -> 24.2) is no verdict; the set is unlearned from the step after which all pass
+  k1, k2 = jax.random.split(jax.random.key(0))
+  oracle = jax.random.normal(k1, (32, 20))
+  noise = jax.random.normal(k2, (32, 20))
+  grid = jnp.array([0, 100, 200, 300])
+  shifts = (4.0, 0.0, 4.0, 0.0)
+  out = ev.empirical_steps_to_unlearn(grid, jnp.stack([noise + m for m in shifts]), oracle, key=k1)
+  assert out.passed.tolist() == [False, True, False, True]
+  assert float(out.steps) == 300.0 and int(out.index) == 3
+  late = jnp.stack([noise + m for m in (0.0, 0.0, 0.0, 4.0)])
+  never = ev.empirical_steps_to_unlearn(grid, late, oracle, key=k1)
+  assert np.isposinf(float(never.steps)) and int(never.index) == -1

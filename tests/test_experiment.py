@@ -353,3 +353,18 @@ def test_run_refuses_locked_or_unwritable_dir(tmp_path):
   (tmp_path / "f").write_text("x")
   with pytest.raises(experiment.OutputDirError, match="cannot be created or written"):
     experiment.run(_tiny(tmp_path / "f" / "sub"))
+
+
+def test_claim_e_is_the_rank_correlation_of_privacy_loss_and_excess_barrier(tiny_run):
+  _, out, report = tiny_run
+  e = report["findings"]["e_barrier_grows_with_privacy_loss"]
+  assert set(e) == {"sgld", "sgd"}
+  for method, claim in e.items():
+    rows = [fs for fs in report["forget_sets"] if fs["method"] == method]
+    p = [fs["mean_privacy_loss"] for fs in rows]
+    excess = [fs["loss_barrier"] - fs["oracle_barrier"] for fs in rows]
+    want = stats.spearmanr(p, excess).statistic  # scipy, independent of the library's ranks
+    assert claim["num_sets"] == len(rows) == 3
+    assert abs(claim["spearman_privacy_loss_vs_excess_barrier"] - want) < 1e-9
+    assert claim["verdict"] == ("holds" if want > 0 else "does not hold")
+  assert "(e) Higher privacy loss" in (out / "report.md").read_text()

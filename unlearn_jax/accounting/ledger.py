@@ -41,9 +41,10 @@ class AccountingConfig(NamedTuple):
   Attributes:
     orders: Rényi orders (floats > 1).
     stride: evaluate the costs every ``stride`` steps and count them ``stride`` times (an estimate
-      when > 1, flagged in the ledger); ``"epoch"``: once per epoch of a minibatch run (n // B steps
-      shuffled, round(1/q) Poisson; the refresh of Yu et al., *Individual privacy accounting for
-      DP-SGD*), resolved by the step.
+      when > 1, flagged in the ledger); ``"epoch"``: once per epoch (round(1/q) steps of a Poisson run;
+      the refresh of Yu et al., *Individual privacy accounting for DP-SGD*). A shuffled step charges only
+      its batch, so a shuffled ledger strides over whole epochs (``"epoch"``: every example at its own
+      batch of every epoch); resolved by the step (``algorithms.sgld.resolve_stride``).
     filter_budget: budget B of the individual Rényi filter at order ``filter_order`` (None: off).
     filter_order: the order α* of the filter; must be one of ``orders``.
     num_terms: terms of the fractional-order series of :func:`sampled_gaussian_rdp`.

@@ -43,6 +43,7 @@ class MethodSpec(NamedTuple):
     projection_radius: R (None: none).
     norm_method, chunk_size, reduction_blocks: per-example settings of the step.
     options: the method's own keyword arguments (e.g. ``l1_strength``).
+    batch_size: B of shuffled-minibatch fine-tuning, or None for full-batch fine-tuning.
   """
 
   num_steps: int
@@ -55,6 +56,7 @@ class MethodSpec(NamedTuple):
   chunk_size: int | None = None
   reduction_blocks: int | None = None
   options: dict = {}
+  batch_size: int | None = None
 
 
 MethodFn = Callable[[Callable, MethodSpec], "tuple[Algorithm, dict[str, Any]]"]
@@ -63,7 +65,8 @@ MethodFn = Callable[[Callable, MethodSpec], "tuple[Algorithm, dict[str, Any]]"]
 def _fine_tuning_step(loss_fn: Callable, spec: MethodSpec) -> Algorithm:
   return sgld(
     loss_fn,
-    mode="full_batch",
+    mode="full_batch" if spec.batch_size is None else "shuffled",
+    batch_size=spec.batch_size,
     norm_method=spec.norm_method,
     chunk_size=spec.chunk_size,
     reduction_blocks=spec.reduction_blocks,

@@ -232,7 +232,11 @@ class _StepContext(NamedTuple):
   @property
   def accounted(self) -> Any:
     stride = self.stride
-    return True if stride == 1 else (self.state.step % stride == 0)
+    if stride == 1:
+      return True
+    if self.s.mode == "shuffled":  # whole epochs: every example is charged once in each accounted epoch
+      return (self.state.step // _steps_per_epoch(self.s, self.n)) % stride == 0
+    return self.state.step % stride == 0
 
   def ops(self, data: PyTree, m: int, chunk_size: int | None = None) -> blocks.ExampleOps:
     return blocks.example_ops(
@@ -268,14 +272,25 @@ class _Gradient(NamedTuple):
   dropped: jax.Array
 
 
+def _steps_per_epoch(s: _Settings, n: int) -> int:
+  return max(n // s.batch_size, 1)
+
+
 def resolve_stride(config: acc.AccountingConfig | None, s: _Settings, n: int) -> int:
-  """The accounting stride in steps: ``"epoch"`` is n // B steps (shuffled) or round(1/q) (Poisson)."""
+  """The weight of an accounted step: its stride in steps, or in epochs in shuffled mode.
+
+  A shuffled step charges only its own batch, so the shuffled ledger accounts whole epochs: a stride of
+  s steps becomes E = max(1, round(s / (n // B))) epochs, every E-th epoch is accounted with weight E,
+  and ``"epoch"`` (E = 1) charges every example at its own batch of every epoch. Poisson and full-batch
+  steps charge every row: ``"epoch"`` is round(1/q) steps (Poisson), 1 (full batch).
+  """
   if config is None:
     return 1
+  if s.mode == "shuffled":
+    per_epoch = _steps_per_epoch(s, n)
+    return 1 if config.stride == "epoch" else max(1, int(round(int(config.stride) / per_epoch)))
   if config.stride != "epoch":
     return int(config.stride)
-  if s.mode == "shuffled":
-    return max(n // s.batch_size, 1)
   if s.mode == "poisson":
     return max(int(round(1.0 / s.sampling_rate)), 1)
   return 1

@@ -257,7 +257,7 @@ class StepsToUnlearn(NamedTuple):
   """Outcome of :func:`empirical_steps_to_unlearn`.
 
   Attributes:
-    steps: () float, the first grid step that passes the test; ``+inf`` if none does.
+    steps: () float, the first grid step from which every later one passes too; ``+inf`` if none.
     index: () int32, its index in the grid; ``-1`` if none.
     grid_end: () float, the last step of the grid (a lower bound on the steps when ``steps`` is inf).
     passed: (G,) bool, the test outcome at each grid step.
@@ -284,7 +284,8 @@ def empirical_steps_to_unlearn(
   num_splits: int = 1,
   min_variance: float = DEFAULT_MIN_VARIANCE,
 ) -> StepsToUnlearn:
-  """Empirical steps to unlearn: the first recorded step whose scores pass :func:`is_unlearned`.
+  """Empirical steps to unlearn: the first recorded step from which on every recorded step passes
+  :func:`is_unlearned` (a pass followed by a failure later in the grid does not count).
 
   The noise floor is computed once (from ``oracle_scores`` with ``key``, or passed as ``floor``) and
   every grid step is tested against the same threshold (vmapped over the grid).
@@ -339,8 +340,11 @@ def empirical_steps_to_unlearn(
 def _steps_core(grid, scores, oracle, threshold, min_variance):
   medians = jax.vmap(lambda s: _median_distance(s, oracle, min_variance)[1])(scores)
   passed = medians <= threshold
-  any_pass = jnp.any(passed)
-  index = jnp.where(any_pass, jnp.argmax(passed), -1).astype(jnp.int32)
+  # unlearned at k only if every later grid step passes too: a first crossing followed by a climb back
+  # over the threshold (seen under L1-sparse fine-tuning) is no verdict
+  stays = jnp.flip(jnp.cumprod(jnp.flip(passed).astype(jnp.int32)).astype(bool))
+  any_pass = jnp.any(stays)
+  index = jnp.where(any_pass, jnp.argmax(stays), -1).astype(jnp.int32)
   grid_f = grid.astype(jnp.result_type(float))
   steps = jnp.where(any_pass, grid_f[jnp.maximum(index, 0)], jnp.inf)
   return StepsToUnlearn(steps, index, grid_f[-1], passed, medians, threshold)

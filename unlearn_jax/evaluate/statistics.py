@@ -10,7 +10,7 @@ from jax.typing import ArrayLike
 from unlearn_jax import _checks
 from unlearn_jax._compile import call
 
-__all__ = ["finite_for_ranking", "rankdata_average", "spearman", "spearman_where_defined"]
+__all__ = ["finite_for_ranking", "ledger_error", "rankdata_average", "spearman", "spearman_where_defined"]
 
 
 def rankdata_average(a: ArrayLike) -> jax.Array:
@@ -107,3 +107,32 @@ def spearman_where_defined(a: ArrayLike, b: ArrayLike) -> float:
   if ok.sum() < 3 or np.all(a[ok] == a[ok][0]) or np.all(b[ok] == b[ok][0]):
     return float("nan")
   return float(spearman(a[ok], b[ok]))
+
+
+def ledger_error(reference: ArrayLike, estimate: ArrayLike) -> dict[str, float]:
+  """How far an estimated privacy-loss column (a strided or once-per-epoch ledger) is from the reference
+  (the every-step ledger on the same trajectory): rank agreement and relative errors.
+
+  Args:
+    reference: ``(n,)`` P(x, α) of the every-step ledger.
+    estimate: ``(n,)`` P(x, α) of the estimate (same examples, same order).
+
+  Returns:
+    ``{"spearman", "max_relative_error", "median_relative_error"}``; relative errors |est − ref| / ref over
+    the examples with ref > 0.
+
+  Examples:
+    >>> e = ledger_error([1.0, 2.0, 4.0], [1.1, 1.8, 4.0])
+    >>> round(e["spearman"], 3), round(e["max_relative_error"], 3), round(e["median_relative_error"], 3)
+    (1.0, 0.1, 0.1)
+  """
+  ref, est = np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
+  if ref.shape != est.shape or ref.ndim != 1:
+    raise ValueError(f"reference and estimate must be 1-D of the same length, got {ref.shape} and {est.shape}")
+  positive = ref > 0
+  rel = np.abs(est[positive] - ref[positive]) / ref[positive]
+  return {
+    "spearman": spearman_where_defined(ref, est),
+    "max_relative_error": float(np.max(rel)) if rel.size else float("nan"),
+    "median_relative_error": float(np.median(rel)) if rel.size else float("nan"),
+  }

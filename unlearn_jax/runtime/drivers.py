@@ -437,6 +437,7 @@ def unlearn(
   clip_norm: float | None = None,
   weight_decay: float = 0.0,
   projection_radius: float | None = None,
+  batch_size: int | None = None,
   num_seeds: int | None = None,
   params_per_seed: bool = False,
   data_mask: ArrayLike | None = None,
@@ -476,6 +477,8 @@ def unlearn(
     clip_norm: per-example clip C (None: no clipping).
     weight_decay: wd ≥ 0.
     projection_radius: R of the projection Π_R (None: none).
+    batch_size: B for shuffled-minibatch fine-tuning (rows of ``data_mask`` = 0 never count; a batch
+      holds the retain rows among its B), as minibatch training; None: full-batch fine-tuning.
     num_seeds, params_per_seed, data_mask, steps_per_chunk, history_stride, eval_fn, checkpoint_dir,
       checkpoint_every, resume, progress, norm_method, chunk_size, mesh, reduction_blocks: as in
       :func:`train`.
@@ -528,6 +531,7 @@ def unlearn(
     chunk_size=chunk_size,
     reduction_blocks=reduction_blocks,
     options=dict(options),
+    batch_size=batch_size,
   )
   algorithm, raw_hyper = method_fn(loss_fn, spec)
   hyper = {k: inputs.hyperparameter(k, v, allow_zero=True, allow_inf=True) for k, v in raw_hyper.items()}

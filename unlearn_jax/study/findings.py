@@ -13,7 +13,7 @@ from unlearn_jax.evaluate.statistics import spearman_where_defined
 from unlearn_jax.study.stages import Certificates
 from unlearn_jax.study.unlearning import MethodResult, SetResult
 
-__all__ = ["Correlations", "claim_d", "correlate", "findings", "harder_groups"]
+__all__ = ["Correlations", "claim_d", "claim_e", "correlate", "findings", "harder_groups"]
 
 
 class Correlations(NamedTuple):
@@ -128,7 +128,7 @@ def _claim_c(by: dict, method: str, grid_end: int) -> dict[str, Any] | None:
 def findings(
   corr: Correlations, sets: list[SetResult], methods: tuple[str, ...], privacy: dict[str, Any], grid_end: int
 ) -> dict[str, Any]:
-  """The claims (a)–(d), each with its measured values and a verdict (holds / does not)."""
+  """The claims (a)–(e), each with its measured values and a verdict (holds / does not)."""
   by = {(r.forget_set.label, m.method): m for r in sets for m in r.methods}
   b_rows = {m: row for m in methods if (row := _claim_b(by, m, grid_end)) is not None}
   c_rows = {m: row for m in methods if (row := _claim_c(by, m, grid_end)) is not None}
@@ -139,6 +139,23 @@ def findings(
     "c_privacy_loss_sets_at_least_as_hard_as_metric_sets": c_rows
     or {"verdict": "not measured (needs privacy_loss:top and <metric>:top selections)"},
     "d_certified_below_worst_case": claim_d(privacy),
+    "e_barrier_grows_with_privacy_loss": {m: claim_e(sets, i) for i, m in enumerate(methods)},
+  }
+
+
+def claim_e(sets: list[SetResult], method_index: int) -> dict[str, Any]:
+  """Claim (e): higher privacy loss, larger loss barrier — judged on each set's barrier minus its floor
+  (the oracle-vs-oracle barrier of the same set), as a Spearman correlation over the forget sets."""
+  p = [r.mean_privacy_loss for r in sets]
+  excess = [r.methods[method_index].loss_barrier - r.oracle.barrier for r in sets]
+  rho = spearman_where_defined(p, excess) if len(sets) >= 3 else math.nan
+  verdict = "not measured (fewer than 3 forget sets)" if math.isnan(rho) else "holds" if rho > 0 else "does not hold"
+  return {
+    "verdict": verdict,
+    "spearman_privacy_loss_vs_excess_barrier": rho,
+    "num_sets": len(sets),
+    "excess_barrier": {r.forget_set.label: e for r, e in zip(sets, excess)},
+    "note": "excess barrier = loss barrier (trained vs oracles) − oracle-vs-oracle barrier of the same set",
   }
 
 

@@ -365,12 +365,21 @@ def _md_findings(report: Mapping[str, Any]) -> list[str]:
         + "."
       ]
   d = f["d_certified_below_worst_case"]
-  return lines + [
-    f"- **(d) Certified steps below the worst case for most examples: {d['verdict']}** "
-    f"({100 * d['fraction_below']:.1f}% below K = {_md_num(d['worst_case_steps'])}; median certified "
-    f"{_md_num(d['certified_median'])}; {'; '.join(d['assumptions'])}).",
-    "",
-  ]
+  return (
+    lines
+    + [
+      f"- **(d) Certified steps below the worst case for most examples: {d['verdict']}** "
+      f"({100 * d['fraction_below']:.1f}% below K = {_md_num(d['worst_case_steps'])}; median certified "
+      f"{_md_num(d['certified_median'])}; {'; '.join(d['assumptions'])}).",
+    ]
+    + [
+      f"- **(e) Higher privacy loss, larger loss barrier over its floor ({method}): {e['verdict']}** "
+      f"(Spearman over {e['num_sets']} forget sets of mean P vs barrier − oracle-vs-oracle barrier "
+      f"{_md_num(e['spearman_privacy_loss_vs_excess_barrier'])})."
+      for method, e in f.get("e_barrier_grows_with_privacy_loss", {}).items()
+    ]
+    + [""]
+  )
 
 
 def _figure_caption(name: str) -> str:

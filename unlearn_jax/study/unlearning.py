@@ -176,6 +176,7 @@ def _method(
     data_mask=mask,
     steps_per_chunk=max(1, min(100, grid[-1] or 1)),
     history_stride=max(1, (grid[-1] or 1) // 10),
+    batch_size=tr.batch_size if tr.mode == "shuffled" else None,  # fine-tune as the model was trained
     **uc.options(method),
   )
   if method == "sgld":
