@@ -291,3 +291,30 @@ def test_minibatch_fine_tuning_never_reads_the_forget_rows():
   for la, lb, lf in zip(jax.tree.leaves(a.recorded), jax.tree.leaves(b.recorded), jax.tree.leaves(full.recorded)):
     assert np.asarray(la).tobytes() == np.asarray(lb).tobytes()
     assert not np.allclose(np.asarray(la)[1:], np.asarray(lf)[1:])  # minibatches, not the full retain set
+
+
+def test_shuffled_worst_case_grows_by_one_step_worst_per_epoch():
+  # every example sits in exactly one batch per epoch, so no example's loss can exceed the per-step
+  # worst case times the number of epochs; the ledger's worst case is that bound (it was n // B times it)
+  data, p = _problem(n=24)
+  p = jax.tree.map(lambda v: np.asarray(v, np.float32), p)
+  data = (np.asarray(data[0], np.float32), data[1])
+  C, eta, tau, B = 0.5, 0.1, 1e-3, 6
+  res = uj.train(
+    mlp_loss,
+    p,
+    data,
+    num_steps=12,
+    key=jax.random.key(0),
+    step_size=eta,
+    temperature=tau,
+    mode="shuffled",
+    batch_size=B,
+    clip_norm=C,
+    accounting=accounting.accountant(ORDERS),
+    progress=False,
+  )
+  epochs = 12 // (24 // B)
+  per_step = np.asarray(ORDERS) * eta * (2 * C) ** 2 / (4 * tau * (B - 1) ** 2)  # ‖g_i − ĝ‖ ≤ 2C, §2a
+  np.testing.assert_allclose(np.asarray(res.ledger.worst_case), epochs * per_step, rtol=1e-5)
+  assert np.all(np.asarray(res.ledger.realized) <= np.asarray(res.ledger.worst_case)[None, :] * (1 + 1e-6))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
 import tempfile
 import time
 from typing import Any
@@ -175,8 +174,8 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
     produced.add(report.write_report_md(out / "report.md", result, ctx.timings))
     produced.add(out / "report.json")
     removed = _remove_stale_outputs(out, produced)
-    if removed and progress:
-      print(f"[unlearn-jax] removed {len(removed)} output(s) of an earlier run: {', '.join(removed)}", file=sys.stderr)
+    if removed:
+      ctx.stage(f"removed {len(removed)} output(s) of an earlier run: {', '.join(removed)}")
     report.write_report_json(out / "report.json", result)
     return result
   finally:

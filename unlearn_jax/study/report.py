@@ -271,9 +271,9 @@ def _md_forget_sets(report: Mapping[str, Any]) -> list[str]:
   lines = [
     "## Forget sets",
     "",
-    "Empirical steps: first step of the grid where the median (over the set) symmetric KL between "
-    "unlearned and oracle seeds falls to the oracle-vs-oracle floor (THEORY §6); `> N` = not within "
-    "the grid. Barrier: original vs oracle on the forget set (mean over paired seeds).",
+    "Empirical steps: first step of the grid from which on the median (over the set) symmetric KL "
+    "between unlearned and oracle seeds stays at or below the oracle-vs-oracle floor (THEORY §6); `> N` "
+    "= not within the grid. Barrier: original vs oracle on the forget set (mean over paired seeds).",
     "",
     _md_table(
       [
