@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from unlearn_jax import data
+from unlearn_jax.study import Config, pipeline
 
 FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
@@ -129,3 +130,24 @@ def test_the_installed_fashion_mnist_files():
   assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
   assert np.bincount(ds.y_train).tolist() == [6000] * 10 and np.bincount(ds.y_test).tolist() == [1000] * 10
   assert 0.0 <= float(ds.x_train.min()) and float(ds.x_train.max()) == 1.0
+
+
+@pytest.mark.slow  # the shipped Fashion-MNIST config, shrunk, end to end on an IDX fixture (~30 s)
+def test_fashion_mnist_config_runs_end_to_end_on_an_idx_fixture(tmp_path):
+  _write_set(tmp_path / "idx", n_train=300, n_test=60, rows=28, cols=28)
+  cfg = Config.from_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist.toml").replace(
+    out_dir=str(tmp_path / "out"),
+    data__data_dir=str(tmp_path / "idx"),
+    data__num_train=200,
+    training__num_steps=40,
+    training__num_seeds=4,
+    forget_sets__size=8,
+    forget_sets__privacy_loss_bins=2,
+    unlearning__num_seeds=4,
+    unlearning__step_grid=[0, 10],
+    unlearning__retrain_steps=40,
+  )
+  report = pipeline.run(cfg)
+  assert report["config"]["data"]["name"] == "fashion_mnist" and report["training"]["num_seeds"] == 4
+  assert (tmp_path / "out" / "report.json").is_file() and len(report["forget_sets"]) == 2 * (5 + 2)
+  assert "e_barrier_grows_with_privacy_loss" in report["findings"]
