@@ -335,7 +335,8 @@ class CrossEntropyLoss:
     if _checks._is_traced(y) or _checks._is_traced(x):
       return
     try:
-      num_classes = jax.eval_shape(self.apply_fn, params, jnp.asarray(x)[0]).shape[-1]
+      one = jax.ShapeDtypeStruct(tuple(np.shape(x))[1:], jnp.result_type(x))  # shapes only: no copy of x
+      num_classes = jax.eval_shape(self.apply_fn, params, one).shape[-1]
     except Exception:  # noqa: BLE001 - params of another layout (per seed): the range is checked per call
       num_classes = None
     _checks.check_labels(f"{name} labels y", y, num_classes)
