@@ -428,8 +428,7 @@ def _shuffled_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
     )
     # an example sits in one batch per epoch: the worst case grows by one step's worst per epoch (it grew
     # by one per step, n // B times too much: 186,000 against a saturated maximum of ~1,000 on Fashion-MNIST)
-    if m < n:
-      worst = worst / _steps_per_epoch(s, n)
+    worst = worst / _steps_per_epoch(s, n)
     ledger = acc.ledger_add_rows(ledger, g.indices, rows_costs, worst, weight=ctx.stride, accounted=ctx.accounted)
     costs = _scatter(n, g.indices, rows_costs)
   loss, mean_norm = _summary(ctx, losses, norms, weights)
