@@ -8,7 +8,12 @@ import importlib
 import pathlib
 import re
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+import unlearn_jax as uj
+from unlearn_jax import accounting
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
@@ -70,3 +75,18 @@ def test_modules_and_functions_stay_within_the_size_guide():
         long_functions.append((rel, node.name, _body_lines(node)))
   assert not long_modules, long_modules
   assert not long_functions, long_functions
+
+
+def test_readme_claim_step_arguments_never_recompile():
+  # README: "step size, temperature, clip norm, weight decay and projection radius are array arguments
+  # of the step, so changing them never recompiles" (the mode, q, B and the accounting are structure).
+  loss_fn = lambda w, ex: 0.5 * (ex[0] @ w - ex[1]) ** 2  # noqa: E731
+  data = (jnp.arange(12.0).reshape(6, 2), jnp.ones(6))
+  alg = uj.sgld(loss_fn, clip_norm=1.0, accounting=accounting.accountant((2.0, 4.0)))
+  step = jax.jit(alg.step)
+  state = alg.init(jnp.zeros(2), 6)
+  for i, (eta, tau, c, wd, r) in enumerate(
+    [(0.1, 1e-3, 1.0, 0.0, 5.0), (0.05, 1e-2, 3.0, 1e-2, 2.0), (1.0, 1.0, 0.5, 1.0, 9.0)]
+  ):
+    state, _ = step(state, data, jax.random.key(i), eta, tau, clip_norm=c, weight_decay=wd, projection_radius=r)
+  assert step._cache_size() == 1

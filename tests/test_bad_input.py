@@ -888,6 +888,7 @@ def test_cli_output_dir_holding_another_run_is_a_clean_error(tmp_path, capsys):
   err = capsys.readouterr().err
   assert code == cli.EXIT_OUTPUT, err
   assert str(out) in err and "different run" in err, err
+  assert "pass --fresh" in err and "resume=False" not in err and "fresh=True" not in err, err  # the CLI's words
   assert "Traceback" not in err, err
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -237,3 +238,31 @@ def test_devices_option_on_forced_cpu_devices(tmp_path):
     timeout=300,
   )
   assert res.returncode == cli.EXIT_CONFIG and "'devices'" in res.stderr and "2 cpu device" in res.stderr
+
+
+def test_progress_in_steps_resume_message_and_fresh(tmp_path, capsys):
+  """A run shows progress in steps with elapsed<remaining time; a rerun says from which step it resumes;
+  --fresh discards the checkpoints and starts over; another run's checkpoints are refused naming --fresh."""
+  cfg = tmp_path / "c.toml"
+  cfg.write_text(_TINY_TOML.format(steps=200).replace('names = ["loss"]', 'names = ["loss"]\n'))
+  out = tmp_path / "out"
+  argv = ["run", "--config", str(cfg), "--out", str(out)]
+  code, _, err = _run_main(argv, capsys)
+  assert code == 0, err
+  lines = err.replace("\r", "\n").splitlines()
+  bars = [ln for ln in lines if re.match(r"train: +\d+%\|.*\| [1-9]\d*/200 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+step/s\]", ln)]
+  assert bars, lines  # steps done/total (across seeds), elapsed<remaining, the rate in steps
+  assert any(re.match(r"oracles and unlearning: .*\| \d+/\d+ \[", ln) for ln in lines), lines
+  assert not any("resuming" in ln for ln in lines)
+
+  code, _, err = _run_main(argv, capsys)
+  assert code == 0, err
+  assert "train: resuming from step 200 of 200" in err
+
+  code, _, err = _run_main(argv + ["--fresh"], capsys)
+  assert code == 0, err
+  assert "fresh run: removed the checkpoints of an earlier run" in err and "resuming" not in err
+
+  cfg.write_text(_TINY_TOML.format(steps=150))  # another config, same --out: its checkpoints are foreign
+  code, _, err = _run_main(argv + ["--quiet"], capsys)
+  assert code == cli.EXIT_OUTPUT and "different run" in err and "pass --fresh" in err, err

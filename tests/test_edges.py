@@ -196,7 +196,7 @@ def test_rerun_removes_stale_outputs_and_report_json_is_written_last(tmp_path, m
   assert (out / "report.json").is_file() and report["forget_sets"]
   assert not any(p.exists() for p in stale)
   assert victim.read_text() == "keep me" and not (out / "per_example.csv").is_symlink()
-  assert (out / "params" / "trained.npz").is_file() and (out / "params" / "oracle_0.npz").is_file()
+  assert (out / "params" / "trained.msgpack").is_file() and (out / "params" / "forget_set_0.msgpack").is_file()
   assert not list(out.glob(".*.tmp*")), "temporary files left"
   # report.json is written after every other output
   mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from unlearn_jax import data, models
+from unlearn_jax import data
 from unlearn_jax import study as experiment
 from unlearn_jax.runtime import checkpoint
-from unlearn_jax.study import Config, ConfigError
+from unlearn_jax.study import Config, ConfigError, stages, unlearning
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -178,12 +179,73 @@ def _tiny(out_dir, **overrides):
   return Config.from_dict(raw)
 
 
+IN_MEMORY = {}  # the parameter trees the tiny run held at its end, captured from its stages
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("tiny")
   cfg = _tiny(out)
-  report = experiment.run(cfg)
+  train, unlearn = stages.train_with_ledger, unlearning.unlearn_forget_sets
+
+  def capture_train(*args, **kwargs):
+    trained = train(*args, **kwargs)
+    IN_MEMORY["trained"] = jax.device_get(trained.params)
+    return trained
+
+  def capture_unlearn(*args, **kwargs):
+    sets, start = unlearn(*args, **kwargs)
+    IN_MEMORY["sets"] = [(r.oracle.params, {m.method: m.params for m in r.methods}) for r in sets]
+    return sets, start
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(stages, "train_with_ledger", capture_train)
+    mp.setattr(unlearning, "unlearn_forget_sets", capture_unlearn)
+    report = experiment.run(cfg)
   return cfg, out, report
+
+
+def _bitwise_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b), (jax.tree.structure(a), jax.tree.structure(b))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    assert x.tobytes() == y.tobytes()
+
+
+def test_load_restores_every_parameter_tree_bitwise(tiny_run):
+  cfg, out, report = tiny_run
+  loaded = experiment.load(out)
+  assert loaded.report == report
+  _bitwise_equal(loaded.trained, IN_MEMORY["trained"])
+  assert jax.tree.leaves(loaded.trained)[0].shape[0] == cfg.training.num_seeds
+  rows = {entry["selection"]: entry for entry in report["forget_sets"]}  # one row per set and method
+  assert len(loaded.forget_sets) == len(rows) == len(IN_MEMORY["sets"])
+  for fs, rep, (oracles, unlearned) in zip(loaded.forget_sets, rows.values(), IN_MEMORY["sets"]):
+    assert fs["label"] == rep["selection"]
+    np.testing.assert_array_equal(fs["indices"], rep["indices"])
+    _bitwise_equal(fs["oracles"], oracles)
+    _bitwise_equal(fs["unlearned"], unlearned)
+    assert sorted(fs["unlearned"]) == sorted(cfg.unlearning.methods)
+    assert jax.tree.leaves(fs["oracles"])[0].shape[0] == cfg.unlearning.num_seeds
+  cols = _csv_columns(out / "per_example.csv")
+  assert sorted(loaded.per_example) == sorted(cols)
+  for name, col in cols.items():
+    np.testing.assert_array_equal(loaded.per_example[name], col)
+  assert loaded.per_example["label"].dtype == np.int64
+
+
+def test_load_refuses_an_unfinished_run_and_a_tampered_file(tiny_run, tmp_path):
+  _, out, _ = tiny_run
+  with pytest.raises(FileNotFoundError, match="report.json"):
+    experiment.load(tmp_path)
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoints"))
+  blob = bytearray((copy / "params" / "forget_set_0.msgpack").read_bytes())
+  blob[-3] ^= 0xFF
+  (copy / "params" / "forget_set_0.msgpack").write_bytes(bytes(blob))
+  with pytest.raises(checkpoint.CheckpointError, match="forget_set_0"):
+    experiment.load(copy)
 
 
 def _csv_columns(path):
@@ -278,21 +340,18 @@ def test_forget_sets_are_the_selected_examples(tiny_run):
 
 
 def test_loss_barrier_recomputed_from_saved_params(tiny_run):
-  """Recompute the original-vs-oracle barrier of forget set 0 in float64 NumPy from params/*.npz."""
+  """Recompute the original-vs-oracle barrier of forget set 0 in float64 NumPy from the saved params."""
 
   cfg, out, report = tiny_run
   ds = data.load_digits(seed=cfg.seed, n_train=150, n_test=60)
   fs = report["forget_sets"][0]
   idx = np.asarray(fs["indices"])
   xf, yf = np.asarray(ds.x_train, np.float64)[idx], np.asarray(ds.y_train)[idx]
-  model = models.mlp(hidden_sizes=(16,), num_classes=10)
-  treedef = jax.tree.structure(model.init_fn(jax.random.key(0), xf[0]))
-  trained = np.load(out / "params" / "trained.npz")
-  oracle = np.load(out / "params" / "oracle_0.npz")
+  loaded = experiment.load(out)  # the restored pytrees: trained chains (S, ...) and oracles (R, ...)
   R = cfg.unlearning.num_seeds
 
-  def seed_params(npz, r):
-    return jax.tree.unflatten(treedef, [np.asarray(npz[f"leaf_{i}"][r], np.float64) for i in range(len(npz.files))])
+  def seed_params(tree, r):
+    return jax.tree.map(lambda leaf: np.asarray(leaf[r], np.float64), tree)
 
   def mean_loss(params):
     # The MLP forward pass written out in NumPy: Dense -> ReLU -> Dense (flax Dense kernels are (in, out)).
@@ -310,7 +369,9 @@ def test_loss_barrier_recomputed_from_saved_params(tiny_run):
   lambdas = np.linspace(0, 1, cfg.evaluation.barrier_points)
   barriers = []
   for r in range(R):
-    pa, pb = seed_params(trained, r), seed_params(oracle, r)
+    # unlearning chain r starts from trained chain r mod S
+    pa = seed_params(loaded.trained, r % cfg.training.num_seeds)
+    pb = seed_params(loaded.forget_sets[0]["oracles"], r)
     la, lb = mean_loss(pa), mean_loss(pb)
     curve = [
       mean_loss(jax.tree.map(lambda u, v: (1 - t) * u + t * v, pa, pb)) - ((1 - t) * la + t * lb) for t in lambdas

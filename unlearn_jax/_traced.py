@@ -137,6 +137,7 @@ RULES: dict[str, Callable[[Any], Condition]] = {
   "lsi_constant": positive,
   "m": positive,
   "denominator": positive,
+  "batch_size": positive,
   "num_examples": positive,
   "noise_std": functools.partial(positive, **_INF_OK),
   "noise_multiplier": functools.partial(positive, **_INF_OK),

@@ -1,7 +1,9 @@
 """Figures of the unlearning study; matplotlib is an optional extra (``pip install .[plots]``).
 
-Every function takes plain arrays (NumPy or JAX) and an output path, draws one figure with matplotlib's
-object API (no global backend is set, no pyplot state is kept), writes it as PNG and returns the path.
+Every function takes plain arrays (NumPy or JAX), draws one panel with matplotlib's object API (no global
+backend is set, no pyplot state is kept) and returns the matplotlib ``Figure``, to adapt or save as you
+like. Given a ``path`` it also writes the figure there as PNG (atomically, with fixed metadata: equal
+inputs give equal bytes); given ``ax=`` it draws into that axes of your own figure instead of a new one.
 Without matplotlib the module still imports, and drawing raises an ``ImportError`` that says how to
 install it.
 """
@@ -62,6 +64,23 @@ def _log_x(ax: Any, values: np.ndarray, label: str) -> None:
     ax.set_xlabel(label + " (all 0: linear scale)")
 
 
+def _panel(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+  """(figure, axes): a new figure with one axes, or the figure of the caller's ``ax``."""
+  if ax is None:
+    fig = require_matplotlib()(figsize=figsize)
+    return fig, fig.subplots()
+  require_matplotlib()
+  if not hasattr(ax, "figure") or not hasattr(ax, "scatter"):
+    raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+  return ax.figure, ax
+
+
+def _finish(fig: Any, path: str | os.PathLike | None) -> Any:
+  if path is not None:
+    _save(fig, path)
+  return fig
+
+
 def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(path)
   if path.suffix.lower() != ".png":
@@ -73,33 +92,39 @@ def _save(fig: Any, path: str | os.PathLike) -> pathlib.Path:
 
 
 def privacy_loss_histogram(
-  privacy_loss: ArrayLike, path: str | os.PathLike, *, order: float | None = None, num_bins: int = 40
-) -> pathlib.Path:
+  privacy_loss: ArrayLike,
+  path: str | os.PathLike | None = None,
+  *,
+  ax: Any = None,
+  order: float | None = None,
+  num_bins: int = 40,
+) -> Any:
   """Histogram of the per-example privacy losses on log-spaced bins (log x axis).
 
   Zero losses cannot sit on a log axis: they are counted in the title.
 
   Args:
     privacy_loss: (n,) non-negative per-example P(x, α).
-    path: output ``.png``.
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
     order: the order α of the losses (for the axis label).
     num_bins: number of log-spaced bins.
 
   Returns:
-    The path written.
+    The matplotlib ``Figure``.
 
   Examples:
     >>> import tempfile, numpy as np
-    >>> p = privacy_loss_histogram(np.geomspace(0.1, 10, 50), tempfile.mkdtemp() + "/h.png", order=8.0)
-    >>> p.exists()
-    True
+    >>> path = tempfile.mkdtemp() + "/h.png"
+    >>> fig = privacy_loss_histogram(np.geomspace(0.1, 10, 50), path, order=8.0)
+    >>> type(fig).__name__, os.path.exists(path)
+    ('Figure', True)
   """
   p = _vector("privacy_loss", privacy_loss)
   if np.any(~np.isfinite(p)) or np.any(p < 0):
     raise ValueError("privacy_loss must be finite and non-negative")
   positive = p[p > 0]
-  fig = require_matplotlib()(figsize=(6, 4))
-  ax = fig.subplots()
+  fig, ax = _panel(ax, (6, 4))
   if positive.size:
     lo, hi = positive.min(), positive.max()
     if hi <= lo:
@@ -117,48 +142,52 @@ def privacy_loss_histogram(
   if positive.size:
     title += f"\nmax/min = {positive.max() / positive.min():.3g}"
   ax.set_title(title)
-  return _save(fig, path)
+  return _finish(fig, path)
 
 
 def certified_vs_worst_case(
   privacy_loss: ArrayLike,
   certified_steps: ArrayLike,
   worst_case_steps: float,
-  path: str | os.PathLike,
+  path: str | os.PathLike | None = None,
   *,
+  ax: Any = None,
   label: str = "",
-) -> pathlib.Path:
+  retrain_steps: float | None = None,
+) -> Any:
   """Per-example certified steps to unlearn against privacy loss, with the worst-case K as a line.
 
   Args:
     privacy_loss: (n,) P(x, 4α) per example (x axis, log scale).
     certified_steps: (n,) certified k*(x) (inf where no k certifies; drawn at the top edge).
     worst_case_steps: the worst-case baseline's K for removing one example (one number for all).
-    path: output ``.png``.
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
     label: a note on the constants (e.g. "assumed C_LSI = 0.02"), shown in the title.
+    retrain_steps: the steps of retraining from scratch (the training run's length), a dashed line: a
+      certificate above it costs more than retraining.
 
   Returns:
-    The path written.
+    The matplotlib ``Figure``.
 
   Examples:
-    >>> import tempfile, numpy as np
+    >>> import numpy as np
     >>> p = np.geomspace(0.1, 10, 30)
-    >>> out = certified_vs_worst_case(p, np.ceil(10 * np.log1p(p)), 80.0, tempfile.mkdtemp() + "/c.png")
-    >>> out.exists()
-    True
+    >>> fig = certified_vs_worst_case(p, np.ceil(10 * np.log1p(p)), 80.0, retrain_steps=20)
+    >>> [text.get_text() for text in fig.axes[0].get_legend().get_texts()][-1]
+    'retraining from scratch: 20 steps (10% of certificates cost more)'
   """
   p = _vector("privacy_loss", privacy_loss)
   k = _vector("certified_steps", certified_steps)
   if p.shape != k.shape:
     raise ValueError(f"privacy_loss and certified_steps must have the same shape, got {p.shape} and {k.shape}")
-  fig = require_matplotlib()(figsize=(6, 4))
-  ax = fig.subplots()
+  fig, ax = _panel(ax, (6, 4))
   finite = np.isfinite(k)
   below = float(np.mean(k[finite] < worst_case_steps)) if finite.any() else 0.0
   xs = np.where(p > 0, p, np.nan) if np.any(p > 0) else p
   ax.scatter(xs[finite], k[finite], s=6, alpha=0.6, label="per-instance certified k*(x)")
+  top = np.nanmax(np.where(finite, k, np.nan)) if finite.any() else 1.0
   if (~finite).any():
-    top = np.nanmax(np.where(finite, k, np.nan)) if finite.any() else 1.0
     ax.scatter(
       xs[~finite],
       np.full((~finite).sum(), top * 1.05),
@@ -171,49 +200,67 @@ def certified_vs_worst_case(
     ax.axhline(
       worst_case_steps, color="tab:orange", linewidth=2, label=f"worst case (Chien et al.) K = {worst_case_steps:.0f}"
     )
+  if retrain_steps is not None:
+    above = float(np.mean(~finite | (k > retrain_steps)))
+    ax.axhline(
+      retrain_steps,
+      color="k",
+      linestyle="--",
+      linewidth=1.2,
+      label=f"retraining from scratch: {retrain_steps:g} steps ({100 * above:.0f}% of certificates cost more)",
+    )
+  shown = [v for v in (*k[finite], worst_case_steps, retrain_steps or 0) if v is not None and 0 < v < math.inf]
+  if shown and max(shown) > 10 * min(shown):  # certificates, K and the training length differ by orders
+    ax.set_yscale("log")
   _log_x(ax, p, "privacy loss P(x, 4α)")
-  ax.set_ylabel("steps to unlearn one example")
+  ax.set_ylabel("steps to unlearn one example" + (" (log scale)" if ax.get_yscale() == "log" else ""))
   title = f"Certified per-instance vs worst-case steps: {100 * below:.0f}% of examples below K"
   if label:
     title += "\n" + label
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8)
-  return _save(fig, path)
+  ax.legend(fontsize=7)
+  return _finish(fig, path)
 
 
 def empirical_steps_by_privacy_loss(
   group_privacy_loss: ArrayLike,
   steps: Mapping[str, ArrayLike],
-  path: str | os.PathLike,
+  path: str | os.PathLike | None = None,
   *,
+  ax: Any = None,
   group_labels: Sequence[str] | None = None,
   grid_end: float | None = None,
-) -> pathlib.Path:
+) -> Any:
   """Empirical steps to unlearn of forget sets against their privacy loss, one line per method.
+
+  Each method's sets are joined in the order of their privacy loss; a set not unlearned within the grid
+  is drawn above ``grid_end`` with an open triangle. Sets are numbered at their points (1, 2, ... in the
+  order given) and named in a key beside the axes, so long names never overlap.
 
   Args:
     group_privacy_loss: (G,) mean privacy loss of each forget set (x axis, log scale).
-    steps: method -> (G,) empirical steps to unlearn of each set (inf: not unlearned within the grid,
-      drawn above ``grid_end`` with an open marker).
-    path: output ``.png``.
-    group_labels: (G,) names of the forget sets, written next to the points.
+    steps: method -> (G,) empirical steps to unlearn of each set (inf: not unlearned within the grid).
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
+    group_labels: (G,) names of the forget sets, for the key.
     grid_end: last step of the recorded grid (a dotted line).
 
   Returns:
-    The path written.
+    The matplotlib ``Figure``.
 
   Examples:
-    >>> import tempfile, numpy as np
-    >>> out = empirical_steps_by_privacy_loss([0.5, 2.0, 9.0], {"sgld": [0, 100, np.inf]},
-    ...                                       tempfile.mkdtemp() + "/e.png", grid_end=800)
-    >>> out.exists()
-    True
+    >>> import numpy as np
+    >>> fig = empirical_steps_by_privacy_loss([0.5, 2.0, 9.0], {"sgld": [0, 100, np.inf]}, grid_end=800,
+    ...                                       group_labels=["bottom", "random", "top"])
+    >>> [len(line.get_xdata()) for line in fig.axes[0].get_lines() if line.get_label() == "sgld"]
+    [3]
   """
   x = _vector("group_privacy_loss", group_privacy_loss)
   if not steps:
     raise ValueError("steps must map at least one method to its steps")
-  fig = require_matplotlib()(figsize=(6.5, 4.2))
-  ax = fig.subplots()
+  if group_labels is not None and len(group_labels) != x.size:
+    raise ValueError(f"group_labels must have {x.size} entries, got {len(group_labels)}")
+  fig, ax = _panel(ax, (8, 4.2) if group_labels is not None else (6.5, 4.2))
   order = np.argsort(x)
   finite_all = [v for s in steps.values() for v in np.asarray(s, float) if np.isfinite(v)]
   cap = grid_end if grid_end is not None else (max(finite_all) if finite_all else 1.0)
@@ -222,57 +269,47 @@ def empirical_steps_by_privacy_loss(
     s = _vector(f"steps[{method!r}]", s)
     if s.shape != x.shape:
       raise ValueError(f"steps[{method!r}] must have shape {x.shape}, got {s.shape}")
-    drawn = np.where(np.isfinite(s), s, cap_draw)
-    offset = 1.0 + 0.06 * (j - (len(steps) - 1) / 2)  # small horizontal jitter so methods don't overlap
+    drawn = np.where(np.isfinite(s), s, cap_draw)[order]
+    xj = x[order] * (1.0 + 0.06 * (j - (len(steps) - 1) / 2))  # small jitter so methods don't overlap
+    line = ax.plot(xj, drawn, marker="o", markersize=5, linewidth=1.2, label=method, zorder=3)[0]
     fin = np.isfinite(s[order])
-    pts = ax.scatter((x[order] * offset)[fin], drawn[order][fin], s=30, label=method, zorder=3)
     if (~fin).any():
-      ax.scatter(
-        (x[order] * offset)[~fin],
-        drawn[order][~fin],
-        s=60,
-        marker="^",
-        facecolors="none",
-        edgecolors=pts.get_facecolor()[0],
-        zorder=3,
-      )
+      ax.scatter(xj[~fin], drawn[~fin], s=70, marker="^", facecolors="none", edgecolors=line.get_color(), zorder=4)
+    if j == 0 and group_labels is not None:
+      for rank, i in enumerate(order):
+        ax.annotate(str(i + 1), (xj[rank], drawn[rank]), fontsize=7, xytext=(4, 4), textcoords="offset points")
   if grid_end is not None:
     ax.axhline(
       grid_end, color="gray", linestyle=":", linewidth=1, label=f"grid end ({grid_end:g}); above: not unlearned"
     )
   if group_labels is not None:
-    for xi, lab, yi in zip(x, group_labels, np.asarray(list(steps.values())[0], float)):
-      ax.annotate(
-        lab,
-        (xi, cap_draw if not np.isfinite(yi) else yi),
-        fontsize=7,
-        rotation=30,
-        xytext=(3, 3),
-        textcoords="offset points",
-      )
+    key = "\n".join(f"{i + 1}: {name}" for i, name in enumerate(group_labels))
+    ax.text(1.02, 1.0, "forget sets\n" + key, transform=ax.transAxes, va="top", ha="left", fontsize=7)
   _log_x(ax, x, "mean privacy loss of the forget set")
   ax.set_ylabel("empirical steps to unlearn")
-  ax.set_title("Empirical steps to unlearn vs privacy loss of the forget set")
-  ax.legend(fontsize=8)
-  return _save(fig, path)
+  ax.set_title("Empirical steps to unlearn vs privacy loss of the forget set", fontsize=10)
+  ax.legend(fontsize=7)
+  return _finish(fig, path)
 
 
 def loss_barrier_curves(
   step_grid: ArrayLike,
   barriers: Mapping[str, ArrayLike],
-  path: str | os.PathLike,
+  path: str | os.PathLike | None = None,
   *,
+  ax: Any = None,
   reference: Mapping[str, float] | None = None,
   title: str | None = None,
   ylabel: str = "loss barrier on the forget set",
   log_y: bool = False,
-) -> pathlib.Path:
+) -> Any:
   """Curves along the unlearning steps, one per forget set (loss barriers, or any per-step quantity).
 
   Args:
     step_grid: (G,) recorded unlearning steps (x axis; symlog so that step 0 is shown).
     barriers: label -> (G,) value at each recorded step (e.g. the unlearned-vs-oracle barrier).
-    path: output ``.png``.
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
     reference: label -> a reference level drawn dashed in the curve's colour (e.g. the oracle-vs-oracle
       barrier, or the noise-floor threshold).
     title: figure title.
@@ -280,19 +317,21 @@ def loss_barrier_curves(
     log_y: log-scale y axis (non-positive values are clipped to the smallest positive one).
 
   Returns:
-    The path written.
+    The matplotlib ``Figure``.
 
   Examples:
     >>> import tempfile, numpy as np
-    >>> out = loss_barrier_curves([0, 10, 100], {"top": [1.0, 0.5, 0.1]}, tempfile.mkdtemp() + "/b.png")
-    >>> out.exists()
-    True
+    >>> from matplotlib.figure import Figure
+    >>> fig = Figure(figsize=(8, 3))
+    >>> left, right = fig.subplots(1, 2)  # draw into panels of your own figure
+    >>> _ = loss_barrier_curves([0, 10, 100], {"top": [1.0, 0.5, 0.1]}, ax=left)
+    >>> _ = loss_barrier_curves([0, 10, 100], {"top": [0.3, 0.2, 0.1]}, ax=right, title="another method")
+    >>> fig.savefig(tempfile.mkdtemp() + "/two_panels.png")
   """
   g = _vector("step_grid", step_grid)
   if not barriers:
     raise ValueError("barriers must map at least one label to a curve")
-  fig = require_matplotlib()(figsize=(6.5, 4.2))
-  ax = fig.subplots()
+  fig, ax = _panel(ax, (6.5, 4.2))
   colors = {}
   positive = [v for b in barriers.values() for v in np.asarray(b, float).ravel() if v > 0]
   positive += [v for v in (reference or {}).values() if v > 0]
@@ -313,35 +352,40 @@ def loss_barrier_curves(
   ax.set_ylabel(ylabel)
   ax.set_title(title or "Loss barrier, unlearned vs oracle, along unlearning", fontsize=10)
   ax.legend(fontsize=7, ncol=2)
-  return _save(fig, path)
+  return _finish(fig, path)
 
 
 def correlation_heatmap(
-  matrix: ArrayLike, labels: Sequence[str], path: str | os.PathLike, *, title: str = "Spearman rank correlation"
-) -> pathlib.Path:
+  matrix: ArrayLike,
+  labels: Sequence[str],
+  path: str | os.PathLike | None = None,
+  *,
+  ax: Any = None,
+  title: str = "Spearman rank correlation",
+) -> Any:
   """Heatmap of a square correlation matrix with the values written in the cells.
 
   Args:
     matrix: (m, m) correlations in [-1, 1].
     labels: (m,) row/column names.
-    path: output ``.png``.
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
     title: figure title.
 
   Returns:
-    The path written.
+    The matplotlib ``Figure``.
 
   Examples:
     >>> import tempfile, numpy as np
-    >>> out = correlation_heatmap(np.eye(2), ["a", "b"], tempfile.mkdtemp() + "/m.png")
-    >>> out.exists()
-    True
+    >>> fig = correlation_heatmap(np.eye(2), ["a", "b"])
+    >>> fig.axes[0].get_title()
+    'Spearman rank correlation'
   """
   m = np.asarray(matrix, dtype=float)
   if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
     raise ValueError(f"matrix must be square with one row per label ({len(labels)}), got shape {m.shape}")
   size = 1.0 + 0.6 * len(labels)
-  fig = require_matplotlib()(figsize=(size + 1.2, size))
-  ax = fig.subplots()
+  fig, ax = _panel(ax, (size + 1.2, size))
   im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
   ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
   ax.set_yticks(range(len(labels)), labels)
@@ -359,19 +403,26 @@ def correlation_heatmap(
       )
   fig.colorbar(im, ax=ax, fraction=0.046)
   ax.set_title(title, fontsize=10)
-  return _save(fig, path)
+  return _finish(fig, path)
+
+
+_MARKERS = ("o", "s", "D", "^", "v", "P", "*", "X", "<", ">")
+_COLORS = tuple(
+  f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")
+)
 
 
 def membership_vs_certified(
   certified_epsilon: ArrayLike,
   membership_epsilon: ArrayLike,
-  path: str | os.PathLike,
+  path: str | os.PathLike | None = None,
   *,
+  ax: Any = None,
   labels: Sequence[str] | None = None,
   point_estimates: ArrayLike | None = None,
   cap: float | None = None,
   num_models: int | None = None,
-) -> pathlib.Path:
+) -> Any:
   """Membership ε lower bounds against certified (ε, δ) upper bounds, with the line y = x.
 
   A sound certificate keeps every lower bound on or below the diagonal.
@@ -379,20 +430,23 @@ def membership_vs_certified(
   Args:
     certified_epsilon: (m,) certified upper bound of each point (inf drawn at the right edge).
     membership_epsilon: (m,) lower bound of each point (``evaluation.membership_lower_bound``).
-    path: output ``.png``.
-    labels: (m,) group of each point (one colour per distinct label).
-    point_estimates: (m,) the uncorrected point estimates, drawn grey and labelled as not bounds.
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
+    labels: (m,) group of each point (one colour and marker per distinct label, hollow and of nested
+      sizes so that a group drawn over another still shows).
+    point_estimates: (m,) the uncorrected point estimates, drawn as faint crosses in the group's colour and
+      labelled as not bounds.
     cap: the most the models can resolve (``evaluation.membership_resolvable_cap``), a dotted line.
     num_models: models per side, for the legend.
 
   Returns:
-    The path written.
+    The matplotlib ``Figure``.
 
   Examples:
     >>> import tempfile, numpy as np
-    >>> out = membership_vs_certified([1.0, 2.0], [0.1, 0.5], tempfile.mkdtemp() + "/m.png")
-    >>> out.exists()
-    True
+    >>> fig = membership_vs_certified([1.0, 2.0], [0.1, 0.5], tempfile.mkdtemp() + "/m.png", labels=["a", "b"])
+    >>> [text.get_text() for text in fig.axes[0].get_legend().get_texts()][:2]
+    ['a (n = 1)', 'b (n = 1)']
   """
   c = _vector("certified_epsilon", certified_epsilon)
   e = _vector("membership_epsilon", membership_epsilon)
@@ -401,8 +455,7 @@ def membership_vs_certified(
   p = None if point_estimates is None else _vector("point_estimates", point_estimates)
   if p is not None and p.shape != e.shape:
     raise ValueError(f"point_estimates must have the shape of membership_epsilon {e.shape}, got {p.shape}")
-  fig = require_matplotlib()(figsize=(5.5, 4.5))
-  ax = fig.subplots()
+  fig, ax = _panel(ax, (6.5, 4.5))
   finite_c = c[np.isfinite(c)]
   shown = e if p is None else np.concatenate([e, p])
   hi = (
@@ -414,22 +467,34 @@ def membership_vs_certified(
     * 1.1
   )
   c_draw = np.where(np.isfinite(c), c, hi)
+  labels = ["lower bound"] * c.size if labels is None else list(labels)
+  if len(labels) != c.size:
+    raise ValueError(f"labels must have {c.size} entries, got {len(labels)}")
+  groups = list(dict.fromkeys(labels))
+  for g, lab in enumerate(groups):
+    sel = np.array([name == lab for name in labels])
+    marker = _MARKERS[g % len(_MARKERS)]
+    size = 40 - 25 * g / max(1, len(groups) - 1)  # nested sizes: a set drawn over another still shows
+    color = _COLORS[g % len(_COLORS)]
+    ax.scatter(
+      c_draw[sel],
+      e[sel],
+      s=size,
+      marker=marker,
+      facecolors="none",
+      edgecolors=color,
+      linewidths=1.2,
+      label=f"{lab} (n = {sel.sum()})",
+    )
+    if p is not None:
+      ax.scatter(c_draw[sel], p[sel], s=12, marker="x", color=color, alpha=0.45)
   if p is not None:
-    ax.scatter(c_draw, p, s=8, color="0.75", marker="x", label="point estimate (not a bound)")
-  if labels is None:
-    ax.scatter(c_draw, e, s=10, alpha=0.7, label="lower bound")
-  else:
-    labels = list(labels)
-    if len(labels) != c.size:
-      raise ValueError(f"labels must have {c.size} entries, got {len(labels)}")
-    for lab in dict.fromkeys(labels):
-      sel = np.array([name == lab for name in labels])
-      ax.scatter(c_draw[sel], e[sel], s=10, alpha=0.7, label=f"{lab}: lower bound")
+    ax.scatter([], [], s=12, marker="x", color="0.5", label="x: point estimate (not a bound)")
   if cap is not None:
     who = f" ({num_models} vs {num_models} models)" if num_models else ""
     ax.axhline(cap, color="k", linestyle=":", linewidth=1, label=f"resolvable cap {cap:.2f}{who}")
   ax.plot([1e-3, hi], [1e-3, hi], color="k", linewidth=1, linestyle="--", label="y = x")
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   # Certified bounds and empirical lower bounds differ by orders of magnitude: log x, symlog y.
   lo_x = max(1e-3, float(np.min(c_draw[c_draw > 0])) / 2) if np.any(c_draw > 0) else 1e-3
   ax.set_xscale("log")
@@ -437,7 +502,7 @@ def membership_vs_certified(
   ax.set_xlim(lo_x, hi * 1.5)
   ax.set_ylim(0, hi * 1.5)
   ax.set_xlabel("certified ε (upper bound, §4 as (ε, δ); log scale)")
-  ax.set_ylabel("membership ε lower bound (Clopper–Pearson, §6)")
+  ax.set_ylabel("membership ε: lower bound (hollow; Clopper–Pearson)")
   violations = int(np.sum(np.isfinite(c) & (e > c)))
   ax.set_title(f"Membership ε vs certified ε ({violations} lower bounds above the diagonal)", fontsize=10)
-  return _save(fig, path)
+  return _finish(fig, path)

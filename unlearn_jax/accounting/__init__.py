@@ -4,7 +4,9 @@
   kernels in :mod:`~unlearn_jax.accounting.sgm_fractional`);
 - :mod:`~unlearn_jax.accounting.costs`: the per-step costs ε_t(x; α) of §2a / §2b and their worst cases;
 - :mod:`~unlearn_jax.accounting.ledger`: the ledger P(x, α), the individual Rényi filter, the group bound;
-- :mod:`~unlearn_jax.accounting.conversions`: RDP → (ε, δ).
+- :mod:`~unlearn_jax.accounting.conversions`: RDP → (ε, δ);
+- :mod:`~unlearn_jax.accounting.dpsgd`: DP-SGD's noise multiplier and batch size ↔ temperature, and
+  (ε, δ) per example as DP-SGD users read it.
 
 Everything is a pure ``jax.numpy`` function: it composes under ``jit``, ``vmap`` and ``grad`` and runs
 inside the jitted training step.
@@ -19,6 +21,13 @@ from unlearn_jax.accounting.costs import (
   poisson_costs,
   poisson_worst_case_cost,
   step_costs,
+)
+from unlearn_jax.accounting.dpsgd import (
+  EpsilonReport,
+  epsilon_report,
+  format_epsilon_report,
+  noise_multiplier_from_temperature,
+  temperature_from_noise_multiplier,
 )
 from unlearn_jax.accounting.ledger import (
   AccountingConfig,
@@ -45,6 +54,11 @@ __all__ = [
   "DEFAULT_NUM_TERMS",
   "DEFAULT_ORDERS",
   "AccountingConfig",
+  "EpsilonReport",
+  "epsilon_report",
+  "format_epsilon_report",
+  "noise_multiplier_from_temperature",
+  "temperature_from_noise_multiplier",
   "Ledger",
   "accountant",
   "average_ledgers",

@@ -55,6 +55,7 @@ import numpy as np
 
 __all__ = [
   "CheckpointError",
+  "ForeignCheckpointError",
   "LockError",
   "RunLock",
   "save_checkpoint",
@@ -83,6 +84,11 @@ LOCK_NAME = ".unlearn_jax.lock"
 
 class CheckpointError(ValueError):
   """A checkpoint file is missing, truncated, corrupt, too large or does not match the expected target."""
+
+
+class ForeignCheckpointError(CheckpointError):
+  """A checkpoint directory holds the checkpoints of a different run (another configuration, data, key or
+  initial parameters): resuming from them would mix two runs."""
 
 
 class LockError(RuntimeError):

@@ -70,7 +70,7 @@ def restore(checkpoint_dir, state, fingerprint, record_steps):
       errors.append(str(e))
       continue
     if meta.get("fingerprint") != fingerprint:
-      raise ckpt_lib.CheckpointError(
+      raise ckpt_lib.ForeignCheckpointError(
         f"checkpoint_dir {checkpoint_dir!r} holds checkpoints of a different run (configuration, data, "
         "key or initial parameters differ); pass resume=False to start over there, or use another "
         "checkpoint_dir"

@@ -82,6 +82,12 @@ def _add_study_options(p: argparse.ArgumentParser, *, default_out: str | None) -
     help="directory of CIFAR-10 binary batches / SVHN .mat files; overrides data.data_dir",
   )
   p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+  p.add_argument(
+    "--fresh",
+    action="store_true",
+    help="discard the checkpoints an earlier run left in the output directory and start over (default: "
+    "resume from them when they belong to the same config, refuse them otherwise)",
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +173,7 @@ def _study(args: argparse.Namespace) -> int:
     return _error(str(e), EXIT_CONFIG)
 
   try:
-    report = pipeline.run(config, progress=not args.quiet)
+    report = pipeline.run(config, progress=not args.quiet, fresh=args.fresh)
   except config_lib.ConfigError as e:
     return _error(str(e), EXIT_CONFIG)
   except pipeline.OutputDirError as e:
@@ -177,11 +183,7 @@ def _study(args: argparse.Namespace) -> int:
   except runtime.DivergenceError as e:
     return _error(str(e), EXIT_DIVERGED)
   except checkpoint.CheckpointError as e:
-    return _error(
-      f"{e}. The output directory {config.out_dir!r} holds checkpoints this run cannot resume "
-      "from: use another --out, or delete its checkpoints/ folder to start over",
-      EXIT_OUTPUT,
-    )
+    return _error(str(e).replace("pass fresh=True (the command line's --fresh)", "pass --fresh"), EXIT_OUTPUT)
   except OSError as e:  # the outputs or checkpoints could not be written: disk full, read-only, permissions
     where = f" ({e.filename})" if e.filename else ""
     return _error(f"cannot write to the output directory {config.out_dir!r}: {e.strerror or e}{where}", EXIT_OUTPUT)

@@ -86,6 +86,7 @@ def draw_figures(
   grid: list[int],
   num_models: int,
   membership_cap: float | None,
+  retrain_steps: int,
   say: Callable[[str], None],
 ) -> dict[str, str]:
   """Draws every figure into ``out``; returns name -> file name (empty when matplotlib is missing)."""
@@ -101,6 +102,7 @@ def draw_figures(
     privacy["worst_case_steps"],
     out / "certified_vs_worst_case.png",
     label=_certificate_label(privacy),
+    retrain_steps=retrain_steps,
   )
   figs = {
     "privacy_loss_histogram": "privacy_loss_histogram.png",

@@ -8,8 +8,9 @@
 3. compute the difficulty metrics and pick forget sets by privacy loss, by each metric and at random;
 4. for each forget set: retrain the oracles, unlearn with every method recording the step grid, and
    measure distances, loss barriers and membership lower bounds (:mod:`study.unlearning`);
-5. correlate and state the findings, then write ``report.md``, ``per_example.csv``, the figures and the
-   parameters (``params/*.npz``), each atomically (temporary file, then rename); remove the outputs of an
+5. correlate and state the findings, then write ``report.md``, ``per_example.csv``, the figures and every
+   trained, oracle and unlearned parameter tree (``params/*.msgpack``, :mod:`study.saved`; read back with
+   :func:`study.load`), each atomically (temporary file, then rename); remove the outputs of an
    earlier run into the same directory that this run did not produce; write ``report.json`` last — it is
    the completion marker (deleted when a run starts, so a directory with ``report.json`` holds one
    complete run).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -30,7 +32,7 @@ import numpy as np
 from unlearn_jax import _atomic
 from unlearn_jax.evaluate import membership_resolvable_cap
 from unlearn_jax.runtime import checkpoint
-from unlearn_jax.study import figures, findings, report, stages, unlearning
+from unlearn_jax.study import figures, findings, report, saved, stages, unlearning
 from unlearn_jax.study.config import Config
 
 __all__ = ["OutputDirError", "run"]
@@ -51,22 +53,28 @@ def _prepare_out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
   return out
 
 
-def _save_params_npz(path: pathlib.Path, params: Any) -> pathlib.Path:
-  """Saves a params pytree's leaves (in ``jax.tree.leaves`` order) as ``leaf_0``, ``leaf_1``, ..."""
-  leaves = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(params))}
-  return _atomic.replace_into(path, lambda tmp: np.savez(tmp, **leaves))
-
-
-def _write_params(out: pathlib.Path, start_params: Any, sets: list[unlearning.SetResult]) -> list[pathlib.Path]:
+def _write_params(out: pathlib.Path, trained: stages.Trained, sets: list[unlearning.SetResult]) -> list[pathlib.Path]:
+  """Every trained, oracle and unlearned parameter tree, in the restoring format of :mod:`study.saved`."""
   params_dir = out / "params"
   params_dir.mkdir(exist_ok=True)
-  written = [_save_params_npz(params_dir / "trained.npz", start_params)]
+  meta = {"kind": "trained", "num_seeds": int(jax.tree.leaves(trained.params)[0].shape[0])}
+  written = [saved.save_params(params_dir / "trained.msgpack", trained.params, meta)]
   for i, r in enumerate(sets):
-    written.append(_save_params_npz(params_dir / f"oracle_{i}.npz", r.oracle.params))
+    tree = {"oracles": r.oracle.params, "unlearned": {m.method: m.params for m in r.methods}}
+    meta = {"kind": "forget_set", "label": r.forget_set.label, "indices": r.forget_set.indices.tolist()}
+    written.append(saved.save_params(params_dir / f"forget_set_{i}.msgpack", tree, meta))
   return written
 
 
-_OUTPUT_PATTERNS = ("report.json", "report.md", "per_example.csv", "timings.json", "*.png", "params/*.npz")
+_OUTPUT_PATTERNS = (
+  "report.json",
+  "report.md",
+  "per_example.csv",
+  "timings.json",
+  "*.png",
+  "params/*.msgpack",
+  "params/*.npz",  # the bare-leaf format of earlier versions
+)
 """What a study writes into its output directory (checkpoints/ is the resume state, kept)."""
 
 
@@ -85,12 +93,12 @@ def _run_stages(ctx: stages.Context) -> dict[str, Any]:
   certs = stages.certify_examples(ctx, s, trained)
   metric_values = stages.compute_metrics(ctx, s, trained)
   forget_sets = stages.select_forget_sets(ctx, certs, metric_values)
-  sets, start_params = unlearning.unlearn_forget_sets(ctx, s, trained, certs, forget_sets)
+  sets, _ = unlearning.unlearn_forget_sets(ctx, s, trained, certs, forget_sets)
   methods = tuple(config.unlearning.methods)
   corr = findings.correlate(certs, metric_values, sets, methods)
   ctx.tick("correlations")
   result = report.build_report(config, s, trained, certs, sets, corr)
-  produced = set(_write_params(ctx.out, start_params, sets))
+  produced = set(_write_params(ctx.out, trained, sets))
   produced.add(
     report.write_per_example_csv(
       ctx.out / "per_example.csv",
@@ -115,6 +123,7 @@ def _run_stages(ctx: stages.Context) -> dict[str, Any]:
     list(config.unlearning.step_grid),
     config.unlearning.num_seeds,
     cap,
+    config.unlearning.retrain_steps or config.training.num_steps,
     ctx.stage,
   )
   produced.update(ctx.out / name for name in result["figures"].values())
@@ -122,15 +131,42 @@ def _run_stages(ctx: stages.Context) -> dict[str, Any]:
   return report.jsonable(result), produced
 
 
-def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
+def _discard_checkpoints(ctx: stages.Context) -> None:
+  ckpts = ctx.out / "checkpoints"
+  if ckpts.is_symlink() or ckpts.is_file():
+    ckpts.unlink()
+  elif ckpts.is_dir():
+    shutil.rmtree(ckpts)
+  else:
+    return
+  ctx.stage(f"fresh run: removed the checkpoints of an earlier run in {ckpts}")
+
+
+def _resume_error(out: pathlib.Path, e: checkpoint.CheckpointError) -> checkpoint.CheckpointError:
+  what = (
+    "the checkpoints of a different run (configuration, data, seed or initial parameters differ)"
+    if isinstance(e, checkpoint.ForeignCheckpointError)
+    else f"checkpoints this run cannot resume from ({e})"
+  )
+  return type(e)(
+    f"the output directory {str(out)!r} holds {what} in {str(out / 'checkpoints')!r}: pass fresh=True "
+    "(the command line's --fresh) to discard them and start over, or use another output directory"
+  )
+
+
+def run(config: Config, *, progress: bool = False, fresh: bool = False) -> dict[str, Any]:
   """Runs the whole study of ``config`` and writes the report to ``config.out_dir``.
+
+  A run interrupted (Ctrl-C, SIGTERM, a crash) resumes from its checkpoints when called again with the
+  same config; ``fresh=True`` discards the checkpoints in the output directory first and starts over.
 
   The same config and seed give byte-identical ``per_example.csv`` and ``report.json`` except the
   ``created`` timestamp (wall times go to ``timings.json``).
 
   Args:
     config: a :class:`Config`.
-    progress: show progress bars and stage messages on stderr.
+    progress: show progress bars (in steps, with elapsed and remaining time) and stage messages on stderr.
+    fresh: discard the checkpoints of an earlier run in ``config.out_dir`` and start over.
 
   Returns:
     The report (the content of ``report.json``).
@@ -139,6 +175,8 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
     ConfigError: a setting that only the run can check (e.g. a missing ``privacy.lsi_constant`` for a
       non-convex model).
     OutputDirError: the output directory cannot be written or another run holds it.
+    CheckpointError: the output directory holds checkpoints of another run
+      (``ForeignCheckpointError``) or corrupt ones; the message says to pass ``fresh=True``.
     DataMissingError: a file-based data set has no data directory.
     runtime.Interrupted: SIGINT / SIGTERM; training saved a checkpoint first.
 
@@ -157,6 +195,8 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
   """
   if not isinstance(config, Config):
     raise TypeError(f"config must be an unlearn_jax.study.Config, got {type(config).__name__}")
+  if not isinstance(fresh, bool):
+    raise TypeError(f"fresh must be a bool, got {fresh!r}")
   out = _prepare_out_dir(config.out_dir)
   lock = checkpoint.RunLock(out)
   try:
@@ -167,7 +207,12 @@ def run(config: Config, *, progress: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     (out / "report.json").unlink(missing_ok=True)  # the completion marker goes first, and comes back last
     ctx = stages.context(config, out, progress)
-    result, produced = _run_stages(ctx)
+    if fresh:
+      _discard_checkpoints(ctx)
+    try:
+      result, produced = _run_stages(ctx)
+    except checkpoint.CheckpointError as e:
+      raise _resume_error(out, e) from e
     ctx.timings["total"] = time.perf_counter() - start
     timings = json.dumps({k: round(v, 3) for k, v in ctx.timings.items()}, indent=2) + "\n"
     produced.add(_atomic.write_text(out / "timings.json", timings))

@@ -157,15 +157,16 @@ def _summary(values: Any) -> dict[str, float]:
 _FIGURE_CAPTIONS = {
   "privacy_loss_histogram": "Distribution of the per-example privacy loss P(x, 4α) (log x axis).",
   "certified_vs_worst_case": "Certified per-instance steps to unlearn each example (points) against the "
-  "worst-case baseline of Chien et al. (line).",
+  "worst-case baseline of Chien et al. (orange line) and the cost of retraining from scratch (dashed: the "
+  "training run's steps; a certificate above it costs more than retraining).",
   "empirical_steps_vs_privacy_loss": "Empirical steps to unlearn each forget set against its mean privacy "
-  "loss, one line per method (above the dotted line: not unlearned "
-  "within the grid).",
+  "loss, one line per method through the sets in the order of their privacy loss (above the dotted line: "
+  "not unlearned within the grid); the numbers at the points are keyed to the sets' names beside the axes.",
   "correlation_heatmap": "Spearman rank correlations between privacy loss and the difficulty metrics.",
   "membership_vs_certified": "Per-example membership ε lower bounds (one-sided simultaneous Clopper–Pearson, "
   "SGLD unlearning, grid end) against the certified ε of the whole forget set "
-  "(group bound); sound when on or below the diagonal. Grey: the uncorrected "
-  "point estimates (not bounds); dotted: the most the models can resolve.",
+  "(group bound); sound when on or below the diagonal. One hollow marker per forget set; crosses: the "
+  "uncorrected point estimates (not bounds); dotted: the most the models can resolve.",
 }
 
 

@@ -122,15 +122,20 @@ class DataConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_Section):
-  """The model: ``name`` in ``models.MODELS``; ``kwargs`` the builder's keyword arguments (e.g.
-  ``hidden_sizes`` of the MLP)."""
+  """The model: ``name`` a name of ``models.MODELS`` (the built-in ones, or one added from Python with
+  ``models.register_model``) or a reference ``"package.module:builder"`` to a builder
+  ``builder(num_classes=..., **kwargs) -> models.Model``, importable from the installed packages or the
+  current directory; ``kwargs`` the builder's keyword arguments (e.g. ``hidden_sizes`` of the MLP)."""
 
   _section: typing.ClassVar[str] = "model"
   name: str = "mlp"
   kwargs: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
-    self._choice("name", tuple(models_lib.MODELS))
+    try:
+      models_lib.resolve_builder(self.name)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"{self._name('name')}: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from unlearn_jax import data as data_lib
 from unlearn_jax._compile import call
 from unlearn_jax.evaluate import METRICS, MetricInputs, metrics, selection
 from unlearn_jax.runtime import distributed
+from unlearn_jax.study import saved
 from unlearn_jax.study.config import Config, ConfigError
 
 __all__ = [
@@ -196,12 +197,16 @@ def setup(ctx: Context) -> Setup:
   x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, dtype=jnp.int32)
   xt, yt = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test, dtype=jnp.int32)
   try:
-    jax.eval_shape(model.init_fn, jax.random.key(0), x[0])
+    params_shape = jax.eval_shape(model.init_fn, jax.random.key(0), x[0])
   except (ValueError, TypeError) as e:
     raise ConfigError(
       f"config key 'model.name': model {config.model.name!r} does not take the examples of "
       f"{config.data.name!r} (shape {tuple(x.shape[1:])}): {e}"
     ) from e
+  try:
+    saved.check_savable(params_shape)  # refused now, not after hours of training
+  except TypeError as e:
+    raise ConfigError(f"config key 'model.name': model {config.model.name!r}: {e}") from e
   train_data, pad_mask = _place(config, (x, y))
   tr = config.training
   step = {

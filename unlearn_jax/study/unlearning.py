@@ -43,6 +43,7 @@ class MethodResult(NamedTuple):
   membership_lower_bound: np.ndarray | None
   membership_point_estimate: np.ndarray | None
   certified_epsilon: float | None
+  params: PyTree  # (R, ...) the unlearned chains at the grid's end (host arrays)
 
 
 class SetResult(NamedTuple):
@@ -237,6 +238,7 @@ def _method(
     lower,
     point,
     cert_eps,
+    jax.device_get(jax.tree.map(lambda leaf: leaf[-1], recorded)),
   )
   ctx.tick("evaluate")
   return result
