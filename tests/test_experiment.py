@@ -16,9 +16,11 @@ import pytest
 from scipy import stats
 
 from unlearn_jax import data
+from unlearn_jax import evaluate as ev
 from unlearn_jax import study as experiment
 from unlearn_jax.runtime import checkpoint
 from unlearn_jax.study import Config, ConfigError, stages, unlearning
+from unlearn_jax.study import report as report_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -173,6 +175,7 @@ def _tiny(out_dir, **overrides):
     "forget_sets": {"size": 5, "selections": ["privacy_loss:top", "random", "el2n:top"]},
     "unlearning": {"methods": ["sgld", "sgd"], "step_grid": [0, 10, 30], "num_seeds": 4, "retrain_steps": 60},
     "metrics": {"names": ["loss", "el2n", "memorization"], "memorization_models": 4},
+    "evaluation": {"min_power": 0.0},  # 4 vs 4 models: an underpowered test, enough to check the plumbing
   }
   for key, value in overrides.items():
     raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.__setitem__(key, value)
@@ -429,3 +432,81 @@ def test_claim_e_is_the_rank_correlation_of_privacy_loss_and_excess_barrier(tiny
     assert abs(claim["spearman_privacy_loss_vs_excess_barrier"] - want) < 1e-9
     assert claim["verdict"] == ("holds" if want > 0 else "does not hold")
   assert "(e) Higher privacy loss" in (out / "report.md").read_text()
+
+
+def test_a_config_whose_test_cannot_reject_is_refused_before_training(tmp_path, monkeypatch):
+  def never(*a, **k):
+    raise AssertionError("training started")
+
+  monkeypatch.setattr(stages, "train_with_ledger", never)
+  with pytest.raises(ConfigError, match=r"'unlearning.num_seeds' = 4: .* only 0.0% .*evaluation.min_power = 0.5"):
+    experiment.run(_tiny(tmp_path, evaluation={"min_power": 0.5}))
+
+
+def test_membership_of_identical_laws_is_zero_in_the_reported_form(tmp_path):
+  # The report's membership entry for 32 vs 32 models (the Fashion-MNIST config's R) whose scores come
+  # from one law: the reported number (the lower bound) is 0 for the set, and no example lies above a
+  # certificate; the point estimate alone would have said ≈ log 4.
+  cfg = _tiny(tmp_path, unlearning={"num_seeds": 32})
+  a, b = jax.random.normal(jax.random.key(7), (2, 32, 50))
+  lower = np.asarray(ev.membership_lower_bound(a, b, delta=cfg.evaluation.delta), np.float64)
+  point = np.asarray(ev.membership_epsilon(a, b, delta=cfg.evaluation.delta), np.float64)
+  m = unlearning.MethodResult("sgld", 0.0, np.zeros(2), 0.0, np.zeros(2), 0.0, 1.0, lower, point, 0.5, None)
+  entry = report_lib._membership_entry(cfg, m)
+  assert entry["lower_bound"]["median"] == 0.0 and entry["lower_bound"]["max"] <= entry["resolvable_cap"]
+  assert np.mean(lower > 0) <= 0.05  # the simultaneous bound is wrong for at most 5% of examples
+  assert entry["above_certified_epsilon"] == int(np.sum(lower > 0.5))
+  assert entry["point_estimate"]["median"] > 1.0 and "not a bound" in entry["note"]
+
+
+def test_report_states_power_baseline_saturation_and_intervals(tiny_run):
+  cfg, out, report = tiny_run
+  power = report["unlearned_test"]
+  assert power["num_seeds_per_side"] == 4 and power["power_at_2_sd"] == 0.0  # R = 4: the test cannot reject
+  base = report["training"]["non_private_baseline"]
+  assert 0.0 <= base["test_accuracy"] <= 1.0 and base["steps"] == cfg.training.num_steps
+  assert base["private_minus_baseline"] == pytest.approx(report["training"]["test_accuracy"] - base["test_accuracy"])
+  sat = report["privacy"]["saturation"]
+  cols = _csv_columns(out / "per_example.csv")
+  p = cols["privacy_loss"]
+  assert sat["within_2_percent_of_max"] == int(np.sum(p >= 0.98 * p.max()))  # counted independently
+  a = report["findings"]["a_privacy_loss_correlates_with_difficulty"]
+  for name, iv in a["intervals"].items():
+    assert iv["low"] <= a["spearman_oriented"][name] <= iv["high"]
+    spread = a["spread_over_training_seeds"][name]
+    assert spread["num_seeds"] == cfg.training.num_seeds and spread["min"] <= spread["max"]
+  ret = report["privacy"]["retraining"]
+  k = cols["certified_steps"]
+  assert ret["fraction_of_certificates_costlier_than_retraining"] == pytest.approx(
+    np.mean(k > cfg.unlearning.retrain_steps)
+  )
+  md = (out / "report.md").read_text()
+  assert "Power of the test" in md and "Non-private baseline" in md and "Saturation" in md and "retraining" in md
+
+
+@pytest.mark.slow  # a whole (tiny) study with a second clip norm and several sets per bin: ~40 s
+def test_second_clip_norm_and_sets_per_bin(tmp_path):
+  cfg = _tiny(
+    tmp_path,
+    privacy={"second_clip_norm": 50.0},
+    forget_sets={"selections": ["privacy_loss:top", "el2n:top"], "privacy_loss_bins": 2, "sets_per_bin": 2},
+  )
+  report = experiment.run(cfg)
+  labels = list(dict.fromkeys(e["selection"] for e in report["forget_sets"]))
+  assert labels == [
+    "privacy_loss:top",
+    "el2n:top",
+    "privacy_loss@clip2:top",
+    "privacy_loss:bin0/2#0",
+    "privacy_loss:bin0/2#1",
+    "privacy_loss:bin1/2#0",
+    "privacy_loss:bin1/2#1",
+  ]
+  sc = report["second_clip"]
+  assert sc["clip_norm"] == 50.0 and -1.0 <= sc["spearman_with_main_privacy_loss"] <= 1.0
+  f = report["findings"]
+  assert set(f["c_at_second_clip_norm"]) == {"sgld", "sgd"}
+  curve = f["b_over_privacy_loss_bins"]["sgld"]
+  assert curve["num_sets"] == 4 and all(len(b["steps"]) == 2 for b in curve["bins"].values())
+  # the loaded parameters hold every set, the second-clip one included
+  assert [fs["label"] for fs in experiment.load(tmp_path).forget_sets] == labels

@@ -114,7 +114,7 @@ def test_toy_method_runs_through_the_study_config(registered, tmp_path):
         "retrain_steps": 20,
         "method_options": {"ascent_then_descent": {"ascent_steps": 2}},
       },
-      "evaluation": {"membership": False},
+      "evaluation": {"membership": False, "min_power": 0.0},
       "metrics": {"names": ["loss"]},
     }
   )

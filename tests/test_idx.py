@@ -146,6 +146,7 @@ def test_fashion_mnist_config_runs_end_to_end_on_an_idx_fixture(tmp_path):
     unlearning__num_seeds=4,
     unlearning__step_grid=[0, 10],
     unlearning__retrain_steps=40,
+    evaluation__min_power=0.0,  # 4 vs 4 models: underpowered, enough for an end-to-end check
   )
   report = pipeline.run(cfg)
   assert report["config"]["data"]["name"] == "fashion_mnist" and report["training"]["num_seeds"] == 4

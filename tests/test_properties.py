@@ -263,7 +263,7 @@ def tiny_configs(draw):
       "num_seeds": 4,
       "retrain_steps": 6,
     },
-    "evaluation": {"barrier_points": 3},
+    "evaluation": {"barrier_points": 3, "min_power": 0.0},
     "metrics": {"names": ["loss"], "memorization_models": 2},
   }
 

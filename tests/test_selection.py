@@ -120,3 +120,25 @@ def test_check_forget_indices():
     sel.check_forget_indices(np.arange(5), 4)
   with pytest.raises(TypeError, match="integer"):
     sel.check_forget_indices([0.5], 4)
+
+
+def test_ties_are_broken_by_the_secondary_key_not_the_index():
+  rng = np.random.default_rng(0)
+  scores = np.concatenate([np.full(30, 5.0), rng.uniform(0, 4, 70)])  # a saturated spike of 30 at the maximum
+  secondary = rng.uniform(size=100)
+  rng.shuffle(perm := np.arange(100))
+  scores, secondary = scores[perm], secondary[perm]
+  top = np.asarray(sel.select_forget_set(scores, "top", size=10, tie_break=secondary))
+  spike = np.flatnonzero(scores == 5.0)
+  expected = np.sort(spike[np.argsort(-secondary[spike])[:10]])  # the 10 of the spike with the largest key
+  np.testing.assert_array_equal(top, expected)
+  bottom = np.asarray(sel.select_forget_set(-scores, "bottom", size=10, tie_break=-secondary))
+  np.testing.assert_array_equal(bottom, expected)
+  # scores within 2% of the maximum count as tied: the key decides among them, not the tiny differences
+  near = scores - 0.01 * rng.uniform(size=100) * (scores == 5.0)
+  top_near = np.asarray(sel.select_forget_set(near, "top", size=10, tie_break=secondary, ties_within=0.02))
+  assert set(top_near) <= set(spike) and len(set(top_near) & set(expected)) >= 8
+  with pytest.raises(ValueError, match="tie_break must have the shape"):
+    sel.select_forget_set(scores, "top", size=3, tie_break=secondary[:5])
+  with pytest.raises(ValueError, match="ties_within"):
+    sel.select_forget_set(scores, "top", size=3, ties_within=1.5)

@@ -41,6 +41,8 @@ methods = ["sgld"]
 step_grid = [0, 5]
 num_seeds = 4
 retrain_steps = 20
+[evaluation]
+min_power = 0.0  # 4 vs 4 models: the test cannot reject; this checks the plumbing
 [metrics]
 names = ["loss"]
 """

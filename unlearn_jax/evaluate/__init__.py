@@ -15,11 +15,13 @@ from unlearn_jax.evaluate.barrier import barriers_along, loss_barrier
 from unlearn_jax.evaluate.distribution import (
   DEFAULT_MIN_VARIANCE,
   StepsToUnlearn,
+  TestPower,
   UnlearnedTest,
   empirical_steps_to_unlearn,
   gaussian_symmetric_kl,
   is_unlearned,
   noise_floor,
+  unlearned_test_power,
 )
 from unlearn_jax.evaluate.membership import membership_epsilon, membership_lower_bound, membership_resolvable_cap
 from unlearn_jax.evaluate.metrics import METRICS, Metric, MetricInputs, register_metric
@@ -41,6 +43,7 @@ __all__ = [
   "MetricInputs",
   "SplitMetrics",
   "StepsToUnlearn",
+  "TestPower",
   "UnlearnedTest",
   "accuracy_and_loss",
   "barrier",
@@ -58,6 +61,7 @@ __all__ = [
   "membership_resolvable_cap",
   "metrics",
   "noise_floor",
+  "unlearned_test_power",
   "rankdata_average",
   "register_metric",
   "scores",

@@ -84,9 +84,19 @@ def _as_indices(idx: np.ndarray) -> jax.Array:
   return jnp.asarray(np.sort(idx).astype(np.int32))
 
 
-def _ranked(scores: np.ndarray, descending: bool) -> np.ndarray:
-  order_key = -scores.astype(float) if descending else scores
-  return np.argsort(order_key, kind="stable")
+def _ranked(
+  scores: np.ndarray, descending: bool, tie_break: np.ndarray | None = None, ties_within: float = 0.0
+) -> np.ndarray:
+  """Indices by score; scores within ``ties_within`` × max|score| of each other (one grid cell) count as
+  tied and are ordered by ``tie_break`` (same direction), then by index."""
+  primary = scores.astype(float)
+  width = ties_within * float(np.max(np.abs(primary))) if ties_within > 0 else 0.0
+  if width > 0:
+    primary = np.floor(primary / width)
+  sign = -1.0 if descending else 1.0
+  if tie_break is None:
+    return np.argsort(sign * primary, kind="stable")
+  return np.lexsort((sign * tie_break.astype(float), sign * primary))  # the last key sorts first
 
 
 def top_k_percent(scores: ArrayLike, k: float) -> jax.Array:
@@ -193,6 +203,8 @@ def select_forget_set(
   size: int | None = None,
   fraction: float | None = None,
   key: jax.Array | None = None,
+  tie_break: ArrayLike | None = None,
+  ties_within: float = 0.0,
 ) -> jax.Array:
   """Selects a forget set by a per-example score.
 
@@ -209,6 +221,11 @@ def select_forget_set(
     size: number of examples.
     fraction: fraction of n in (0, 1].
     key: random key for ``"random"`` and sub-sampled bins.
+    tie_break: ``(n,)`` a second score, in the same direction, that orders tied examples for ``"top"`` /
+      ``"bottom"`` (default: the index). A privacy loss saturated at its clip-norm maximum ties many
+      examples; a key that carries information (e.g. the unclipped gradient norm) then decides.
+    ties_within: scores within this fraction of max|score| of each other (one cell of a grid of that
+      width) count as tied (default 0: only equal scores).
 
   Returns:
     Sorted int32 indices, checked by :func:`check_forget_indices`.
@@ -224,6 +241,8 @@ def select_forget_set(
     [0, 4, 5]
     >>> select_forget_set(scores, "bin:1/3").tolist()
     [2, 4]
+    >>> select_forget_set([1.0, 1.0, 1.0, 0.2], "top", size=1, tie_break=[0.1, 0.7, 0.3, 0.0]).tolist()
+    [1]
   """
   arr = _check_scores(scores)
   n = arr.size
@@ -236,7 +255,12 @@ def select_forget_set(
         raise ValueError("selection='random' needs key (a jax.random.key), got None")
       idx = random_subset(key, n, k)
     else:
-      idx = _as_indices(_ranked(arr, selection == "top")[:k])
+      secondary = None if tie_break is None else _check_scores(tie_break)
+      if secondary is not None and secondary.shape != arr.shape:
+        raise ValueError(f"tie_break must have the shape of scores {arr.shape}, got {secondary.shape}")
+      if not 0.0 <= float(ties_within) < 1.0:
+        raise ValueError(f"ties_within must lie in [0, 1), got {ties_within!r}")
+      idx = _as_indices(_ranked(arr, selection == "top", secondary, float(ties_within))[:k])
   else:
     match = _BIN_RE.match(selection)
     if match is None:

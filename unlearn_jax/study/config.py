@@ -355,7 +355,7 @@ _DEMO: dict[str, Any] = {
     "size": 20,
     "selections": ["privacy_loss:top", "privacy_loss:bottom", "random", "el2n:top", "memorization:top"],
   },
-  "unlearning": {"methods": ["sgld", "sgd", "l1_sparse"], "step_grid": [0, 25, 50, 100, 200, 400], "num_seeds": 8},
+  "unlearning": {"methods": ["sgld", "sgd", "l1_sparse"], "step_grid": [0, 25, 50, 100, 200, 400], "num_seeds": 16},
   "evaluation": {"barrier_points": 11, "membership": True, "delta": 1e-5},
   "metrics": {"early_fraction": 0.1, "memorization_models": 8},
 }

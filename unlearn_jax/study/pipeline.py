@@ -88,16 +88,23 @@ def _remove_stale_outputs(out: pathlib.Path, produced: set[pathlib.Path]) -> lis
 
 def _run_stages(ctx: stages.Context) -> dict[str, Any]:
   config = ctx.config
+  power = stages.check_test_power(ctx)
   s = stages.setup(ctx)
   trained = stages.train_with_ledger(ctx, s)
+  baseline = stages.train_baseline(ctx, s)
+  c2 = config.privacy.second_clip_norm
+  second = None if c2 is None else stages.train_with_ledger(ctx, s, clip_norm=c2, name="train_clip2")
   certs = stages.certify_examples(ctx, s, trained)
   metric_values = stages.compute_metrics(ctx, s, trained)
-  forget_sets = stages.select_forget_sets(ctx, certs, metric_values)
+  second_p4 = None if second is None else second.realized_mean[:, certs.order_index]
+  forget_sets = stages.select_forget_sets(ctx, certs, metric_values, stages.tie_break_key(s, trained), second_p4)
   sets, _ = unlearning.unlearn_forget_sets(ctx, s, trained, certs, forget_sets)
   methods = tuple(config.unlearning.methods)
-  corr = findings.correlate(certs, metric_values, sets, methods)
+  corr = findings.correlate(certs, metric_values, sets, methods, trained.per_seed_p4)
   ctx.tick("correlations")
-  result = report.build_report(config, s, trained, certs, sets, corr)
+  result = report.build_report(config, s, trained, certs, sets, corr, power, baseline)
+  if second is not None:
+    result["second_clip"] = findings.second_clip(config, certs, second_p4, metric_values, sets)
   produced = set(_write_params(ctx.out, trained, sets))
   produced.add(
     report.write_per_example_csv(

@@ -1,5 +1,5 @@
-"""The study's outputs: the JSON report built once from the typed stage results, ``report.md``, and
-``per_example.csv`` (one row per training example)."""
+"""The study's outputs: the JSON report built once from the typed stage results, and ``per_example.csv``
+(one row per training example); ``report.md`` is written from the report by :mod:`~unlearn_jax.study.markdown`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from unlearn_jax.evaluate import membership_resolvable_cap
 from unlearn_jax.study import findings as findings_lib
 from unlearn_jax.study.config import Config
 from unlearn_jax.study.findings import Correlations
+from unlearn_jax.study.markdown import write_report_md
 from unlearn_jax.study.stages import Certificates, Setup, Trained
 from unlearn_jax.study.unlearning import SetResult
 
@@ -118,28 +119,6 @@ def write_report_json(path: str | os.PathLike, report: Mapping[str, Any]) -> pat
   return _atomic.write_text(path, json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
 
 
-def _md_num(value: Any, digits: int = 3) -> str:
-  if value is None:
-    return "—"
-  if isinstance(value, str):
-    return value
-  v = float(value)
-  if math.isnan(v):
-    return "nan"
-  if math.isinf(v):
-    return "∞" if v > 0 else "−∞"
-  if v.is_integer() and abs(v) < 1e9:
-    return str(int(v))
-  return f"{v:.{digits}g}"
-
-
-def _md_table(header: list[str], rows: list[list[Any]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-  for row in rows:
-    lines.append("| " + " | ".join(_md_num(c) if not isinstance(c, str) else c for c in row) + " |")
-  return "\n".join(lines)
-
-
 def _summary(values: Any) -> dict[str, float]:
   v = np.asarray(values, dtype=np.float64)
   finite = v[np.isfinite(v)]
@@ -152,276 +131,6 @@ def _summary(values: Any) -> dict[str, float]:
     "max": float(v.max()),
     "num_infinite": int(np.sum(~np.isfinite(v))),
   }
-
-
-_FIGURE_CAPTIONS = {
-  "privacy_loss_histogram": "Distribution of the per-example privacy loss P(x, 4α) (log x axis).",
-  "certified_vs_worst_case": "Certified per-instance steps to unlearn each example (points) against the "
-  "worst-case baseline of Chien et al. (orange line) and the cost of retraining from scratch (dashed: the "
-  "training run's steps; a certificate above it costs more than retraining).",
-  "empirical_steps_vs_privacy_loss": "Empirical steps to unlearn each forget set against its mean privacy "
-  "loss, one line per method through the sets in the order of their privacy loss (above the dotted line: "
-  "not unlearned within the grid); the numbers at the points are keyed to the sets' names beside the axes.",
-  "correlation_heatmap": "Spearman rank correlations between privacy loss and the difficulty metrics.",
-  "membership_vs_certified": "Per-example membership ε lower bounds (one-sided simultaneous Clopper–Pearson, "
-  "SGLD unlearning, grid end) against the certified ε of the whole forget set "
-  "(group bound); sound when on or below the diagonal. One hollow marker per forget set; crosses: the "
-  "uncorrected point estimates (not bounds); dotted: the most the models can resolve.",
-}
-
-
-def _md_header(report: Mapping[str, Any], timings: Mapping[str, float]) -> list[str]:
-  tr, ds, cfg = report["training"], report["dataset"], report["config"]
-  lines = [f"# Per-instance unlearning study: {ds['name']} / {cfg['model']['name']}", ""]
-  lines += [
-    f"Created {report['created']}; wall time {timings.get('total', float('nan')):.0f} s "
-    "(stages in timings.json). The full configuration is in report.json.",
-    "",
-  ]
-  return lines + [
-    "## Data and training",
-    "",
-    _md_table(
-      [
-        "data set",
-        "n_train",
-        "n_test",
-        "mode",
-        "steps",
-        "η",
-        "τ",
-        "clip C",
-        "weight decay",
-        "seeds",
-        "train acc",
-        "test acc",
-      ],
-      [
-        [
-          ds["name"],
-          ds["n_train"],
-          ds["n_test"],
-          cfg["training"]["mode"],
-          tr["steps"],
-          cfg["training"]["step_size"],
-          cfg["training"]["temperature"],
-          str(cfg["training"]["clip_norm"]),
-          cfg["training"]["weight_decay"],
-          tr["num_seeds"],
-          f"{100 * tr['train_accuracy']:.1f}%",
-          f"{100 * tr['test_accuracy']:.1f}%",
-        ]
-      ],
-    ),
-    "",
-  ]
-
-
-def _md_privacy(report: Mapping[str, Any]) -> list[str]:
-  pv = report["privacy"]
-  s, c = pv["privacy_loss_summary"], pv["certified_steps_summary"]
-  lines = [
-    "## Privacy losses and certificates",
-    "",
-    f"- Ledger: {pv['ledger_note']}; orders {pv['orders']}; the certificate reads P(x, 4α) at "
-    f"4α = {pv['privacy_loss_order']:g} (mean over the training seeds); {pv['temperature_note']}.",
-    f"- Certificate target: Rényi ε = {pv['epsilon']:g} at α = {pv['alpha']:g}.",
-    f"- C_LSI: {pv['lsi_note']}.",
-    f"- E₁, E₂: {pv['stationarity']}.",
-    f"- Worst-case baseline: {pv['worst_case_note']}.",
-    "",
-    _md_table(
-      ["quantity", "min", "median", "99th pct", "max"],
-      [
-        ["P(x, 4α)", s["min"], s["median"], s["p99"], s["max"]],
-        ["certified steps k*(x)", c["min"], c["median"], c["p99"], c["max"]],
-      ],
-    ),
-    "",
-    f"Worst-case steps for one example: {_md_num(pv['worst_case_steps'])}; certified per-instance steps are "
-    f"below it for {100 * pv['fraction_certified_below_worst_case']:.1f}% of the examples.",
-    "",
-  ]
-  lines += [
-    "## Correlations (Spearman with privacy loss)",
-    "",
-    _md_table(
-      ["metric", "Spearman", "oriented (+ = harder ↔ higher P)"],
-      [[k, v, report["correlations_oriented"][k]] for k, v in report["correlations"].items()],
-    ),
-    "",
-  ]
-  cve = report["certified_vs_empirical_spearman"]
-  return lines + [
-    "Certified (group) vs empirical steps across forget sets: "
-    + ", ".join(f"{m}: {_md_num(v)}" for m, v in cve.items()),
-    "",
-  ]
-
-
-def _membership_cell(e: Mapping[str, Any]) -> str:
-  if "membership_epsilon" not in e:
-    return "—"
-  m = e["membership_epsilon"]
-  return (
-    f"{_md_num(m['lower_bound']['median'])} / {_md_num(m['lower_bound']['max'])} (cap {_md_num(m['resolvable_cap'])})"
-  )
-
-
-def _md_forget_sets(report: Mapping[str, Any]) -> list[str]:
-  lines = [
-    "## Forget sets",
-    "",
-    "Empirical steps: first step of the grid from which on the median (over the set) symmetric KL "
-    "between unlearned and oracle seeds stays at or below the oracle-vs-oracle floor (THEORY §6); `> N` "
-    "= not within the grid. Barrier: original vs oracle on the forget set (mean over paired seeds).",
-    "",
-    _md_table(
-      [
-        "selection",
-        "method",
-        "mean P",
-        "overlap with P-top",
-        "certified (group)",
-        "worst case",
-        "empirical",
-        "barrier",
-        "oracle barrier",
-        "forget acc (unl. / oracle)",
-        "membership ε lower bound (median / max)",
-      ],
-      [
-        [
-          e["selection"],
-          e["method"],
-          e["mean_privacy_loss"],
-          e.get("overlap_with_privacy_loss_top", "—"),
-          e["certified_steps"],
-          e["worst_case_steps"],
-          _steps_cell(e),
-          e["loss_barrier"],
-          e["oracle_barrier"],
-          f"{100 * e['forget_accuracy_unlearned']:.0f}% / {100 * e['forget_accuracy_oracle']:.0f}%",
-          _membership_cell(e),
-        ]
-        for e in report["forget_sets"]
-      ],
-    ),
-    "",
-  ]
-  return lines + [
-    "## Harder groups (hardest first)",
-    "",
-    _md_table(
-      ["method", "rank", "selection", "mean P", "empirical steps", "mean median distance", "barrier"],
-      [
-        [
-          r["method"],
-          r["rank"],
-          r["selection"],
-          r["mean_privacy_loss"],
-          _md_num(r["empirical_steps"]),
-          r["mean_median_distance"],
-          r["loss_barrier"],
-        ]
-        for r in report["harder_groups"]
-      ],
-    ),
-    "",
-  ]
-
-
-def _md_findings(report: Mapping[str, Any]) -> list[str]:
-  f = report["findings"]
-  lines = ["## Findings", ""]
-  a = f["a_privacy_loss_correlates_with_difficulty"]
-  lines += [
-    f"- **(a) Privacy loss correlates with the difficulty metrics: {a['verdict']}.** Oriented Spearman: "
-    + ", ".join(f"{k} {_md_num(v)}" for k, v in a["spearman_oriented"].items())
-    + "."
-  ]
-  b = f["b_high_privacy_loss_needs_more_steps"]
-  if "verdict" in b:
-    lines += [f"- **(b)** {b['verdict']}."]
-  else:
-    for m, row in b.items():
-      lines += [
-        f"- **(b) [{m}] High-privacy-loss sets need more steps than random and low ones: {row['verdict']}.** "
-        "Steps "
-        + ", ".join(f"{k} {v}" for k, v in row["steps"].items())
-        + "; mean median distance "
-        + ", ".join(f"{k} {_md_num(v)}" for k, v in row["mean_median_distance"].items())
-        + "."
-      ]
-  cc = f["c_privacy_loss_sets_at_least_as_hard_as_metric_sets"]
-  if "verdict" in cc:
-    lines += [f"- **(c)** {cc['verdict']}."]
-  else:
-    for m, row in cc.items():
-      lines += [
-        f"- **(c) [{m}] Privacy-loss-selected sets at least as hard as metric-selected ones: "
-        f"{row['verdict']}.** privacy_loss:top {row['privacy_loss:top_steps']} steps (mean median distance "
-        f"{_md_num(row['privacy_loss:top_distance'])}) vs "
-        + ", ".join(f"{k} {v['steps']} ({_md_num(row['vs_distance'][k])})" for k, v in row["vs"].items())
-        + "."
-      ]
-  d = f["d_certified_below_worst_case"]
-  return (
-    lines
-    + [
-      f"- **(d) Certified steps below the worst case for most examples: {d['verdict']}** "
-      f"({100 * d['fraction_below']:.1f}% below K = {_md_num(d['worst_case_steps'])}; median certified "
-      f"{_md_num(d['certified_median'])}; {'; '.join(d['assumptions'])}).",
-    ]
-    + [
-      f"- **(e) Higher privacy loss, larger loss barrier over its floor ({method}): {e['verdict']}** "
-      f"(Spearman over {e['num_sets']} forget sets of mean P vs barrier − oracle-vs-oracle barrier "
-      f"{_md_num(e['spearman_privacy_loss_vs_excess_barrier'])})."
-      for method, e in f.get("e_barrier_grows_with_privacy_loss", {}).items()
-    ]
-    + [""]
-  )
-
-
-def _figure_caption(name: str) -> str:
-  caption = _FIGURE_CAPTIONS.get(name)
-  if caption is None and name.startswith("loss_barrier_"):
-    caption = (
-      f"Loss barrier between unlearned ({name[13:]}) and oracle models on each forget set along "
-      "the unlearning steps; dashed: oracle vs oracle."
-    )
-  if caption is None and name.startswith("unlearning_distance_"):
-    caption = (
-      f"Median symmetric KL between unlearned ({name[20:]}) and oracle output distributions along "
-      "the unlearning steps; dashed: the noise-floor threshold of each set."
-    )
-  return caption or name
-
-
-def write_report_md(
-  path: str | os.PathLike, report: Mapping[str, Any], timings: Mapping[str, float] | None = None
-) -> pathlib.Path:
-  """Writes the human summary ``report.md`` (tables, the four findings, figures embedded) of a report.
-
-  Args:
-    path: output file.
-    report: the report returned by :func:`run` (or read back from ``report.json``).
-    timings: stage -> seconds (``timings.json``), for the wall time line.
-
-  Returns:
-    The path written.
-  """
-  lines = _md_header(report, timings or {}) + _md_privacy(report) + _md_forget_sets(report) + _md_findings(report)
-  if report.get("figures"):
-    lines += ["## Figures", ""]
-    for name, file in report["figures"].items():
-      lines += [f"![{name}]({file})", "", f"*{_figure_caption(name)}*", ""]
-  return _atomic.write_text(path, "\n".join(lines) + "\n")
-
-
-def _steps_cell(entry: Mapping[str, Any]) -> str:
-  s = float(entry["empirical_steps"])
-  return f"{s:.0f}" if math.isfinite(s) else f"> {entry['grid_end']}"
 
 
 def _privacy(config: Config, trained: Trained, certs: Certificates) -> dict[str, Any]:
@@ -447,6 +156,8 @@ def _privacy(config: Config, trained: Trained, certs: Certificates) -> dict[str,
       else f"the ledger is computed at the training temperature τ = {config.training.temperature}"
     ),
     "privacy_loss_summary": _summary(certs.privacy_loss),
+    "saturation": _saturation(certs.privacy_loss, config.forget_sets),
+    "retraining": _retraining(config, certs),
     "privacy_loss_seed_std_median": float(np.median(trained.realized_std[:, certs.order_index])),
     "lsi_constant": certs.constants["lsi_constant"],
     "lsi_status": certs.lsi_status,
@@ -465,11 +176,51 @@ def _privacy(config: Config, trained: Trained, certs: Certificates) -> dict[str,
   }
 
 
+def _retraining(config: Config, certs: Certificates) -> dict[str, Any]:
+  """The certificate next to the cost of retraining from scratch, in the same units (noisy steps)."""
+  steps = config.unlearning.retrain_steps or config.training.num_steps
+  k = certs.certified_steps
+  above = float(np.mean(~np.isfinite(k) | (k > steps)))
+  median = float(np.median(k))
+  return {
+    "retrain_steps": steps,
+    "fraction_of_certificates_costlier_than_retraining": above,
+    "certified_median_over_retraining": median / steps,
+    "note": (
+      f"retraining from scratch costs {steps} steps; the median certificate is {median:.4g} steps "
+      f"({median / steps:.3g}× retraining) and {100 * above:.1f}% of the per-example certificates cost more than "
+      "retraining" + (" — for those examples, retraining is the cheaper way to a guarantee" if above > 0 else "")
+    ),
+  }
+
+
+def _saturation(p4: np.ndarray, fc) -> dict[str, Any]:
+  """How many examples sit at the (clip-saturated) maximum of P, where P cannot rank them."""
+  top = float(np.max(p4))
+  at_max = int(np.sum(p4 >= top * (1 - 1e-6)))
+  near = int(np.sum(p4 >= top * 0.98))
+  return {
+    "max": top,
+    "at_max": at_max,
+    "within_2_percent_of_max": near,
+    "fraction_within_2_percent": near / p4.size,
+    "ties_within": fc.ties_within,
+    "tie_break": "unclipped per-example gradient norm at the end of training (mean over chains), then index",
+    "note": (
+      f"{near} of {p4.size} examples ({100 * near / p4.size:.1f}%) lie within 2% of the maximum P ({at_max} at it); "
+      f"privacy-loss selections treat values within {100 * fc.ties_within:g}% of the maximum of each other as "
+      "tied and order them by the unclipped gradient norm"
+    ),
+  }
+
+
 def _membership_entry(config: Config, m) -> dict[str, Any]:
   R, delta = config.unlearning.num_seeds, config.evaluation.delta
   cap = membership_resolvable_cap(R, delta=delta)
   lower, point = m.membership_lower_bound, m.membership_point_estimate
+  above = None if m.certified_epsilon is None else int(np.sum(lower > m.certified_epsilon))
   return {
+    "above_certified_epsilon": above,
     "lower_bound": {"median": float(np.median(lower)), "max": float(np.max(lower)), "per_example": lower},
     "point_estimate": {"median": float(np.median(point)), "max": float(np.max(point)), "per_example": point},
     "num_models": R,
@@ -526,8 +277,65 @@ def _forget_set_entries(config: Config, sets: list[SetResult]) -> list[dict[str,
   return entries
 
 
+def _replicates(config: Config) -> dict[str, Any]:
+  S, R = config.training.num_seeds, config.unlearning.num_seeds
+  independent = S >= R
+  return {
+    "unlearned_chains": R,
+    "distinct_trained_models": min(S, R),
+    "independent": independent,
+    "note": (
+      f"each of the {R} unlearned chains fine-tunes its own trained chain: independent replicates"
+      if independent
+      else f"the {R} unlearned chains start from only {S} distinct trained models (chain r fine-tunes trained "
+      f"chain r mod {S}): they are NOT {R} independent replicates; set training.num_seeds >= {R} for that"
+    ),
+  }
+
+
+def _baseline_entry(trained: Trained, baseline) -> dict[str, Any]:
+  gap = baseline.test_accuracy - trained.test_accuracy
+  return {
+    "test_accuracy": baseline.test_accuracy,
+    "train_accuracy": baseline.train_accuracy,
+    "steps": baseline.steps,
+    "private_minus_baseline": -gap,
+    "within_3_points": bool(gap <= 0.03),
+    "note": (
+      f"the private models' mean test accuracy {100 * trained.test_accuracy:.1f}% vs "
+      f"{100 * baseline.test_accuracy:.1f}% "
+      f"for one plain model of the same training without noise or clipping ({baseline.steps} steps): "
+      + (f"{100 * gap:.1f} points lower" if gap > 0 else f"{-100 * gap:.1f} points higher")
+      + (", within 3 points" if gap <= 0.03 else ", MORE than 3 points lower")
+    ),
+  }
+
+
+def _test_power_entry(power) -> dict[str, Any]:
+  return {
+    "power_at_2_sd": power.power,
+    "false_rejection_rate": power.size,
+    "num_seeds_per_side": power.num_seeds,
+    "forget_set_size": power.num_examples,
+    "trials": power.trials,
+    "note": (
+      f"the 'unlearned' test ({power.num_seeds} vs {power.num_seeds} models, sets of {power.num_examples}) "
+      f"rejects a set shifted by {power.shift:g} standard deviations in {100 * power.power:.1f}% of "
+      f"{power.trials} simulated sets, and a set from the oracles' own law in {100 * power.size:.1f}% "
+      "(standard error <= 2.5 points)"
+    ),
+  }
+
+
 def build_report(
-  config: Config, s: Setup, trained: Trained, certs: Certificates, sets: list[SetResult], corr: Correlations
+  config: Config,
+  s: Setup,
+  trained: Trained,
+  certs: Certificates,
+  sets: list[SetResult],
+  corr: Correlations,
+  power=None,
+  baseline=None,
 ) -> dict[str, Any]:
   """The report (the content of ``report.json``, without its figures), built once from the results."""
   tr = config.training
@@ -548,8 +356,11 @@ def build_report(
       "test_accuracy": trained.test_accuracy,
       "test_loss": trained.test_loss,
       "checkpoint_steps": trained.checkpoint_steps,
+      "non_private_baseline": None if baseline is None else _baseline_entry(trained, baseline),
+      "replicates": _replicates(config),
     },
     "privacy": privacy,
+    "unlearned_test": None if power is None else _test_power_entry(power),
     "forget_sets": _forget_set_entries(config, sets),
     "correlations": corr.spearman,
     "correlations_oriented": corr.oriented,

@@ -158,6 +158,8 @@ class TrainingConfig(_Section):
     projection_radius: radius R of the projection ball (``inf``: none).
     num_seeds: independent training chains. The ledger is averaged over them (THEORY §3).
     num_checkpoints: parameter checkpoints kept along training for the metrics.
+    baseline: also train one plain (non-private) model — no noise, no clipping, otherwise the same
+      steps — and report the private models' test accuracy next to it.
   """
 
   _section: typing.ClassVar[str] = "training"
@@ -173,6 +175,7 @@ class TrainingConfig(_Section):
   projection_radius: float = math.inf
   num_seeds: int = 8
   num_checkpoints: int = 10
+  baseline: bool = True
 
   def __post_init__(self):
     self._choice("mode", MODES)
@@ -225,6 +228,10 @@ class PrivacyConfig(_Section):
     stride: evaluate per-step costs every ``stride`` steps and count them ``stride`` times (estimate).
     filter_budget: individual Rényi filter budget B (absent: no filter; the realized P is an estimate).
     filter_order: the order α* of the filter (required with ``filter_budget``).
+    second_clip_norm: also train ``training.num_seeds`` chains with the ledger at this clip norm (all else
+      equal), report how saturated its P is and how it ranks the examples, and unlearn its top set
+      (``privacy_loss@clip2:top``) from the main models, so that the effect of clip saturation on claim
+      (c) is measured. Absent: not run.
   """
 
   _section: typing.ClassVar[str] = "privacy"
@@ -237,8 +244,10 @@ class PrivacyConfig(_Section):
   stride: int = 1
   filter_budget: float | None = None
   filter_order: float | None = None
+  second_clip_norm: float | None = None
 
   def __post_init__(self):
+    self._positive("second_clip_norm", optional=True)
     try:
       _checks.check_orders(self.orders, name=self._name("orders"))
     except (ValueError, TypeError) as e:
@@ -277,8 +286,12 @@ class ForgetSetsConfig(_Section):
     selections: ``"<score>:top"`` (the ``size`` hardest examples by the score), ``"<score>:bottom"``
       (the easiest) or ``"random"``; scores are ``privacy_loss`` or a metric of ``metrics.names``.
       "Hardest" follows each score's direction (high loss, low confidence, ...).
-    privacy_loss_bins: additionally, this many quantile bins of privacy loss, one random forget set of
-      ``size`` examples from each (0: none).
+    privacy_loss_bins: additionally, this many quantile bins of privacy loss, ``sets_per_bin`` random
+      forget sets of ``size`` examples from each (0: none).
+    sets_per_bin: forget sets drawn from each privacy-loss bin (their spread of steps is reported).
+    ties_within: privacy losses within this fraction of the maximum of each other count as tied when
+      selecting ``privacy_loss:top`` / ``:bottom``; ties are broken by the unclipped per-example gradient
+      norm at the end of training (mean over chains), which the clip does not saturate, then by index.
   """
 
   _section: typing.ClassVar[str] = "forget_sets"
@@ -292,9 +305,16 @@ class ForgetSetsConfig(_Section):
     "memorization:top",
   )
   privacy_loss_bins: int = 0
+  sets_per_bin: int = 1
+  ties_within: float = 0.01
 
   def __post_init__(self):
     self._at_least("size", 1)
+    self._at_least("sets_per_bin", 1)
+    if isinstance(self.ties_within, bool) or not isinstance(self.ties_within, (int, float)):
+      self._fail("ties_within", self.ties_within, "a number in [0, 1)")
+    if not 0.0 <= self.ties_within < 1.0:
+      self._fail("ties_within", self.ties_within, "a number in [0, 1)")
     if not self.selections:
       self._fail("selections", [], "a non-empty list")
     allowed = ("random",) + tuple(f"{s}:{k}" for s in selection_scores() for k in SELECTION_KINDS)
@@ -366,6 +386,10 @@ class EvaluationConfig(_Section):
     membership: compute the per-example membership ε lower bound of the forget sets.
     delta: δ of the membership ε and of the (ε, δ) form of the certificate, in (0, 1).
     floor_quantile: quantile of the oracle-vs-oracle noise floor the "unlearned" criterion uses.
+    min_power: the least power the "unlearned" test must have, at the configured number of seeds and
+      forget-set size, to detect a 2-standard-deviation shift (simulated when the run starts; a run
+      whose test falls short is refused before any training). 0 runs an underpowered test anyway; the
+      report states the power either way.
   """
 
   _section: typing.ClassVar[str] = "evaluation"
@@ -373,11 +397,16 @@ class EvaluationConfig(_Section):
   membership: bool = True
   delta: float = 1e-5
   floor_quantile: float = 0.95
+  min_power: float = 0.5
 
   def __post_init__(self):
     self._at_least("barrier_points", 3)
     self._check(_checks.check_probability, "delta")
     self._check(_checks.check_probability, "floor_quantile", open_high=False)
+    if not (isinstance(self.min_power, (int, float)) and not isinstance(self.min_power, bool)):
+      self._fail("min_power", self.min_power, "a number in [0, 1]")
+    if not 0.0 <= self.min_power <= 1.0:
+      self._fail("min_power", self.min_power, "a number in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from unlearn_jax import accounting, certify, evaluate, models, runtime
+from unlearn_jax import accounting, certify, evaluate, models, per_example, runtime
 from unlearn_jax import data as data_lib
 from unlearn_jax._compile import call
 from unlearn_jax.evaluate import METRICS, MetricInputs, metrics, selection
@@ -27,7 +27,10 @@ from unlearn_jax.study import saved
 from unlearn_jax.study.config import Config, ConfigError
 
 __all__ = [
+  "SECOND_CLIP_TOP",
+  "Baseline",
   "Certificates",
+  "check_test_power",
   "Context",
   "DataMissingError",
   "ForgetSet",
@@ -39,6 +42,8 @@ __all__ = [
   "seeded",
   "select_forget_sets",
   "setup",
+  "tie_break_key",
+  "train_baseline",
   "train_with_ledger",
 ]
 
@@ -182,6 +187,23 @@ def _check_lsi(config: Config) -> None:
     )
 
 
+def check_test_power(ctx: Context) -> evaluate.TestPower:
+  """The power of the "unlearned" test at the configured seeds and set size (simulated); refuses a
+  configuration whose test cannot tell an unlearned set from one 2 standard deviations away."""
+  uc, fc, ec = ctx.config.unlearning, ctx.config.forget_sets, ctx.config.evaluation
+  power = evaluate.unlearned_test_power(uc.num_seeds, fc.size, shift=2.0, percentile=100 * ec.floor_quantile)
+  if power.power < ec.min_power:
+    raise ConfigError(
+      f"config key 'unlearning.num_seeds' = {uc.num_seeds}: with {uc.num_seeds} vs {uc.num_seeds} models and "
+      f"forget sets of {fc.size}, the 'unlearned' test rejects a 2-standard-deviation shift in only "
+      f"{100 * power.power:.1f}% of {power.trials} simulated sets (power below evaluation.min_power = "
+      f"{ec.min_power:g}): it cannot tell an unlearned set from one that is not. Use num_seeds >= 16, or set "
+      "evaluation.min_power = 0 to run the underpowered test anyway (the report states its power)"
+    )
+  ctx.tick("setup")
+  return power
+
+
 def setup(ctx: Context) -> Setup:
   """Loads the data set, builds the model and the step settings; checks what only the data can tell."""
   config = ctx.config
@@ -281,6 +303,7 @@ class Trained(NamedTuple):
   early_index: int  # position of the early checkpoint in ``checkpoints``
   realized_mean: np.ndarray  # (n, K) P(x, α) averaged over the chains
   realized_std: np.ndarray
+  per_seed_p4: np.ndarray  # (S, n) each chain's own P(x, 4α)
   certified: bool
   exact: bool
   worst_case_loss: np.ndarray  # (K,)
@@ -295,8 +318,9 @@ def progress_bar(ctx: Context, num_seeds: int, num_steps: int, desc: str):
   return runtime.Progress(total, desc, enabled=True) if ctx.progress else False
 
 
-def train_with_ledger(ctx: Context, s: Setup) -> Trained:
-  """Trains ``training.num_seeds`` chains with the per-instance ledger (THEORY §2, §3)."""
+def train_with_ledger(ctx: Context, s: Setup, *, clip_norm: float | None = None, name: str = "train") -> Trained:
+  """Trains ``training.num_seeds`` chains with the per-instance ledger (THEORY §2, §3); ``clip_norm``
+  overrides the training's clip norm (the second-clip run), ``name`` names its checkpoints and bar."""
   tr, pv, mc = ctx.config.training, ctx.config.privacy, ctx.config.metrics
   T = tr.num_steps
   early = max(1, int(round(mc.early_fraction * T)))
@@ -305,8 +329,10 @@ def train_with_ledger(ctx: Context, s: Setup) -> Trained:
     pv.orders, stride=pv.stride, filter_budget=pv.filter_budget, filter_order=pv.filter_order
   )
   steps_per_chunk = max(1, min(100, T))
-  ctx.stage(f"training {tr.num_seeds} chain(s) x {T} steps with the per-instance ledger")
-  bar = progress_bar(ctx, tr.num_seeds, T, "train")
+  step = s.step if clip_norm is None else {**s.step, "clip_norm": clip_norm}
+  clip_text = "" if clip_norm is None else f" at clip norm {clip_norm:g}"
+  ctx.stage(f"training {tr.num_seeds} chain(s) x {T} steps with the per-instance ledger{clip_text}")
+  bar = progress_bar(ctx, tr.num_seeds, T, name)
   trained = seeded(
     runtime.train,
     num_seeds=tr.num_seeds,
@@ -324,11 +350,11 @@ def train_with_ledger(ctx: Context, s: Setup) -> Trained:
     accounting_temperature=tr.accounting_temperature,
     accounting=acc_cfg,
     record_steps=ckpt_steps,
-    checkpoint_dir=str(ctx.out / "checkpoints" / "train"),
+    checkpoint_dir=str(ctx.out / "checkpoints" / name),
     checkpoint_every=max(steps_per_chunk, T // 10),
     steps_per_chunk=steps_per_chunk,
     history_stride=max(1, T // 100),
-    **s.step,
+    **step,
   )
   if bar:
     bar.close()
@@ -346,6 +372,7 @@ def train_with_ledger(ctx: Context, s: Setup) -> Trained:
     ckpt_steps.index(early),
     np.asarray(mean, np.float64),
     np.asarray(std, np.float64),
+    np.asarray(ledger.realized, np.float64)[:, : s.num_examples, _index_of(pv.orders, 4 * pv.alpha)],
     bool(np.all(np.asarray(ledger.certified))),
     bool(np.all(np.asarray(ledger.exact))),
     np.asarray(ledger.worst_case)[0],
@@ -353,8 +380,45 @@ def train_with_ledger(ctx: Context, s: Setup) -> Trained:
     float(np.mean(np.asarray(test_acc))),
     float(np.mean(np.asarray(test_loss))),
   )
-  ctx.tick("train")
+  ctx.tick(name)
   return result
+
+
+class Baseline(NamedTuple):
+  """The plain (non-private) model of the same training: no noise, no clipping."""
+
+  test_accuracy: float
+  train_accuracy: float
+  steps: int
+
+
+def train_baseline(ctx: Context, s: Setup) -> Baseline | None:
+  """One chain of the same training without noise and without clipping (the accuracy to compare with)."""
+  tr = ctx.config.training
+  if not tr.baseline:
+    return None
+  ctx.stage(f"baseline: 1 plain (non-private) chain x {tr.num_steps} steps, no noise, no clipping")
+  steps_per_chunk = max(1, min(100, tr.num_steps))
+  res = runtime.train(
+    s.loss_fn,
+    s.init_fn,
+    s.train_data,
+    num_steps=tr.num_steps,
+    key=jax.random.fold_in(ctx.keys["train"], 1_000_003),
+    step_size=tr.step_size,
+    temperature=0.0,
+    data_mask=s.pad_mask,
+    steps_per_chunk=steps_per_chunk,
+    history_stride=max(1, tr.num_steps // 10),
+    checkpoint_dir=str(ctx.out / "checkpoints" / "baseline"),
+    checkpoint_every=max(steps_per_chunk, tr.num_steps // 10),
+    progress=progress_bar(ctx, 1, tr.num_steps, "baseline") if ctx.progress else False,
+    **{**s.step, "clip_norm": None},
+  )
+  test_acc, _ = evaluate.accuracy_and_loss(s.apply_fn, res.state.params, s.x_test, s.y_test)
+  train_acc, _ = evaluate.accuracy_and_loss(s.apply_fn, res.state.params, s.x, s.y)
+  ctx.tick("baseline")
+  return Baseline(float(test_acc), float(train_acc), tr.num_steps)
 
 
 class Certificates(NamedTuple):
@@ -508,8 +572,41 @@ class ForgetSet(NamedTuple):
   indices: np.ndarray
 
 
-def select_forget_sets(ctx: Context, certs: Certificates, metric_values: dict[str, np.ndarray]) -> list[ForgetSet]:
-  """Stage 4: forget sets by privacy loss, by each metric and at random (THEORY §6)."""
+def tie_break_key(s: Setup, trained: Trained) -> np.ndarray:
+  """(n,) the unclipped per-example gradient norm at the end of training, averaged over the chains: the
+  secondary key of privacy-loss selections (the clip saturates P, not this norm)."""
+  norms = [
+    np.asarray(
+      per_example.per_example_grad_norms(s.loss_fn, jax.tree.map(lambda leaf, r=r: leaf[r], trained.params), (s.x, s.y))
+    )
+    for r in range(int(jax.tree.leaves(trained.params)[0].shape[0]))
+  ]
+  return np.mean(np.stack(norms), axis=0).astype(np.float64)
+
+
+def _bin_sets(fc, p4: np.ndarray, key: jax.Array) -> list[ForgetSet]:
+  sets = []
+  for b in range(fc.privacy_loss_bins):
+    for j in range(fc.sets_per_bin):
+      k = jax.random.fold_in(key, 1000 + b if j == 0 else 100_000 + 1000 * j + b)
+      idx = selection.select_forget_set(p4, f"bin:{b}/{fc.privacy_loss_bins}", size=fc.size, key=k)
+      suffix = "" if fc.sets_per_bin == 1 else f"#{j}"
+      sets.append(ForgetSet(f"privacy_loss:bin{b}/{fc.privacy_loss_bins}{suffix}", np.asarray(idx)))
+  return sets
+
+
+SECOND_CLIP_TOP = "privacy_loss@clip2:top"
+
+
+def select_forget_sets(
+  ctx: Context,
+  certs: Certificates,
+  metric_values: dict[str, np.ndarray],
+  tie_break: np.ndarray | None = None,
+  second_p4: np.ndarray | None = None,
+) -> list[ForgetSet]:
+  """Stage 4: forget sets by privacy loss (ties broken by ``tie_break``), by each metric, at random and
+  from privacy-loss quantile bins (THEORY §6)."""
   fc, key = ctx.config.forget_sets, ctx.keys["select"]
   p4 = certs.privacy_loss
   scores = {"privacy_loss": p4, **metric_values}
@@ -517,15 +614,17 @@ def select_forget_sets(ctx: Context, certs: Certificates, metric_values: dict[st
   for j, sel in enumerate(fc.selections):
     if sel == "random":
       idx = selection.select_forget_set(p4, "random", size=fc.size, key=jax.random.fold_in(key, j))
+    elif sel.startswith("privacy_loss:"):
+      idx = selection.select_forget_set(
+        p4, sel.split(":")[1], size=fc.size, tie_break=tie_break, ties_within=fc.ties_within
+      )
     else:
       name, kind = sel.split(":")
-      sign = 1 if name == "privacy_loss" else METRICS[name].sign
-      idx = selection.select_forget_set(np.nan_to_num(sign * scores[name], nan=0.0), kind, size=fc.size)
+      idx = selection.select_forget_set(np.nan_to_num(METRICS[name].sign * scores[name], nan=0.0), kind, size=fc.size)
     sets.append(ForgetSet(sel, np.asarray(idx)))
-  for b in range(fc.privacy_loss_bins):
-    idx = selection.select_forget_set(
-      p4, f"bin:{b}/{fc.privacy_loss_bins}", size=fc.size, key=jax.random.fold_in(key, 1000 + b)
-    )
-    sets.append(ForgetSet(f"privacy_loss:bin{b}/{fc.privacy_loss_bins}", np.asarray(idx)))
+  if second_p4 is not None:  # the top set by P at the second clip norm, unlearned from the main models
+    idx = selection.select_forget_set(second_p4, "top", size=fc.size, tie_break=tie_break, ties_within=fc.ties_within)
+    sets.append(ForgetSet(SECOND_CLIP_TOP, np.asarray(idx)))
+  sets += _bin_sets(fc, p4, key)
   ctx.tick("select")
   return sets
