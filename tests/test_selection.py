@@ -142,3 +142,14 @@ def test_ties_are_broken_by_the_secondary_key_not_the_index():
     sel.select_forget_set(scores, "top", size=3, tie_break=secondary[:5])
   with pytest.raises(ValueError, match="ties_within"):
     sel.select_forget_set(scores, "top", size=3, ties_within=1.5)
+
+
+def test_ties_are_relative_to_the_values_themselves():
+  # a geometric grid: 10.0 and 10.05 tie (within 1%) at the bottom, 12 does not, however large the maximum
+  scores = np.array([10.05, 10.0, 12.0, 1000.0, 990.0, 0.0])
+  key = np.array([0.1, 0.9, 0.0, 0.5, 0.7, 0.3])
+  assert sel.select_forget_set(scores, "bottom", size=2, tie_break=key, ties_within=0.01).tolist() == [0, 5]
+  assert sel.select_forget_set(scores, "bottom", size=3, tie_break=key, ties_within=0.01).tolist() == [0, 1, 5]
+  # 1000 and 990 lie within 1.1%: with 2% they tie and the key (0.7 > 0.5) picks 990 first
+  assert sel.select_forget_set(scores, "top", size=1, tie_break=key, ties_within=0.02).tolist() == [4]
+  assert sel.select_forget_set(scores, "top", size=1, tie_break=key, ties_within=0.0).tolist() == [3]

@@ -1,6 +1,7 @@
 """unlearn_jax: per-instance privacy accounting and certified machine unlearning in JAX.
 
-Re-exports only; importing does no work. The folders follow the pipeline:
+Re-exports only; importing does no work. "theory §N" in the docstrings is section N of the project's
+``docs/theory.md``, where every formula is written out. The folders follow the pipeline:
 
 - ``per_example``: per-example gradients, norms (vmap / ghost), clipping, inner products.
 - ``algorithms``: the step protocol, batch selection, the noisy update, SGLD, the unlearning methods,

@@ -1,4 +1,4 @@
-"""Per-instance privacy accounting (THEORY §2, §3): RDP numerics, per-step costs, the ledger, conversions.
+"""Per-instance privacy accounting (theory §2, §3): RDP numerics, per-step costs, the ledger, conversions.
 
 - :mod:`~unlearn_jax.accounting.sgm`: the sampled Gaussian mechanism's RDP (and its fractional-order
   kernels in :mod:`~unlearn_jax.accounting.sgm_fractional`);

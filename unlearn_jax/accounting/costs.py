@@ -1,4 +1,4 @@
-"""Per-step per-instance Rényi costs ε_t(x; α) (THEORY §2a, §2b) and their worst cases.
+"""Per-step per-instance Rényi costs ε_t(x; α) (theory §2a, §2b) and their worst cases.
 
 - :func:`full_batch_costs`: §2a, the mean over the data set, α η ‖g_t(x) − ḡ_t‖² / (4 τ (N−1)²), from the
   squared distances to the clipped mean (``per_example.distances``: no per-example gradients, exact
@@ -64,7 +64,7 @@ def full_batch_costs(
   step_size: ArrayLike,
   temperature: ArrayLike,
 ) -> jax.Array:
-  """THEORY §2a: ``ε_t(x; α) = α η ‖g_t(x) − ḡ_t‖² / (4 τ (N−1)²)`` for every example.
+  """theory §2a: ``ε_t(x; α) = α η ‖g_t(x) − ḡ_t‖² / (4 τ (N−1)²)`` for every example.
 
   ``sq_dist[i] = ‖g_i − ḡ‖²`` with ḡ the clipped mean over the N examples of the mean. Examples
   outside it should be given ``sq_dist = 0`` (they cost nothing). N ≤ 1 gives ``inf``.
@@ -112,7 +112,7 @@ def full_batch_worst_case_cost(
   step_size: ArrayLike,
   temperature: ArrayLike,
 ) -> jax.Array:
-  """THEORY §2a with ``‖g_t(x) − ḡ_t‖`` replaced by 2C: ``α η C² / (τ (N−1)²)``.
+  """theory §2a with ``‖g_t(x) − ḡ_t‖`` replaced by 2C: ``α η C² / (τ (N−1)²)``.
 
   Args:
     clip_norm: C > 0 (inf gives inf: unclipped gradients have no worst case).
@@ -159,7 +159,7 @@ def poisson_costs(
   temperature: ArrayLike,
   num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
-  """THEORY §2b: ``ε_t(x; α) = RDP_SGM(q, z_t(x), α)``, ``z_t(x) = b·sqrt(2τ/η) / ‖g_t(x)‖``.
+  """theory §2b: ``ε_t(x; α) = RDP_SGM(q, z_t(x), α)``, ``z_t(x) = b·sqrt(2τ/η) / ‖g_t(x)‖``.
 
   ``norms`` are the CLIPPED per-example gradient norms ``min(‖∇ℓ_i‖, C)``; a norm of 0 costs 0. The
   result is the envelope ``monotone_in_order`` of the series (RDP is non-decreasing in α).
@@ -280,7 +280,7 @@ def poisson_worst_case_cost(
   temperature: ArrayLike,
   num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
-  """THEORY §2b with ‖g_t(x)‖ replaced by C: the DP-SGD cost ``RDP_SGM(q, b·sqrt(2τ/η)/C, α)``.
+  """theory §2b with ‖g_t(x)‖ replaced by C: the DP-SGD cost ``RDP_SGM(q, b·sqrt(2τ/η)/C, α)``.
 
   Args:
     clip_norm: C > 0; inf (no clipping) gives inf — never NaN — also when traced.
@@ -384,7 +384,7 @@ def step_costs(
   num_terms: int = DEFAULT_NUM_TERMS,
   reduction_blocks: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-example costs of one step at fixed ``params`` (THEORY §2a/§2b), for any optimizer's run.
+  """Per-example costs of one step at fixed ``params`` (theory §2a/§2b), for any optimizer's run.
 
   A pure function: call it with the parameters before each step and feed the result to
   :func:`~unlearn_jax.accounting.ledger_update` (the optax-driven training does exactly that).

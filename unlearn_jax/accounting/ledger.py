@@ -1,4 +1,4 @@
-"""The per-instance privacy ledger (THEORY §3): realized losses P(x, α), the individual Rényi filter.
+"""The per-instance privacy ledger (theory §3): realized losses P(x, α), the individual Rényi filter.
 
 :class:`Ledger` holds the realized losses P(x, α) (n, K) of a run; :func:`ledger_update` adds one step's
 costs, applies the individual Rényi filter (Feldman & Zrnic 2021) — the one place where examples are
@@ -143,7 +143,7 @@ def accountant(
 
 
 class Ledger(NamedTuple):
-  """Per-instance privacy losses along a run (THEORY §3). All leaves are arrays.
+  """Per-instance privacy losses along a run (theory §3). All leaves are arrays.
 
   Attributes:
     orders: (K,) Rényi orders.
@@ -258,7 +258,7 @@ def ledger_update(
   config: AccountingConfig,
   accounted: ArrayLike = True,
 ) -> Ledger:
-  """Adds one step's costs to the ledger (THEORY §3).
+  """Adds one step's costs to the ledger (theory §3).
 
   ``realized += weight · costs`` for the examples that stay active (with the filter on, those
   :func:`filter_admits` keeps; the others are removed for good and charged nothing, since their
@@ -389,7 +389,7 @@ def check_ledger(ledger: Ledger) -> Ledger:
 
 
 def average_ledgers(ledgers: Ledger | ArrayLike) -> tuple[jax.Array, jax.Array]:
-  """Mean and standard deviation of realized losses over runs (THEORY §3 "averaged over R runs").
+  """Mean and standard deviation of realized losses over runs (theory §3 "averaged over R runs").
 
   Args:
     ledgers: a :class:`Ledger` whose leaves carry a leading seed axis R (as returned by a vmapped
@@ -414,7 +414,7 @@ def average_ledgers(ledgers: Ledger | ArrayLike) -> tuple[jax.Array, jax.Array]:
 
 
 def group_factor(num_examples: int, group_size: int, *, fixed_denominator: bool = False) -> float:
-  """The factor of the group bound (THEORY §3): ``P(F, α) ≤ factor · Σ_{x∈F} P(x, α)``.
+  """The factor of the group bound (theory §3): ``P(F, α) ≤ factor · Σ_{x∈F} P(x, α)``.
 
   - Mean over the data set (§2a, no filter): removing F moves the reference mean to ḡ_{D∖F}, and
     Σ_{x∈F}(g_x − ḡ_{D∖F}) = (n/(n−k)) Σ_{x∈F}(g_x − ḡ_D), so the group's per-step cost is
@@ -456,7 +456,7 @@ def group_privacy_loss(
   num_examples: int | None = None,
   fixed_denominator: bool = False,
 ) -> jax.Array:
-  """Group bound for full-batch accounting (THEORY §3): ``P(F, α) ≤ group_factor · Σ_{x∈F} P(x, α)``.
+  """Group bound for full-batch accounting (theory §3): ``P(F, α) ≤ group_factor · Σ_{x∈F} P(x, α)``.
 
   With the mean over the data set (§2a) the factor is ``k((n−1)/(n−k))²``; with a fixed denominator
   (the certified filter) it is ``k`` (:func:`group_factor`). The bound holds step by step, so it holds

@@ -1,4 +1,4 @@
-"""The sampled Gaussian mechanism's Rényi DP (THEORY §2b; Mironov, Talwar, Zhang 2019), in jax.numpy.
+"""The sampled Gaussian mechanism's Rényi DP (theory §2b; Mironov, Talwar, Zhang 2019), in jax.numpy.
 
 :func:`sampled_gaussian_rdp` is vectorised over a batch of noise multipliers (one per example) and
 computed in log space. Integer orders use the exact binomial expansion; fractional orders use the series
@@ -204,7 +204,7 @@ def sampled_gaussian_rdp(
   *,
   num_terms: int = DEFAULT_NUM_TERMS,
 ) -> jax.Array:
-  """RDP of the Poisson-subsampled Gaussian mechanism (THEORY §2b; Mironov, Talwar, Zhang 2019).
+  """RDP of the Poisson-subsampled Gaussian mechanism (theory §2b; Mironov, Talwar, Zhang 2019).
 
   For sampling rate q and noise multiplier z (noise std / sensitivity), order α:
   integer α: ``(1/(α−1)) log Σ_{k=0..α} C(α,k) (1−q)^{α−k} q^k exp((k²−k)/(2z²))``;
@@ -314,7 +314,7 @@ def gaussian_rdp(sensitivity: ArrayLike, noise_std: ArrayLike, orders: ArrayLike
 
 
 def monotone_in_order(values: ArrayLike, orders: ArrayLike | Sequence[float]) -> jax.Array:
-  """Each value at order α replaced by the minimum of the values at orders ≥ α (THEORY §2b).
+  """Each value at order α replaced by the minimum of the values at orders ≥ α (theory §2b).
 
   RDP is non-decreasing in α, so if every entry upper-bounds the RDP at its order, so does the
   minimum over the higher orders: the result is a sound, tighter cost that is monotone in α. The

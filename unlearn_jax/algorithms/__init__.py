@@ -1,4 +1,4 @@
-"""Training and unlearning steps (THEORY §0–§1, §4): one protocol, composed from small pieces.
+"""Training and unlearning steps (theory §0–§1, §4): one protocol, composed from small pieces.
 
 - :mod:`~unlearn_jax.algorithms.base`: the :class:`Algorithm` protocol ``(init, step)`` and
   :class:`StepInfo`;

@@ -1,4 +1,4 @@
-"""Which examples enter a step's gradient estimate (THEORY §1), once for every algorithm.
+"""Which examples enter a step's gradient estimate (theory §1), once for every algorithm.
 
 | mode | examples | ĝ | costs |
 |---|---|---|---|
@@ -41,7 +41,7 @@ class Selection(NamedTuple):
 
 
 def fixed_denominator(mode: str, denominator: float | None, uses_filter: bool) -> bool:
-  """Whether ĝ divides by a fixed b (THEORY §1–§3): Poisson, an explicit b, or the certified filter."""
+  """Whether ĝ divides by a fixed b (theory §1–§3): Poisson, an explicit b, or the certified filter."""
   return mode == "poisson" or denominator is not None or (mode == "full_batch" and uses_filter)
 
 

@@ -1,4 +1,4 @@
-"""Unlearning by fine-tuning on the retain set (THEORY §4 "Unlearning variants"): a registry of methods.
+"""Unlearning by fine-tuning on the retain set (theory §4 "Unlearning variants"): a registry of methods.
 
 A method is one function ``method(loss_fn, spec) -> (Algorithm, hyperparameters)``: from the loss and a
 :class:`MethodSpec` (what ``runtime.unlearn`` was given) it builds the step and the per-call

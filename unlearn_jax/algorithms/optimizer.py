@@ -5,7 +5,7 @@ The step computes the full-batch mean gradient over the (masked) data — clippe
 hands it to the optimizer together with the step's key (``optimizer.update(g, state, params,
 key=step_key)``): stochastic transforms such as :func:`~unlearn_jax.algorithms.update.langevin_noise`
 then draw their noise from the run's key and seed. With ``accounting`` the §2a costs are evaluated at
-θ_t with the *assumed* ``accounting_temperature`` and ``step_size`` (THEORY §1: noise-free training; the
+θ_t with the *assumed* ``accounting_temperature`` and ``step_size`` (theory §1: noise-free training; the
 ranking of examples by the full-batch loss does not depend on τ). They describe an SGD step of that
 size; for any other optimizer the ledger says so (``accounting.ledger_notes``).
 """

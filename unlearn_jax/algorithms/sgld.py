@@ -1,4 +1,4 @@
-"""SGLD with per-example clipping and the privacy ledger: the composition of the pieces (THEORY §0–§3).
+"""SGLD with per-example clipping and the privacy ledger: the composition of the pieces (theory §0–§3).
 
 One step: the per-example quantities (:mod:`unlearn_jax.per_example.blocks`), the batch selection
 (:mod:`~unlearn_jax.algorithms.batches`), the per-step costs (:mod:`unlearn_jax.accounting.costs`), the
@@ -120,7 +120,7 @@ def _settings(
   if mode == "shuffled" and accounting is not None and accounting.uses_filter:
     raise ValueError(
       "the individual Renyi filter (filter_budget) certifies full-batch and Poisson runs only; "
-      "shuffled-minibatch costs are estimates (THEORY §2a), so there is nothing to certify"
+      "shuffled-minibatch costs are estimates (theory §2a), so there is nothing to certify"
     )
   return _Settings(
     mode,
@@ -468,7 +468,7 @@ def sgld(
   reduction_blocks: int | None = None,
   batch_capacity: int | None = None,
 ) -> Algorithm:
-  """Builds the noisy step (THEORY §0–§1) with the per-instance ledger (§2–§3) wired in.
+  """Builds the noisy step (theory §0–§1) with the per-instance ledger (§2–§3) wired in.
 
   ``init(params, num_examples, *, key=None) -> SGLDState`` and ``step(state, data, key, step_size,
   temperature=0.0, *, data_mask=None, accounting_temperature=None, clip_norm=None, weight_decay=None,
@@ -486,15 +486,15 @@ def sgld(
   ``accounting_temperature`` > 0 for its costs (the ranking of §2a costs does not depend on it).
   ``l1_strength`` γ adds γ_t sign(θ) to the gradient with γ_t = γ · max(0, 1 − t/``l1_horizon``).
 
-  Accounting (``accounting=accountant(...)``): at every ``stride``-th step the costs of THEORY §2 are
+  Accounting (``accounting=accountant(...)``): at every ``stride``-th step the costs of theory §2 are
   computed inside the step and added to ``state.ledger`` with weight ``stride``. With the individual
   Rényi filter (budget B at order α*), an example whose ``P(x, α*) + ε_t(x, α*)`` would exceed B is
   removed from this and every later gradient and charged nothing more. The filter needs each removal
   to depend on the history and that example alone (Feldman & Zrnic 2021), so in full-batch mode it
   uses a fixed denominator: ĝ = (1/b) Σ_{active} g_i with b fixed for the run (default the number of
-  real rows n), and example x's cost is α η ‖g_t(x)‖² / (4 τ b²) (the q = 1 case of THEORY §2b), a
+  real rows n), and example x's cost is α η ‖g_t(x)‖² / (4 τ b²) (the q = 1 case of theory §2b), a
   function of θ_t and x only; no certified loss ever exceeds B. Without the filter the full-batch mode
-  averages over the active examples (THEORY §2a): an estimate.
+  averages over the active examples (theory §2a): an estimate.
 
   Args:
     loss_fn: ``loss_fn(params, example) -> scalar`` for ONE example.

@@ -1,4 +1,4 @@
-"""The noisy update rule and the projection (THEORY §0), once, and its optax form.
+"""The noisy update rule and the projection (theory §0), once, and its optax form.
 
 One step of every algorithm of this package (SGLD training, SGLD / SGD / L1-sparse fine-tuning) is
 

@@ -1,4 +1,4 @@
-"""Certificates (THEORY §4, §5): the per-instance unlearning theorem, calibration, the exact testbed.
+"""Certificates (theory §4, §5): the per-instance unlearning theorem, calibration, the exact testbed.
 
 - :mod:`~unlearn_jax.certify.bounds`: the bound on D_α(ρ_k ‖ π_T(D')), certified steps to unlearn an
   example or a forget set, their (ε, δ) form, Chien et al.'s worst-case baseline;

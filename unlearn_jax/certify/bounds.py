@@ -1,9 +1,9 @@
-"""Certified per-instance unlearning by noisy fine-tuning (THEORY §4).
+"""Certified per-instance unlearning by noisy fine-tuning (theory §4).
 
 Everything here is pure ``jax.numpy``: it composes with ``jit``, ``vmap`` and ``grad`` and broadcasts
 over examples (``privacy_loss_4alpha`` of shape (n,)) and over orders (``alpha`` of shape (K,)).
 
-The per-instance theorem (THEORY §4): starting from θ_T ~ π_T(D) and running k noisy steps on
+The per-instance theorem (theory §4): starting from θ_T ~ π_T(D) and running k noisy steps on
 D' = D minus x (same η, τ), the unlearned law ρ_k satisfies
 
     D_α(ρ_k ‖ π_T(D')) ≤ ((α−½)/(α−1)) · exp(−τηk/(α C_LSI)) · [((4α−1)/(4α−2)) P(x, 4α) + E₁] + E₂
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-STATIONARITY_ASSUMPTION = "assumes training reached stationarity (E1 = E2 = 0, THEORY §4)"
+STATIONARITY_ASSUMPTION = "assumes training reached stationarity (E1 = E2 = 0, theory §4)"
 
 
 EXACT_CONSTANTS = "E1, E2 supplied (not assumed zero)"
@@ -107,7 +107,7 @@ def certificate_assumptions(e1: ArrayLike = 0.0, e2: ArrayLike = 0.0) -> str:
 
   Examples:
     >>> certificate_assumptions()
-    'assumes training reached stationarity (E1 = E2 = 0, THEORY §4)'
+    'assumes training reached stationarity (E1 = E2 = 0, theory §4)'
     >>> certificate_assumptions(0.1, 0.0)
     'E1, E2 supplied (not assumed zero)'
   """
@@ -118,7 +118,7 @@ def certificate_assumptions(e1: ArrayLike = 0.0, e2: ArrayLike = 0.0) -> str:
 
 @guarded
 def lsi_constant_strongly_convex(temperature: ArrayLike, m: ArrayLike) -> jax.Array:
-  """LSI constant 2τ/m of the Gibbs law ∝ exp(−L/τ) of an m-strongly convex L (THEORY §0).
+  """LSI constant 2τ/m of the Gibbs law ∝ exp(−L/τ) of an m-strongly convex L (theory §0).
 
   Args:
     temperature: τ > 0.
@@ -148,7 +148,7 @@ def contraction_factor(
   temperature: ArrayLike,
   lsi_constant: ArrayLike,
 ) -> jax.Array:
-  """Rényi contraction exp(−2τηk/(β C_LSI)) after k noisy steps at order β = ``alpha`` (THEORY §4).
+  """Rényi contraction exp(−2τηk/(β C_LSI)) after k noisy steps at order β = ``alpha`` (theory §4).
 
   Args:
     num_steps: k ≥ 0, may be fractional.
@@ -233,7 +233,7 @@ def unlearning_bound(
   e1: ArrayLike = 0.0,
   e2: ArrayLike = 0.0,
 ) -> jax.Array:
-  """Per-instance bound on D_α(ρ_k ‖ π_T(D')) after k fine-tuning steps on D' (THEORY §4).
+  """Per-instance bound on D_α(ρ_k ‖ π_T(D')) after k fine-tuning steps on D' (theory §4).
 
   ((α−½)/(α−1)) · exp(−τηk/(α C_LSI)) · [((4α−1)/(4α−2)) P(x, 4α) + E₁] + E₂.
 
@@ -292,7 +292,7 @@ def steps_to_unlearn_continuous(
   e1: ArrayLike = 0.0,
   e2: ArrayLike = 0.0,
 ) -> jax.Array:
-  """Un-rounded steps to unlearn: max(0, (α C_LSI/(τη)) log(bracket/(ε − E₂))) (THEORY §4).
+  """Un-rounded steps to unlearn: max(0, (α C_LSI/(τη)) log(bracket/(ε − E₂))) (theory §4).
 
   Differentiable (``jax.grad``) in P, ε, τ, η, C_LSI, E₁, E₂ where the value is positive and finite.
 
@@ -341,7 +341,7 @@ def steps_to_unlearn(
   e1: ArrayLike = 0.0,
   e2: ArrayLike = 0.0,
 ) -> jax.Array:
-  """Certified steps to unlearn x to (α, ε): k*(x) of THEORY §4.
+  """Certified steps to unlearn x to (α, ε): k*(x) of theory §4.
 
   k* = ceil((α C_LSI/(τη)) · log(((α−½)/(α−1)) [((4α−1)/(4α−2)) P(x,4α) + E₁] / (ε − E₂))),
   0 when the log is ≤ 0, +inf when ε ≤ E₂. It is the least integer k with
@@ -406,7 +406,7 @@ def steps_to_unlearn_dp(
   e2: ArrayLike = 0.0,
   method: str = conversions.DEFAULT_METHOD,
 ) -> tuple[jax.Array, jax.Array]:
-  """Certified steps to reach (ε_dp, δ)-unlearning, best order from the ledger's grid (THEORY §4).
+  """Certified steps to reach (ε_dp, δ)-unlearning, best order from the ledger's grid (theory §4).
 
   The theorem at order α needs P(x, 4α). To stay exact (no interpolation between orders) the candidate
   orders are α = o/4 for every grid order o > 4, so P(x, 4α) = ``ledger_realized[:, j]`` exactly. At
@@ -524,7 +524,7 @@ def worst_case_epsilon(
   clip_norm: ArrayLike,
   num_examples: ArrayLike,
 ) -> jax.Array:
-  """Chien et al.'s worst-case Rényi unlearning ε(α, K) = exp(−Kmη/α) · 4αS²C²/(mτn²) (THEORY §4).
+  """Chien et al.'s worst-case Rényi unlearning ε(α, K) = exp(−Kmη/α) · 4αS²C²/(mτn²) (theory §4).
 
   Evaluated in log space (a value beyond the dtype's range is +inf, never a wrong finite number).
 
@@ -623,7 +623,7 @@ def group_steps_to_unlearn(
   """Certified steps to unlearn a whole forget set F: :func:`steps_to_unlearn` at P(F, 4α).
 
   D' = D minus F; P(F, 4α) ≤ k((n−1)/(n−k))² Σ_{x∈F} P(x, 4α) with the mean over the data set, or
-  k Σ_{x∈F} P(x, 4α) with a fixed denominator (THEORY §3, full batch; ``accounting.group_privacy_loss``);
+  k Σ_{x∈F} P(x, 4α) with a fixed denominator (theory §3, full batch; ``accounting.group_privacy_loss``);
   E₁, E₂, C_LSI must be those of the D' chain.
 
   Args:

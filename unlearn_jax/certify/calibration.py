@@ -1,4 +1,4 @@
-"""Calibration of the certificate's knobs by differentiation (THEORY §4): the temperature, step size or
+"""Calibration of the certificate's knobs by differentiation (theory §4): the temperature, step size or
 number of steps that certifiably unlearns a quantile of examples within a budget.
 
 The continuous steps to unlearn (``bounds.steps_to_unlearn_continuous``) are differentiable, so the

@@ -1,8 +1,8 @@
-"""Exact linear-Gaussian testbed for the unlearning theorem (THEORY §5), float64 NumPy throughout.
+"""Exact linear-Gaussian testbed for the unlearning theorem (theory §5), float64 NumPy throughout.
 
 Ridge loss ℓ = ½(aᵀθ − y)², r = λ/2‖θ‖², full batch, no clipping or projection. With
 A = (1/n) Σ a aᵀ + λI, c = (1/n) Σ y a and M = I − ηA, the noisy step θ ← Mθ + ηc + sqrt(2ητ) ξ maps
-N(μ, S) to N(Mμ + ηc, M S Mᵀ + 2ητ I), so every law of THEORY §4 is a Gaussian known in closed form:
+N(μ, S) to N(Mμ + ηc, M S Mᵀ + 2ητ I), so every law of theory §4 is a Gaussian known in closed form:
 π_T(D) (trained on D), π_T(D') (the oracle, retrained on D' = D minus x, whose objective is the mean
 over the n − 1 remaining examples), ν' (the stationary law of the D' chain) and ρ_k (k fine-tuning
 steps on D' from π_T(D)). Powers of M are taken in the eigenbasis of the symmetric A, so a law after T
@@ -144,7 +144,7 @@ def gaussian_law_after(
   step_size: float,
   temperature: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Exact law N(μ_T, S_T) after T noisy full-batch steps from θ₀ ~ N(μ₀, S₀) (THEORY §5).
+  """Exact law N(μ_T, S_T) after T noisy full-batch steps from θ₀ ~ N(μ₀, S₀) (theory §5).
 
   μ_{t+1} = M μ_t + η c, S_{t+1} = M S_t M + 2ητ I; in closed form μ_T = M^T μ₀ + (I − M^T) A⁻¹c and
   S_T = M^T S₀ M^T + 2ητ Σ_{j<T} M^{2j}, evaluated in the eigenbasis of A.
@@ -220,7 +220,7 @@ def stationary_law(problem: RidgeProblem, step_size: float, temperature: float) 
 
 
 def gaussian_renyi(alpha: Any, mu1: ArrayLike, S1: ArrayLike, mu2: ArrayLike, S2: ArrayLike) -> Any:
-  """Rényi divergence D_α(N(μ1, S1) ‖ N(μ2, S2)), exact (THEORY §5).
+  """Rényi divergence D_α(N(μ1, S1) ‖ N(μ2, S2)), exact (theory §5).
 
   With S_α = α S2 + (1 − α) S1 (must be positive definite, else +inf):
   D_α = (α/2) Δμᵀ S_α⁻¹ Δμ − (1/(2(α−1))) log(det S_α / (det S1^{1−α} det S2^α)).
@@ -283,7 +283,7 @@ def unlearned_laws(
   mu0: ArrayLike,
   S0: ArrayLike,
 ) -> dict[str, Any]:
-  """All the laws of THEORY §4 for removing example ``index``.
+  """All the laws of theory §4 for removing example ``index``.
 
   Returns:
     dict with ``trained`` = π_T(D), ``oracle`` = π_T(D'), ``stationary`` = ν', ``unlearned`` = ρ_k
@@ -315,7 +315,7 @@ def per_instance_exact(
   mu0: ArrayLike,
   S0: ArrayLike,
 ) -> dict[str, float]:
-  """Every quantity of the per-instance theorem (THEORY §4), exactly, for removing ``index``.
+  """Every quantity of the per-instance theorem (theory §4), exactly, for removing ``index``.
 
   Returns:
     dict with ``P`` = D_{4α}(π_T(D)‖π_T(D')), ``E1`` = D_{4α−1}(π_T(D')‖ν'),
@@ -390,7 +390,7 @@ def make_outlier_problem(
   num_outliers: int = 1,
   seed: int = 0,
 ) -> RidgeProblem:
-  """A ridge problem with a few outliers (FINDINGS: n = 40, d = 3, one outlier).
+  """A ridge problem with a few outliers (default: n = 40, d = 3, one outlier).
 
   x_i ~ N(0, I/d)·√d-ish unit scale, y = xᵀw + noise; the first ``num_outliers`` examples get features
   scaled by ``outlier_scale`` and a target of the opposite sign with magnitude ``outlier_scale``² (a
@@ -434,12 +434,12 @@ def realized_vs_exact(
 ) -> dict[str, Any]:
   """Runs the project's SGLD with the ledger on the testbed and compares realized P with exact D_α.
 
-  Full batch (THEORY §1 "full batch, mean"), no clipping, weight decay λ: exactly the §5 chain, from
+  Full batch (theory §1 "full batch, mean"), no clipping, weight decay λ: exactly the §5 chain, from
   θ₀ ~ N(mu0, S0), ``num_seeds`` vmapped seeds, float64. For each order α of ``orders`` and example x:
   the seed-averaged realized P(x, α) (§3) and the exact D_α(π_T(D) ‖ π_T(D')).
 
   Without the individual filter the realized P is an **estimate** of the exact divergence, not a
-  bound (THEORY §3): it measures the mean shift at a shared θ_t and cannot see that the two chains'
+  bound (theory §3): it measures the mean shift at a shared θ_t and cannot see that the two chains'
   covariances differ. On long runs it is far above the exact value; on short runs from a broad initial
   law the exact divergence can be several times larger, or +∞ (the covariances are too far apart for
   the order), while P stays finite. ``kind`` says so; ``fraction_realized_ge_exact`` and ``ratio``

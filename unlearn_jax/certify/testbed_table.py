@@ -1,5 +1,5 @@
 """Per-instance certificates against exact unlearning and the worst-case baseline on the testbed
-(THEORY §5): the table printed by ``unlearn-jax certify-testbed``."""
+(theory §5): the table printed by ``unlearn-jax certify-testbed``."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def load_digits(
 ) -> Dataset:
   """scikit-learn's bundled 8x8 digits (1,797 images, 64 features, 10 classes; read locally).
 
-  The defaults give the demo's split of FINDINGS.md: 1,400 train / 397 test, features divided by 16
+  The defaults give the demo's split: 1,400 train / 397 test, features divided by 16
   (pixel counts 0..16 -> [0, 1]).
 
   Args:

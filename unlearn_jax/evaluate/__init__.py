@@ -1,4 +1,4 @@
-"""Empirical evaluation (THEORY §6): is a model unlearned, how hard is an example, which ones to forget.
+"""Empirical evaluation (theory §6): is a model unlearned, how hard is an example, which ones to forget.
 
 - :mod:`~unlearn_jax.evaluate.scores`: logit-scaled confidence, accuracy and loss of trained models;
 - :mod:`~unlearn_jax.evaluate.barrier`: loss barriers along the straight line between two models;

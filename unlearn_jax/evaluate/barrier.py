@@ -1,4 +1,4 @@
-"""Loss barriers along the straight line between two parameter vectors (THEORY §6).
+"""Loss barriers along the straight line between two parameter vectors (theory §6).
 
 ``B_S = max_λ [ L_S((1−λ)θ_a + λθ_b) − ((1−λ) L_S(θ_a) + λ L_S(θ_b)) ]`` over a λ grid, every grid point
 evaluated in one call vmapped over λ. Pure functions: inside ``jit`` they are traced inline; called
@@ -57,7 +57,7 @@ def loss_barrier(
   *,
   num_points: int = 11,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """Linear-path loss barrier between two models on a data set (THEORY §6).
+  """Linear-path loss barrier between two models on a data set (theory §6).
 
   ``B_S = max_λ [ L_S((1-λ) θ_a + λ θ_b) - ((1-λ) L_S(θ_a) + λ L_S(θ_b)) ]`` over the grid
   ``λ = linspace(0, 1, num_points)``, with ``L_S`` the mean of ``loss_fn`` over ``data``. All grid points
@@ -102,7 +102,7 @@ def barriers_along(
   num_points: int = 11,
   paired_seeds: bool = False,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """Loss barriers between each of a sequence of checkpoints and a reference (THEORY §6).
+  """Loss barriers between each of a sequence of checkpoints and a reference (theory §6).
 
   Used for "original vs oracle" (``checkpoints`` = the R oracle seeds stacked, ``reference`` = the
   original model: R barriers) and "unlearned vs oracle along the unlearning steps" (``checkpoints`` =

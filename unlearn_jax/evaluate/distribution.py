@@ -1,4 +1,4 @@
-"""The output-distribution test of "unlearned" (THEORY §6).
+"""The output-distribution test of "unlearned" (theory §6).
 
 For each forget example the logit-scaled confidence under R unlearned and R oracle seeds is fitted by two
 Gaussians; the distance is their symmetric KL (:func:`gaussian_symmetric_kl`). The noise floor is the
@@ -64,7 +64,7 @@ def gaussian_symmetric_kl(
   *,
   min_variance: float = DEFAULT_MIN_VARIANCE,
 ) -> jax.Array:
-  """Per-example symmetric KL between Gaussian fits of two samples (THEORY §6).
+  """Per-example symmetric KL between Gaussian fits of two samples (theory §6).
 
   Each column (example) of ``samples_a`` and ``samples_b`` is fitted by ``N(mean, var)`` (sample mean,
   unbiased variance ``ddof=1``); the result is the Jeffreys divergence
@@ -116,7 +116,7 @@ def noise_floor(
   num_splits: int = 1,
   min_variance: float = DEFAULT_MIN_VARIANCE,
 ) -> jax.Array:
-  """Oracle-vs-oracle distances: the noise floor of the "unlearned" test (THEORY §6).
+  """Oracle-vs-oracle distances: the noise floor of the "unlearned" test (theory §6).
 
   The R oracle seeds are shuffled with ``key`` and split into two disjoint halves of ``R // 2`` seeds
   (one seed is left out when R is odd); the per-example :func:`gaussian_symmetric_kl` between the halves
@@ -209,7 +209,7 @@ def is_unlearned(
   num_splits: int = 1,
   min_variance: float = DEFAULT_MIN_VARIANCE,
 ) -> UnlearnedTest:
-  """The empirical "unlearning done" criterion of THEORY §6.
+  """The empirical "unlearning done" criterion of theory §6.
 
   A forget set is unlearned when the median over its examples of the per-example
   :func:`gaussian_symmetric_kl` between unlearned and oracle seeds is ``<=`` the ``percentile``-th

@@ -1,4 +1,4 @@
-"""Membership-inference ε per forget example (THEORY §6; as scored in the NeurIPS 2023 unlearning
+"""Membership-inference ε per forget example (theory §6; as scored in the NeurIPS 2023 unlearning
 challenge): the uncorrected point estimate (:func:`membership_epsilon`, *not* a lower bound — about log 4
 for two identical laws at N = 16–32 models) and the lower bound the study reports
 (:func:`membership_lower_bound`: one-sided Clopper–Pearson, simultaneous over thresholds, 0 on identical
@@ -52,7 +52,7 @@ def membership_epsilon(
   one_sided: bool = False,
   simultaneous: bool = False,
 ) -> jax.Array:
-  """Per-example membership-inference lower bound on ε (THEORY §6; NeurIPS 2023 unlearning challenge).
+  """Per-example membership-inference lower bound on ε (theory §6; NeurIPS 2023 unlearning challenge).
 
   For forget example j, the N unlearned scores ``u = unlearned_scores[:, j]`` and the N retrained scores
   ``r = retrained_scores[:, j]`` (logit-scaled confidences from N independent models each) are separated
@@ -79,7 +79,7 @@ def membership_epsilon(
 
   ``one_sided=True`` keeps only ``log((1-δ-FNR)/FPR)``, the inequality implied by
   ``P_unlearned(S) <= e^ε P_retrained(S) + δ`` alone -- the direction a certificate on
-  ``D_α(ρ_k ‖ π_T(D'))`` (THEORY §4) speaks about -- so it can be compared with such a certificate.
+  ``D_α(ρ_k ‖ π_T(D'))`` (theory §4) speaks about -- so it can be compared with such a certificate.
 
   Args:
     unlearned_scores: ``(N, m)`` scores from N unlearned models on m forget examples.
@@ -142,7 +142,7 @@ def membership_lower_bound(
   delta: float,
   confidence: float = 0.95,
 ) -> jax.Array:
-  """The membership ε *lower bound* reported by the study (THEORY §6).
+  """The membership ε *lower bound* reported by the study (theory §6).
 
   :func:`membership_epsilon` with one-sided Clopper–Pearson upper ends of FPR and FNR, Bonferroni-
   corrected over every threshold and direction (``confidence``, ``one_sided=True``,

@@ -1,7 +1,7 @@
-"""Per-example data-difficulty metrics (THEORY §6), and their registry.
+"""Per-example data-difficulty metrics (theory §6), and their registry.
 
 The heuristics people use today to find "hard" examples, to compare with the per-instance privacy
-loss P(x, α) of THEORY §3:
+loss P(x, α) of theory §3:
 
 * from one model: :func:`per_example_loss` (cross-entropy), :func:`confidence` (``p_y``),
   :func:`margin`;

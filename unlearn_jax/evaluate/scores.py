@@ -1,4 +1,4 @@
-"""Scores of trained models on a set of examples: logit-scaled confidence, accuracy and loss (THEORY §6).
+"""Scores of trained models on a set of examples: logit-scaled confidence, accuracy and loss (theory §6).
 
 ``s = log(p_y / (1 − p_y))`` under each seed is the statistic of the output-distribution test and of
 the membership test. Layouts: several seeds — a leading seed axis ``R`` on every params leaf;
@@ -71,7 +71,7 @@ def logit_confidence(
   *,
   seed_axis: bool = True,
 ) -> jax.Array:
-  """Logit-scaled confidence ``s = log(p_y / (1 - p_y))`` of each example under each seed (THEORY §6).
+  """Logit-scaled confidence ``s = log(p_y / (1 - p_y))`` of each example under each seed (theory §6).
 
   Args:
     apply_fn: ``apply_fn(params, x_single) -> logits (num_classes,)``.

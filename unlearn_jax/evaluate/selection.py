@@ -1,4 +1,4 @@
-"""Forget-set selection by any per-example score (THEORY §6, "harder groups").
+"""Forget-set selection by any per-example score (theory §6, "harder groups").
 
 A score is any ``(n,)`` array: the per-instance privacy loss ``P(x, α)`` at a chosen order (a column of a
 ledger's ``realized``), or a metric of :mod:`unlearn_jax.evaluate.metrics`. Selections return sorted int32 index
@@ -87,12 +87,16 @@ def _as_indices(idx: np.ndarray) -> jax.Array:
 def _ranked(
   scores: np.ndarray, descending: bool, tie_break: np.ndarray | None = None, ties_within: float = 0.0
 ) -> np.ndarray:
-  """Indices by score; scores within ``ties_within`` × max|score| of each other (one grid cell) count as
-  tied and are ordered by ``tie_break`` (same direction), then by index."""
+  """Indices by score; scores in one cell of a grid of relative width ``ties_within`` count as tied and
+  are ordered by ``tie_break`` (same direction), then by index. The grid is geometric (cells [c, c·(1 +
+  ties_within))) for non-negative scores — 0 is a cell of its own — and linear with cells of width
+  ``ties_within`` × max|score| otherwise."""
   primary = scores.astype(float)
-  width = ties_within * float(np.max(np.abs(primary))) if ties_within > 0 else 0.0
-  if width > 0:
-    primary = np.floor(primary / width)
+  if ties_within > 0 and np.all(primary >= 0):
+    logs = np.log(np.where(primary > 0, primary, 1.0)) / np.log1p(ties_within)
+    primary = np.where(primary > 0, np.floor(logs), -np.inf)
+  elif ties_within > 0 and np.max(np.abs(primary)) > 0:
+    primary = np.floor(primary / (ties_within * float(np.max(np.abs(primary)))))
   sign = -1.0 if descending else 1.0
   if tie_break is None:
     return np.argsort(sign * primary, kind="stable")
@@ -224,8 +228,9 @@ def select_forget_set(
     tie_break: ``(n,)`` a second score, in the same direction, that orders tied examples for ``"top"`` /
       ``"bottom"`` (default: the index). A privacy loss saturated at its clip-norm maximum ties many
       examples; a key that carries information (e.g. the unclipped gradient norm) then decides.
-    ties_within: scores within this fraction of max|score| of each other (one cell of a grid of that
-      width) count as tied (default 0: only equal scores).
+    ties_within: scores within this relative distance of each other — one cell of a geometric grid of
+      ratio 1 + ``ties_within`` for non-negative scores, of width ``ties_within`` × max|score| otherwise —
+      count as tied (default 0: only equal scores).
 
   Returns:
     Sorted int32 indices, checked by :func:`check_forget_indices`.

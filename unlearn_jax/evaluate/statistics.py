@@ -1,4 +1,4 @@
-"""Statistics of the study: rank correlation with average ranks for ties (THEORY §6)."""
+"""Statistics of the study: rank correlation with average ranks for ties (theory §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-example quantities without per-example loops (THEORY §0, §2a): the first stage of the pipeline.
+"""Per-example quantities without per-example loops (theory §0, §2a): the first stage of the pipeline.
 
 - :mod:`~unlearn_jax.per_example.api`: losses, gradients, gradient norms (vmap / ghost), clipping, inner
   products, weighted and clipped gradient sums — the public functions re-exported here;

@@ -1,4 +1,4 @@
-"""Per-example gradients, norms, inner products and clipping (THEORY §0, §2a).
+"""Per-example gradients, norms, inner products and clipping (theory §0, §2a).
 
 Every function takes a ``loss_fn(params, example) -> scalar`` written for ONE example and a batch: the
 same pytree with a leading axis of size n on every leaf. Two ways to get the per-example gradient norms:
@@ -307,7 +307,7 @@ def per_example_grad_norms(
 
 
 def clip_factors(norms: ArrayLike, clip_norm: ArrayLike | None) -> jax.Array:
-  """Clipping factors ``min(1, C / ‖v_i‖)`` (THEORY §0), 1 where the norm is 0 or C is None/inf.
+  """Clipping factors ``min(1, C / ‖v_i‖)`` (theory §0), 1 where the norm is 0 or C is None/inf.
 
   Differentiable everywhere without NaN (the division only happens where ``norm > C``).
 
@@ -367,7 +367,7 @@ def clip_per_example(grads: PyTree, clip_norm: ArrayLike | None) -> tuple[PyTree
 def per_example_inner(loss_fn: LossFn, params: PyTree, batch: PyTree, direction: PyTree) -> jax.Array:
   """``⟨∇ℓ(θ; z_i), direction⟩`` for every example by one jvp of the vector of per-example losses.
 
-  Per-example gradients are never materialised (THEORY §2a).
+  Per-example gradients are never materialised (theory §2a).
 
   Args:
     loss_fn: ``loss_fn(params, example) -> scalar`` for one example.

@@ -1,4 +1,4 @@
-"""Squared distances ‖s_i ∇ℓ_i − ḡ‖² of clipped per-example gradients to their mean (THEORY §2a).
+"""Squared distances ‖s_i ∇ℓ_i − ḡ‖² of clipped per-example gradients to their mean (theory §2a).
 
 The fast form ‖g_i‖² − 2 s_i⟨∇ℓ_i, ḡ⟩ + ‖ḡ‖² needs only the norms and one jvp, but cancels when
 g_i ≈ ḡ: each term carries a rounding error of order ε‖g‖², the difference is ‖g_i − ḡ‖² (in float32

@@ -1,4 +1,4 @@
-"""The training, retraining and unlearning drivers (THEORY §1, §4): validate, build the step, run.
+"""The training, retraining and unlearning drivers (theory §1, §4): validate, build the step, run.
 
 - :func:`train` runs SGLD (``algorithms.sgld``), a ready :class:`~unlearn_jax.algorithms.Algorithm`, or
   any optax optimizer (``algorithms.optax_training``) for ``num_steps`` steps;
@@ -229,7 +229,7 @@ def train(
     accounting: ``accounting.AccountingConfig`` (from ``accounting.accountant(...)``) or None.
     accounting_temperature: assumed τ of the ledger with ``optimizer``; with SGLD, overrides the
       temperature used by the ledger.
-    mode: "full_batch", "poisson" or "shuffled" (THEORY §1).
+    mode: "full_batch", "poisson" or "shuffled" (theory §1).
     clip_norm: per-example clip C (None: no clipping).
     weight_decay: wd ≥ 0 (the gradient of wd/2 ‖θ‖²).
     projection_radius: R of the projection Π_R (None: none).

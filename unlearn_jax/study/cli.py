@@ -4,7 +4,7 @@ Subcommands:
 
 - ``demo``: the whole study on scikit-learn's bundled digits (MLP), sized for a laptop CPU;
 - ``run --config FILE``: the study described by a TOML or JSON config (see ``configs/``);
-- ``certify-testbed``: the per-example table of the exact linear-Gaussian testbed (THEORY §5): exact
+- ``certify-testbed``: the per-example table of the exact linear-Gaussian testbed (theory §5): exact
   steps needed, certified per-instance steps and the worst-case baseline's steps.
 
 Exit status: 0 on success, 2 for a bad command line or config (the message names the key and the
@@ -38,7 +38,7 @@ EXIT_INTERRUPTED = 130
 _DESCRIPTION = """\
 Per-instance privacy accounting and certified machine unlearning in JAX.
 
-Trains with a per-example privacy ledger (noisy gradient descent, THEORY §1-§3), turns every example's
+Trains with a per-example privacy ledger (noisy gradient descent, theory §1-§3), turns every example's
 privacy loss into certified steps to unlearn it (§4), and measures unlearning of forget sets chosen by
 privacy loss and by data-difficulty metrics against retrained oracles (§6). Writes report.json,
 report.md, per_example.csv and PNG figures to the output directory."""
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     "certify-testbed",
     formatter_class=argparse.RawDescriptionHelpFormatter,
     help="print per-example exact / certified / worst-case steps on the exact testbed",
-    description="On the exact linear-Gaussian ridge testbed (THEORY §5) print, per example, the exact "
+    description="On the exact linear-Gaussian ridge testbed (theory §5) print, per example, the exact "
     "number of unlearning steps needed for (alpha, epsilon), the certified per-instance "
     "k* (§4, exact P, E1, E2, C_LSI) and the worst-case baseline's K (Chien et al.), then "
     "the summary ratios.",

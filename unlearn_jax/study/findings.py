@@ -288,7 +288,7 @@ def claim_d(privacy: dict[str, Any]) -> dict[str, Any]:
 
 
 def harder_groups(sets: list[SetResult], methods: tuple[str, ...]) -> list[dict[str, Any]]:
-  """Forget sets ranked from hardest to easiest, per method (the harder-groups table of THEORY §6)."""
+  """Forget sets ranked from hardest to easiest, per method (the harder-groups table of theory §6)."""
   rows = []
   for i, method in enumerate(methods):
     ranked = sorted(sets, key=lambda r: _hardness(r.methods[i]), reverse=True)

@@ -208,8 +208,8 @@ def _saturation(p4: np.ndarray, fc) -> dict[str, Any]:
     "tie_break": "unclipped per-example gradient norm at the end of training (mean over chains), then index",
     "note": (
       f"{near} of {p4.size} examples ({100 * near / p4.size:.1f}%) lie within 2% of the maximum P ({at_max} at it); "
-      f"privacy-loss selections treat values within {100 * fc.ties_within:g}% of the maximum of each other as "
-      "tied and order them by the unclipped gradient norm"
+      f"privacy-loss selections treat values within {100 * fc.ties_within:g}% of each other (one cell of a "
+      "geometric grid) as tied and order them by the unclipped gradient norm"
     ),
   }
 

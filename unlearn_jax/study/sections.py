@@ -140,10 +140,10 @@ class ModelConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig(_Section):
-  """Training with the ledger (THEORY §0-§3).
+  """Training with the ledger (theory §0-§3).
 
   Attributes:
-    mode: gradient estimate, one of ``algorithms.MODES`` (THEORY §1).
+    mode: gradient estimate, one of ``algorithms.MODES`` (theory §1).
     num_steps: noisy steps T.
     step_size: η > 0.
     temperature: τ ≥ 0; 0 is plain (clipped) SGD, which needs ``accounting_temperature``.
@@ -156,7 +156,7 @@ class TrainingConfig(_Section):
     sampling_rate: Poisson rate q in (0, 1] (mode ``poisson`` only).
     batch_size: minibatch size (mode ``shuffled`` only).
     projection_radius: radius R of the projection ball (``inf``: none).
-    num_seeds: independent training chains. The ledger is averaged over them (THEORY §3).
+    num_seeds: independent training chains. The ledger is averaged over them (theory §3).
     num_checkpoints: parameter checkpoints kept along training for the metrics.
     baseline: also train one plain (non-private) model — no noise, no clipping, otherwise the same
       steps — and report the private models' test accuracy next to it.
@@ -214,7 +214,7 @@ class TrainingConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class PrivacyConfig(_Section):
-  """The ledger and the certificate (THEORY §3, §4).
+  """The ledger and the certificate (theory §3, §4).
 
   Attributes:
     orders: Rényi orders of the ledger; must contain 4 * alpha (the certificate reads P(x, 4α)).
@@ -223,8 +223,8 @@ class PrivacyConfig(_Section):
     lsi_constant: C_LSI of the retain-set chain's stationary law. Absent: derived as 2τ/m for
       ``logistic_regression`` with weight decay m > 0 (certified); required for every other model, where
       it is an assumption and labelled so in the report.
-    e1: E₁ of THEORY §4 (0: the "trained to stationarity" assumption).
-    e2: E₂ of THEORY §4 (0: the same assumption).
+    e1: E₁ of theory §4 (0: the "trained to stationarity" assumption).
+    e2: E₂ of theory §4 (0: the same assumption).
     stride: evaluate per-step costs every ``stride`` steps and count them ``stride`` times (estimate).
     filter_budget: individual Rényi filter budget B (absent: no filter; the realized P is an estimate).
     filter_order: the order α* of the filter (required with ``filter_budget``).
@@ -257,7 +257,7 @@ class PrivacyConfig(_Section):
     if not any(math.isclose(a, 4 * self.alpha) for a in self.orders):
       raise ConfigError(
         f"config key 'privacy.orders' must contain 4 * alpha = {4 * self.alpha!r} (the "
-        f"certificate of THEORY §4 reads P(x, 4α)), got {list(self.orders)!r}"
+        f"certificate of theory §4 reads P(x, 4α)), got {list(self.orders)!r}"
       )
     self._positive("epsilon")
     self._positive("lsi_constant", optional=True)
@@ -279,7 +279,7 @@ class PrivacyConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class ForgetSetsConfig(_Section):
-  """Forget-set selection (THEORY §6, harder groups).
+  """Forget-set selection (theory §6, harder groups).
 
   Attributes:
     size: examples per forget set.
@@ -289,9 +289,10 @@ class ForgetSetsConfig(_Section):
     privacy_loss_bins: additionally, this many quantile bins of privacy loss, ``sets_per_bin`` random
       forget sets of ``size`` examples from each (0: none).
     sets_per_bin: forget sets drawn from each privacy-loss bin (their spread of steps is reported).
-    ties_within: privacy losses within this fraction of the maximum of each other count as tied when
-      selecting ``privacy_loss:top`` / ``:bottom``; ties are broken by the unclipped per-example gradient
-      norm at the end of training (mean over chains), which the clip does not saturate, then by index.
+    ties_within: privacy losses within this relative distance of each other (one cell of a geometric grid
+      of ratio 1 + ``ties_within``) count as tied when selecting ``privacy_loss:top`` / ``:bottom``; ties
+      are broken by the unclipped per-example gradient norm at the end of training (mean over chains),
+      which the clip does not saturate, then by index.
   """
 
   _section: typing.ClassVar[str] = "forget_sets"
@@ -329,7 +330,7 @@ _METHOD_DEFAULTS = {"l1_sparse": {"l1_strength": 5e-4}}
 
 @dataclasses.dataclass(frozen=True)
 class UnlearningConfig(_Section):
-  """Unlearning by fine-tuning on the retain set, and the retrained oracles (THEORY §4, §6).
+  """Unlearning by fine-tuning on the retain set, and the retrained oracles (theory §4, §6).
 
   Attributes:
     methods: names of ``algorithms.UNLEARNING_METHODS`` (noisy SGLD fine-tuning, noise-free SGD,
@@ -379,7 +380,7 @@ class UnlearningConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig(_Section):
-  """Empirical evaluation (THEORY §6).
+  """Empirical evaluation (theory §6).
 
   Attributes:
     barrier_points: points of the λ grid of the loss barrier (>= 3).
@@ -411,7 +412,7 @@ class EvaluationConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class MetricsConfig(_Section):
-  """Difficulty metrics (THEORY §6).
+  """Difficulty metrics (theory §6).
 
   Attributes:
     names: names of ``evaluate.METRICS`` computed for every training example.

@@ -319,7 +319,7 @@ def progress_bar(ctx: Context, num_seeds: int, num_steps: int, desc: str):
 
 
 def train_with_ledger(ctx: Context, s: Setup, *, clip_norm: float | None = None, name: str = "train") -> Trained:
-  """Trains ``training.num_seeds`` chains with the per-instance ledger (THEORY §2, §3); ``clip_norm``
+  """Trains ``training.num_seeds`` chains with the per-instance ledger (theory §2, §3); ``clip_norm``
   overrides the training's clip norm (the second-clip run), ``name`` names its checkpoints and bar."""
   tr, pv, mc = ctx.config.training, ctx.config.privacy, ctx.config.metrics
   T = tr.num_steps
@@ -422,7 +422,7 @@ def train_baseline(ctx: Context, s: Setup) -> Baseline | None:
 
 
 class Certificates(NamedTuple):
-  """Stage 2: every example's certified steps to unlearn (THEORY §4) and the worst-case baseline."""
+  """Stage 2: every example's certified steps to unlearn (theory §4) and the worst-case baseline."""
 
   alpha: float
   order_index: int  # column of P(x, 4α) in the ledger
@@ -488,7 +488,7 @@ def _lsi(config: Config, tau_u: float) -> tuple[float, str, str]:
 
 
 def certify_examples(ctx: Context, s: Setup, trained: Trained) -> Certificates:
-  """Turns each example's P(x, 4α) into certified steps to unlearn (THEORY §4)."""
+  """Turns each example's P(x, 4α) into certified steps to unlearn (theory §4)."""
   config = ctx.config
   tr, pv, uc = config.training, config.privacy, config.unlearning
   i4 = _index_of(pv.orders, 4 * pv.alpha)
@@ -606,7 +606,7 @@ def select_forget_sets(
   second_p4: np.ndarray | None = None,
 ) -> list[ForgetSet]:
   """Stage 4: forget sets by privacy loss (ties broken by ``tie_break``), by each metric, at random and
-  from privacy-loss quantile bins (THEORY §6)."""
+  from privacy-loss quantile bins (theory §6)."""
   fc, key = ctx.config.forget_sets, ctx.keys["select"]
   p4 = certs.privacy_loss
   scores = {"privacy_loss": p4, **metric_values}

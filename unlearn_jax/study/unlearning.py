@@ -1,5 +1,5 @@
 """The unlearning stage of the study: for each forget set, the retrained oracles, every unlearning method,
-and their evaluation against the oracles (THEORY §4, §6), as typed results.
+and their evaluation against the oracles (theory §4, §6), as typed results.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _oracles(ctx: Context, s: Setup, mask: jax.Array, f_idx: int, xf, yf, bar) -
 
 
 def _certified_epsilon(ctx: Context, certs: Certificates, group_all: np.ndarray) -> float:
-  """The (ε, δ) certificate of a forget set after the grid's steps of SGLD (group bound, THEORY §3, §4)."""
+  """The (ε, δ) certificate of a forget set after the grid's steps of SGLD (group bound, theory §3, §4)."""
   pv, ec, grid_end = ctx.config.privacy, ctx.config.evaluation, ctx.config.unlearning.step_grid[-1]
   half = [a / 4 for a in pv.orders if any(math.isclose(a / 4, b) for b in pv.orders) and a / 4 > 1]
   c = dict(certs.constants)
@@ -245,7 +245,7 @@ def _method(
 
 
 def _group(ctx: Context, certs: Certificates, trained: Trained, idx: np.ndarray):
-  """(group P at every order, P(F, 4α), factor, certified steps) — THEORY §3's bound is full batch only."""
+  """(group P at every order, P(F, 4α), factor, certified steps) — theory §3's bound is full batch only."""
   if ctx.config.training.mode != "full_batch":
     return None, None, None, None
   fixed = ctx.config.privacy.filter_budget is not None  # the certified full-batch filter divides by a fixed b = n
