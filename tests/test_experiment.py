@@ -480,6 +480,10 @@ def test_report_states_power_baseline_saturation_and_intervals(tiny_run):
   assert ret["fraction_of_certificates_costlier_than_retraining"] == pytest.approx(
     np.mean(k > cfg.unlearning.retrain_steps)
   )
+  tau, eta, lsi, alpha = cfg.training.temperature, cfg.training.step_size, cfg.privacy.lsi_constant, cfg.privacy.alpha
+  closed = math.exp(-2 * tau * eta * cfg.training.num_steps / (2 * alpha * lsi))  # theory §4 at order 2α
+  assert ret["training_contraction_factor"] == pytest.approx(closed, rel=1e-5)
+  assert "does not support the E₁ = E₂ = 0" in ret["stationarity_note"]  # 60 steps remove < 1% of it
   md = (out / "report.md").read_text()
   assert "Power of the test" in md and "Non-private baseline" in md and "Saturation" in md and "retraining" in md
 
@@ -489,7 +493,12 @@ def test_second_clip_norm_and_sets_per_bin(tmp_path):
   cfg = _tiny(
     tmp_path,
     privacy={"second_clip_norm": 50.0},
-    forget_sets={"selections": ["privacy_loss:top", "el2n:top"], "privacy_loss_bins": 2, "sets_per_bin": 2},
+    forget_sets={
+      "selections": ["privacy_loss:top", "el2n:top"],
+      "privacy_loss_bins": 2,
+      "sets_per_bin": 2,
+      "metric_bins": ["el2n"],
+    },
   )
   report = experiment.run(cfg)
   labels = list(dict.fromkeys(e["selection"] for e in report["forget_sets"]))
@@ -501,6 +510,10 @@ def test_second_clip_norm_and_sets_per_bin(tmp_path):
     "privacy_loss:bin0/2#1",
     "privacy_loss:bin1/2#0",
     "privacy_loss:bin1/2#1",
+    "el2n:bin0/2#0",
+    "el2n:bin0/2#1",
+    "el2n:bin1/2#0",
+    "el2n:bin1/2#1",
   ]
   sc = report["second_clip"]
   assert sc["clip_norm"] == 50.0 and -1.0 <= sc["spearman_with_main_privacy_loss"] <= 1.0
@@ -508,5 +521,13 @@ def test_second_clip_norm_and_sets_per_bin(tmp_path):
   assert set(f["c_at_second_clip_norm"]) == {"sgld", "sgd"}
   curve = f["b_over_privacy_loss_bins"]["sgld"]
   assert curve["num_sets"] == 4 and all(len(b["steps"]) == 2 for b in curve["bins"].values())
+  el2n_curve = f["steps_over_metric_bins"]["el2n"]["sgd"]
+  assert el2n_curve["num_sets"] == 4 and sorted(el2n_curve["bins"]) == ["el2n:bin0/2", "el2n:bin1/2"]
+  # the el2n bins hold the examples of each half by EL2N (bin 1: the higher half)
+  cols = _csv_columns(tmp_path / "per_example.csv")
+  median = np.median(cols["el2n"])
+  for e in report["forget_sets"]:
+    if e["selection"].startswith("el2n:bin1"):
+      assert np.all(cols["el2n"][e["indices"]] >= median)
   # the loaded parameters hold every set, the second-clip one included
   assert [fs["label"] for fs in experiment.load(tmp_path).forget_sets] == labels

@@ -258,6 +258,12 @@ class Config:
           f"config key 'forget_sets.selections' has {sel!r}, but metric {score!r} is not "
           f"computed: add it to 'metrics.names' (now {list(self.metrics.names)})"
         )
+    for name in self.forget_sets.metric_bins:
+      if name not in self.metrics.names:
+        raise ConfigError(
+          f"config key 'forget_sets.metric_bins' has {name!r}, which is not computed: add it to "
+          f"'metrics.names' (now {list(self.metrics.names)})"
+        )
 
   @classmethod
   def from_dict(cls, raw: Mapping[str, Any]) -> Config:

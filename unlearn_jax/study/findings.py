@@ -179,6 +179,11 @@ def findings(
     "b_high_privacy_loss_needs_more_steps": b_rows
     or {"verdict": "not measured (needs privacy_loss:top, privacy_loss:bottom and random)"},
     "b_over_privacy_loss_bins": {m: claim_b_over_bins(sets, i, grid_end) for i, m in enumerate(methods)},
+    "steps_over_metric_bins": {
+      name: {m: claim_b_over_bins(sets, i, grid_end, name) for i, m in enumerate(methods)}
+      for name in sorted({r.forget_set.label.split(":bin")[0] for r in sets if ":bin" in r.forget_set.label})
+      if name != "privacy_loss"
+    },
     "c_privacy_loss_sets_at_least_as_hard_as_metric_sets": c_rows
     or {"verdict": "not measured (needs privacy_loss:top and <metric>:top selections)"},
     **({"c_at_second_clip_norm": c2_rows} if c2_rows else {}),
@@ -239,15 +244,17 @@ def _verdict(boot: dict[str, Any]) -> str:
   return "holds"
 
 
-def claim_b_over_bins(sets: list[SetResult], method_index: int, grid_end: int) -> dict[str, Any]:
-  """Claim (b) as a curve: empirical steps of the forget sets drawn from each privacy-loss quantile bin,
-  with the spread over the sets of a bin, and Spearman(mean P, steps) over those sets with a bootstrap
-  interval (over sets)."""
+def claim_b_over_bins(
+  sets: list[SetResult], method_index: int, grid_end: int, score: str = "privacy_loss"
+) -> dict[str, Any]:
+  """Claim (b) as a curve: empirical steps of the forget sets drawn from each quantile bin of ``score``
+  (the privacy loss, or a metric), with the spread over the sets of a bin, and Spearman(mean P, steps)
+  over those sets with a bootstrap interval (over sets)."""
   rows: dict[str, dict] = {}
   points = []
   for r in sets:
     label = r.forget_set.label
-    if not label.startswith("privacy_loss:bin"):
+    if not label.startswith(f"{score}:bin"):
       continue
     b = label.split("#")[0]
     steps = float(r.methods[method_index].empirical_steps)

@@ -133,6 +133,7 @@ def _md_privacy(report: Mapping[str, Any]) -> list[str]:
   ]
   if "retraining" in pv:
     lines += [f"Next to retraining: {pv['retraining']['note']}.", ""]
+    lines += [f"Stationarity: {pv['retraining']['stationarity_note']}.", ""]
   if "saturation" in pv:
     lines += [f"Saturation: {pv['saturation']['note']}.", ""]
   lines += [
@@ -230,6 +231,15 @@ def _md_forget_sets(report: Mapping[str, Any]) -> list[str]:
 
 def _md_bins_curve(f: Mapping[str, Any]) -> list[str]:
   lines = []
+  for name, rows in f.get("steps_over_metric_bins", {}).items():
+    for m, row in rows.items():
+      if "interval" in row:
+        steps = "; ".join(f"{b.split(':')[1]}: {', '.join(v['steps_text'])}" for b, v in row["bins"].items())
+        lines += [
+          f"- Steps over the quantile bins of {name} [{m}] (bin 0 the easiest): {steps}; Spearman(mean P, steps) "
+          f"{_md_num(row['spearman_mean_privacy_loss_vs_steps'])} [{_md_num(row['interval'][0])}, "
+          f"{_md_num(row['interval'][1])}]."
+        ]
   for m, row in f.get("b_over_privacy_loss_bins", {}).items():
     if "interval" not in row:
       continue

@@ -289,6 +289,9 @@ class ForgetSetsConfig(_Section):
     privacy_loss_bins: additionally, this many quantile bins of privacy loss, ``sets_per_bin`` random
       forget sets of ``size`` examples from each (0: none).
     sets_per_bin: forget sets drawn from each privacy-loss bin (their spread of steps is reported).
+    metric_bins: difficulty metrics (of ``metrics.names``) whose quantile bins get forget sets too (the
+      same number of bins and sets per bin as the privacy loss; bin 0 = the easiest by the metric's
+      direction), so that steps can be read as a curve against each metric as well.
     ties_within: privacy losses within this relative distance of each other (one cell of a geometric grid
       of ratio 1 + ``ties_within``) count as tied when selecting ``privacy_loss:top`` / ``:bottom``; ties
       are broken by the unclipped per-example gradient norm at the end of training (mean over chains),
@@ -307,11 +310,17 @@ class ForgetSetsConfig(_Section):
   )
   privacy_loss_bins: int = 0
   sets_per_bin: int = 1
+  metric_bins: tuple[str, ...] = ()
   ties_within: float = 0.01
 
   def __post_init__(self):
     self._at_least("size", 1)
     self._at_least("sets_per_bin", 1)
+    for name in self.metric_bins:
+      self._choice("metric_bins", tuple(METRICS), name)
+    self._distinct("metric_bins")
+    if self.metric_bins and self.privacy_loss_bins < 1:
+      self._fail("metric_bins", list(self.metric_bins), "empty unless privacy_loss_bins >= 1 (it sets the bins)")
     if isinstance(self.ties_within, bool) or not isinstance(self.ties_within, (int, float)):
       self._fail("ties_within", self.ties_within, "a number in [0, 1)")
     if not 0.0 <= self.ties_within < 1.0:

@@ -584,14 +584,15 @@ def tie_break_key(s: Setup, trained: Trained) -> np.ndarray:
   return np.mean(np.stack(norms), axis=0).astype(np.float64)
 
 
-def _bin_sets(fc, p4: np.ndarray, key: jax.Array) -> list[ForgetSet]:
-  sets = []
-  for b in range(fc.privacy_loss_bins):
+def _bin_sets(fc, name: str, scores: np.ndarray, key: jax.Array, salt: int) -> list[ForgetSet]:
+  """``sets_per_bin`` random sets from each quantile bin of ``scores`` (bin 0: the easiest)."""
+  q, sets = fc.privacy_loss_bins, []
+  for b in range(q):
     for j in range(fc.sets_per_bin):
-      k = jax.random.fold_in(key, 1000 + b if j == 0 else 100_000 + 1000 * j + b)
-      idx = selection.select_forget_set(p4, f"bin:{b}/{fc.privacy_loss_bins}", size=fc.size, key=k)
+      k = jax.random.fold_in(key, salt + 1000 + b if j == 0 else salt + 100_000 + 1000 * j + b)
+      idx = selection.select_forget_set(scores, f"bin:{b}/{q}", size=fc.size, key=k)
       suffix = "" if fc.sets_per_bin == 1 else f"#{j}"
-      sets.append(ForgetSet(f"privacy_loss:bin{b}/{fc.privacy_loss_bins}{suffix}", np.asarray(idx)))
+      sets.append(ForgetSet(f"{name}:bin{b}/{q}{suffix}", np.asarray(idx)))
   return sets
 
 
@@ -625,6 +626,9 @@ def select_forget_sets(
   if second_p4 is not None:  # the top set by P at the second clip norm, unlearned from the main models
     idx = selection.select_forget_set(second_p4, "top", size=fc.size, tie_break=tie_break, ties_within=fc.ties_within)
     sets.append(ForgetSet(SECOND_CLIP_TOP, np.asarray(idx)))
-  sets += _bin_sets(fc, p4, key)
+  sets += _bin_sets(fc, "privacy_loss", p4, key, 0)
+  for m, name in enumerate(fc.metric_bins, 1):  # oriented so that bin 0 is the easiest by the metric
+    oriented = np.nan_to_num(METRICS[name].sign * metric_values[name], nan=0.0)
+    sets += _bin_sets(fc, name, oriented, key, 1_000_000 * m)
   ctx.tick("select")
   return sets
