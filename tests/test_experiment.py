@@ -451,7 +451,7 @@ def test_membership_of_identical_laws_is_zero_in_the_reported_form(tmp_path):
   a, b = jax.random.normal(jax.random.key(7), (2, 32, 50))
   lower = np.asarray(ev.membership_lower_bound(a, b, delta=cfg.evaluation.delta), np.float64)
   point = np.asarray(ev.membership_epsilon(a, b, delta=cfg.evaluation.delta), np.float64)
-  m = unlearning.MethodResult("sgld", 0.0, np.zeros(2), 0.0, np.zeros(2), 0.0, 1.0, lower, point, 0.5, None)
+  m = unlearning.MethodResult("sgld", 0.0, np.zeros(2), 0.0, np.zeros(2), 0.0, 1.0, lower, point, 0.5, None, None)
   entry = report_lib._membership_entry(cfg, m)
   assert entry["lower_bound"]["median"] == 0.0 and entry["lower_bound"]["max"] <= entry["resolvable_cap"]
   assert np.mean(lower > 0) <= 0.05  # the simultaneous bound is wrong for at most 5% of examples
@@ -484,6 +484,15 @@ def test_report_states_power_baseline_saturation_and_intervals(tiny_run):
   closed = math.exp(-2 * tau * eta * cfg.training.num_steps / (2 * alpha * lsi))  # theory §4 at order 2α
   assert ret["training_contraction_factor"] == pytest.approx(closed, rel=1e-5)
   assert "does not support the E₁ = E₂ = 0" in ret["stationarity_note"]  # 60 steps remove < 1% of it
+  d = report["findings"]["d_certified_below_worst_case"]
+  frac, (low, high) = d["fraction_below"], d["interval"]
+  assert low <= frac <= high
+  half = 1.96 * math.sqrt(max(frac * (1 - frac), 1 / len(k)) / len(k))  # normal approximation, independent
+  assert high - low == pytest.approx(2 * half, rel=0.5)
+  for row in report["findings"]["c_privacy_loss_sets_at_least_as_hard_as_metric_sets"].values():
+    for v in row["vs"].values():
+      dd = v["distance_difference"]
+      assert dd["low"] <= dd["high"] and dd["includes_zero"] == (dd["low"] <= 0 <= dd["high"])
   md = (out / "report.md").read_text()
   assert "Power of the test" in md and "Non-private baseline" in md and "Saturation" in md and "retraining" in md
 

@@ -150,5 +150,7 @@ def test_fashion_mnist_config_runs_end_to_end_on_an_idx_fixture(tmp_path):
   )
   report = pipeline.run(cfg)
   assert report["config"]["data"]["name"] == "fashion_mnist" and report["training"]["num_seeds"] == 4
-  assert (tmp_path / "out" / "report.json").is_file() and len(report["forget_sets"]) == 2 * (5 + 2)
+  assert (tmp_path / "out" / "report.json").is_file() and len(report["forget_sets"]) == 2 * (
+    5 + 1 + 2 * 2
+  )  # 5 selections, the clip-20 top set, 2 bins x 2 sets
   assert "e_barrier_grows_with_privacy_loss" in report["findings"]

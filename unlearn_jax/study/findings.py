@@ -134,6 +134,27 @@ def _claim_b(by: dict, method: str, grid_end: int) -> dict[str, Any] | None:
   }
 
 
+def _hardness_samples(m: MethodResult, rng: np.random.Generator, num_resamples: int = 400) -> np.ndarray:
+  """Bootstrap over the set's examples of its hardness by distance: the mean over the grid of the median
+  (over the resampled examples) unlearned-vs-oracle distance."""
+  d = np.asarray(m.distances, dtype=np.float64)  # (G, m)
+  idx = rng.integers(0, d.shape[1], size=(num_resamples, d.shape[1]))
+  return np.mean(np.median(d[:, idx], axis=-1), axis=0)
+
+
+def _distance_difference(top: MethodResult, other: MethodResult, seed: int) -> dict[str, Any]:
+  """95% bootstrap interval (over each set's examples) of hardness(top) − hardness(other)."""
+  rng = np.random.default_rng(seed)
+  diff = _hardness_samples(top, rng) - _hardness_samples(other, rng)
+  low, high = (float(v) for v in np.quantile(diff, [0.025, 0.975]))
+  return {
+    "difference": _hardness(top)[1] - _hardness(other)[1],
+    "low": low,
+    "high": high,
+    "includes_zero": low <= 0 <= high,
+  }
+
+
 def _claim_c(by: dict, method: str, grid_end: int, top_label: str = "privacy_loss:top") -> dict[str, Any] | None:
   top = by.get((top_label, method))
   if top is None:
@@ -146,17 +167,24 @@ def _claim_c(by: dict, method: str, grid_end: int, top_label: str = "privacy_los
       "steps": steps_text(m, grid_end),
       "at_least_as_hard": _hardness(top) >= _hardness(m),
       "at_least_as_many_steps": float(top.empirical_steps) >= float(m.empirical_steps),
+      "distance_difference": _distance_difference(top, m, seed=len(comp)),
     }
   if not comp:
     return None
   fewer = [k for k, v in comp.items() if not v["at_least_as_many_steps"]]
   closer = [k for k, v in comp.items() if v["at_least_as_many_steps"] and not v["at_least_as_hard"]]
+  harder_by_distance = [k for k, v in comp.items() if v["distance_difference"]["high"] < 0]
+  tied = [k for k, v in comp.items() if v["distance_difference"]["includes_zero"]]
   if fewer:
     verdict = "does not hold: fewer steps than " + ", ".join(fewer)
   elif closer:
     verdict = "holds on steps (tied), but by the mean distance to the oracle " + ", ".join(closer) + " is harder"
   else:
     verdict = "holds"
+  if harder_by_distance:
+    verdict += "; by distance (95% interval over examples) harder: " + ", ".join(harder_by_distance)
+  if tied:
+    verdict += "; by distance no difference can be told from: " + ", ".join(tied)
   return {
     "privacy_loss:top_steps": steps_text(top, grid_end),
     "privacy_loss:top_distance": _hardness(top)[1],
@@ -225,11 +253,17 @@ def claim_e(sets: list[SetResult], method_index: int) -> dict[str, Any]:
   return {
     "verdict": verdict,
     "spearman_privacy_loss_vs_excess_barrier": rho,
-    "interval": [boot.get("low", math.nan), boot.get("high", math.nan)],
+    "interval": _interval(boot),
     "num_sets": len(sets),
     "excess_barrier": {r.forget_set.label: e for r, e in zip(sets, excess)},
     "note": "excess barrier = loss barrier (trained vs oracles) − oracle-vs-oracle barrier of the same set",
   }
+
+
+def _interval(boot: dict[str, Any]) -> list[float] | None:
+  """[low, high] of a bootstrap result, or None where it is undefined (too few or constant values)."""
+  low, high = boot.get("low", math.nan), boot.get("high", math.nan)
+  return [low, high] if math.isfinite(low) and math.isfinite(high) else None
 
 
 def _verdict(boot: dict[str, Any]) -> str:
@@ -273,7 +307,7 @@ def claim_b_over_bins(
   return {
     "verdict": _verdict(boot),
     "spearman_mean_privacy_loss_vs_steps": boot["spearman"],
-    "interval": [boot.get("low", math.nan), boot.get("high", math.nan)],
+    "interval": _interval(boot),
     "num_sets": len(points),
     "bins": rows,
     "note": "sets not unlearned within the grid rank above every finite step count",
@@ -283,13 +317,21 @@ def claim_b_over_bins(
 def claim_d(privacy: dict[str, Any]) -> dict[str, Any]:
   """Claim (d): certified steps below the worst case for most examples; no verdict when K overflowed."""
   frac = privacy["fraction_certified_below_worst_case"]
+  low, high = privacy.get("fraction_below_interval", [math.nan, math.nan])
+  if math.isnan(frac):
+    verdict = "undetermined (the worst-case K is beyond float64's range)"
+  elif low > 0.5:
+    verdict = "holds"
+  elif high < 0.5:
+    verdict = "does not hold"
+  else:
+    verdict = f"not established: {100 * frac:.1f}% below, but its 95% interval includes one half"
   return {
     "fraction_below": frac,
+    "interval": [low, high] if math.isfinite(low) and math.isfinite(high) else None,
     "worst_case_steps": privacy["worst_case_steps"],
     "certified_median": privacy["certified_steps_summary"]["median"],
-    "verdict": "undetermined (the worst-case K is beyond float64's range)"
-    if math.isnan(frac)
-    else ("holds" if frac > 0.5 else "does not hold"),
+    "verdict": verdict,
     "assumptions": [privacy["lsi_note"], privacy["stationarity"]],
   }
 

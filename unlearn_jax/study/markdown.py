@@ -233,7 +233,7 @@ def _md_bins_curve(f: Mapping[str, Any]) -> list[str]:
   lines = []
   for name, rows in f.get("steps_over_metric_bins", {}).items():
     for m, row in rows.items():
-      if "interval" in row:
+      if row.get("interval"):
         steps = "; ".join(f"{b.split(':')[1]}: {', '.join(v['steps_text'])}" for b, v in row["bins"].items())
         lines += [
           f"- Steps over the quantile bins of {name} [{m}] (bin 0 the easiest): {steps}; Spearman(mean P, steps) "
@@ -241,7 +241,7 @@ def _md_bins_curve(f: Mapping[str, Any]) -> list[str]:
           f"{_md_num(row['interval'][1])}]."
         ]
   for m, row in f.get("b_over_privacy_loss_bins", {}).items():
-    if "interval" not in row:
+    if not row.get("interval"):
       continue
     curve = "; ".join(
       f"{b.split(':')[1]} (mean P {_md_num(float(np.mean(v['mean_privacy_loss'])))}): {', '.join(v['steps_text'])}"
@@ -313,6 +313,8 @@ def _md_findings(report: Mapping[str, Any]) -> list[str]:
         f"{row['verdict']}.** privacy_loss:top {row['privacy_loss:top_steps']} steps (mean median distance "
         f"{_md_num(row['privacy_loss:top_distance'])}) vs "
         + ", ".join(f"{k} {v['steps']} ({_md_num(row['vs_distance'][k])})" for k, v in row["vs"].items())
+        + "; distance of privacy_loss:top minus each, 95% interval over examples: "
+        + ", ".join(_md_difference(k, v) for k, v in row["vs"].items())
         + "."
       ]
   lines += _md_second_clip(f, report)
@@ -321,19 +323,27 @@ def _md_findings(report: Mapping[str, Any]) -> list[str]:
     lines
     + [
       f"- **(d) Certified steps below the worst case for most examples: {d['verdict']}** "
-      f"({100 * d['fraction_below']:.1f}% below K = {_md_num(d['worst_case_steps'])}; median certified "
-      f"{_md_num(d['certified_median'])}; {'; '.join(d['assumptions'])}).",
+      f"({100 * d['fraction_below']:.1f}% below K = {_md_num(d['worst_case_steps'])}"
+      + (f", 95% interval [{100 * d['interval'][0]:.1f}%, {100 * d['interval'][1]:.1f}%]" if d.get("interval") else "")
+      + f"; median certified {_md_num(d['certified_median'])}; {'; '.join(d['assumptions'])}).",
     ]
     + [
       f"- **(e) Higher privacy loss, larger loss barrier over its floor ({method}): {e['verdict']}** "
       f"(Spearman over {e['num_sets']} forget sets of mean P vs barrier − oracle-vs-oracle barrier "
       f"{_md_num(e['spearman_privacy_loss_vs_excess_barrier'])}, 95% interval over sets "
-      f"[{_md_num(e.get('interval', [math.nan])[0])}, {_md_num(e.get('interval', [math.nan, math.nan])[1])}])."
+      f"[{_md_num((e.get('interval') or [None, None])[0])}, {_md_num((e.get('interval') or [None, None])[1])}])."
       for method, e in f.get("e_barrier_grows_with_privacy_loss", {}).items()
     ]
     + _md_membership_check(f.get("membership_lower_bounds_within_certificates"))
     + [""]
   )
+
+
+def _md_difference(name: str, v: Mapping[str, Any]) -> str:
+  dd = v.get("distance_difference")
+  if not dd:
+    return f"{name} —"
+  return f"{name} {_md_num(dd['difference'])} [{_md_num(dd['low'])}, {_md_num(dd['high'])}]"
 
 
 def _md_membership_check(check: Mapping[str, Any] | None) -> list[str]:

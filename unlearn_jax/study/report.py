@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from unlearn_jax import _atomic, certify
 from unlearn_jax.evaluate import membership_resolvable_cap
@@ -173,7 +174,17 @@ def _privacy(config: Config, trained: Trained, certs: Certificates) -> dict[str,
     "fraction_certified_below_worst_case": float(np.mean(certs.certified_steps < worst_single))
     if math.isfinite(worst_single) or certs.clip_norm is None
     else math.nan,
+    "fraction_below_interval": _proportion_interval(certs.certified_steps < worst_single)
+    if math.isfinite(worst_single) or certs.clip_norm is None
+    else [math.nan, math.nan],
   }
+
+
+def _proportion_interval(indicator: np.ndarray) -> list[float]:
+  """Exact (Clopper–Pearson) 95% interval of a proportion over the examples."""
+  k, n = int(np.sum(indicator)), int(indicator.size)
+  ci = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+  return [float(ci.low), float(ci.high)]
 
 
 def _retraining(config: Config, certs: Certificates) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class MethodResult(NamedTuple):
   membership_point_estimate: np.ndarray | None
   certified_epsilon: float | None
   params: PyTree  # (R, ...) the unlearned chains at the grid's end (host arrays)
+  distances: np.ndarray  # (G, m) per-example unlearned-vs-oracle distance along the grid
 
 
 class SetResult(NamedTuple):
@@ -84,6 +85,7 @@ def _evaluate_method_core(
   acc = evaluate.accuracy_and_loss(apply_fn, last, xf, yf, seed_axis=True)[0]
   out = {
     "steps": steps.steps,
+    "distances": jax.vmap(lambda s: evaluate.gaussian_symmetric_kl(s, oracle_scores))(scores_g),  # (G, m)
     "median": steps.median_distances,
     "threshold": steps.threshold,
     "barriers": jnp.mean(barriers, axis=1),
@@ -239,6 +241,7 @@ def _method(
     point,
     cert_eps,
     jax.device_get(jax.tree.map(lambda leaf: leaf[-1], recorded)),
+    np.asarray(ev["distances"], dtype=np.float64),
   )
   ctx.tick("evaluate")
   return result
