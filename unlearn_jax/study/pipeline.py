@@ -1,11 +1,16 @@
 """The whole study in one call: the stages in order, then the outputs.
 
+0. simulate the power of the "unlearned" test at the configured seeds and set size, and refuse a
+   configuration whose test cannot reject (:func:`stages.check_test_power`);
 1. train ``training.num_seeds`` chains with the per-instance ledger and keep the checkpoints the
-   difficulty metrics need (:func:`stages.train_with_ledger`);
+   difficulty metrics need (:func:`stages.train_with_ledger`); one plain chain without noise or clipping
+   as the accuracy baseline (:func:`stages.train_baseline`); with ``privacy.second_clip_norm``, the
+   same chains again at that clip norm for a second ledger;
 2. turn every example's privacy loss P(x, 4α) into certified steps to unlearn, with the worst-case
    baseline (:func:`stages.certify_examples`); the certificate is labelled certified / given / assumed
    after where C_LSI comes from, and E₁ = E₂ = 0 as the "trained to stationarity" assumption;
-3. compute the difficulty metrics and pick forget sets by privacy loss, by each metric and at random;
+3. compute the difficulty metrics and pick forget sets by privacy loss (ties broken by the unclipped
+   gradient norm), by each metric, at random and from quantile bins;
 4. for each forget set: retrain the oracles, unlearn with every method recording the step grid, and
    measure distances, loss barriers and membership lower bounds (:mod:`study.unlearning`);
 5. correlate and state the findings, then write ``report.md``, ``per_example.csv``, the figures and every
