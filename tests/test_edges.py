@@ -224,6 +224,11 @@ def test_worst_case_baseline_beyond_float32_is_finite_and_never_compared_when_ov
   }
   assert findings.claim_d(privacy)["verdict"].startswith("undetermined")
   assert findings.claim_d(dict(privacy, fraction_certified_below_worst_case=0.9))["verdict"] == "holds"
+  # with an interval, a share whose interval straddles one half is not established
+  near = dict(privacy, fraction_certified_below_worst_case=0.52, fraction_below_interval=[0.47, 0.57])
+  assert findings.claim_d(near)["verdict"].startswith("not established")
+  above = dict(near, fraction_below_interval=[0.505, 0.535])
+  assert findings.claim_d(above)["verdict"] == "holds"
 
 
 def test_unlearning_bound_of_infinite_loss_is_inf_when_the_contraction_underflows():

@@ -317,18 +317,18 @@ def claim_b_over_bins(
 def claim_d(privacy: dict[str, Any]) -> dict[str, Any]:
   """Claim (d): certified steps below the worst case for most examples; no verdict when K overflowed."""
   frac = privacy["fraction_certified_below_worst_case"]
-  low, high = privacy.get("fraction_below_interval", [math.nan, math.nan])
+  low, high = privacy.get("fraction_below_interval") or [frac, frac]  # no interval: judged on the value
   if math.isnan(frac):
     verdict = "undetermined (the worst-case K is beyond float64's range)"
   elif low > 0.5:
     verdict = "holds"
-  elif high < 0.5:
+  elif high <= 0.5:
     verdict = "does not hold"
   else:
     verdict = f"not established: {100 * frac:.1f}% below, but its 95% interval includes one half"
   return {
     "fraction_below": frac,
-    "interval": [low, high] if math.isfinite(low) and math.isfinite(high) else None,
+    "interval": privacy.get("fraction_below_interval"),
     "worst_case_steps": privacy["worst_case_steps"],
     "certified_median": privacy["certified_steps_summary"]["median"],
     "verdict": verdict,

@@ -176,7 +176,7 @@ def _privacy(config: Config, trained: Trained, certs: Certificates) -> dict[str,
     else math.nan,
     "fraction_below_interval": _proportion_interval(certs.certified_steps < worst_single)
     if math.isfinite(worst_single) or certs.clip_norm is None
-    else [math.nan, math.nan],
+    else None,
   }
 
 
