@@ -252,7 +252,11 @@ def test_progress_in_steps_resume_message_and_fresh(tmp_path, capsys):
   code, _, err = _run_main(argv, capsys)
   assert code == 0, err
   lines = err.replace("\r", "\n").splitlines()
-  bars = [ln for ln in lines if re.match(r"train: +\d+%\|.*\| [1-9]\d*/200 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+step/s\]", ln)]
+  bars = [
+    ln
+    for ln in lines
+    if re.match(r"train: +\d+%\|.*\| [1-9]\d*/200 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(?:step/s|s/step)\]", ln)
+  ]
   assert bars, lines  # steps done/total (across seeds), elapsed<remaining, the rate in steps
   assert any(re.match(r"oracles and unlearning: .*\| \d+/\d+ \[", ln) for ln in lines), lines
   assert not any("resuming" in ln for ln in lines)

@@ -34,6 +34,8 @@ __all__ = [
   "loss_barrier_curves",
   "correlation_heatmap",
   "membership_vs_certified",
+  "against_setting",
+  "accuracy_against_steps",
 ]
 
 
@@ -505,4 +507,128 @@ def membership_vs_certified(
   ax.set_ylabel("membership ε: lower bound (hollow; Clopper–Pearson)")
   violations = int(np.sum(np.isfinite(c) & (e > c)))
   ax.set_title(f"Membership ε vs certified ε ({violations} lower bounds above the diagonal)", fontsize=10)
+  return _finish(fig, path)
+
+
+def _series(x: np.ndarray, series: Mapping[str, ArrayLike], name: str) -> dict[str, np.ndarray]:
+  if not series:
+    raise ValueError(f"{name} must map at least one label to its values")
+  out = {label: _vector(f"{name}[{label!r}]", v) for label, v in series.items()}
+  for label, v in out.items():
+    if v.shape != x.shape:
+      raise ValueError(f"{name}[{label!r}] must have shape {x.shape} like the settings, got {v.shape}")
+  return out
+
+
+def against_setting(
+  settings: ArrayLike,
+  series: Mapping[str, ArrayLike],
+  path: str | os.PathLike | None = None,
+  *,
+  ax: Any = None,
+  xlabel: str = "setting",
+  ylabel: str = "",
+  title: str = "",
+  styles: Mapping[str, Mapping[str, Any]] | None = None,
+  hline: tuple[float, str] | None = None,
+) -> Any:
+  """Quantities measured at each setting of a swept knob, one line per quantity (log x axis).
+
+  Non-finite values (a certificate that overflowed, a set not unlearned within the grid) are left out of
+  the line; the y axis is logarithmic when the positive values span more than two decades (linear below
+  1, so that 0 — e.g. a set unlearned at step 0 — is drawn).
+
+  Args:
+    settings: (V,) the knob's values (x axis, log scale).
+    series: label -> (V,) values.
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
+    xlabel, ylabel, title: the axis labels and the title.
+    styles: label -> matplotlib line keywords (e.g. ``{"linestyle": "none", "marker": "x"}`` for
+      measurements drawn as markers only); default: a line with round markers.
+    hline: ``(y, label)`` of a horizontal reference line (e.g. the cost of retraining).
+
+  Returns:
+    The matplotlib ``Figure``.
+
+  Examples:
+    >>> fig = against_setting([1e-5, 1e-4], {"median": [900.0, 90.0], "worst case": [5e3, 5e2]},
+    ...                       xlabel="temperature", hline=(600.0, "retraining"))
+    >>> [line.get_label() for line in fig.axes[0].get_lines()]
+    ['median', 'worst case', 'retraining']
+  """
+  x = _vector("settings", settings)
+  values = _series(x, series, "series")
+  fig, ax = _panel(ax, (6, 4))
+  for label, v in values.items():
+    ok = np.isfinite(v)
+    ax.plot(x[ok], v[ok], label=label, **dict((styles or {}).get(label, {"marker": "o"})))
+  if hline is not None:
+    ax.axhline(hline[0], color="k", linestyle="--", linewidth=1, label=hline[1])
+  finite = [float(u) for v in values.values() for u in v if np.isfinite(u)]
+  positive = [u for u in finite if u > 0]
+  if positive and max(positive) > 100 * min(positive) and min(finite) >= 0:
+    if min(finite) == 0:
+      ax.set_yscale("symlog", linthresh=1.0)
+      ax.set_ylim(bottom=0)
+    else:
+      ax.set_yscale("log")
+  ax.set_xscale("log")
+  ax.set_xlabel(xlabel + " (log scale)")
+  ax.set_ylabel(ylabel + {"log": " (log scale)", "symlog": " (log scale above 1)"}.get(ax.get_yscale(), ""))
+  ax.set_title(title, fontsize=9)
+  if len(values) > 6:  # a long key goes beside the axes
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  else:
+    ax.legend(fontsize=7)
+  return _finish(fig, path)
+
+
+def accuracy_against_steps(
+  accuracy: ArrayLike,
+  steps: Mapping[str, ArrayLike],
+  path: str | os.PathLike | None = None,
+  *,
+  ax: Any = None,
+  settings: ArrayLike | None = None,
+  budget: float | None = None,
+) -> Any:
+  """The trade-off: test accuracy against the steps each certificate needs, one curve per certificate.
+
+  Each point is one setting (e.g. one temperature τ): reading across at one accuracy gives the steps
+  each certificate needs there; reading up at one step budget gives the best accuracy each allows.
+
+  Args:
+    accuracy: (V,) test accuracy at each setting (y axis).
+    steps: certificate -> (V,) steps it needs at each setting (x axis, log scale; non-finite left out).
+    path: output ``.png`` (optional: the figure is returned either way).
+    ax: a matplotlib Axes to draw into (default: a new figure).
+    settings: (V,) the settings, written next to the points of the first curve.
+    budget: a step budget (e.g. retraining from scratch), a dashed vertical line.
+
+  Returns:
+    The matplotlib ``Figure``.
+
+  Examples:
+    >>> fig = accuracy_against_steps([0.9, 0.8], {"per-instance": [40.0, 4.0], "worst case": [900.0, 90.0]},
+    ...                              settings=[1e-5, 1e-4], budget=100.0)
+    >>> [line.get_label() for line in fig.axes[0].get_lines()][:2]
+    ['per-instance', 'worst case']
+  """
+  acc = _vector("accuracy", accuracy)
+  values = _series(acc, steps, "steps")
+  fig, ax = _panel(ax, (6, 4))
+  for j, (label, k) in enumerate(values.items()):
+    ok = np.isfinite(k) & (k > 0)
+    ax.plot(k[ok], acc[ok], marker="o", label=label)
+    if j == 0 and settings is not None:
+      for kk, a, s in zip(k[ok], acc[ok], _vector("settings", settings)[ok]):
+        ax.annotate(f"{s:g}", (kk, a), fontsize=6, xytext=(3, 3), textcoords="offset points")
+  if budget is not None:
+    ax.axvline(budget, color="k", linestyle="--", linewidth=1, label=f"budget: {budget:g} steps")
+  ax.set_xscale("log")
+  ax.set_xlabel("steps to certify (α, ε)-unlearning (log scale)")
+  ax.set_ylabel("test accuracy")
+  ax.set_title("Trade-off: accuracy against the steps each certificate needs", fontsize=9)
+  ax.legend(fontsize=7)
   return _finish(fig, path)

@@ -158,6 +158,7 @@ def poisson_costs(
   step_size: ArrayLike,
   temperature: ArrayLike,
   num_terms: int = DEFAULT_NUM_TERMS,
+  rdp_method: str = "dp_accounting",
 ) -> jax.Array:
   """theory §2b: ``ε_t(x; α) = RDP_SGM(q, z_t(x), α)``, ``z_t(x) = b·sqrt(2τ/η) / ‖g_t(x)‖``.
 
@@ -172,6 +173,7 @@ def poisson_costs(
     step_size: η > 0.
     temperature: τ > 0.
     num_terms: see :func:`~unlearn_jax.accounting.sampled_gaussian_rdp`.
+    rdp_method: its ``method`` at fractional orders: ``"dp_accounting"`` (default) or ``"exact"``.
 
   Returns:
     Costs of shape (n, K).
@@ -191,7 +193,7 @@ def poisson_costs(
   dtype = jnp.result_type(jnp.asarray(norms).dtype, float)
   z = _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype)
   orders_t = _static_orders(orders, "poisson_costs")
-  return monotone_in_order(sampled_gaussian_rdp(q, z, orders_t, num_terms=num_terms), orders_t)
+  return monotone_in_order(sampled_gaussian_rdp(q, z, orders_t, num_terms=num_terms, method=rdp_method), orders_t)
 
 
 DEFAULT_Z_NODES = 512
@@ -209,6 +211,7 @@ def poisson_costs_on_grid(
   step_size: ArrayLike,
   temperature: ArrayLike,
   num_terms: int = DEFAULT_NUM_TERMS,
+  rdp_method: str = "dp_accounting",
   num_nodes: int = DEFAULT_Z_NODES,
   spacing: float = DEFAULT_Z_SPACING,
 ) -> tuple[jax.Array, jax.Array]:
@@ -258,7 +261,8 @@ def poisson_costs_on_grid(
   nodes = z0 * jnp.exp(log_r * jnp.arange(num_nodes, dtype=dtype))
   orders_t = _static_orders(orders, "poisson_costs_on_grid")
   values = monotone_in_order(
-    sampled_gaussian_rdp(q, jnp.concatenate([z_clip[None], nodes]), orders_t, num_terms=num_terms), orders_t
+    sampled_gaussian_rdp(q, jnp.concatenate([z_clip[None], nodes]), orders_t, num_terms=num_terms, method=rdp_method),
+    orders_t,
   )
   worst = jnp.where(jnp.isinf(c), jnp.inf, values[0])
   # node index just below z; the margin of 1e-3 node steps absorbs the rounding of log and exp, so that
@@ -279,6 +283,7 @@ def poisson_worst_case_cost(
   step_size: ArrayLike,
   temperature: ArrayLike,
   num_terms: int = DEFAULT_NUM_TERMS,
+  rdp_method: str = "dp_accounting",
 ) -> jax.Array:
   """theory §2b with ‖g_t(x)‖ replaced by C: the DP-SGD cost ``RDP_SGM(q, b·sqrt(2τ/η)/C, α)``.
 
@@ -290,6 +295,7 @@ def poisson_worst_case_cost(
     step_size: η > 0.
     temperature: τ > 0.
     num_terms: see :func:`~unlearn_jax.accounting.sampled_gaussian_rdp`.
+    rdp_method: its ``method`` at fractional orders: ``"dp_accounting"`` (default) or ``"exact"``.
 
   Returns:
     Array of shape (K,).
@@ -314,6 +320,7 @@ def poisson_worst_case_cost(
     step_size=step_size,
     temperature=temperature,
     num_terms=num_terms,
+    rdp_method=rdp_method,
   )[0]
   return jnp.where(unclipped, jnp.inf, cost)  # unclipped gradients have no worst case
 
@@ -351,12 +358,13 @@ def fixed_step_costs(
   step_size: ArrayLike,
   temperature: ArrayLike,
   num_terms: int = DEFAULT_NUM_TERMS,
+  rdp_method: str = "dp_accounting",
   z_nodes: int | None = None,
   z_spacing: float = DEFAULT_Z_SPACING,
 ) -> tuple[jax.Array, jax.Array]:
   """§2b costs of one step with the fixed denominator b (q = 1: full batch), and its worst case; with
   ``z_nodes`` (and q < 1, where the series is costly) charged from the grid of :func:`poisson_costs_on_grid`."""
-  kw = dict(orders=orders, step_size=step_size, temperature=temperature, num_terms=num_terms)
+  kw = dict(orders=orders, step_size=step_size, temperature=temperature, num_terms=num_terms, rdp_method=rdp_method)
   if z_nodes is not None and not (not _checks._is_traced(q) and float(q) == 1.0):
     costs, worst = poisson_costs_on_grid(
       clipped_norms, q, denominator, clip_norm=clip_norm, num_nodes=z_nodes, spacing=z_spacing, **kw
@@ -383,6 +391,7 @@ def step_costs(
   chunk_size: int | None = None,
   num_terms: int = DEFAULT_NUM_TERMS,
   reduction_blocks: int | None = None,
+  rdp_method: str = "dp_accounting",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-example costs of one step at fixed ``params`` (theory §2a/§2b), for any optimizer's run.
 
@@ -406,6 +415,7 @@ def step_costs(
     norm_method: per-example norm method ("auto", "vmap", "ghost").
     chunk_size: examples per chunk for the norms.
     num_terms: see :func:`~unlearn_jax.accounting.sampled_gaussian_rdp`.
+    rdp_method: its ``method`` at fractional orders: ``"dp_accounting"`` (default) or ``"exact"``.
     reduction_blocks: None, or R (dividing n) for the fixed reduction order of ḡ.
 
   Returns:
@@ -450,7 +460,7 @@ def step_costs(
   if mode == "poisson" or denominator is not None:
     q = sampling_rate if mode == "poisson" else 1.0
     b = q * jnp.sum(m) if denominator is None else denominator
-    costs, worst = fixed_step_costs(norms * factors * m, q, b, num_terms=num_terms, **kw)
+    costs, worst = fixed_step_costs(norms * factors * m, q, b, num_terms=num_terms, rdp_method=rdp_method, **kw)
     return costs, worst, norms
   _, gbar = ops.grads(m * factors / jnp.maximum(jnp.sum(m), 1.0))
   costs, worst, _ = mean_step_costs(ops, norms, factors, m, gbar, **kw)

@@ -52,6 +52,8 @@ class AccountingConfig(NamedTuple):
       independent of n: :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`), or None (the
       default) for the exact series of every example.
     z_spacing: the ratio of consecutive grid nodes.
+    rdp_method: the evaluation of the Poisson costs at fractional orders: ``"dp_accounting"`` (the
+      |binomial| series, an upper bound) or ``"exact"`` (:mod:`~unlearn_jax.accounting.sgm_exact`).
   """
 
   orders: tuple[float, ...]
@@ -61,6 +63,7 @@ class AccountingConfig(NamedTuple):
   num_terms: int = DEFAULT_NUM_TERMS
   z_nodes: int | None = None
   z_spacing: float = DEFAULT_Z_SPACING
+  rdp_method: str = "dp_accounting"
 
   @property
   def filter_index(self) -> int | None:
@@ -83,6 +86,7 @@ def accountant(
   num_terms: int = DEFAULT_NUM_TERMS,
   z_nodes: int | None = None,
   z_spacing: float = DEFAULT_Z_SPACING,
+  rdp_method: str = "dp_accounting",
 ) -> AccountingConfig:
   """Builds the accounting settings: every step (exact), strided (estimate) or with a Rényi filter.
 
@@ -97,6 +101,8 @@ def accountant(
       example's own series; a grid is an upper bound whose over-charge depends on the setting, see
       :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`).
     z_spacing: ratio of consecutive nodes (> 1).
+    rdp_method: ``"dp_accounting"`` (default) or ``"exact"``: the Poisson costs at fractional orders,
+      see :func:`sampled_gaussian_rdp`'s ``method``.
 
   Returns:
     An :class:`AccountingConfig`. The ledger it produces is certified iff the filter is on and
@@ -127,6 +133,8 @@ def accountant(
     filter_budget = float(filter_budget)
     filter_order = float(filter_order)
   stride = stride if stride == "epoch" else int(stride)
+  if rdp_method not in ("dp_accounting", "exact"):
+    raise ValueError(f"rdp_method must be 'dp_accounting' or 'exact', got {rdp_method!r}")
   if z_nodes is not None and (isinstance(z_nodes, bool) or not isinstance(z_nodes, (int, np.integer)) or z_nodes < 1):
     raise ValueError(f"z_nodes must be None or an int >= 1, got {z_nodes!r}")
   if not (isinstance(z_spacing, (int, float, np.floating)) and z_spacing > 1 and np.isfinite(z_spacing)):
@@ -139,6 +147,7 @@ def accountant(
     int(num_terms),
     None if z_nodes is None else int(z_nodes),
     float(z_spacing),
+    rdp_method,
   )
 
 

@@ -323,7 +323,10 @@ def _full_batch_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
       costs, worst = _when(
         ctx.accounted,
         lambda: _cast(
-          acc.fixed_step_costs(norms * factors * active, 1.0, b, num_terms=config.num_terms, **ctx.cost_kw()), dtype
+          acc.fixed_step_costs(
+            norms * factors * active, 1.0, b, num_terms=config.num_terms, rdp_method=config.rdp_method, **ctx.cost_kw()
+          ),
+          dtype,
         ),
         lambda: ctx.zeros(ctx.n),
       )
@@ -381,7 +384,12 @@ def _poisson_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
       norms_all = ctx.ops(ctx.data, n, chunk_size=chunk).norms().astype(dtype)
       clipped = norms_all * pe.clip_factors(norms_all, ctx.clip) * active
       grid = dict(z_nodes=config.z_nodes, z_spacing=config.z_spacing)
-      return _cast(acc.fixed_step_costs(clipped, q, b, num_terms=config.num_terms, **grid, **ctx.cost_kw()), dtype)
+      return _cast(
+        acc.fixed_step_costs(
+          clipped, q, b, num_terms=config.num_terms, rdp_method=config.rdp_method, **grid, **ctx.cost_kw()
+        ),
+        dtype,
+      )
 
     costs, worst = _when(ctx.accounted, all_costs, lambda: ctx.zeros(n))
     ledger = acc.ledger_update(ledger, costs, worst, weight=ctx.stride, config=config, accounted=ctx.accounted)

@@ -7,6 +7,7 @@ meant to run outside jit.
 
 * :func:`top_k_percent` / :func:`bottom_k_percent` -- the k% highest / lowest scores;
 * :func:`quantile_bins` -- equal-count bins by rank;
+* :func:`around_quantile` -- the examples nearest in rank to a quantile (the q = 1 set is the top set);
 * :func:`random_subset` -- a uniform random set of a given size (the baseline of equal size);
 * :func:`select_forget_set` -- one dispatcher over the above, for configs and the CLI;
 * :func:`check_forget_indices` -- validation of any forget set.
@@ -28,6 +29,7 @@ from jax.typing import ArrayLike
 from unlearn_jax import _checks
 
 __all__ = [
+  "around_quantile",
   "bottom_k_percent",
   "check_forget_indices",
   "quantile_bins",
@@ -168,6 +170,39 @@ def quantile_bins(scores: ArrayLike, num_bins: int) -> list[jax.Array]:
   if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or not 1 <= num_bins <= arr.size:
     raise ValueError(f"num_bins must be an int in [1, n = {arr.size}], got {num_bins!r}")
   return [_as_indices(part) for part in np.array_split(_ranked(arr, False), int(num_bins))]
+
+
+def around_quantile(scores: ArrayLike, q: float, size: int) -> jax.Array:
+  """The ``size`` examples whose score ranks are nearest the q-quantile's rank ``q · (n − 1)``.
+
+  A window of ``size`` consecutive ranks centred on the quantile's rank and shifted inside ``[0, n)``: q = 1
+  gives the ``size`` highest scores, q = 0 the lowest, q = 0.5 the examples around the median. Ties are
+  ordered by index.
+
+  Args:
+    scores: ``(n,)`` per-example scores (no NaN).
+    q: the quantile, in [0, 1].
+    size: number of examples, ``1 <= size <= n``.
+
+  Returns:
+    Sorted int32 indices.
+
+  Raises:
+    ValueError: on NaN scores, q outside [0, 1] or a bad size.
+
+  Examples:
+    >>> around_quantile([5.0, 1.0, 4.0, 2.0, 3.0, 0.0], 0.5, 2).tolist()
+    [3, 4]
+    >>> around_quantile([5.0, 1.0, 4.0, 2.0, 3.0, 0.0], 1.0, 2).tolist()
+    [0, 2]
+  """
+  arr = _check_scores(scores)
+  if isinstance(q, bool) or not isinstance(q, (int, float, np.floating)) or not 0.0 <= float(q) <= 1.0:
+    raise ValueError(f"q must be a quantile in [0, 1], got {q!r}")
+  k = _size_from(arr.size, size, None)
+  centre = float(q) * (arr.size - 1)
+  start = min(max(int(math.floor(centre - (k - 1) / 2 + 0.5)), 0), arr.size - k)
+  return _as_indices(_ranked(arr, False)[start : start + k])
 
 
 def random_subset(key: jax.Array, num_examples: int, size: int) -> jax.Array:

@@ -4,6 +4,8 @@ Subcommands:
 
 - ``demo``: the whole study on scikit-learn's bundled digits (MLP), sized for a laptop CPU;
 - ``run --config FILE``: the study described by a TOML or JSON config (see ``configs/``);
+- ``tradeoff --config FILE --temperatures ...``: the study at a grid of temperatures and the trade-off figure;
+- ``sweep --config FILE --knob K --values ...``: the study at a grid of one knob (a sensitivity sweep);
 - ``certify-testbed``: the per-example table of the exact linear-Gaussian testbed (theory §5): exact
   steps needed, certified per-instance steps and the worst-case baseline's steps.
 
@@ -19,13 +21,15 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from unlearn_jax import runtime
 from unlearn_jax.certify import testbed, testbed_table
 from unlearn_jax.runtime import checkpoint
 from unlearn_jax.study import config as config_lib
 from unlearn_jax.study import pipeline, stages
+from unlearn_jax.study import sweep as sweep_lib
 
 __all__ = ["main", "build_parser"]
 
@@ -48,6 +52,8 @@ examples:
   unlearn-jax demo --out runs/demo
   unlearn-jax run --config configs/mnist1d.toml --out runs/mnist1d
   unlearn-jax run --config configs/cifar10_resnet18.toml --data-dir ~/data/cifar-10-batches-bin
+  unlearn-jax tradeoff --config configs/digits_logistic.toml --temperatures 1e-5,1e-4,1e-3
+  unlearn-jax sweep --config configs/demo.toml --knob clip_norm --values 1,5,20
   unlearn-jax certify-testbed --n 30
 """
 
@@ -95,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="unlearn-jax", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  sub = parser.add_subparsers(dest="command", metavar="{demo,run,certify-testbed}")
+  sub = parser.add_subparsers(dest="command", metavar="{demo,run,tradeoff,sweep,certify-testbed}")
   sub.required = True
 
   demo = sub.add_parser(
@@ -121,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--config", required=True, metavar="FILE", help="config file (.toml or .json)")
   _add_study_options(run, default_out=None)
 
+  _add_sweep_parsers(sub)
   tb = sub.add_parser(
     "certify-testbed",
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -147,66 +154,124 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _add_sweep_parsers(sub: Any) -> None:
+  to = sub.add_parser(
+    "tradeoff",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    help="the utility-unlearning trade-off: the study at a grid of temperatures",
+    description="Run the study of a config at each temperature of a grid and write sweep_temperature.md/.json, "
+    "sweep_temperature.png and tradeoff.png to the output directory: per temperature the test accuracy, the "
+    "per-example certified steps at the quantiles q of the examples, the worst-case certificate, and the "
+    "certificates and empirical steps of forget sets around the same quantiles of privacy loss.",
+  )
+  to.add_argument("--config", required=True, metavar="FILE", help="config file (.toml or .json)")
+  to.add_argument("--temperatures", dest="values", required=True, metavar="T1,T2,...", help="temperatures τ > 0")
+  sw = sub.add_parser(
+    "sweep",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    help="the study at a grid of one knob (temperature, clip_norm, step_size, num_steps)",
+    description="Run the study of a config at each value of one knob and write sweep_<knob>.md/.json and "
+    "sweep_<knob>.png: Spearman of P with each metric, claims (b) and (c), the clip-saturated share and the "
+    "certified steps at each value.",
+  )
+  sw.add_argument("--config", required=True, metavar="FILE", help="config file (.toml or .json)")
+  sw.add_argument("--knob", required=True, choices=sorted(sweep_lib.KNOBS), help="the knob to sweep")
+  sw.add_argument("--values", required=True, metavar="V1,V2,...", help="the knob's values (> 0)")
+  for p in (to, sw):
+    p.add_argument(
+      "--quantiles", default="0.5,0.9,0.99,1", metavar="Q1,...", help="example quantiles (default: %(default)s)"
+    )
+    _add_study_options(p, default_out=None)
+
+
 def _error(msg: str, code: int) -> int:
   print(f"unlearn-jax: error: {msg}", file=sys.stderr)
   return code
 
 
-def _study(args: argparse.Namespace) -> int:
-  try:
-    if args.command == "demo":
-      config = config_lib.demo_config()
-    else:
-      config = config_lib.Config.from_file(args.config)
-    overrides = {}
-    if args.seed is not None:
-      overrides["seed"] = args.seed
-    if args.devices is not None:
-      overrides["devices"] = args.devices
-    if args.out is not None:
-      overrides["out_dir"] = args.out
-    if args.data_dir is not None:
-      overrides["data__data_dir"] = args.data_dir
-    if overrides:
-      config = config.replace(**overrides)
-  except config_lib.ConfigError as e:
-    return _error(str(e), EXIT_CONFIG)
+def _config(args: argparse.Namespace) -> config_lib.Config:
+  """The config of the command line: the demo's or the file's, with the command line's overrides."""
+  config = config_lib.demo_config() if args.command == "demo" else config_lib.Config.from_file(args.config)
+  overrides = {}
+  if args.seed is not None:
+    overrides["seed"] = args.seed
+  if args.devices is not None:
+    overrides["devices"] = args.devices
+  if args.out is not None:
+    overrides["out_dir"] = args.out
+  if args.data_dir is not None:
+    overrides["data__data_dir"] = args.data_dir
+  return config.replace(**overrides) if overrides else config
 
+
+def _guarded(config: config_lib.Config, work: Callable[[], Any]) -> tuple[int, Any]:
+  """(exit status, result) of ``work()``, a study or a sweep: every failure a message and its status."""
   try:
-    report = pipeline.run(config, progress=not args.quiet, fresh=args.fresh)
+    return 0, work()
   except config_lib.ConfigError as e:
-    return _error(str(e), EXIT_CONFIG)
+    return _error(str(e), EXIT_CONFIG), None
   except pipeline.OutputDirError as e:
-    return _error(str(e), EXIT_OUTPUT)
+    return _error(str(e), EXIT_OUTPUT), None
   except stages.DataMissingError as e:
-    return _error(str(e), EXIT_DATA)
+    return _error(str(e), EXIT_DATA), None
   except runtime.DivergenceError as e:
-    return _error(str(e), EXIT_DIVERGED)
+    return _error(str(e), EXIT_DIVERGED), None
   except checkpoint.CheckpointError as e:
-    return _error(str(e).replace("pass fresh=True (the command line's --fresh)", "pass --fresh"), EXIT_OUTPUT)
+    return _error(str(e).replace("pass fresh=True (the command line's --fresh)", "pass --fresh"), EXIT_OUTPUT), None
   except OSError as e:  # the outputs or checkpoints could not be written: disk full, read-only, permissions
     where = f" ({e.filename})" if e.filename else ""
-    return _error(f"cannot write to the output directory {config.out_dir!r}: {e.strerror or e}{where}", EXIT_OUTPUT)
+    msg = f"cannot write to the output directory {config.out_dir!r}: {e.strerror or e}{where}"
+    return _error(msg, EXIT_OUTPUT), None
   except runtime.Interrupted as e:
     print(
       f"unlearn-jax: {e}; checkpoints are in {config.out_dir}/checkpoints and the same command resumes from them",
       file=sys.stderr,
     )
-    return e.exit_code
+    return e.exit_code, None
   except KeyboardInterrupt:
     print(
       f"unlearn-jax: interrupted; checkpoints (if any) are in {config.out_dir}/checkpoints and "
       "the same command resumes from them",
       file=sys.stderr,
     )
-    return EXIT_INTERRUPTED
-  if not args.quiet:
+    return EXIT_INTERRUPTED, None
+
+
+def _study(args: argparse.Namespace) -> int:
+  try:
+    config = _config(args)
+  except config_lib.ConfigError as e:
+    return _error(str(e), EXIT_CONFIG)
+  code, report = _guarded(config, lambda: pipeline.run(config, progress=not args.quiet, fresh=args.fresh))
+  if code == 0 and not args.quiet:
     out = pathlib.Path(config.out_dir)
     print(
       f"wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'per_example.csv'} "
       f"and {len(report.get('figures', {}))} figures"
     )
-  return 0
+  return code
+
+
+def _numbers(option: str, text: str) -> list[float]:
+  try:
+    return [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise config_lib.ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+  try:
+    config = _config(args)
+    knob = "temperature" if args.command == "tradeoff" else args.knob
+    values = _numbers("--temperatures" if args.command == "tradeoff" else "--values", args.values)
+    quantiles = _numbers("--quantiles", args.quantiles)
+  except config_lib.ConfigError as e:
+    return _error(str(e), EXIT_CONFIG)
+  run = lambda: sweep_lib.sweep(config, knob, values, quantiles=quantiles, progress=not args.quiet, fresh=args.fresh)
+  code, result = _guarded(config, run)
+  if code == 0 and not args.quiet:
+    print(f"wrote {', '.join(str(pathlib.Path(config.out_dir) / f) for f in result['files'])}")
+  return code
 
 
 def _certify_testbed(args: argparse.Namespace) -> int:
@@ -249,4 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.command in ("demo", "run"):
     return _study(args)
+  if args.command in ("sweep", "tradeoff"):
+    return _sweep(args)
   return _certify_testbed(args)

@@ -289,6 +289,9 @@ class ForgetSetsConfig(_Section):
     privacy_loss_bins: additionally, this many quantile bins of privacy loss, ``sets_per_bin`` random
       forget sets of ``size`` examples from each (0: none).
     sets_per_bin: forget sets drawn from each privacy-loss bin (their spread of steps is reported).
+    privacy_loss_quantiles: additionally, for each q, the ``size`` examples nearest in rank to the
+      q-quantile of privacy loss (label ``privacy_loss:q<q>``; q = 1 is the top set): the forget sets of the
+      trade-off between certificates and empirical unlearning.
     metric_bins: difficulty metrics (of ``metrics.names``) whose quantile bins get forget sets too (the
       same number of bins and sets per bin as the privacy loss; bin 0 = the easiest by the metric's
       direction), so that steps can be read as a curve against each metric as well.
@@ -310,6 +313,7 @@ class ForgetSetsConfig(_Section):
   )
   privacy_loss_bins: int = 0
   sets_per_bin: int = 1
+  privacy_loss_quantiles: tuple[float, ...] = ()
   metric_bins: tuple[str, ...] = ()
   ties_within: float = 0.01
 
@@ -325,6 +329,10 @@ class ForgetSetsConfig(_Section):
       self._fail("ties_within", self.ties_within, "a number in [0, 1)")
     if not 0.0 <= self.ties_within < 1.0:
       self._fail("ties_within", self.ties_within, "a number in [0, 1)")
+    for q in self.privacy_loss_quantiles:
+      if not 0.0 <= q <= 1.0:
+        self._fail("privacy_loss_quantiles", list(self.privacy_loss_quantiles), "quantiles in [0, 1]")
+    self._distinct("privacy_loss_quantiles")
     if not self.selections:
       self._fail("selections", [], "a non-empty list")
     allowed = ("random",) + tuple(f"{s}:{k}" for s in selection_scores() for k in SELECTION_KINDS)

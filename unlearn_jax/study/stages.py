@@ -40,6 +40,7 @@ __all__ = [
   "compute_metrics",
   "context",
   "seeded",
+  "quantile_label",
   "select_forget_sets",
   "setup",
   "tie_break_key",
@@ -599,6 +600,11 @@ def _bin_sets(fc, name: str, scores: np.ndarray, key: jax.Array, salt: int) -> l
 SECOND_CLIP_TOP = "privacy_loss@clip2:top"
 
 
+def quantile_label(q: float) -> str:
+  """The label of the forget set around the q-quantile of privacy loss, e.g. ``privacy_loss:q0.9``."""
+  return f"privacy_loss:q{q:g}"
+
+
 def select_forget_sets(
   ctx: Context,
   certs: Certificates,
@@ -626,6 +632,8 @@ def select_forget_sets(
   if second_p4 is not None:  # the top set by P at the second clip norm, unlearned from the main models
     idx = selection.select_forget_set(second_p4, "top", size=fc.size, tie_break=tie_break, ties_within=fc.ties_within)
     sets.append(ForgetSet(SECOND_CLIP_TOP, np.asarray(idx)))
+  for q in fc.privacy_loss_quantiles:
+    sets.append(ForgetSet(quantile_label(q), np.asarray(selection.around_quantile(p4, q, fc.size))))
   sets += _bin_sets(fc, "privacy_loss", p4, key, 0)
   for m, name in enumerate(fc.metric_bins, 1):  # oriented so that bin 0 is the easiest by the metric
     oriented = np.nan_to_num(METRICS[name].sign * metric_values[name], nan=0.0)
