@@ -163,3 +163,14 @@ def test_sweep_figure_panels_draw_zero_steps_and_refuse_bad_shapes():
 def test_cli_sweep_bad_values_is_exit_2(tmp_path, capsys):
   code = cli.main(["sweep", "--config", _write_config(tmp_path), "--knob", "clip_norm", "--values", "1,x", "--quiet"])
   assert code == 2 and "--values must be comma-separated numbers" in capsys.readouterr().err
+
+
+def test_collect_tabulates_the_finished_points_only(logistic_tradeoff, tmp_path):
+  out, result = logistic_tradeoff
+  again = sweep.tradeoff(_logistic_config(out), [1e-4, 3e-3, 1e-2], collect=True)  # 3e-3 never ran
+  assert again["values"] == [1e-4, 1e-2] and again["missing_values"] == [3e-3]
+  for a, b in zip(again["rows"], result["rows"]):
+    assert a["certified_quantiles"] == b["certified_quantiles"] and a["test_accuracy"] == b["test_accuracy"]
+  assert "not finished, left out: 0.003" in (out / "sweep_temperature.md").read_text()
+  with pytest.raises(ConfigError, match="no finished study"):
+    sweep.sweep(_logistic_config(tmp_path), "clip_norm", [1.0], collect=True)

@@ -8,7 +8,8 @@ truncated after at most ``num_terms`` terms per order plus a bound or a quadratu
 (:mod:`unlearn_jax.accounting.sgm_fractional`), instead of ``dp_accounting``'s convergence loop (which
 gives up with ``inf`` after 1,000 terms, e.g. at q = 0.5 for every noise multiplier).
 :func:`monotone_in_order` is the envelope the ledger charges; :func:`gaussian_rdp` the plain Gaussian
-mechanism.
+mechanism. ``method="exact"`` replaces the fractional orders' upper bound by the exact value
+(:mod:`unlearn_jax.accounting.sgm_exact`, a quadrature of A_α − 1).
 
 Precision: under ``jax_enable_x64`` the sampled Gaussian RDP equals the |binomial| series evaluated at
 40 digits to ~1e-9 relative (tests), and ``dp_accounting`` wherever ``dp_accounting``'s own float64

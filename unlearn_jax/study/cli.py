@@ -181,6 +181,7 @@ def _add_sweep_parsers(sub: Any) -> None:
     p.add_argument(
       "--quantiles", default="0.5,0.9,0.99,1", metavar="Q1,...", help="example quantiles (default: %(default)s)"
     )
+    p.add_argument("--collect", action="store_true", help="run nothing: tabulate the values whose study has finished")
     _add_study_options(p, default_out=None)
 
 
@@ -267,7 +268,8 @@ def _sweep(args: argparse.Namespace) -> int:
     quantiles = _numbers("--quantiles", args.quantiles)
   except config_lib.ConfigError as e:
     return _error(str(e), EXIT_CONFIG)
-  run = lambda: sweep_lib.sweep(config, knob, values, quantiles=quantiles, progress=not args.quiet, fresh=args.fresh)
+  kw = dict(quantiles=quantiles, progress=not args.quiet, fresh=args.fresh, collect=args.collect)
+  run = lambda: sweep_lib.sweep(config, knob, values, **kw)
   code, result = _guarded(config, run)
   if code == 0 and not args.quiet:
     print(f"wrote {', '.join(str(pathlib.Path(config.out_dir) / f) for f in result['files'])}")

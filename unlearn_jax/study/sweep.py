@@ -14,6 +14,7 @@ budget what accuracy each allows.
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 import time
@@ -177,6 +178,17 @@ def _comparison(rows: Sequence[dict[str, Any]], quantiles: Sequence[float]) -> d
   return {"worst_case_over_per_instance": ratios, "accuracy_at_budget": allowed}
 
 
+def _finished_row(cfg: Config, value: float, quantiles: Sequence[float]) -> dict[str, Any] | None:
+  """The row of one point from its finished study (None when it has not finished)."""
+  out = pathlib.Path(cfg.out_dir)
+  if not (out / "report.json").exists():
+    return None
+  results = saved.load(out)
+  timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
+  row = summarize(results.report, results.per_example["certified_steps"], quantiles)
+  return {"value": value, "out_dir": cfg.out_dir, "wall_time_s": float(timings.get("total", math.nan)), **row}
+
+
 def _say(progress: bool) -> Callable[[str], None]:
   return (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
 
@@ -189,6 +201,7 @@ def sweep(
   quantiles: Sequence[float] = QUANTILES,
   progress: bool = False,
   fresh: bool = False,
+  collect: bool = False,
 ) -> dict[str, Any]:
   """Runs the study at each value of ``knob`` and writes ``sweep_<knob>.json`` / ``.md`` / ``.png`` to
   ``config.out_dir``.
@@ -200,30 +213,42 @@ def sweep(
     quantiles: the example quantiles q of the certificates and of the forget sets around them.
     progress: stage messages and progress bars on stderr / stdout.
     fresh: discard each point's checkpoints first (else an interrupted sweep resumes).
+    collect: run nothing; tabulate the points whose study has finished (the others are listed in
+      ``missing_values``).
 
   Returns:
-    ``{"knob", "config_key", "values", "rows", "comparison", "wall_time_s", "files"}``.
+    ``{"knob", "config_key", "values", "missing_values", "rows", "comparison", "wall_time_s", "files"}``.
+
+  Raises:
+    ConfigError: a bad knob or values, or (``collect``) no finished point.
   """
   values = _check_values(knob, values)
   quantiles = [float(q) for q in quantiles]
-  say, start, rows = _say(progress), time.perf_counter(), []
+  say, start, rows, missing = _say(progress), time.perf_counter(), [], []
   for i, value in enumerate(values):
     cfg = point_config(config, knob, value, quantiles)
-    say(f"sweep {knob}: {i + 1}/{len(values)} at {value:g} -> {cfg.out_dir}")
-    t0 = time.perf_counter()
-    report = pipeline.run(cfg, progress=progress, fresh=fresh)
-    row = summarize(report, saved.load(cfg.out_dir).per_example["certified_steps"], quantiles)
-    rows.append({"value": value, "out_dir": cfg.out_dir, "wall_time_s": time.perf_counter() - t0, **row})
+    if not collect:
+      say(f"sweep {knob}: {i + 1}/{len(values)} at {value:g} -> {cfg.out_dir}")
+      pipeline.run(cfg, progress=progress, fresh=fresh)
+    row = _finished_row(cfg, value, quantiles)
+    if row is None:
+      missing.append(value)
+    else:
+      rows.append(row)
+  if not rows:
+    raise ConfigError(f"sweep over {knob!r}: no finished study among {values} in {config.out_dir!r} (run it first)")
+  report = json.loads((pathlib.Path(rows[0]["out_dir"]) / "report.json").read_text(encoding="utf-8"))
   result = {
     "knob": knob,
     "config_key": KNOBS[knob],
-    "values": values,
+    "values": [r["value"] for r in rows],
+    "missing_values": missing,
     "quantiles": quantiles,
     "dataset": report["dataset"],
     "model": report["config"]["model"],
     "rows": rows,
     "comparison": _comparison(rows, quantiles),
-    "wall_time_s": time.perf_counter() - start,
+    "wall_time_s": sum(r["wall_time_s"] for r in rows) if collect else time.perf_counter() - start,
   }
   result["files"] = sweep_outputs.write(pathlib.Path(config.out_dir), result)
   return result
@@ -236,6 +261,7 @@ def tradeoff(
   quantiles: Sequence[float] = QUANTILES,
   progress: bool = False,
   fresh: bool = False,
+  collect: bool = False,
 ) -> dict[str, Any]:
   """The utility–unlearning trade-off: :func:`sweep` over the temperature τ, with the trade-off figure
   (``tradeoff.png``: steps against τ, and test accuracy against the steps each certificate needs).
@@ -246,4 +272,6 @@ def tradeoff(
     ...
     unlearn_jax.study.sections.ConfigError: values of knob 'temperature': give at least one value, got []
   """
-  return sweep(config, "temperature", temperatures, quantiles=quantiles, progress=progress, fresh=fresh)
+  return sweep(
+    config, "temperature", temperatures, quantiles=quantiles, progress=progress, fresh=fresh, collect=collect
+  )

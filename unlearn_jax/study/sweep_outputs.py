@@ -97,7 +97,12 @@ def markdown(result: dict[str, Any]) -> str:
     f"# Sweep over {_KNOB_LABELS[knob]} (`{result['config_key']}`)",
     "",
     f"{ds['name']}: {ds['n_train']} training / {ds['n_test']} test examples, model `{result['model']['name']}`; "
-    f"{len(result['rows'])} settings in {result['wall_time_s'] / 60:.1f} min.",
+    f"{len(result['rows'])} settings in {result['wall_time_s'] / 60:.1f} min"
+    + (
+      f" (not finished, left out: {', '.join(f'{v:g}' for v in result['missing_values'])})."
+      if result.get("missing_values")
+      else "."
+    ),
     "",
     "k* q=…: the per-example certificate (steps) at the q-quantile of the examples; K: the worst-case "
     "certificate (Chien et al.) for one example; saturated: examples within 2% of the largest P.",
