@@ -140,6 +140,8 @@ def summarize(report: dict[str, Any], certified_steps: np.ndarray, quantiles: Se
     "fraction_certified_below_worst_case": pv["fraction_certified_below_worst_case"],
     "retrain_steps": pv["retraining"]["retrain_steps"],
     "lsi_status": pv["lsi_status"],
+    "lsi_note": pv["lsi_note"],
+    "e1_e2": pv["stationarity"],
     "lsi_constant": pv["lsi_constant"],
     "stationarity": pv["retraining"]["stationarity_note"],
     "training_contraction_factor": pv["retraining"]["training_contraction_factor"],

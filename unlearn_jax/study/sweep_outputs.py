@@ -104,6 +104,10 @@ def markdown(result: dict[str, Any]) -> str:
       else "."
     ),
     "",
+    f"What the certificates rest on (first setting): {result['rows'][0].get('lsi_note', '')}; E₁, E₂: "
+    f"{result['rows'][0].get('e1_e2', 'not recorded')} (computed exactly only on the linear-Gaussian testbed, "
+    "`unlearn-jax certify-testbed`).",
+    "",
     "k* q=…: the per-example certificate (steps) at the q-quantile of the examples; K: the worst-case "
     "certificate (Chien et al.) for one example; saturated: examples within 2% of the largest P.",
     "",
