@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from unlearn_jax.study import pipeline, saved, sweep_outputs
 from unlearn_jax.study.config import Config, ConfigError
@@ -192,7 +194,8 @@ def _finished_row(cfg: Config, value: float, quantiles: Sequence[float]) -> dict
 
 
 def _say(progress: bool) -> Callable[[str], None]:
-  return (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+  """Stage messages on stderr, as the study's (when progress is on)."""
+  return (lambda msg: tqdm.tqdm.write(f"[unlearn-jax] {msg}", file=sys.stderr)) if progress else (lambda msg: None)
 
 
 def sweep(
