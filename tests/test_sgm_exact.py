@@ -110,6 +110,7 @@ def test_the_absolute_value_series_overshoots_as_measured():
     assert default == pytest.approx(dp_rdp._compute_log_a(q, z, alpha) / (alpha - 1), rel=4e-3)
 
 
+@pytest.mark.slow  # compiles the |binomial| series of fractional orders (30-45 s on 2 cores)
 def test_exact_never_above_the_upper_bounds():
   zs, alphas = [0.5, 1.0, 4.0, 30.0], (1.05, 2.5)
   for q in (1e-4, 0.01, 0.2, 0.7):
@@ -121,6 +122,7 @@ def test_exact_never_above_the_upper_bounds():
         assert exact[i, j] <= dp * (1 + 4e-3)
 
 
+@pytest.mark.slow  # compiles the |binomial| series of fractional orders (30-45 s on 2 cores)
 def test_integer_orders_q_one_and_infinite_z_are_the_same_either_way():
   z = jnp.array([0.7, 2.0, jnp.inf])
   orders = [2.0, 2.5, 3.0, 64.0]
@@ -134,6 +136,7 @@ def test_integer_orders_q_one_and_infinite_z_are_the_same_either_way():
     sgm.sampled_gaussian_rdp(0.1, 1.0, [2.5], method="tight")
 
 
+@pytest.mark.slow  # compiles the quadrature with its gradient
 def test_exact_is_differentiable_and_jittable():
   f = jax.jit(lambda z: sgm.sampled_gaussian_rdp(0.05, z, [2.5], method="exact")[..., 0].sum())
   z = jnp.array([1.1, 3.0])
