@@ -88,6 +88,7 @@ def _check_grid(rdp_fn, grid_q, grid_z):
   assert len(arbitrated) <= 0.01 * len(grid_q) * len(grid_z) * len(ORDERS), arbitrated  # a handful only
 
 
+@pytest.mark.slow
 def test_sampled_gaussian_matches_dp_accounting_on_grid(rdp_fn):
   _check_grid(rdp_fn, GRID_Q, GRID_Z)
 
@@ -182,6 +183,7 @@ def test_float32_accuracy(rdp_fn):
   np.testing.assert_allclose(r32[mask], ref[mask], rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_cost_formulas(x64):
   orders = np.array([1.5, 2.0, 8.0])
   sq = np.array([0.0, 1.0, 4.0])
@@ -356,6 +358,7 @@ def test_fast_core_equals_reference_core(x64):
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_large_batches_sorted_chunks_keep_order_and_vmap(x64):
   """More noise multipliers than one chunk: evaluated sorted by z in chunks, returned in the caller's
   order (each equals its evaluation in a batch of 300 to the series' 1e-6 accuracy: a batch stops when

@@ -862,6 +862,7 @@ names = ["loss"]
 """
 
 
+@pytest.mark.slow
 def test_cli_diverging_run_is_a_clean_error_naming_the_step(tmp_path, capsys):
   # η·wd = 1e4 > 2: the parameters blow up within a few steps. The run must stop with one line naming
   # the step (issue 10, divergence), a non-zero exit status and no Python traceback.

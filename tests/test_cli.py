@@ -242,6 +242,7 @@ def test_devices_option_on_forced_cpu_devices(tmp_path):
   assert res.returncode == cli.EXIT_CONFIG and "'devices'" in res.stderr and "2 cpu device" in res.stderr
 
 
+@pytest.mark.slow
 def test_progress_in_steps_resume_message_and_fresh(tmp_path, capsys):
   """A run shows progress in steps with elapsed<remaining time; a rerun says from which step it resumes;
   --fresh discards the checkpoints and starts over; another run's checkpoints are refused naming --fresh."""

@@ -228,6 +228,7 @@ def _assert_training_matches(r, rtol):
   assert r["params_replicated"]
 
 
+@pytest.mark.slow
 def test_worker_sees_four_devices(four_devices):
   r = _result(four_devices, "mesh")
   assert r["num_devices"] == 4
@@ -237,6 +238,7 @@ def test_worker_sees_four_devices(four_devices):
   assert "n = 6" in r["indivisible_error"] and "pad_to_multiple(data, 4)" in r["indivisible_error"]
 
 
+@pytest.mark.slow
 def test_training_with_ledger_and_filter_n_not_divisible(four_devices):
   # n = 13 on 4 devices (padded to 16 and masked), x64, individual Renyi filter on.
   r = _result(four_devices, "train_filter_padded")
@@ -247,12 +249,14 @@ def test_training_with_ledger_and_filter_n_not_divisible(four_devices):
   assert r["num_inactive"] > 0 and r["num_active"] > 0
 
 
+@pytest.mark.slow
 def test_unlearning_sharded_equals_one_device(four_devices):
   r = _result(four_devices, "unlearn_padded")
   _assert_close(r, "recorded_params", X64_RTOL)
   assert r["recorded_params_scale"] > 0
 
 
+@pytest.mark.slow
 def test_metrics_sharded_equal_one_device(four_devices):
   r = _result(four_devices, "metrics")
   assert r["loss_spec"] == ["data"]  # per-example metrics stay split along the example axis
@@ -299,6 +303,7 @@ def test_vmapped_seeds_on_seeds_by_data_mesh(four_devices_slow):
 # ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fixed_order_sum_matches_float64_sum_and_checks_blocks():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(24, 3))
@@ -321,6 +326,7 @@ def _small_problem(n=10):
   return (lambda w, ex: 0.5 * (ex[0] @ w - ex[1]) ** 2), (x, y)
 
 
+@pytest.mark.slow
 def test_reduction_blocks_on_one_device_equals_default_to_rounding():
 
   loss_fn, data = _small_problem(10)
@@ -394,6 +400,7 @@ def _assert_blocks_scenario(r):
   assert r["realized_scale"] > 0 and r["num_inactive"] > 0 and r["num_active"] > 0  # the filter acted
 
 
+@pytest.mark.slow
 def test_reduction_blocks_bitwise_on_one_two_four_devices(four_devices):
   # n = 13 padded to 16, x64, full batch, individual Renyi filter on (fixed denominator b = 13).
   _assert_blocks_scenario(_result(four_devices, "blocks_full_batch"))

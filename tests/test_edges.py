@@ -56,6 +56,7 @@ print("finished", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signame,which", [("SIGINT", "unlearn"), ("SIGTERM", "retrain")])
 def test_signal_during_a_one_chunk_call_is_not_swallowed(signame, which):
   # item 1 (Ctrl-C during unlearning or oracle training exited 0) and item 2 (SIGTERM like SIGINT)
@@ -260,6 +261,7 @@ lock.release()
 """
 
 
+@pytest.mark.slow
 def test_two_restarts_never_both_take_over_a_dead_runs_lock(tmp_path):
   # item 9: two takers of a dead pid's lock both acquired it; with flock exactly one of four does
   for trial in range(1):

@@ -520,6 +520,7 @@ def test_membership_epsilon_never_exceeds_certified_bound_in_testbed():
   assert lower[0] > 3.0
 
 
+@pytest.mark.slow
 def test_fits_the_models_contract():
   """The library's flax MLP and cross-entropy loss plug in as apply_fn / loss_fn."""
   models = pytest.importorskip("unlearn_jax.models")
@@ -577,6 +578,7 @@ def _np_test_rejects(rng, num_seeds, m, shift, num_splits=8, percentile=95.0):
   return np.median(sym_kl(unlearned, oracle)) > np.percentile(np.concatenate(floor), percentile)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_seeds,shift", [(16, 1.5), (12, 2.0), (10, 2.5), (32, 0.0)])  # powers 0.6, 0.72, 0.8, 0
 def test_unlearned_test_power_matches_a_numpy_simulation(num_seeds, shift):
   ours = ev.unlearned_test_power(num_seeds, 20, shift=shift, trials=400)
@@ -595,6 +597,7 @@ def test_unlearned_test_power_is_zero_at_four_seeds_and_high_at_thirty_two():
     ev.unlearned_test_power(3, 20)
 
 
+@pytest.mark.slow
 def test_spearman_bootstrap_interval_matches_scipy():
 
   rng = np.random.default_rng(1)

@@ -19,6 +19,7 @@ def _load(name):
   return module
 
 
+@pytest.mark.slow
 def test_own_model_ledger_example(capsys):
   out = _load("own_model_ledger").main(["--n-train", "150", "--steps", "40"])
   text = capsys.readouterr().out
@@ -42,6 +43,7 @@ def test_own_model_ledger_example(capsys):
   np.testing.assert_allclose(out["dk_dlog_tau"], fd, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_calibrate_temperature_example(capsys):
   out = _load("calibrate_temperature").main(["--n-train", "150", "--steps", "60", "--budget", "100", "--rounds", "4"])
   text = capsys.readouterr().out

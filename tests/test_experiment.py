@@ -216,6 +216,7 @@ def _bitwise_equal(a, b):
     assert x.tobytes() == y.tobytes()
 
 
+@pytest.mark.slow
 def test_load_restores_every_parameter_tree_bitwise(tiny_run):
   cfg, out, report = tiny_run
   loaded = experiment.load(out)
@@ -238,6 +239,7 @@ def test_load_restores_every_parameter_tree_bitwise(tiny_run):
   assert loaded.per_example["label"].dtype == np.int64
 
 
+@pytest.mark.slow
 def test_load_refuses_an_unfinished_run_and_a_tampered_file(tiny_run, tmp_path):
   _, out, _ = tiny_run
   with pytest.raises(FileNotFoundError, match="report.json"):
@@ -256,6 +258,7 @@ def _csv_columns(path):
   return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
+@pytest.mark.slow
 def test_report_has_the_issue_keys(tiny_run):
   cfg, out, report = tiny_run
   on_disk = json.loads((out / "report.json").read_text())
@@ -298,6 +301,7 @@ def test_report_has_the_issue_keys(tiny_run):
   assert "![privacy_loss_histogram](privacy_loss_histogram.png)" in md and "(a)" in md and "(d)" in md
 
 
+@pytest.mark.slow
 def test_csv_and_certificates_match_independent_formulas(tiny_run):
   cfg, out, report = tiny_run
   cols = _csv_columns(out / "per_example.csv")
@@ -321,6 +325,7 @@ def test_csv_and_certificates_match_independent_formulas(tiny_run):
   )
 
 
+@pytest.mark.slow
 def test_correlations_match_scipy(tiny_run):
 
   _, out, report = tiny_run
@@ -331,6 +336,7 @@ def test_correlations_match_scipy(tiny_run):
     assert report["correlations"][name] == pytest.approx(ref, abs=1e-5), name
 
 
+@pytest.mark.slow
 def test_forget_sets_are_the_selected_examples(tiny_run):
   _, out, report = tiny_run
   cols = _csv_columns(out / "per_example.csv")
@@ -342,6 +348,7 @@ def test_forget_sets_are_the_selected_examples(tiny_run):
   assert top["mean_privacy_loss"] == pytest.approx(np.mean(cols["privacy_loss"][expected]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_barrier_recomputed_from_saved_params(tiny_run):
   """Recompute the original-vs-oracle barrier of forget set 0 in float64 NumPy from the saved params."""
 
@@ -383,6 +390,7 @@ def test_loss_barrier_recomputed_from_saved_params(tiny_run):
   assert fs["loss_barrier"] == pytest.approx(np.mean(barriers), rel=1e-3, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_empirical_steps_consistent_with_distances(tiny_run):
   _, _, report = tiny_run
   for fs in report["forget_sets"]:
@@ -400,6 +408,7 @@ def test_empirical_steps_consistent_with_distances(tiny_run):
     assert lower["median"] == lower["max"] == 0.0
 
 
+@pytest.mark.slow
 def test_same_config_same_bytes(tiny_run, tmp_path):
   cfg, out, report = tiny_run
   again = experiment.run(cfg.replace(out_dir=str(tmp_path / "again")))
@@ -419,6 +428,7 @@ def test_run_refuses_locked_or_unwritable_dir(tmp_path):
     experiment.run(_tiny(tmp_path / "f" / "sub"))
 
 
+@pytest.mark.slow
 def test_claim_e_is_the_rank_correlation_of_privacy_loss_and_excess_barrier(tiny_run):
   _, out, report = tiny_run
   e = report["findings"]["e_barrier_grows_with_privacy_loss"]
@@ -459,6 +469,7 @@ def test_membership_of_identical_laws_is_zero_in_the_reported_form(tmp_path):
   assert entry["point_estimate"]["median"] > 1.0 and "not a bound" in entry["note"]
 
 
+@pytest.mark.slow
 def test_report_states_power_baseline_saturation_and_intervals(tiny_run):
   cfg, out, report = tiny_run
   power = report["unlearned_test"]

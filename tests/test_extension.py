@@ -57,6 +57,7 @@ def _forget_loss(loss_fn, params, data, forget):
   return float(np.mean([loss_fn(params, (x[i], y[i])) for i in forget]))
 
 
+@pytest.mark.slow
 def test_toy_method_runs_through_unlearn_and_does_what_it_says(registered):
   model, loss_fn, params, data = _problem()
   forget = np.arange(4)
@@ -97,6 +98,7 @@ def test_toy_method_runs_through_unlearn_and_does_what_it_says(registered):
     np.testing.assert_allclose(np.asarray(got)[0], np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_toy_method_runs_through_the_study_config(registered, tmp_path):
   cfg = study.Config.from_dict(
     {

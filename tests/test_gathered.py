@@ -40,6 +40,7 @@ def _norm(tree):
   return float(np.sqrt(sum(np.sum(np.square(np.asarray(v))) for v in jax.tree.leaves(tree))))
 
 
+@pytest.mark.slow
 def test_gathered_poisson_step_equals_the_masked_all_rows_step_in_float64():
   with jax.enable_x64(True):
     data, p = _problem()
@@ -71,6 +72,7 @@ def test_gathered_poisson_step_equals_the_masked_all_rows_step_in_float64():
     assert int(info.dropped) == 0
 
 
+@pytest.mark.slow
 def test_shuffled_batch_of_all_rows_equals_the_full_batch_step_bit_for_bit():
   with jax.enable_x64(True):
     data, p = _problem()
@@ -135,6 +137,7 @@ def test_default_poisson_capacity_never_overflowed_in_many_draws():
     assert int(jnp.max(counts)) <= cap < n or cap == n
 
 
+@pytest.mark.slow
 def test_shuffled_ledger_strides_over_whole_epochs():
   # a shuffled step charges only its batch: striding over steps would charge 1 example in `stride`;
   # the shuffled ledger strides over whole epochs instead (4 steps per epoch here)
@@ -206,6 +209,7 @@ def test_grid_poisson_costs_are_an_upper_bound_exact_at_the_nodes_and_can_over_c
     assert 10 < float(grid2[0, 0] / exact2[0, 0]) < 20
 
 
+@pytest.mark.slow
 def test_grid_accounting_is_opt_in_and_charges_at_least_the_exact_ledger():
   data, p = _problem()
   runs = {}
@@ -225,6 +229,7 @@ def test_grid_accounting_is_opt_in_and_charges_at_least_the_exact_ledger():
   assert np.all(grid >= exact * (1 - 1e-5)) and np.any(grid > exact * (1 + 1e-4))
 
 
+@pytest.mark.slow
 def test_poisson_all_rows_norm_pass_is_chunked_by_default_with_the_same_costs():
   n = ALL_ROWS_CHUNK * 2 + 5  # more rows than one chunk, not a multiple of it
   data, p = _problem(n=n)
@@ -245,6 +250,7 @@ def test_poisson_all_rows_norm_pass_is_chunked_by_default_with_the_same_costs():
   assert float(jnp.sum(out[None].ledger.realized)) > 0
 
 
+@pytest.mark.slow
 def test_once_per_epoch_ledger_against_the_every_step_ledger_on_the_same_trajectory():
   data, p = _problem(n=120, seed=1)
   p = jax.tree.map(lambda v: np.asarray(v, np.float32), p)
@@ -276,6 +282,7 @@ def test_once_per_epoch_ledger_against_the_every_step_ledger_on_the_same_traject
   assert err["spearman"] > 0.5 and err["median_relative_error"] < 0.25
 
 
+@pytest.mark.slow
 def test_minibatch_fine_tuning_never_reads_the_forget_rows():
   data, p = _problem(n=30)
   p = jax.tree.map(lambda v: np.asarray(v, np.float32), p)

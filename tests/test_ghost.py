@@ -130,6 +130,7 @@ def _case_id(c):
   return f"{type(m).__name__}-{f}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,kind,form", CASES, ids=[_case_id(c) for c in CASES])
 def test_ghost_equals_vmap_float64(x64, monkeypatch, model, kind, form):
   monkeypatch.setattr(ghost_rules, "FORCE_FORM", form)  # None: cheaper form; "gram"/"direct": forced

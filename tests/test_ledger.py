@@ -35,6 +35,7 @@ def data(x64):
   return x, y
 
 
+@pytest.mark.slow
 def test_saturated_norms_reproduce_dp_sgd_accountant(x64):
   """Every per-example gradient norm ≥ C: each example's realized loss equals the worst case, which
   equals dp_accounting's RdpAccountant for PoissonSampled(q, Gaussian(z)) composed T times."""
@@ -71,6 +72,7 @@ def test_saturated_norms_reproduce_dp_sgd_accountant(x64):
   assert bool(led.exact) and not bool(led.certified) and int(led.num_accounted) == steps
 
 
+@pytest.mark.slow
 def test_real_norms_below_worst_case_and_ranked(data):
   x, y = data
   orders = (2.0, 4.5, 16.0)
@@ -131,6 +133,7 @@ def test_full_batch_costs_match_numpy_reference(data):
   np.testing.assert_allclose(np.asarray(state.ledger.realized), ref, rtol=1e-10, atol=1e-300)
 
 
+@pytest.mark.slow
 def test_total_loss_gradients_match_finite_differences(data):
   x, y = data
   d = (jnp.asarray(x), jnp.asarray(y))
@@ -192,6 +195,7 @@ def test_filter_certifies_and_removes_gradients(data, mode):
   assert 0 < removed.sum() < 12, removed
 
 
+@pytest.mark.slow
 def test_strided_and_seed_average(x64):
   rng = np.random.default_rng(3)
   x = rng.normal(size=(6, 2))

@@ -509,6 +509,7 @@ def test_sgld_train_equals_python_loop_over_sgld_step_with_fold_in_keys():
   assert int(res.ledger.num_steps) == 12
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_equal_seeds_run_one_by_one():
   x, y, p, kw = _sgld_setup(seed=2)
   init_fn = lambda key: jax.tree.map(lambda a: a + 0.1 * jax.random.normal(key, a.shape), p)

@@ -107,6 +107,7 @@ def test_mlp_matches_numpy_forward(activation, fn):
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_small_cnn_matches_numpy_forward():
   with jax.enable_x64(True):
     model = models.small_cnn(4, channels=(3, 2))
@@ -121,6 +122,7 @@ def test_small_cnn_matches_numpy_forward():
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_cross_entropy_matches_numpy_log_softmax():
   with jax.enable_x64(True):
     model = models.mlp((5,), 4)
@@ -165,6 +167,7 @@ def test_weight_decay_rejects_negative():
     ("small_cnn", {"channels": (2, 3)}, (6, 6, 1)),
   ],
 )
+@pytest.mark.slow
 def test_vmapped_apply_equals_per_example_loop(name, kwargs, shape):
   model = models.get_model(name, 3, **kwargs)
   x = jax.random.normal(jax.random.key(0), (4,) + shape)
@@ -333,6 +336,7 @@ def test_cnn_rejects_non_image_example():
     model.init_fn(jax.random.key(0), jnp.ones(64))
 
 
+@pytest.mark.slow
 def test_small_cnn_gradients_equal_flax_max_pool_reference():
   # small_cnn pools with a scatter-free max-pool; values, gradients (reverse and forward mode) must equal
   # the same network built on flax's nn.max_pool (XLA reduce_window / select_and_scatter), ties included.

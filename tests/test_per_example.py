@@ -253,6 +253,7 @@ def test_clip_factors_traced_inf_and_values():
   assert pe.clip_factors(norms, float("inf")).tolist() == [1.0] * 4
 
 
+@pytest.mark.slow
 def test_under_jit_and_vmap_over_params(x64):
   params, x, y = make_problem("mlp", seed=8)
   p, batch = _jax(params, x, y)

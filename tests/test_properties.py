@@ -104,6 +104,7 @@ def _run_ledger(run):
   return [np.asarray(v) for v in trace]
 
 
+@pytest.mark.slow
 @settings(max_examples=6, **_SETTINGS)
 @given(ledger_runs())
 def test_ledger_never_decreases(run):
@@ -175,6 +176,7 @@ def certificate_inputs(draw):
   )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, **_SETTINGS)
 @given(certificate_inputs())
 def test_certified_steps_never_negative_nan_and_least(c):

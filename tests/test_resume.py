@@ -131,6 +131,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path, env
   _assert_bitwise_equal(got, reference)
 
 
+@pytest.mark.slow
 def test_sigint_saves_checkpoint_exits_130_and_resumes_bitwise(tmp_path, env, reference):
   ckpt_dir = tmp_path / "ckpt"
   out = tmp_path / "out.npz"
@@ -174,6 +175,7 @@ np.save(sys.argv[1] + "/../w.npy", np.asarray(res.params["w"]))
 """
 
 
+@pytest.mark.slow
 def test_optimizer_run_resumes_in_a_new_process_and_another_optimizer_is_refused(tmp_path, env):
   # The fingerprint describes the optimizer by names and closure values, never by memory addresses, so
   # a second process with the same call resumes (here: from the finished step 40) instead of refusing.

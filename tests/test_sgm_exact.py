@@ -80,6 +80,7 @@ def _check_grid(q, zs, alphas):
     assert 0.0 <= rel <= 1e-9, (q, z, alpha, rel)  # never below, within 1e-9 above
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("q", [1e-6, 0.999])
 def test_exact_within_1e9_of_40_digits_and_never_below(q):
   """The extremes of q (the 40-digit quadrature is slow at large α and small z: the full grid, six

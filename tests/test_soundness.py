@@ -75,6 +75,7 @@ def _numpy_costs(problem, theta0, orders):
   return np.asarray(orders)[None, :] * ETA * sq[:, None] / (4 * TAU * (n - 1) ** 2)
 
 
+@pytest.mark.slow
 def test_group_bound_never_below_exact_on_random_groups(x64):
   """Item 1 on random problems, points θ0 and groups: the corrected bound ≥ the exact divergence."""
   rng = np.random.default_rng(1)
@@ -145,6 +146,7 @@ def test_full_batch_filter_does_not_cascade(x64):
   assert min(moved) > 0  # ĝ never collapses to 0: the remaining examples still train
 
 
+@pytest.mark.slow
 def test_realized_is_an_estimate_on_short_runs(x64):
   """Item 3: from a broad initial law, after 20 steps the exact divergence at α = 4 exceeds the
   seed-averaged realized P for some examples (+inf for one, finite for others): an estimate."""
@@ -228,6 +230,7 @@ def test_float32_fast_path_kept_on_ordinary_data():
     assert not bool(info.recomputed_costs)
 
 
+@pytest.mark.slow
 def test_costs_monotone_in_the_order(x64):
   """Item 6: the |binomial| series is not monotone in α on the default grid; the ledger's costs are."""
   orders = np.asarray(acc.DEFAULT_ORDERS)

@@ -97,6 +97,7 @@ def _write_config(out) -> str:
   return str(path)
 
 
+@pytest.mark.slow
 def test_certified_regime_never_below_the_empirical_steps(logistic_tradeoff):
   """On the strongly convex model the certificate is a theorem: a forget set that the distribution test
   still tells from its oracles after more steps than its certificate would be a bug. Every set of every
@@ -114,6 +115,7 @@ def test_certified_regime_never_below_the_empirical_steps(logistic_tradeoff):
   assert checked == 2 * 2 * (4 + 4)  # temperatures x methods x (selections + quantile sets)
 
 
+@pytest.mark.slow
 def test_tradeoff_rows_re_derived_from_the_outputs(logistic_tradeoff):
   out, result = logistic_tradeoff
   assert result["knob"] == "temperature" and result["values"] == [1e-4, 1e-2]
@@ -141,6 +143,7 @@ def test_tradeoff_rows_re_derived_from_the_outputs(logistic_tradeoff):
   )
 
 
+@pytest.mark.slow
 def test_budget_accuracy_is_the_best_accuracy_whose_certificate_fits(logistic_tradeoff):
   _, result = logistic_tradeoff
   rows = result["rows"]
@@ -165,6 +168,7 @@ def test_cli_sweep_bad_values_is_exit_2(tmp_path, capsys):
   assert code == 2 and "--values must be comma-separated numbers" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_collect_tabulates_the_finished_points_only(logistic_tradeoff, tmp_path):
   out, result = logistic_tradeoff
   again = sweep.tradeoff(_logistic_config(out), [1e-4, 3e-3, 1e-2], collect=True)  # 3e-3 never ran

@@ -226,6 +226,7 @@ def _bound_sound_on_instance(inst):
   _COUNT["nontrivial"] = _COUNT.get("nontrivial", 0) + int(np.sum(np.isfinite(real) & (real > 1e-6)))
 
 
+@pytest.mark.slow
 def test_bound_sound_on_random_instances():
   """THEORY §4 on >= 200 hypothesis-drawn testbed instances: bound >= exact divergence, every step."""
   _COUNT["instances"] = _COUNT["cases"] = _COUNT["nontrivial"] = 0

@@ -71,6 +71,7 @@ def test_jitted_certificate_with_negative_temperature_is_nan_not_negative_steps(
   assert float(jax.jit(lambda tau: certify.steps_to_unlearn(50.0, 1.0, temperature=tau, **kw))(1e-5)) > 0
 
 
+@pytest.mark.slow
 def test_raise_under_jit_names_the_argument_through_checkify():
   def bound(eta):
     return certify.unlearning_bound(3.0, 10, alpha=2.0, step_size=eta, temperature=1e-3, lsi_constant=0.5)

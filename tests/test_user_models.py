@@ -77,6 +77,7 @@ def test_cli_runs_a_user_linen_model_given_as_a_reference(tmp_path):
   assert hidden.shape == (1, 64, 8)  # (seeds, in, hidden): the user's module, not a built-in one
 
 
+@pytest.mark.slow
 def test_study_runs_an_nnx_model(tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(REPO)
   cfg = tmp_path / "c.toml"
