@@ -1,21 +1,26 @@
 """Minibatch steps at scale: a step with the ledger against a plain optax SGD step on the same batch.
 
-Contenders, each a jitted ``lax.scan`` of ``--steps`` steps on synthetic data held on the device:
+Contenders, each a jitted ``lax.scan`` of ``--steps`` steps on synthetic data held on the device, the
+carry donated and fed back as the runtime's chunks do:
 
 - ``optax``: plain minibatch SGD (a random batch of B rows gathered inside the jit, one batch gradient,
-  ``optax.sgd``) — the peer;
+  ``optax.sgd``) — the peer; ``optax + Gaussian noise``: the same plus SGLD's noise (the draw every
+  SGLD step makes at τ > 0; ``--temperature 0`` runs the project's steps noise-free, where they draw none);
 - ``shuffled+ledger``: ``uj.sgld(mode="shuffled", batch_size=B, clip_norm=1, accounting=...)`` — the
-  per-example norms, clipped gradient and §2a costs of the B rows, the ledger rows updated;
+  per-example norms, clipped gradient and §2a costs of the B rows from one ghost pass, the ledger rows
+  updated;
 - ``poisson (between accounted steps)``: ``uj.sgld(mode="poisson", q=B/n)`` without the ledger (what a
   step costs when ``stride`` skips it);
-- ``poisson+ledger (accounted)``: the same with the ledger at every step (an all-n norm pass plus the
-  §2b series for every row), next to ``all-n ghost norms`` alone.
+- ``poisson+ledger (accounted)``: the same with the ledger at every step (an all-n norm pass in chunks
+  plus the §2b costs of every row from the grid), next to ``all-n ghost norms (chunked)`` alone and
+  ``grid costs + ledger update (all n)`` alone (its share of an accounted step).
 
 Timing: rounds in a rotating order (every contender once per round), medians of the per-round ratios
 to the peer; each contender is compiled and run once before timing. Printed for each n so that the
-growth with n can be read off. Example (about 3 minutes on 2 CPU cores)::
+growth with n can be read off. Example (about 5 minutes on 2 CPU cores)::
 
   python benchmarks/bench_minibatch.py --n 10000 100000 --rounds 5
+  python benchmarks/bench_minibatch.py --n 10000 100000 --rounds 5 --temperature 0
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import optax
 
 import unlearn_jax as uj
 from unlearn_jax import accounting, per_example
+from unlearn_jax.algorithms.sgld import ALL_ROWS_CHUNK
 
 
 def mlp(sizes, seed=0):
@@ -60,44 +66,89 @@ def cnn(seed=0):
 
 
 def scan_of(step, carry, data, steps):
-  """``steps`` steps in one jitted scan; the data set is an argument (not a constant of the program)."""
+  """``steps`` steps in one jitted scan; the data set is an argument (not a constant of the program).
+
+  The carry is donated and fed back, as the runtime's chunks do (``runtime.engine.run_chunk``): the
+  ledger's rows are then updated in place instead of the (n, K) ledger being copied at every call.
+  """
 
   def run(c, d):
     return jax.lax.scan(lambda cc, t: (step(cc, t, d), None), c, jnp.arange(steps))[0]
 
-  fn = jax.jit(run)
-  return lambda: fn(carry, data)
+  fn = jax.jit(run, donate_argnums=(0,))
+  state = [jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else jnp.array(x), carry)]
+
+  def call():
+    state[0] = fn(state[0], data)
+    return state[0]
+
+  return call
 
 
-def contenders(loss_fn, params, data, n, B, steps):
+def contenders(loss_fn, params, data, n, B, steps, tau):
   key = jax.random.key(0)
   opt = optax.sgd(0.05)
 
-  def optax_step(c, t, d):
-    p, s = c
+  def optax_grad(p, t, d):
     idx = jax.random.randint(jax.random.fold_in(key, t), (B,), 0, n)
     batch = jax.tree.map(lambda a: a[idx], d)
-    g = jax.grad(lambda q: jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(q, batch)))(p)
-    u, s = opt.update(g, s, p)
+    return jax.grad(lambda q: jnp.mean(jax.vmap(loss_fn, in_axes=(None, 0))(q, batch)))(p)
+
+  def optax_step(c, t, d):
+    p, s = c
+    u, s = opt.update(optax_grad(p, t, d), s, p)
     return optax.apply_updates(p, u), s
 
-  out = {"optax": scan_of(optax_step, (params, opt.init(params)), data, steps)}
+  def optax_noise_step(c, t, d):  # the same step plus SGLD's Gaussian noise sqrt(2 eta tau) xi (blackjax's draw)
+    p, s = optax_step(c, t, d)
+    leaves, tree = jax.tree.flatten(p)
+    keys = jax.random.split(jax.random.fold_in(key, t), len(leaves))
+    scale = np.sqrt(2 * 0.05 * max(tau, 1e-4))
+    return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]), s
+
+  out = {
+    "optax": scan_of(optax_step, (params, opt.init(params)), data, steps),
+    "optax + Gaussian noise": scan_of(optax_noise_step, (params, opt.init(params)), data, steps),
+  }
   acct = accounting.accountant()
   algs = {
     "shuffled+ledger": uj.sgld(loss_fn, mode="shuffled", batch_size=B, clip_norm=1.0, accounting=acct),
     "poisson (between accounted steps)": uj.sgld(loss_fn, mode="poisson", sampling_rate=B / n, clip_norm=1.0),
     "poisson+ledger (accounted)": uj.sgld(loss_fn, mode="poisson", sampling_rate=B / n, clip_norm=1.0, accounting=acct),
   }
+  hyper = dict(accounting_temperature=1e-4) if tau == 0 else {}
   for name, alg in algs.items():
     state = alg.init(params, n, key=key)
     out[name] = scan_of(
-      lambda s, t, d, alg=alg: alg.step(s, d, jax.random.fold_in(key, t), 0.05, 1e-4)[0], state, data, steps
+      lambda s, t, d, alg=alg: alg.step(s, d, jax.random.fold_in(key, t), 0.05, tau, **hyper)[0], state, data, steps
     )
 
-  def norms_step(c, t, d):
-    return c + jnp.sum(per_example.per_example_grad_norms(loss_fn, params, d, chunk_size=4096))
+  def norms(p, d):
+    return per_example.per_example_grad_norms(loss_fn, p, d, chunk_size=ALL_ROWS_CHUNK)
 
-  out["all-n ghost norms"] = scan_of(norms_step, jnp.zeros(()), data, steps)
+  def norms_step(c, t, d):  # the parameters move a little every step: the pass cannot be hoisted out of the scan
+    p, total = c
+    return jax.tree.map(lambda x: x * (1.0 - 1e-6), p), total + jnp.sum(norms(p, d))
+
+  out["all-n ghost norms (chunked)"] = scan_of(norms_step, (params, jnp.zeros(())), data, steps)
+  clipped = jnp.minimum(jax.jit(norms)(params, data), 1.0)
+  ledger = accounting.ledger_init(n, acct)
+
+  def ledger_step(c, t, d):  # the grid costs of every row and the ledger update, the norms given
+    del d
+    costs, worst = accounting.fixed_step_costs(
+      clipped * (1.0 - 1e-6 * t),
+      B / n,
+      float(B),
+      clip_norm=1.0,
+      orders=acct.orders,
+      step_size=0.05,
+      temperature=max(tau, 1e-4),
+      z_nodes=acct.z_nodes,
+    )
+    return accounting.ledger_update(c, costs, worst, config=acct)
+
+  out["grid costs + ledger update (all n)"] = scan_of(ledger_step, ledger, data, steps)
   return out
 
 
@@ -122,6 +173,7 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--models", default="mlp,cnn")
+  ap.add_argument("--temperature", type=float, default=1e-4, help="0: noise-free steps (accounting at 1e-4)")
   args = ap.parse_args()
   print(
     f"jax {jax.__version__}, {jax.devices()[0].device_kind}, B = {args.batch_size}, {args.steps} steps per call, "
@@ -140,7 +192,9 @@ def main():
         params, loss_fn = cnn()
         x = rng.normal(size=(n, 28, 28, 1)).astype(np.float32)
       data = (jax.device_put(x), jax.device_put(rng.integers(0, 10, n).astype(np.int32)))
-      med, ratios = measure(contenders(loss_fn, params, data, n, args.batch_size, args.steps), args.rounds)
+      med, ratios = measure(
+        contenders(loss_fn, params, data, n, args.batch_size, args.steps, args.temperature), args.rounds
+      )
       for contender, t in med.items():
         print(f"| {name} | {n:,} | {contender} | {1e3 * t / args.steps:.2f} | {ratios[contender]:.2f}x |")
 

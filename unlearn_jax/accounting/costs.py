@@ -15,7 +15,6 @@ Orders, step size and temperature are keyword arguments everywhere.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
 from unlearn_jax._traced import guarded
+from unlearn_jax.accounting import sgm_grid
 from unlearn_jax.accounting.sgm import (
   DEFAULT_NUM_TERMS,
   DEFAULT_ORDERS,
@@ -145,7 +145,7 @@ def _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype)
   )
   pos = norms > 0
   z = jnp.where(pos, noise_std / jnp.where(pos, norms, 1.0), jnp.inf)
-  return jnp.where(norms < 0, jnp.nan, z)  # a negative norm (possible only under a trace) is no number
+  return jnp.where((norms < 0) | jnp.isnan(norms), jnp.nan, z)  # a negative or NaN norm (under a trace) is no number
 
 
 @guarded
@@ -193,11 +193,12 @@ def poisson_costs(
   dtype = jnp.result_type(jnp.asarray(norms).dtype, float)
   z = _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype)
   orders_t = _static_orders(orders, "poisson_costs")
-  return monotone_in_order(sampled_gaussian_rdp(q, z, orders_t, num_terms=num_terms, method=rdp_method), orders_t)
+  bad = jnp.isnan(z)  # its row is NaN; the series of the others must not see it (chunks share convergence tests)
+  rdp = sampled_gaussian_rdp(q, jnp.where(bad, 1.0, z), orders_t, num_terms=num_terms, method=rdp_method)
+  return jnp.where(bad[..., None], jnp.nan, monotone_in_order(rdp, orders_t))
 
 
-DEFAULT_Z_NODES = 512
-DEFAULT_Z_SPACING = 1.02
+DEFAULT_Z_NODES = sgm_grid.DEFAULT_NODES
 
 
 @guarded
@@ -213,64 +214,50 @@ def poisson_costs_on_grid(
   num_terms: int = DEFAULT_NUM_TERMS,
   rdp_method: str = "dp_accounting",
   num_nodes: int = DEFAULT_Z_NODES,
-  spacing: float = DEFAULT_Z_SPACING,
 ) -> tuple[jax.Array, jax.Array]:
-  """§2b costs charged from a geometric grid of noise multipliers: an upper bound at a cost independent of n.
+  """§2b costs charged from a grid of noise levels: an upper bound at a cost independent of n.
 
-  An example's cost depends on its noise multiplier z = b·sqrt(2τ/η)/‖g‖ alone, and RDP decreases in z.
-  The series is evaluated at ``num_nodes`` nodes z_j = z₀·spacing^j, z₀ = b·sqrt(2τ/η)/C (the
-  worst case, which is returned as the first node) or the smallest z of the step without clipping, and
-  each example is charged the node just below its z — never less than its exact cost. The over-charge
-  of an example is RDP(z_j)/RDP(z) for z in [z_j, z_j·spacing): close to 1 where the RDP is flat in z
-  (large z, q near 1) and large where it is steep (small q, high orders, z near 1: at q = 1e-4, α = 8,
-  z = 0.99·0.64 the node below charges 14× the exact cost at spacing 1.02), so the grid is opt-in
-  (``accountant(z_nodes=...)``) and its over-charge should be checked against :func:`poisson_costs` for
-  the setting at hand. Beyond the last node (norms below C/spacing^(J−1)) an example is charged the last
-  node's cost.
+  An example's cost depends on u = 1/z² = ‖g‖²η/(2τb²) alone and is non-decreasing in u. The series is
+  evaluated at ``num_nodes`` geometric nodes spanning the step's values of u (the top one at the clip
+  norm, whose cost is the worst case) and each example is charged the chord between the nodes around it
+  at integer orders (RDP is convex in u there) and, at fractional orders, the smaller of the node above
+  and the log-convex interpolation in the order of its integer neighbours' chords
+  (:mod:`~unlearn_jax.accounting.sgm_grid`). Every entry is ≥ the exact RDP at its order; at integer
+  orders it is ≥ the per-example series, at fractional orders it may be below the |binomial| series
+  (which over-charges the exact value). ``sgm_grid.costs`` also returns a rigorous bound on the relative
+  over-charge of the step.
 
   Args:
     norms: clipped norms, shape (n,) (0: no cost).
-    q, denominator, clip_norm, orders, step_size, temperature, num_terms: as :func:`poisson_costs`
-      and :func:`poisson_worst_case_cost`.
-    num_nodes: J, the number of nodes.
-    spacing: the ratio of consecutive nodes (> 1).
+    q, denominator, clip_norm, orders, step_size, temperature, num_terms, rdp_method: as
+      :func:`poisson_costs` and :func:`poisson_worst_case_cost`.
+    num_nodes: J ≥ 2, the number of nodes.
 
   Returns:
     ``(costs (n, K), worst_case (K,))``.
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> exact = poisson_costs(jnp.array([0.3, 1.0]), 0.1, 2.0, orders=[2.0, 8.0], step_size=0.5, temperature=0.1)
-    >>> grid, worst = poisson_costs_on_grid(jnp.array([0.3, 1.0]), 0.1, 2.0, clip_norm=1.0, orders=[2.0, 8.0],
-    ...                                     step_size=0.5, temperature=0.1, num_nodes=64)
-    >>> bool(jnp.all(grid >= exact)), bool(jnp.allclose(grid[1], worst))
+    >>> kw = dict(orders=[2.0, 2.5, 8.0], step_size=0.5, temperature=0.1)
+    >>> exact = poisson_costs(jnp.array([0.3, 1.0]), 0.1, 2.0, **kw)
+    >>> grid, worst = poisson_costs_on_grid(jnp.array([0.3, 1.0]), 0.1, 2.0, clip_norm=1.0, num_nodes=64, **kw)
+    >>> bool(jnp.all(grid[:, [0, 2]] >= exact[:, [0, 2]] * (1 - 1e-6))), bool(jnp.allclose(grid[1], worst))
     (True, True)
   """
-  if isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, np.integer)) or num_nodes < 1:
-    raise ValueError(f"num_nodes must be a positive int, got {num_nodes!r}")
-  if not spacing > 1:
-    raise ValueError(f"spacing must be > 1, got {spacing!r}")
+  if isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, np.integer)) or num_nodes < 2:
+    raise ValueError(f"num_nodes must be an int >= 2, got {num_nodes!r}")
   _checks.check_positive("clip_norm", clip_norm, allow_inf=True)
   dtype = jnp.result_type(jnp.asarray(norms).dtype, float)
   z = _poisson_noise_multiplier(norms, denominator, step_size, temperature, dtype)
+  u = jnp.where(jnp.isnan(z), jnp.nan, 1.0 / jnp.where(jnp.isnan(z), 1.0, z) ** 2)
   c = jnp.asarray(clip_norm, dtype)
   z_clip = _poisson_noise_multiplier(jnp.where(jnp.isinf(c), 1.0, c), denominator, step_size, temperature, dtype)
-  z_min = jnp.min(jnp.where(jnp.isfinite(z), z, jnp.inf))
-  z0 = jnp.where(jnp.isinf(c), jnp.where(jnp.isfinite(z_min), z_min, 1.0), z_clip)
-  log_r = math.log(spacing)
-  nodes = z0 * jnp.exp(log_r * jnp.arange(num_nodes, dtype=dtype))
+  u_worst = jnp.where(jnp.isinf(c), jnp.inf, 1.0 / z_clip**2)
   orders_t = _static_orders(orders, "poisson_costs_on_grid")
-  values = monotone_in_order(
-    sampled_gaussian_rdp(q, jnp.concatenate([z_clip[None], nodes]), orders_t, num_terms=num_terms, method=rdp_method),
-    orders_t,
+  out = sgm_grid.costs(
+    u, u_worst, jnp.asarray(q, dtype), orders_t, num_nodes=int(num_nodes), num_terms=num_terms, rdp_method=rdp_method
   )
-  worst = jnp.where(jnp.isinf(c), jnp.inf, values[0])
-  # node index just below z; the margin of 1e-3 node steps absorbs the rounding of log and exp, so that
-  # no example is ever charged a node above its own z
-  position = jnp.log(jnp.where(jnp.isfinite(z), z, z0) / z0) / log_r
-  j = jnp.clip(jnp.floor(position - 1e-3), 0, num_nodes - 1).astype(jnp.int32)
-  costs = jnp.where(jnp.isfinite(z)[:, None], values[1:][j], 0.0)
-  return jnp.where(jnp.isnan(z)[:, None], jnp.nan, costs), worst
+  return out.costs, out.worst
 
 
 @guarded
@@ -360,15 +347,12 @@ def fixed_step_costs(
   num_terms: int = DEFAULT_NUM_TERMS,
   rdp_method: str = "dp_accounting",
   z_nodes: int | None = None,
-  z_spacing: float = DEFAULT_Z_SPACING,
 ) -> tuple[jax.Array, jax.Array]:
   """§2b costs of one step with the fixed denominator b (q = 1: full batch), and its worst case; with
   ``z_nodes`` (and q < 1, where the series is costly) charged from the grid of :func:`poisson_costs_on_grid`."""
   kw = dict(orders=orders, step_size=step_size, temperature=temperature, num_terms=num_terms, rdp_method=rdp_method)
   if z_nodes is not None and not (not _checks._is_traced(q) and float(q) == 1.0):
-    costs, worst = poisson_costs_on_grid(
-      clipped_norms, q, denominator, clip_norm=clip_norm, num_nodes=z_nodes, spacing=z_spacing, **kw
-    )
+    costs, worst = poisson_costs_on_grid(clipped_norms, q, denominator, clip_norm=clip_norm, num_nodes=z_nodes, **kw)
     return costs, worst.astype(costs.dtype)
   costs = poisson_costs(clipped_norms, q, denominator, **kw)
   return costs, poisson_worst_case_cost(clip_norm, q, denominator, **kw).astype(costs.dtype)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
-from unlearn_jax.accounting.costs import DEFAULT_Z_SPACING
+from unlearn_jax.accounting.costs import DEFAULT_Z_NODES
 from unlearn_jax.accounting.sgm import DEFAULT_NUM_TERMS, DEFAULT_ORDERS
 
 __all__ = [
@@ -48,10 +48,10 @@ class AccountingConfig(NamedTuple):
     filter_budget: budget B of the individual Rényi filter at order ``filter_order`` (None: off).
     filter_order: the order α* of the filter; must be one of ``orders``.
     num_terms: terms of the fractional-order series of :func:`sampled_gaussian_rdp`.
-    z_nodes: Poisson costs from a grid of this many noise multipliers (an upper bound, at a cost
-      independent of n: :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`), or None (the
-      default) for the exact series of every example.
-    z_spacing: the ratio of consecutive grid nodes.
+    z_nodes: Poisson costs (q < 1) from a grid of this many noise levels (the default,
+      :data:`~unlearn_jax.accounting.costs.DEFAULT_Z_NODES`: an upper bound of the exact RDP whose cost
+      does not grow with n, :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`), or None for
+      the series of every example.
     rdp_method: the evaluation of the Poisson costs at fractional orders: ``"dp_accounting"`` (the
       |binomial| series, an upper bound) or ``"exact"`` (:mod:`~unlearn_jax.accounting.sgm_exact`).
   """
@@ -61,8 +61,7 @@ class AccountingConfig(NamedTuple):
   filter_budget: float | None = None
   filter_order: float | None = None
   num_terms: int = DEFAULT_NUM_TERMS
-  z_nodes: int | None = None
-  z_spacing: float = DEFAULT_Z_SPACING
+  z_nodes: int | None = DEFAULT_Z_NODES
   rdp_method: str = "dp_accounting"
 
   @property
@@ -84,8 +83,7 @@ def accountant(
   filter_budget: float | None = None,
   filter_order: float | None = None,
   num_terms: int = DEFAULT_NUM_TERMS,
-  z_nodes: int | None = None,
-  z_spacing: float = DEFAULT_Z_SPACING,
+  z_nodes: int | None = DEFAULT_Z_NODES,
   rdp_method: str = "dp_accounting",
 ) -> AccountingConfig:
   """Builds the accounting settings: every step (exact), strided (estimate) or with a Rényi filter.
@@ -97,10 +95,10 @@ def accountant(
     filter_budget: B > 0 for the individual Rényi filter (Feldman & Zrnic 2021), or None.
     filter_order: α* (one of ``orders``), required with ``filter_budget``.
     num_terms: terms per fractional order in :func:`sampled_gaussian_rdp`.
-    z_nodes: nodes of the grid of noise multipliers of the Poisson costs (None, the default: every
-      example's own series; a grid is an upper bound whose over-charge depends on the setting, see
-      :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`).
-    z_spacing: ratio of consecutive nodes (> 1).
+    z_nodes: nodes (≥ 2) of the grid of noise levels the Poisson costs are charged from (default
+      :data:`~unlearn_jax.accounting.costs.DEFAULT_Z_NODES`; an upper bound of the exact RDP, see
+      :func:`~unlearn_jax.accounting.costs.poisson_costs_on_grid`), or None: every example's own series
+      (its cost grows with n).
     rdp_method: ``"dp_accounting"`` (default) or ``"exact"``: the Poisson costs at fractional orders,
       see :func:`sampled_gaussian_rdp`'s ``method``.
 
@@ -135,10 +133,8 @@ def accountant(
   stride = stride if stride == "epoch" else int(stride)
   if rdp_method not in ("dp_accounting", "exact"):
     raise ValueError(f"rdp_method must be 'dp_accounting' or 'exact', got {rdp_method!r}")
-  if z_nodes is not None and (isinstance(z_nodes, bool) or not isinstance(z_nodes, (int, np.integer)) or z_nodes < 1):
-    raise ValueError(f"z_nodes must be None or an int >= 1, got {z_nodes!r}")
-  if not (isinstance(z_spacing, (int, float, np.floating)) and z_spacing > 1 and np.isfinite(z_spacing)):
-    raise ValueError(f"z_spacing must be a finite number > 1, got {z_spacing!r}")
+  if z_nodes is not None and (isinstance(z_nodes, bool) or not isinstance(z_nodes, (int, np.integer)) or z_nodes < 2):
+    raise ValueError(f"z_nodes must be None or an int >= 2, got {z_nodes!r}")
   return AccountingConfig(
     orders_t,
     stride,
@@ -146,7 +142,6 @@ def accountant(
     filter_order,
     int(num_terms),
     None if z_nodes is None else int(z_nodes),
-    float(z_spacing),
     rdp_method,
   )
 

@@ -383,7 +383,7 @@ def _poisson_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
       chunk = None if s.chunk_size is not None or s.reduction_blocks is not None else ALL_ROWS_CHUNK
       norms_all = ctx.ops(ctx.data, n, chunk_size=chunk).norms().astype(dtype)
       clipped = norms_all * pe.clip_factors(norms_all, ctx.clip) * active
-      grid = dict(z_nodes=config.z_nodes, z_spacing=config.z_spacing)
+      grid = dict(z_nodes=config.z_nodes)
       return _cast(
         acc.fixed_step_costs(
           clipped, q, b, num_terms=config.num_terms, rdp_method=config.rdp_method, **grid, **ctx.cost_kw()

@@ -97,7 +97,11 @@ def noisy_update(
   scale = jnp.sqrt(2.0 * eta * jnp.asarray(temperature, dtype))
   wd = jnp.asarray(weight_decay, dtype)
   gamma = jnp.asarray(l1_strength, dtype)
-  noise = jax.tree.map(lambda z: (scale * z).astype(z.dtype), gaussian_like(params, noise_key(key)))
+  noise = jax.lax.cond(  # noise-free steps (SGD fine-tuning, τ = 0 training) draw nothing
+    scale != 0,  # NaN (an invalid traced setting) draws, so the NaN reaches the parameters
+    lambda: jax.tree.map(lambda z: (scale * z).astype(z.dtype), gaussian_like(params, noise_key(key))),
+    lambda: jax.tree.map(jnp.zeros_like, params),
+  )
 
   def one(p, g, z):
     return (p - eta * (g + wd * p + gamma * jnp.sign(p)) + z).astype(jnp.result_type(p))

@@ -19,8 +19,11 @@ same pytree with a leading axis of size n on every leaf. Two ways to get the per
   cotangent: each window's first maximum).
 - ``method="auto"`` (default): ghost where the trace succeeds, vmap otherwise; exact either way.
 
-Clipped gradient sums use the two-pass method: norms first, then one backward pass of the reweighted
-loss ``Σ_i w_i min(1, C/‖∇ℓ_i‖) ℓ_i`` with the weights held constant.
+Clipped gradient sums come from the same ghost pass as the norms ("book-keeping",
+:mod:`~unlearn_jax.per_example.bookkeeping`): the recorded activations and output gradients give
+``Σ_i w_i min(1, C/‖∇ℓ_i‖) ∇ℓ_i`` as one contraction per parameter site, without a second backward pass.
+With ``method="vmap"``, a chunked pass or a loss the ghost tracer cannot follow, the two-pass method:
+norms first, then one backward pass of the reweighted loss with the weights held constant.
 
 Called eagerly (outside any ``jax.jit``), each function runs one compiled program per loss function,
 settings and shapes (``jax.jit`` with the loss function static); inside a user's ``jit``, ``vmap`` or
@@ -41,7 +44,7 @@ from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
 from unlearn_jax._compile import call
-from unlearn_jax.per_example import chunking, ghost
+from unlearn_jax.per_example import bookkeeping, chunking, ghost
 
 __all__ = [
   "NORM_METHODS",
@@ -201,6 +204,22 @@ def _chunked_weighted_sum(loss_fn, chunk_size, params, padded, weights):
 
   zero = jax.tree.map(jnp.zeros_like, params)
   return jax.lax.scan(body, zero, chunking.to_chunks((padded, weights), chunk_size))[0]
+
+
+def _bookkeeping_clipped_core(loss_fn, params, batch, clip_norm, weights):
+  """Norms and the clipped sum from one ghost pass; the two-pass method where the tracer cannot follow."""
+  try:
+    plan = ghost.ghost_plan(loss_fn, params, batch)
+  except ghost.GhostUnsupported:
+    plan = None
+  if plan is None or not plan.covered:
+    norms = _safe_sqrt(_vmap_sq_norms_core(loss_fn, params, batch))
+    w = jax.lax.stop_gradient(clip_factors(norms, clip_norm) * weights)
+    return _weighted_sum_core(loss_fn, params, batch, w), norms
+  record = ghost.ghost_record(plan, loss_fn, params, batch, keep_grads=True)
+  norms = _safe_sqrt(record.sq_norms)
+  w = clip_factors(norms, clip_norm) * weights.astype(norms.dtype)
+  return bookkeeping.weighted_sum(plan, params, record, w), norms
 
 
 def _weighted_sum(loss_fn, params, batch, weights, n, chunk_size):
@@ -434,10 +453,13 @@ def clipped_grad_sum(
   chunk_size: int | None = None,
   method: str = "auto",
 ) -> tuple[PyTree, jax.Array]:
-  """``Σ_i w_i clip_C(∇ℓ(θ; z_i))`` by the two-pass method, and the unclipped norms.
+  """``Σ_i w_i clip_C(∇ℓ(θ; z_i))`` and the unclipped norms.
 
-  Pass 1 computes every per-example gradient norm (``method``); pass 2 is one backward pass of
-  ``Σ_i w_i min(1, C/‖∇ℓ_i‖) ℓ_i`` with the factors held constant, which equals the clipped sum exactly.
+  With ghost norms (``method`` "auto" or "ghost", no chunking) one forward and one backward pass give
+  the norms and, per parameter site, the clipped sum as one weighted contraction of the recorded
+  activations and output gradients (book-keeping). Otherwise the two-pass method: every per-example
+  gradient norm first (``method``), then one backward pass of ``Σ_i w_i min(1, C/‖∇ℓ_i‖) ℓ_i`` with the
+  factors held constant. Both equal the clipped sum exactly (up to the order of the additions).
 
   Args:
     loss_fn: ``loss_fn(params, example) -> scalar`` for one example.
@@ -469,6 +491,12 @@ def clipped_grad_sum(
   _check_method(method)
   if weights is not None:
     _check_weights(weights, n)
+  if method != "vmap" and (chunk_size is None or chunk_size >= n):
+    if method == "ghost":
+      _strict_ghost_check(loss_fn, params, batch)
+    ones = jnp.ones((n,)) if weights is None else jnp.asarray(weights)
+    clip = jnp.inf if clip_norm is None else clip_norm
+    return call(_bookkeeping_clipped_core, (loss_fn,), params, batch, clip, jax.lax.stop_gradient(ones))
   norms = _safe_sqrt(_sq_norms(loss_fn, params, batch, n, chunk_size, method))
   factors = clip_factors(norms, clip_norm)
   w = factors if weights is None else factors * jnp.asarray(weights, dtype=factors.dtype)

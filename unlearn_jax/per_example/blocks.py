@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from unlearn_jax.per_example import api, distances
+from unlearn_jax.per_example import api, bookkeeping, distances, ghost
 
 __all__ = ["ExampleOps", "check_blocks", "example_ops", "fixed_order_sum"]
 
@@ -137,6 +137,46 @@ class ExampleOps(NamedTuple):
   params_and_data: tuple  # the (params, data) that ``centered_sq`` is called with
 
 
+def _bookkeeping_ops(loss_fn, params, data, n, norm_method, chunk_size) -> ExampleOps | None:
+  """The three computations from ONE ghost pass (:mod:`~unlearn_jax.per_example.bookkeeping`), or None
+  where it does not apply (vmap norms, a chunked pass, a loss the ghost tracer cannot follow).
+
+  The pass runs at the first call of any of them and is shared by the others, so a step that needs the
+  norms, the clipped sum and the inner products runs one forward and one backward pass through the
+  network; the rest is one contraction per parameter site. Use the returned ops within one trace
+  (every call at the level of the step, or every call inside one branch of a conditional).
+  """
+  if norm_method == "vmap" or (chunk_size is not None and chunk_size < n):
+    return None
+  api._check_loss_fn(loss_fn, params, data)
+  if not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in jax.tree.leaves(params)):
+    return None
+  try:
+    plan = ghost.ghost_plan(loss_fn, params, data)
+  except ghost.GhostUnsupported:
+    return None
+  if not plan.covered:
+    return None
+  memo = []
+
+  def record() -> ghost.GhostRecord:
+    if not memo:
+      memo.append(ghost.ghost_record(plan, loss_fn, params, data, keep_grads=True))
+    return memo[0]
+
+  def grads(weights):
+    rec = record()
+    return rec.losses, bookkeeping.weighted_sum(plan, params, rec, weights)
+
+  return ExampleOps(
+    norms=lambda: api._safe_sqrt(record().sq_norms),
+    grads=grads,
+    inner=lambda direction: bookkeeping.inner_products(plan, params, record(), direction),
+    centered_sq=lambda p, d, f, m: distances.centered_sq_direct(loss_fn, p, d, f, m, chunk_size or 256),
+    params_and_data=(params, data),
+  )
+
+
 def example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> ExampleOps:
   """The per-example computations of a step, plain or in R blocks with a fixed reduction order.
 
@@ -149,6 +189,9 @@ def example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> Ex
   blocks (with one, XLA drops the size-1 block axis and compiles other kernels; docs/distributed.md).
   """
   if blocks is None:
+    ops = _bookkeeping_ops(loss_fn, params, data, n, norm_method, chunk_size)
+    if ops is not None:
+      return ops
     return ExampleOps(
       norms=lambda: api.per_example_grad_norms(loss_fn, params, data, chunk_size=chunk_size, method=norm_method),
       grads=lambda w: _losses_and_weighted_grad(loss_fn, params, data, w),

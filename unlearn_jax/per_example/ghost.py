@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax.per_example import pooling
-from unlearn_jax.per_example.ghost_rules import bind, site_sq_norms, size, sq_rows
+from unlearn_jax.per_example.ghost_rules import bind, conv_site_grads, site_sq_norms, size, sq_rows
 
 
 class GhostUnsupported(Exception):
@@ -50,6 +50,7 @@ class _Site(NamedTuple):
   param_shape: tuple  # shape of the parameter view operand
   out_shape: tuple  # per-example output shape
   act_shape: tuple  # per-example shape of the other operand (activation / indices)
+  eqn: Any = None  # the equation itself (re-applied with other parameter values by the book-keeping)
 
 
 class _Plan(NamedTuple):
@@ -151,7 +152,16 @@ def _site_of(eqn, tin, here):
   if kind is None:
     return None
   return _Site(
-    here, kind, t.leaf, k, dict(eqn.params), t.chain, shapes[k], out_shape, shapes[1 - k] if len(shapes) == 2 else ()
+    here,
+    kind,
+    t.leaf,
+    k,
+    dict(eqn.params),
+    t.chain,
+    shapes[k],
+    out_shape,
+    shapes[1 - k] if len(shapes) == 2 else (),
+    eqn,
   )
 
 
@@ -228,8 +238,34 @@ def _site_by_path(plan, path):
   raise KeyError(path)  # pragma: no cover
 
 
-def ghost_apply(plan: _Plan, loss_fn, params, batch) -> jax.Array:
-  """Per-example squared norms (n,) for one batch (chunk), following ``plan``."""
+class GhostRecord(NamedTuple):
+  """What one ghost pass over a batch holds: enough for the norms, the clipped sum and the inner products.
+
+  Attributes:
+    losses: (n,) per-example losses.
+    sq_norms: (n,) per-example squared gradient norms (every leaf).
+    acts: site path -> (n, ...) the site's input activations (absent for biases).
+    deltas: site path -> (n, ...) the per-example gradients of the site's output.
+    fallback_grads: the per-example gradients (n, ...) of the leaves no site covers, in the order of
+      ``plan.fallback``.
+    site_grads: site path -> (n, *parameter view) per-example gradients that the norm rule computed
+      anyway (small convolution kernels; ``keep_grads`` only).
+  """
+
+  losses: jax.Array
+  sq_norms: jax.Array
+  acts: dict
+  deltas: dict
+  fallback_grads: tuple
+  site_grads: dict
+
+
+def ghost_record(plan: _Plan, loss_fn, params, batch, *, keep_grads: bool = False) -> GhostRecord:
+  """One forward pass and one backward pass to the sites' outputs; the per-example norms from them.
+
+  With ``keep_grads`` the per-example gradients that a norm rule materialises anyway (convolution
+  kernels no larger than the site's output) are kept in ``site_grads`` for the book-keeping.
+  """
   leaves, treedef = jax.tree.flatten(params)
   batch_leaves = jax.tree.leaves(batch)
   n = batch_leaves[0].shape[0]
@@ -246,13 +282,19 @@ def ghost_apply(plan: _Plan, loss_fn, params, batch) -> jax.Array:
 
   def total(taps):
     losses, acts = jax.vmap(one)(taps, batch_leaves)
-    return jnp.sum(losses), acts
+    return jnp.sum(losses), (losses, acts)
 
   zero_taps = {s.path: jnp.zeros((n,) + s.out_shape, dtype=dtype) for s in plan.sites}
-  deltas, acts = jax.grad(total, has_aux=True)(zero_taps)
+  deltas, (losses, acts) = jax.grad(total, has_aux=True)(zero_taps)
   sq = jnp.zeros((n,), dtype=dtype)
+  site_grads = {}
   for s in plan.sites:
-    sq = sq + site_sq_norms(s, leaves[s.leaf], acts.get(s.path), deltas[s.path]).astype(dtype)
+    kept = conv_site_grads(s, acts.get(s.path), deltas[s.path]) if keep_grads else None
+    if kept is None:
+      sq = sq + site_sq_norms(s, leaves[s.leaf], acts.get(s.path), deltas[s.path]).astype(dtype)
+    else:
+      sq, site_grads[s.path] = sq + kept[0].astype(dtype), kept[1]
+  fallback_grads = ()
   if plan.fallback:
     fb = plan.fallback
 
@@ -263,6 +305,11 @@ def ghost_apply(plan: _Plan, loss_fn, params, batch) -> jax.Array:
       return loss_fn(jax.tree.unflatten(treedef, full), ex)
 
     sub = [leaves[j] for j in fb]
-    g = jax.vmap(jax.grad(loss_fb), in_axes=(None, 0))(sub, batch)
-    sq = sq + sum(sq_rows(x) for x in jax.tree.leaves(g)).astype(dtype)
-  return sq
+    fallback_grads = tuple(jax.vmap(jax.grad(loss_fb), in_axes=(None, 0))(sub, batch))
+    sq = sq + sum(sq_rows(x) for x in fallback_grads).astype(dtype)
+  return GhostRecord(losses, sq, acts, deltas, fallback_grads, site_grads)
+
+
+def ghost_apply(plan: _Plan, loss_fn, params, batch) -> jax.Array:
+  """Per-example squared norms (n,) for one batch (chunk), following ``plan``."""
+  return ghost_record(plan, loss_fn, params, batch).sq_norms

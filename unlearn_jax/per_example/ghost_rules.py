@@ -102,23 +102,33 @@ def _conv_offset_slices(x, filt, p, out_spatial):
   return out
 
 
+def _conv_offset_grads(x, d, filt, p) -> list[jax.Array]:
+  """Per-example kernel gradients of a convolution with lhs_dilation 1, one (n, C, O) array per kernel offset.
+
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial): the gradient at offset k is S_k δ, one small
+  batched matmul per offset (S_k the input slice that offset reads).
+  """
+  n, nb, o = d.shape[:3]
+  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
+  return [jnp.einsum("nbcp,nbpo->nco", s, dl) for s in _conv_offset_slices(x, filt, p, d.shape[3:])]
+
+
 def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
   """Per-example squared kernel-gradient norms of a convolution with lhs_dilation 1.
 
-  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial). Direct form: the per-example kernel gradient
-  at offset k is S_k δ (C×O, one small batched matmul per offset) and the squared norm sums over k;
-  Gram form: ``Σ_{p,q} ⟨a_p, a_q⟩⟨δ_p, δ_q⟩`` with the patches a = [S_k]_k.
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial). Direct form: the squared norms of
+  :func:`_conv_offset_grads`, summed over offsets; Gram form: ``Σ_{p,q} ⟨a_p, a_q⟩⟨δ_p, δ_q⟩`` with the
+  patches a = [S_k]_k.
   """
   n, nb, o = d.shape[:3]
-  out_spatial = d.shape[3:]
-  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
-  slices = _conv_offset_slices(x, filt, p, out_spatial)
   if gram:
+    dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
+    slices = _conv_offset_slices(x, filt, p, d.shape[3:])
     a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)  # (n, N, P, F)
     return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)), form="gram")
   sq = jnp.zeros((n,), d.dtype)
-  for s in slices:
-    sq = sq + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl))
+  for g in _conv_offset_grads(x, d, filt, p):
+    sq = sq + sq_rows(g)
   return sq
 
 
@@ -162,26 +172,33 @@ def _dot_rule(site, leaf, act, delta) -> jax.Array:
   return _gram_or_direct(a.astype(d.dtype), d)
 
 
+def _conv_layout(site, act, delta):
+  """The kernel's spatial shape, the input (n, N, C, *spatial) and output gradients (n, N, O, *out) of a
+  convolution site, and whether the Gram form over positions is the cheaper."""
+  p = site.eqn_params
+  dn = p["dimension_numbers"]
+  filt = tuple(site.param_shape[j] for j in dn.rhs_spec[2:])
+  x = jnp.transpose(act, [0] + [1 + j for j in dn.lhs_spec])  # (n, N, C, *spatial)
+  d = jnp.transpose(delta, [0] + [1 + j for j in dn.out_spec])  # (n, N, c_out, *out_spatial)
+  num_pos = size(d.shape[3:]) * d.shape[1]
+  F = x.shape[2] * size(filt)
+  gram = num_pos * (F + d.shape[2]) + size(filt) * F <= F * d.shape[2]  # Gram over positions is cheaper
+  if FORCE_FORM is not None:
+    gram = FORCE_FORM == "gram"
+  return filt, x.astype(d.dtype), d, gram
+
+
 def _conv_rule(site, leaf, act, delta) -> jax.Array:
   """``conv_general_dilated`` with the kernel as the parameter: per kernel offset (or, for transposed
   convolutions, patches / per-example kernel gradients)."""
   del leaf
   n = delta.shape[0]
   p = site.eqn_params
-  dn = p["dimension_numbers"]
-  lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
-  filt = tuple(site.param_shape[j] for j in rhs_spec[2:])
-  x = jnp.transpose(act, [0] + [1 + j for j in lhs_spec])  # (n, N, C, *spatial)
-  d = jnp.transpose(delta, [0] + [1 + j for j in out_spec])  # (n, N, c_out, *out_spatial)
-  num_pos = size(d.shape[3:]) * d.shape[1]
-  c_in = x.shape[2]
-  F = c_in * size(filt)
+  filt, x, d, gram = _conv_layout(site, act, delta)
   c_out = d.shape[2]
-  gram = num_pos * (F + c_out) + size(filt) * F <= F * c_out  # Gram over positions is cheaper
-  if FORCE_FORM is not None:
-    gram = FORCE_FORM == "gram"
+  F = x.shape[2] * size(filt)
   if all(int(v) == 1 for v in p["lhs_dilation"]):
-    return _conv_sq_norms_by_offsets(x.astype(d.dtype), d, filt, p, gram)
+    return _conv_sq_norms_by_offsets(x, d, filt, p, gram)
   # Transposed (input-dilated) convolutions: patches / per-example kernel gradients.
   if gram:
     patches = jax.vmap(
@@ -202,6 +219,30 @@ def _conv_rule(site, leaf, act, delta) -> jax.Array:
     return vjp(di)[0]
 
   return sq_rows(jax.vmap(kgrad)(act, delta))
+
+
+def conv_site_grads(site, act, delta) -> tuple[jax.Array, jax.Array] | None:
+  """Per-example squared norms and per-example kernel gradients (n, *kernel view shape) of a convolution
+  site, where the direct form computes those gradients anyway and they are no larger than the site's
+  output gradients (so keeping them for the book-keeping costs no more memory than the ghost pass holds);
+  None elsewhere."""
+  p = site.eqn_params
+  if site.kind != "conv" or any(int(v) != 1 for v in p["lhs_dilation"]):
+    return None
+  if size(site.param_shape) > max(size(site.out_shape), size(site.act_shape)):
+    return None
+  filt, x, d, gram = _conv_layout(site, act, delta)
+  if gram:
+    return None
+  n = d.shape[0]
+  grads = jnp.stack(_conv_offset_grads(x, d, filt, p), axis=1)  # (n, offsets, C, O)
+  sq = sq_rows(grads)
+  grads = jnp.reshape(grads, (n,) + filt + grads.shape[2:])  # (n, *filt, C, O)
+  spec = p["dimension_numbers"].rhs_spec  # view axis of (O, I, *spatial)
+  nd = len(filt)
+  source = {spec[0]: nd + 1, spec[1]: nd}
+  source.update({spec[2 + j]: j for j in range(nd)})
+  return sq, jnp.transpose(grads, [0] + [1 + source[axis] for axis in range(nd + 2)])
 
 
 def _gather_rule(site, leaf, act, delta) -> jax.Array:

@@ -28,7 +28,7 @@ from unlearn_jax.algorithms.base import Algorithm, StepInfo
 from unlearn_jax.per_example.blocks import fixed_order_sum
 from unlearn_jax.runtime import distributed
 
-__all__ = ["INIT_TAG", "init_states", "run_chunk"]
+__all__ = ["INIT_TAG", "init_states", "private_copy", "run_chunk"]
 
 PyTree = Any
 INIT_TAG = 0xFFFFFFFF  # fold_in tag of the initialisation key; no step index reaches it
@@ -70,6 +70,11 @@ def init_states(
   return _on_mesh(jax.vmap(init_one, in_axes=(p_axis, 0))(params, keys), mesh, num_seeds)
 
 
+def private_copy(state: Any) -> Any:
+  """A copy of ``state`` that shares no buffer with any other array (safe to donate to :func:`run_chunk`)."""
+  return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
+
+
 def _tree_sq_norm(tree) -> jax.Array:
   return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
 
@@ -79,8 +84,21 @@ def _finite_tree(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _scalars(algorithm: Algorithm, info: StepInfo, old_params: PyTree, state: Any) -> dict[str, jax.Array]:
-  """The history row of one step: loss, grad / noise / update norms, mean realized loss."""
+def _privacy_loss_mean(algorithm: Algorithm, realized: jax.Array) -> jax.Array:
+  if algorithm.reduction_blocks is None:
+    return jnp.mean(realized, axis=0)
+  return fixed_order_sum(realized, algorithm.reduction_blocks) / realized.shape[0]
+
+
+def _at_stride(recorded: jax.Array, fn: Callable, operand: Any) -> Any:
+  """``fn(operand)`` at the steps the history keeps, zeros at the others (work of size n only there)."""
+  shapes = jax.eval_shape(fn, operand)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+  return jax.lax.cond(recorded, fn, lambda _: zeros, operand)
+
+
+def _scalars(algorithm: Algorithm, info: StepInfo, old_params: PyTree, state: Any, recorded: jax.Array):
+  """The history row of one step: loss, grad / noise / update norms, mean realized loss (at kept steps)."""
   out = {"loss": info.loss}
   if info.mean_grad_norm is not None:
     out["grad_norm"] = info.mean_grad_norm
@@ -89,15 +107,15 @@ def _scalars(algorithm: Algorithm, info: StepInfo, old_params: PyTree, state: An
   out["update_norm"] = jnp.sqrt(_tree_sq_norm(jax.tree.map(lambda a, b: a - b, state.params, old_params)))
   ledger = getattr(state, "ledger", None)
   if ledger is not None:
-    realized = ledger.realized
-    if algorithm.reduction_blocks is None:
-      out["privacy_loss_mean"] = jnp.mean(realized, axis=0)
-    else:
-      out["privacy_loss_mean"] = fixed_order_sum(realized, algorithm.reduction_blocks) / realized.shape[0]
+    out["privacy_loss_mean"] = _at_stride(recorded, functools.partial(_privacy_loss_mean, algorithm), ledger.realized)
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("algorithm", "eval_fn", "num_seeds", "chunk_len", "stride", "mesh"))
+@functools.partial(
+  jax.jit,
+  static_argnames=("algorithm", "eval_fn", "num_seeds", "chunk_len", "stride", "mesh"),
+  donate_argnames=("state",),
+)
 def run_chunk(
   state: Any,
   data: PyTree,
@@ -116,6 +134,10 @@ def run_chunk(
 ) -> tuple[Any, dict]:
   """Steps ``start`` .. ``end`` − 1 (at most ``chunk_len``) of every chain; returns (state, outputs).
 
+  ``state`` is donated: its buffers become the new state's (the ledger's rows are updated in place, so
+  a minibatch step touches its B rows, not a copy of the (n, K) ledger); the caller must not use it
+  after the call (:func:`private_copy` makes a state that shares no buffer with the caller's arrays).
+
   ``outputs`` holds, per step of the chunk (leading axis ``chunk_len``; rows past ``end`` are zeros),
   the history scalars, ``"finite"`` (loss and parameters finite after the step) and, every ``stride``
   steps, ``"eval"`` = ``eval_fn(params)``.
@@ -123,14 +145,13 @@ def run_chunk(
 
   def one_step(s, chain_key, t):
     new, info = algorithm.step(s, data, jax.random.fold_in(chain_key, t), data_mask=mask, **hyper)
-    outs = _scalars(algorithm, info, s.params, new)
+    recorded = (t + 1) % stride == 0
+    outs = _scalars(algorithm, info, s.params, new, recorded)
     outs["finite"] = jnp.isfinite(info.loss) & _finite_tree(new.params)
     if info.dropped is not None:
       outs["dropped"] = info.dropped
     if eval_fn is not None:
-      shapes = jax.eval_shape(eval_fn, new.params)
-      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-      outs["eval"] = jax.lax.cond((t + 1) % stride == 0, eval_fn, lambda p: zeros, new.params)
+      outs["eval"] = _at_stride(recorded, eval_fn, new.params)
     return new, outs
 
   step_all = one_step if num_seeds is None else jax.vmap(one_step, in_axes=(0, 0, None))

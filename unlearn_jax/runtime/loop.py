@@ -210,6 +210,7 @@ def _loop(run_: _Run, state, keys, fingerprint: str | None, progress) -> tuple[A
     bar.note(f"[unlearn-jax] {run_.driver}: resuming from step {start} of {num_steps} ({ckpt_dir})")
     bar.update(start)
   s = start
+  state = engine.private_copy(state)  # run_chunk donates it: no buffer of the caller's (params, a restore) is lost
   static = dict(
     algorithm=run_.algorithm,
     eval_fn=run_.eval_fn,
