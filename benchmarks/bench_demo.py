@@ -1,7 +1,9 @@
-"""Benchmark 4: the demo study end to end, with the wall time split by phase.
+"""Benchmark 4: the demo study end to end, with the wall time split by phase and the compile share.
 
 Runs ``unlearn_jax.study.run`` on the demo configuration (``unlearn-jax demo``) and prints the
-per-stage wall times that the pipeline records in ``timings.json``, with each stage's share of the total.
+per-stage wall times that the pipeline records in ``timings.json``, with each stage's share of the total,
+and the time JAX spent tracing, lowering and compiling (summed from ``jax.monitoring``'s duration events)
+as a share of the wall time.
 
   python benchmarks/bench_demo.py                 # the demo as shipped
   python benchmarks/bench_demo.py --tiny          # a shrunk config: checks the script runs (seconds)
@@ -10,6 +12,7 @@ per-stage wall times that the pipeline records in ``timings.json``, with each st
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import pathlib
 import platform
@@ -42,6 +45,14 @@ def main() -> None:
   out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="bench_demo_"))
   config = config.replace(out_dir=str(out))
   print(f"jax {jax.__version__}; devices {jax.devices()}; {platform.processor() or platform.machine()}")
+  durations = collections.defaultdict(float)
+  counts = collections.Counter()
+
+  def listen(event, seconds, **kwargs):
+    durations[event] += seconds
+    counts[event] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
   start = time.perf_counter()
   study.run(config)
   total = time.perf_counter() - start
@@ -52,6 +63,13 @@ def main() -> None:
       print(f"| {stage} | {sec:.1f} | {sec / timings['total']:.0%} |")
   print(f"| total | {timings['total']:.1f} | 100% |")
   print(f"(process wall time including imports' first compile: {total:.1f} s; output in {out})")
+  print("\n| compile event (jax.monitoring) | count | s | share of wall |\n|---|---|---|---|")
+  compiling = 0.0
+  for event in sorted(durations):
+    if any(k in event for k in ("trace", "lower", "mlir", "compile")) and "cache" not in event:
+      compiling += durations[event]
+      print(f"| {event} | {counts[event]} | {durations[event]:.1f} | {durations[event] / total:.0%} |")
+  print(f"| all of them | | {compiling:.1f} | {compiling / total:.0%} |")
 
 
 if __name__ == "__main__":

@@ -65,15 +65,27 @@ def cnn(seed=0):
   return params, uj.models.cross_entropy_loss_fn(model.apply_fn)
 
 
+def resnet18(seed=0):
+  model = uj.models.resnet18(num_classes=10)
+  params = model.init_fn(jax.random.key(seed), jnp.zeros((32, 32, 3)))
+  return params, uj.models.cross_entropy_loss_fn(model.apply_fn)
+
+
+UNROLL = False  # set by main for convolutional models on CPU (unlearn_jax._loops: convs in loops are slow there)
+
+
 def scan_of(step, carry, data, steps):
   """``steps`` steps in one jitted scan; the data set is an argument (not a constant of the program).
 
   The carry is donated and fed back, as the runtime's chunks do (``runtime.engine.run_chunk``): the
-  ledger's rows are then updated in place instead of the (n, K) ledger being copied at every call.
+  ledger's rows are then updated in place instead of the (n, K) ledger being copied at every call. For
+  a convolutional model on CPU the scan is unrolled (no loop in the program), for every contender alike:
+  XLA:CPU runs convolutions inside loops ~10-30x slower (``unlearn_jax._loops``; the runtime runs such
+  models one step per call).
   """
 
   def run(c, d):
-    return jax.lax.scan(lambda cc, t: (step(cc, t, d), None), c, jnp.arange(steps))[0]
+    return jax.lax.scan(lambda cc, t: (step(cc, t, d), None), c, jnp.arange(steps), unroll=UNROLL)[0]
 
   fn = jax.jit(run, donate_argnums=(0,))
   state = [jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else jnp.array(x), carry)]
@@ -172,7 +184,7 @@ def main():
   ap.add_argument("--batch-size", type=int, default=256)
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--rounds", type=int, default=5)
-  ap.add_argument("--models", default="mlp,cnn")
+  ap.add_argument("--models", default="mlp,cnn", help="comma list of mlp, cnn, resnet18 (32x32x3)")
   ap.add_argument("--temperature", type=float, default=1e-4, help="0: noise-free steps (accounting at 1e-4)")
   args = ap.parse_args()
   print(
@@ -182,12 +194,17 @@ def main():
   )
   print("| model | n | contender | ms per step | ratio to optax (median of rounds) |")
   print("|---|---|---|---|---|")
+  global UNROLL
   for name in args.models.split(","):
+    UNROLL = name != "mlp" and jax.default_backend() == "cpu"
     for n in args.n:
       rng = np.random.default_rng(1)
       if name == "mlp":
         params, loss_fn = mlp((784, 256, 256, 10))
         x = rng.normal(size=(n, 784)).astype(np.float32)
+      elif name == "resnet18":  # the paper's model on CIFAR-shaped data (accelerator sizes)
+        params, loss_fn = resnet18()
+        x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
       else:
         params, loss_fn = cnn()
         x = rng.normal(size=(n, 28, 28, 1)).astype(np.float32)

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
   # code for an unclipped step without a ledger, and XLA drops them).
   runs = {"project sgld step (no clip, no ledger)": scan_steps(lambda c, k: plain.step(c, data, k, eta, tau)[0], st0)}
   t_bj = float("nan")
+  bj = None
   try:
     import blackjax
 
@@ -122,6 +123,21 @@ def main(argv=None) -> int:
   for name, t in rows:
     emit(f"{name:<42} {t:>9.2f} ms")
   emit(f"project / blackjax step: {t_proj / t_bj:.2f}x;  ledger on / off: {t_on / t_off:.2f}x")
+  emit("compile time of ONE jitted step (trace + lower + XLA compile, a fresh function object each time):")
+  singles = {"project sgld step (no clip, no ledger)": lambda: (lambda c: plain.step(c, data, key, eta, tau)[0], st0)}
+  if bj is not None:
+    singles["blackjax sgld step"] = lambda: (lambda p: bj.step(key, p, data, eta / n, tau * n), params)
+  singles["train step, clip, ledger on"] = lambda: (lambda c: on.step(c, data, key, eta, tau)[0], on.init(params, n))
+  compile_s = {}
+  for name, make in singles.items():
+    fn, arg = make()
+    t0 = time.perf_counter()
+    jax.jit(fn).lower(arg).compile()
+    compile_s[name] = time.perf_counter() - t0
+    emit(f"  {name:<40} {compile_s[name]:>6.2f} s")
+  if bj is not None:
+    ratio = compile_s["project sgld step (no clip, no ledger)"] / compile_s["blackjax sgld step"]
+    emit(f"  project / blackjax compile: {ratio:.2f}x")
   if args.out:
     with open(args.out, "a") as f:
       f.write("\n".join(lines) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import pickle
 import struct
 import zlib
@@ -15,6 +16,7 @@ from sklearn import datasets as sk_datasets
 from sklearn.linear_model import LogisticRegression
 
 from unlearn_jax import data
+from unlearn_jax.study import cli, saved
 
 # --------------------------------------------------------------------------------------------------
 # Dataset / validate_dataset
@@ -563,3 +565,18 @@ def test_svhn_pickle_is_rejected_and_never_run(tmp_path):
   with pytest.raises(ValueError, match="train_32x32.mat.*(not a MATLAB|truncated)"):
     data.load_svhn(tmp_path)
   assert not marker.exists()
+
+
+@pytest.mark.slow  # the shipped CPU variant of the ResNet-18 config, end to end through `unlearn-jax run` (~6 min)
+def test_cifar10_resnet18_cpu_config_runs_end_to_end_through_the_cli(tmp_path):
+  """configs/cifar10_resnet18_cpu.toml (the accelerator config's code path: CIFAR-10 binary files, the
+  ResNet-18 architecture, shuffled minibatch SGLD with the ledger, chunked all-n passes) on CIFAR-shaped
+  synthetic files with 2,100 training images (2,048 used) through the console script's entry point."""
+  _write_cifar(tmp_path / "cifar", counts=(420, 420, 420, 420, 420, 300))
+  config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "cifar10_resnet18_cpu.toml"
+  out = tmp_path / "out"
+  code = cli.main(["run", "--quiet", "--config", str(config), "--data-dir", str(tmp_path / "cifar"), "--out", str(out)])
+  assert code == 0
+  report = saved.load(out).report
+  assert report["config"]["model"]["name"] == "resnet18" and report["training"]["num_seeds"] == 4
+  assert len(saved.load(out).per_example["privacy_loss"]) == 2048

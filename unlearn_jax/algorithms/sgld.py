@@ -27,7 +27,7 @@ from unlearn_jax import accounting as acc
 from unlearn_jax.algorithms import batches, update
 from unlearn_jax.algorithms.base import Algorithm, StepInfo, check_static_positive
 from unlearn_jax.per_example import api as pe
-from unlearn_jax.per_example import blocks
+from unlearn_jax.per_example import blocks, chunking
 
 __all__ = ["SHUFFLE_TAG", "SGLDState", "sgld"]
 
@@ -197,8 +197,9 @@ def _hyper(value: Any, default: float | None, dtype, none_as: float) -> jax.Arra
   return jnp.asarray(none_as if value is None else value, dtype)
 
 
-ALL_ROWS_CHUNK = 2048
-"""Rows per chunk of a Poisson step's all-n norm pass when ``chunk_size`` is not set (bounds its memory)."""
+ALL_ROWS_CHUNK = chunking.ROWS_PER_PASS
+"""The most rows per chunk of a Poisson step's all-n norm pass when ``chunk_size`` is not set (fewer
+where the model needs it to stay within ``per_example.api.PASS_BUDGET_BYTES``: ``norm_pass_rows``)."""
 
 
 class _StepContext(NamedTuple):
@@ -380,7 +381,9 @@ def _poisson_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
 
     def all_costs():
       # the pass over all n rows runs in chunks by default: unchunked, a CNN at n = 100,000 asked for 33 GB
-      chunk = None if s.chunk_size is not None or s.reduction_blocks is not None else ALL_ROWS_CHUNK
+      chunk = None
+      if s.chunk_size is None and s.reduction_blocks is None:
+        chunk = pe.norm_pass_rows(ctx.loss_fn, ctx.state.params, ctx.data)
       norms_all = ctx.ops(ctx.data, n, chunk_size=chunk).norms().astype(dtype)
       clipped = norms_all * pe.clip_factors(norms_all, ctx.clip) * active
       grid = dict(z_nodes=config.z_nodes)

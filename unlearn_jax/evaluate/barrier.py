@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unlearn_jax import _checks
+from unlearn_jax import _checks, _loops
 from unlearn_jax._compile import call
 
 __all__ = ["barriers_along", "loss_barrier"]
@@ -153,5 +153,5 @@ def _barriers_core(loss_fn, paired_seeds, checkpoints, reference, data, lambdas)
     return _barrier_core(loss_fn, params, ref, data, lambdas)
 
   if paired_seeds:
-    return jax.lax.map(lambda p: jax.lax.map(single, (p, reference)), checkpoints)
-  return jax.lax.map(lambda p: single((p, reference)), checkpoints)
+    return _loops.map(lambda p: _loops.map(single, (p, reference)), checkpoints)
+  return _loops.map(lambda p: single((p, reference)), checkpoints)

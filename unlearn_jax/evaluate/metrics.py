@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from unlearn_jax import _checks
+from unlearn_jax import _checks, _loops
 from unlearn_jax._compile import call
 from unlearn_jax.per_example import api as pe
+from unlearn_jax.per_example import chunking
 
 __all__ = [
   "METRICS",
@@ -57,7 +58,7 @@ __all__ = [
 
 
 def _logits(apply_fn, params, x):
-  return jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
+  return chunking.batched_apply(apply_fn, params, x)  # whole data sets in chunks: bounded memory
 
 
 def _check_label_range(y, logits):
@@ -273,7 +274,7 @@ def correctness_along(
   """
   _check_xy(x, y)
   _checks.leading_size("checkpoints", checkpoints)
-  return jax.lax.map(lambda p: correctness(apply_fn, p, x, y), checkpoints)
+  return _loops.map(lambda p: correctness(apply_fn, p, x, y), checkpoints)
 
 
 def confidence_along(
@@ -290,7 +291,7 @@ def confidence_along(
   """
   _check_xy(x, y)
   _checks.leading_size("checkpoints", checkpoints)
-  return jax.lax.map(lambda p: confidence(apply_fn, p, x, y), checkpoints)
+  return _loops.map(lambda p: confidence(apply_fn, p, x, y), checkpoints)
 
 
 def _check_bool_matrix(name: str, value: Any) -> jax.Array:
@@ -472,7 +473,7 @@ class Metric(NamedTuple):
 
 
 def _seed_mean_core(fn, apply_fn, params, x, y):
-  return jnp.mean(jax.lax.map(lambda p: fn(apply_fn, p, x, y), params), axis=0)
+  return jnp.mean(_loops.map(lambda p: fn(apply_fn, p, x, y), params), axis=0)
 
 
 def _final(fn: Callable) -> Callable[[MetricInputs], jax.Array]:
@@ -489,7 +490,7 @@ def _along_core(which, apply_fn, checkpoints, x, y):
       return forgetting_events(correct, never_learned=float(num_ckpts)).astype(jnp.float32)
     return c_proxy(confidence_along(apply_fn, seq, x, y))
 
-  return jnp.mean(jax.lax.map(one, jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), checkpoints)), axis=0)
+  return jnp.mean(_loops.map(one, jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), checkpoints)), axis=0)
 
 
 def _along(which: str) -> Callable[[MetricInputs], jax.Array]:

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from unlearn_jax import _checks
+from unlearn_jax import _checks, _loops
 from unlearn_jax._compile import call
+from unlearn_jax.per_example import chunking
 
 __all__ = [
   "SplitMetrics",
@@ -60,7 +61,7 @@ def logit_confidence_from_logits(logits: ArrayLike, labels: ArrayLike) -> jax.Ar
 
 
 def _batched_logits(apply_fn, params, x):
-  return jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
+  return chunking.batched_apply(apply_fn, params, x)  # whole data sets in chunks: bounded memory
 
 
 def logit_confidence(
@@ -129,7 +130,7 @@ def scores_along(
     (3, 2, 1)
   """
   _checks.leading_size("checkpoints", checkpoints)
-  return jax.lax.map(lambda p: logit_confidence(apply_fn, p, x, y, seed_axis=True), checkpoints)
+  return _loops.map(lambda p: logit_confidence(apply_fn, p, x, y, seed_axis=True), checkpoints)
 
 
 def accuracy_and_loss(

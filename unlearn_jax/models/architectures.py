@@ -181,7 +181,7 @@ class _ResNet18(nn.Module):
     return nn.Dense(self.num_classes, name="head")(h)[0]
 
 
-def resnet18(num_classes: int = 10) -> Model:
+def resnet18(num_classes: int = 10, widths: tuple[int, ...] = (64, 128, 256, 512)) -> Model:
   """CIFAR-style ResNet-18 without normalisation layers (for per-example gradients).
 
   Architecture: 3x3 stem conv (64), four stages of two basic blocks (64, 128, 256, 512 channels; stride 2
@@ -193,6 +193,8 @@ def resnet18(num_classes: int = 10) -> Model:
 
   Args:
     num_classes: number of classes (>= 2).
+    widths: the channels of the four stages (default the ResNet-18 ones; narrower stages keep the
+      architecture and its code path for CPU-sized runs).
 
   Returns:
     A :class:`Model` for HWC images (32x32x3 for CIFAR-10 / SVHN).
@@ -204,4 +206,8 @@ def resnet18(num_classes: int = 10) -> Model:
     >>> num_params(params)
     11169162
   """
-  return from_flax(_ResNet18(_check_num_classes(num_classes)), "resnet18")
+  widths = tuple(int(w) for w in widths)
+  if len(widths) != 4 or any(w < 1 for w in widths):
+    raise ValueError(f"widths must be four positive channel counts (one per stage), got {widths!r}")
+  name = "resnet18" if widths == (64, 128, 256, 512) else f"resnet18{list(widths)}"
+  return from_flax(_ResNet18(_check_num_classes(num_classes), widths), name)

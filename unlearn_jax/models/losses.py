@@ -13,6 +13,7 @@ from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
 from unlearn_jax.models.architectures import logistic_regression  # noqa: F401 - used by the doctests
+from unlearn_jax.per_example import chunking
 
 __all__ = ["CrossEntropyLoss", "cross_entropy_loss_fn", "predict_fn", "accuracy"]
 
@@ -99,7 +100,7 @@ def predict_fn(apply_fn: Callable[[Params, ArrayLike], jax.Array]) -> Callable[[
   """
 
   def predict(params: Params, x: ArrayLike) -> jax.Array:
-    return jnp.argmax(jax.vmap(apply_fn, in_axes=(None, 0))(params, jnp.asarray(x)), axis=-1).astype(jnp.int32)
+    return jnp.argmax(chunking.batched_apply(apply_fn, params, jnp.asarray(x)), axis=-1).astype(jnp.int32)
 
   return predict
 
@@ -135,7 +136,7 @@ def accuracy(
   if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0] or y.shape[0] == 0:
     raise ValueError(f"x and y must share a non-empty leading example axis, got shapes {x.shape} and {y.shape}")
   if batch_size is None:
-    logits = jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
+    logits = chunking.batched_apply(apply_fn, params, x)
   else:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")

@@ -11,7 +11,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from unlearn_jax import _loops
+
 PyTree = Any
+
+ROWS_PER_PASS = 2048
+"""Rows at a time of a pass over a whole data set (evaluation, all-n norms) when nobody says otherwise:
+the memory of a pass over n = 50,000 CIFAR-sized examples is then that of 2,048 of them."""
 
 
 def pad_batch(batch: PyTree, n: int, chunk_size: int) -> tuple[PyTree, jax.Array, int]:
@@ -43,4 +49,10 @@ def map_per_example(fn: Callable, params: PyTree, batch: PyTree, n: int, chunk_s
   if chunk_size is None or chunk_size >= n:
     return fn(params, batch)
   padded, _, _ = pad_batch(batch, n, chunk_size)
-  return from_chunks(jax.lax.map(lambda c: fn(params, c), to_chunks(padded, chunk_size)), n)
+  return from_chunks(_loops.map(lambda c: fn(params, c), to_chunks(padded, chunk_size)), n)
+
+
+def batched_apply(apply_fn: Callable, params: PyTree, x: PyTree, chunk_size: int | None = ROWS_PER_PASS) -> PyTree:
+  """``vmap(apply_fn)`` over the rows of ``x``, ``chunk_size`` rows at a time (``lax.map``) when there are more."""
+  n = jax.tree.leaves(x)[0].shape[0]
+  return map_per_example(lambda p, xx: jax.vmap(apply_fn, in_axes=(None, 0))(p, xx), params, x, n, chunk_size)

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from unlearn_jax import _loops
 from unlearn_jax.per_example import chunking
 
 __all__ = ["CANCELLATION_ULPS", "COST_RTOL", "centered_sq_direct", "centered_sq_norms", "only_if"]
@@ -60,7 +61,7 @@ def centered_sq_direct(loss_fn, params, data, factors, mask, chunk_size):
     return jax.tree.map(lambda t, x: t + jnp.tensordot(w.astype(x.dtype), x, axes=1), total, diff), None
 
   zero = jax.tree.map(jnp.zeros_like, ref)
-  total, _ = jax.lax.scan(add_shift, zero, chunks)
+  total, _ = _loops.scan(add_shift, zero, chunks)
   mean = jax.tree.map(lambda t: t / jnp.maximum(jnp.sum(mask), 1.0).astype(t.dtype), total)
 
   def sq(c):
@@ -70,7 +71,7 @@ def centered_sq_direct(loss_fn, params, data, factors, mask, chunk_size):
       for x, m in zip(jax.tree.leaves(diff), jax.tree.leaves(mean))
     )
 
-  return jnp.reshape(jax.lax.map(sq, chunks), (-1,))[:n]
+  return jnp.reshape(_loops.map(sq, chunks), (-1,))[:n]
 
 
 def only_if(pred: jax.Array, fn: Callable, operands: tuple, out: jax.ShapeDtypeStruct) -> jax.Array:

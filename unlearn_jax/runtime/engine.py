@@ -24,11 +24,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from unlearn_jax import _loops
 from unlearn_jax.algorithms.base import Algorithm, StepInfo
 from unlearn_jax.per_example.blocks import fixed_order_sum
 from unlearn_jax.runtime import distributed
 
-__all__ = ["INIT_TAG", "init_states", "private_copy", "run_chunk"]
+__all__ = ["INIT_TAG", "init_states", "private_copy", "run_chunk", "straight_line"]
 
 PyTree = Any
 INIT_TAG = 0xFFFFFFFF  # fold_in tag of the initialisation key; no step index reaches it
@@ -75,6 +76,17 @@ def private_copy(state: Any) -> Any:
   return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
 
 
+def straight_line(algorithm: Algorithm, params: PyTree, data: PyTree, num_seeds: int | None) -> bool:
+  """Whether to run ``algorithm`` one step per compiled call, with no loop in the program: on CPU, when
+  its loss applies a convolution (:func:`unlearn_jax._loops.straight_line`)."""
+  callables = getattr(algorithm, "callables", ()) or ()
+  if not callables or not callable(callables[0]):
+    return False
+  one = (lambda leaf: leaf[0]) if num_seeds is not None else (lambda leaf: leaf)
+  example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), data)
+  return _loops.straight_line(callables[0], jax.tree.map(one, params), example)
+
+
 def _tree_sq_norm(tree) -> jax.Array:
   return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
 
@@ -113,7 +125,7 @@ def _scalars(algorithm: Algorithm, info: StepInfo, old_params: PyTree, state: An
 
 @functools.partial(
   jax.jit,
-  static_argnames=("algorithm", "eval_fn", "num_seeds", "chunk_len", "stride", "mesh"),
+  static_argnames=("algorithm", "eval_fn", "num_seeds", "chunk_len", "stride", "mesh", "loop"),
   donate_argnames=("state",),
 )
 def run_chunk(
@@ -131,12 +143,17 @@ def run_chunk(
   chunk_len: int,
   stride: int,
   mesh: Any,
+  loop: bool = True,
 ) -> tuple[Any, dict]:
   """Steps ``start`` .. ``end`` − 1 (at most ``chunk_len``) of every chain; returns (state, outputs).
 
   ``state`` is donated: its buffers become the new state's (the ledger's rows are updated in place, so
   a minibatch step touches its B rows, not a copy of the (n, K) ledger); the caller must not use it
   after the call (:func:`private_copy` makes a state that shares no buffer with the caller's arrays).
+
+  With ``loop=False`` the chunk is one step (``chunk_len`` = 1, ``end`` = ``start`` + 1) with no loop and
+  no conditional in the program: on CPU a model with convolutions runs ~30x faster so
+  (:mod:`unlearn_jax._loops`).
 
   ``outputs`` holds, per step of the chunk (leading axis ``chunk_len``; rows past ``end`` are zeros),
   the history scalars, ``"finite"`` (loss and parameters finite after the step) and, every ``stride``
@@ -155,6 +172,11 @@ def run_chunk(
     return new, outs
 
   step_all = one_step if num_seeds is None else jax.vmap(one_step, in_axes=(0, 0, None))
+  if not loop:
+    if chunk_len != 1:
+      raise ValueError(f"a chunk without a loop is one step, got chunk_len = {chunk_len}")
+    new_state, outs = step_all(state, keys, start)
+    return _on_mesh(new_state, mesh, num_seeds), jax.tree.map(lambda x: x[None], outs)
 
   def body(carry, i):
     t = start + i

@@ -211,18 +211,21 @@ def _loop(run_: _Run, state, keys, fingerprint: str | None, progress) -> tuple[A
     bar.update(start)
   s = start
   state = engine.private_copy(state)  # run_chunk donates it: no buffer of the caller's (params, a restore) is lost
+  loop = not engine.straight_line(run_.algorithm, state.params, run_.data, run_.num_seeds)
+  chunk_len = run_.chunk_len if loop else 1
   static = dict(
     algorithm=run_.algorithm,
     eval_fn=run_.eval_fn,
     num_seeds=run_.num_seeds,
-    chunk_len=run_.chunk_len,
+    chunk_len=chunk_len,
     stride=stride,
     mesh=run_.mesh,
+    loop=loop,
   )
   try:
     with InterruptGuard() as guard:
       while s < num_steps:
-        e = _chunk_end(s, num_steps, run_.chunk_len, boundaries, every)
+        e = _chunk_end(s, num_steps, chunk_len, boundaries, every)
         new_state, outs = engine.run_chunk(
           state, run_.data, run_.data_mask, keys, run_.hyper, jnp.int32(s), jnp.int32(e), **static
         )

@@ -578,7 +578,14 @@ def tie_break_key(s: Setup, trained: Trained) -> np.ndarray:
   secondary key of privacy-loss selections (the clip saturates P, not this norm)."""
   norms = [
     np.asarray(
-      per_example.per_example_grad_norms(s.loss_fn, jax.tree.map(lambda leaf, r=r: leaf[r], trained.params), (s.x, s.y))
+      per_example.per_example_grad_norms(
+        s.loss_fn,
+        jax.tree.map(lambda leaf, r=r: leaf[r], trained.params),
+        (s.x, s.y),
+        chunk_size=per_example.api.norm_pass_rows(
+          s.loss_fn, jax.tree.map(lambda leaf: leaf[0], trained.params), (s.x, s.y)
+        ),
+      )
     )
     for r in range(int(jax.tree.leaves(trained.params)[0].shape[0]))
   ]
