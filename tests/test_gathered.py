@@ -46,7 +46,12 @@ def test_gathered_poisson_step_equals_the_masked_all_rows_step_in_float64():
     data, p = _problem()
     n, q, eta, tau, C, wd = 30, 0.3, 0.2, 1e-3, 0.8, 1e-2
     alg = uj.sgld(
-      mlp_loss, mode="poisson", sampling_rate=q, clip_norm=C, weight_decay=wd, accounting=accounting.accountant(ORDERS)
+      mlp_loss,
+      mode="poisson",
+      sampling_rate=q,
+      clip_norm=C,
+      weight_decay=wd,
+      accounting=accounting.accountant(ORDERS, z_nodes=None),  # every row's own series (the grid: test_sgm_grid)
     )
     key = jax.random.key(11)
     state = alg.init(p, n)
