@@ -53,9 +53,11 @@ class GridCosts(NamedTuple):
   Attributes:
     costs: (n, K) charged costs, each ≥ the exact RDP at its order.
     worst: (K,) the worst case (an example at the clip norm), inf without clipping.
-    overcharge: (K,) bound on charged / exact − 1 over the intervals this step's examples fell in (0
-      where no example was charged; the intervals below the lowest node are left out: their costs are
-      at most RANGE_FLOOR of the worst case).
+    overcharge: (K,) bound on charged / per-example value − 1 over the intervals this step's examples
+      fell in, the per-example value being the exact RDP at integer orders and the series of
+      :func:`~unlearn_jax.accounting.sgm.sampled_gaussian_rdp` (its ``rdp_method``) at fractional ones
+      (0 where no example was charged; the intervals below the lowest node are left out: their costs
+      are at most RANGE_FLOOR of the worst case).
   """
 
   costs: jax.Array
