@@ -79,9 +79,14 @@ def test_more_nodes_charge_less_and_the_steep_regime_is_bounded():
     _, exact, _, coarse = _grid_and_exact(1e-4, 0.65, num_nodes=16)
     _, _, _, fine = _grid_and_exact(1e-4, 0.65, num_nodes=512)
     c, f = np.asarray(coarse.costs), np.asarray(fine.costs)
-    assert np.all(f <= c * (1 + 1e-12) + 1e-300) or np.mean(f <= c * (1 + 1e-9)) > 0.99
+    positive = exact > 0
+    over = lambda g: np.where(positive, g / np.where(positive, exact, 1.0), 1.0) - 1.0
+    # the nodes of the two grids are not nested, so no example is promised less; the worst and the mean
+    # over-charge at every order are, by the measured margins (coarse worst > 100x the fine one here)
+    assert np.all(over(f).max(axis=0) <= over(c).max(axis=0))
+    assert np.mean(over(f)) < 0.1 * np.mean(over(c))
     assert np.all(np.asarray(fine.overcharge) <= np.asarray(coarse.overcharge) + 1e-12)
-    assert np.all(f >= exact * (1 - 1e-6))
+    assert np.all(f >= exact * (1 - 1e-6)) and np.all(c >= exact * (1 - 1e-6))
 
 
 def test_no_clipping_uses_the_largest_level_and_nan_propagates():

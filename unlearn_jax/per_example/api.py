@@ -163,13 +163,19 @@ def _vmap_sq_norms_core(loss_fn, params, batch):
   return _per_example_sq_norms_of(_grads_core(loss_fn, params, batch))
 
 
-def _ghost_sq_norms_core(loss_fn, params, batch):
-  """The ghost identity for covered leaves, vmap for the rest; plain vmap when nothing is covered."""
+def usable_plan(loss_fn, params, batch):
+  """The ghost plan of ``loss_fn``, or None when the tracer cannot follow it or covers no leaf."""
   try:
     plan = ghost.ghost_plan(loss_fn, params, batch)
   except ghost.GhostUnsupported:
-    plan = None
-  if plan is None or not plan.covered:
+    return None
+  return plan if plan.covered else None
+
+
+def _ghost_sq_norms_core(loss_fn, params, batch):
+  """The ghost identity for covered leaves, vmap for the rest; plain vmap when nothing is covered."""
+  plan = usable_plan(loss_fn, params, batch)
+  if plan is None:
     return _vmap_sq_norms_core(loss_fn, params, batch)
   return ghost.ghost_apply(plan, loss_fn, params, batch)
 
@@ -187,17 +193,17 @@ def norm_pass_rows(loss_fn: LossFn, params: PyTree, batch: PyTree, budget_bytes:
   a ResNet-18 with stages 16-32-64-128 needs ~5 MB per example (XLA:CPU temp 1.3 GB for 256 rows), the
   full ResNet-18 about 16 times that; an MLP a few kB.
   """
-  try:
-    plan = ghost.ghost_plan(loss_fn, params, batch)
-  except ghost.GhostUnsupported:
+  plan = usable_plan(loss_fn, params, batch)
+  if plan is None:
     return chunking.ROWS_PER_PASS
+  itemsize = jnp.dtype(jnp.result_type(*jax.tree.leaves(params))).itemsize
   per_example = 0
   for site in plan.sites:
     act, out = math.prod(site.act_shape), math.prod(site.out_shape)
     offsets = 0
     if site.kind == "conv":
       offsets = math.prod(site.param_shape[j] for j in site.eqn_params["dimension_numbers"].rhs_spec[2:])
-    per_example += (act * (1 + offsets) + out) * jnp.dtype(jnp.result_type(*jax.tree.leaves(params))).itemsize
+    per_example += (act * (1 + offsets) + out) * itemsize
   rows = chunking.ROWS_PER_PASS
   while rows > 16 and rows * per_example > budget_bytes:
     rows //= 2
@@ -239,11 +245,8 @@ def _chunked_weighted_sum(loss_fn, chunk_size, params, padded, weights):
 
 def _bookkeeping_clipped_core(loss_fn, params, batch, clip_norm, weights):
   """Norms and the clipped sum from one ghost pass; the two-pass method where the tracer cannot follow."""
-  try:
-    plan = ghost.ghost_plan(loss_fn, params, batch)
-  except ghost.GhostUnsupported:
-    plan = None
-  if plan is None or not plan.covered:
+  plan = usable_plan(loss_fn, params, batch)
+  if plan is None:
     norms = _safe_sqrt(_vmap_sq_norms_core(loss_fn, params, batch))
     w = jax.lax.stop_gradient(clip_factors(norms, clip_norm) * weights)
     return _weighted_sum_core(loss_fn, params, batch, w), norms

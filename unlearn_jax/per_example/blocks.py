@@ -151,11 +151,8 @@ def _bookkeeping_ops(loss_fn, params, data, n, norm_method, chunk_size) -> Examp
   api._check_loss_fn(loss_fn, params, data)
   if not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in jax.tree.leaves(params)):
     return None
-  try:
-    plan = ghost.ghost_plan(loss_fn, params, data)
-  except ghost.GhostUnsupported:
-    return None
-  if not plan.covered:
+  plan = api.usable_plan(loss_fn, params, data)
+  if plan is None:
     return None
   memo = []
 

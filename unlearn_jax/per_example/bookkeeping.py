@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from unlearn_jax.per_example.ghost import GhostRecord, _Plan
-from unlearn_jax.per_example.ghost_rules import bind
+from unlearn_jax.per_example.ghost_rules import _chain_fn, bind
 
 __all__ = ["inner_products", "weighted_sum"]
 
@@ -41,19 +41,10 @@ def _site_map(site, record: GhostRecord, n: int):
   def per_example(view, a):
     return bind(site.eqn, [a, view] if site.param_arg == 1 else [view, a])
 
-  chain = _chain(site)
+  chain = _chain_fn(site.chain)
 
   def fn(leaf):
     return jax.vmap(per_example, in_axes=(None, 0))(chain(leaf), act)
-
-  return fn
-
-
-def _chain(site):
-  def fn(leaf):
-    for eqn in site.chain:
-      leaf = bind(eqn, [leaf])
-    return leaf
 
   return fn
 
@@ -71,7 +62,7 @@ def weighted_sum(plan: _Plan, params: PyTree, record: GhostRecord, weights: jax.
   for site in plan.sites:
     kept = record.site_grads.get(site.path)
     if kept is not None:  # Σ_i w_i G_i in the view's layout, then back through the (linear) view chain
-      _, transpose = jax.vjp(_chain(site), leaves[site.leaf])
+      _, transpose = jax.vjp(_chain_fn(site.chain), leaves[site.leaf])
       out[site.leaf] = transpose(jnp.tensordot(weights.astype(kept.dtype), kept, axes=1))[0]
       continue
     delta = record.deltas[site.path]
@@ -92,7 +83,7 @@ def inner_products(plan: _Plan, params: PyTree, record: GhostRecord, direction: 
     leaf = leaves[site.leaf]
     kept = record.site_grads.get(site.path)
     if kept is not None:
-      view = _chain(site)(dirs[site.leaf].astype(leaf.dtype))
+      view = _chain_fn(site.chain)(dirs[site.leaf].astype(leaf.dtype))
       total = total + (jnp.reshape(kept, (n, -1)) @ jnp.reshape(view, (-1,)).astype(kept.dtype)).astype(total.dtype)
       continue
     delta = record.deltas[site.path]

@@ -576,15 +576,12 @@ class ForgetSet(NamedTuple):
 def tie_break_key(s: Setup, trained: Trained) -> np.ndarray:
   """(n,) the unclipped per-example gradient norm at the end of training, averaged over the chains: the
   secondary key of privacy-loss selections (the clip saturates P, not this norm)."""
+  first = jax.tree.map(lambda leaf: leaf[0], trained.params)
+  rows = per_example.api.norm_pass_rows(s.loss_fn, first, (s.x, s.y))  # the same for every chain
   norms = [
     np.asarray(
       per_example.per_example_grad_norms(
-        s.loss_fn,
-        jax.tree.map(lambda leaf, r=r: leaf[r], trained.params),
-        (s.x, s.y),
-        chunk_size=per_example.api.norm_pass_rows(
-          s.loss_fn, jax.tree.map(lambda leaf: leaf[0], trained.params), (s.x, s.y)
-        ),
+        s.loss_fn, jax.tree.map(lambda leaf, r=r: leaf[r], trained.params), (s.x, s.y), chunk_size=rows
       )
     )
     for r in range(int(jax.tree.leaves(trained.params)[0].shape[0]))
