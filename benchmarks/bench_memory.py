@@ -9,6 +9,11 @@ accelerator, the device's peak bytes in use; the parent prints the ratios betwee
 
   python benchmarks/bench_memory.py                      # n = 2048, 8192; ResNet-18 stages 16-32-64-128 (CPU)
   python benchmarks/bench_memory.py --widths 64,128,256,512 --n 8192 32768   # the real ResNet-18 (accelerator)
+  python benchmarks/bench_memory.py --compiled --n 1024 4096   # XLA temporaries: ghost pass vs batch gradient
+
+``--compiled`` prints, for the MLP 784-256-256-10 and the small CNN, the temporary buffers XLA allocates for
+one batch gradient, the all-n ghost norms, the book-keeping clipped sum with its norms and vmap norms
+(``memory_analysis()`` of the compiled programs: deterministic for one XLA version and device, no timing).
 
 The data themselves grow with n (8192 x 32 x 32 x 3 float32 = 100 MB); everything else should not — on an
 accelerator. On CPU a convolutional pass of at most 8 chunks is unrolled (``unlearn_jax._loops``: XLA:CPU
@@ -64,13 +69,62 @@ def child(n: int, widths: tuple[int, ...], steps: int) -> dict:
   return out
 
 
+def compiled_temps(n: int) -> list[dict]:
+  """XLA temporary bytes of the compiled per-example programs on n rows, per model."""
+  import jax
+  import jax.numpy as jnp
+
+  from unlearn_jax import models, per_example
+
+  rows = []
+  for name, model, shape in [
+    ("MLP 784-256-256-10", models.mlp((256, 256), 10), (784,)),
+    ("small CNN", models.small_cnn(10, (16, 32)), (28, 28, 1)),
+  ]:
+    loss_fn = models.cross_entropy_loss_fn(model.apply_fn)
+    params = model.init_fn(jax.random.key(0), jnp.ones(shape))
+    batch = (jnp.ones((n, *shape)), jnp.zeros((n,), jnp.int32))
+
+    def batch_grad(p, b, loss_fn=loss_fn):
+      return jax.grad(lambda p: jnp.sum(jax.vmap(lambda x, y: loss_fn(p, (x, y)))(*b)))(p)
+
+    programs = {
+      "batch grad": batch_grad,
+      "ghost norms": lambda p, b, f=loss_fn: per_example.per_example_grad_norms(f, p, b, method="ghost"),
+      "clipped sum + norms": lambda p, b, f=loss_fn: per_example.clipped_grad_sum(f, p, b, clip_norm=1.0),
+      "vmap norms": lambda p, b, f=loss_fn: per_example.per_example_grad_norms(f, p, b, method="vmap"),
+    }
+    mib = {}
+    for label, fn in programs.items():
+      analysis = jax.jit(fn).lower(params, batch).compile().memory_analysis()
+      mib[label] = float("nan") if analysis is None else analysis.temp_size_in_bytes / 2**20
+    rows.append({"model": name, "n": n, **mib})
+  return rows
+
+
+def print_compiled(ns: list[int]) -> None:
+  rows = [r for n in ns for r in compiled_temps(n)]
+  labels = ["batch grad", "ghost norms", "clipped sum + norms", "vmap norms"]
+  print("XLA temporary MiB of one compiled program (memory_analysis; ratios to the batch gradient)")
+  print("| model | n | " + " | ".join(labels) + " | ghost / bg | clipped / bg |")
+  print("|---" * (len(labels) + 4) + "|")
+  for r in rows:
+    cells = " | ".join(f"{r[k]:.1f}" for k in labels)
+    bg = r["batch grad"]
+    print(f"| {r['model']} | {r['n']:,} | {cells} | {r['ghost norms'] / bg:.2f} | {r['clipped sum + norms'] / bg:.2f} |")
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--n", type=int, nargs="+", default=[2048, 8192])
   ap.add_argument("--widths", default="16,32,64,128", help="the four stage widths of the ResNet-18")
   ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--compiled", action="store_true", help="XLA temporaries of the per-example programs")
   ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.compiled:
+    print_compiled(args.n)
+    return 0
   widths = tuple(int(w) for w in args.widths.split(","))
   if args.child is not None:
     print(json.dumps(child(args.child, widths, args.steps)))

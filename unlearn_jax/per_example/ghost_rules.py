@@ -102,15 +102,44 @@ def _conv_offset_slices(x, filt, p, out_spatial):
   return out
 
 
-def _conv_offset_grads(x, d, filt, p) -> list[jax.Array]:
-  """Per-example kernel gradients of a convolution with lhs_dilation 1, one (n, C, O) array per kernel offset.
+def _conv_offset_starts(filt, p) -> np.ndarray:
+  """(K, nd) where each kernel offset k (row-major over ``filt``) starts reading the padded input: k·r."""
+  rdil = np.asarray([int(v) for v in p["rhs_dilation"]], np.int32)
+  return np.reshape(np.asarray(list(np.ndindex(*filt)), np.int32), (-1, len(filt))) * rdil
+
+
+def _conv_offset_scan(x, d, filt, p, body, init):
+  """Folds ``body(carry, slice, δ)`` over the kernel offsets, one input slice alive at a time.
+
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial); the slice is the (n, N, C, P) input that
+  an offset reads and δ the matching (n, N, P, O). A ``lax.scan`` (its body has no convolution, so
+  XLA:CPU runs it at full speed) rather than a Python loop, which XLA schedules with every slice alive.
+  """
+  n, nb, c = x.shape[:3]
+  o, out_spatial = d.shape[2], d.shape[3:]
+  strides = tuple(int(v) for v in p["window_strides"])
+  zero = jnp.zeros((), x.dtype)
+  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 3 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]])
+  window = [(int(m) - 1) * s + 1 for m, s in zip(out_spatial, strides)]
+  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
+
+  def step(carry, start):
+    zero_i = jnp.zeros((), start.dtype)
+    sl = jax.lax.dynamic_slice(xp, [zero_i] * 3 + list(start), [n, nb, c, *window])
+    sl = sl[(slice(None),) * 3 + tuple(slice(None, None, s) for s in strides)]
+    return body(carry, jnp.reshape(sl, (n, nb, c, -1)), dl)
+
+  return jax.lax.scan(step, init, jnp.asarray(_conv_offset_starts(filt, p)))
+
+
+def _conv_offset_grads(x, d, filt, p) -> jax.Array:
+  """Per-example kernel gradients of a convolution with lhs_dilation 1: (K, n, C, O), one per kernel offset.
 
   ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial): the gradient at offset k is S_k δ, one small
   batched matmul per offset (S_k the input slice that offset reads).
   """
-  n, nb, o = d.shape[:3]
-  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
-  return [jnp.einsum("nbcp,nbpo->nco", s, dl) for s in _conv_offset_slices(x, filt, p, d.shape[3:])]
+  _, grads = _conv_offset_scan(x, d, filt, p, lambda c, s, dl: (c, jnp.einsum("nbcp,nbpo->nco", s, dl)), None)
+  return grads
 
 
 def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
@@ -126,9 +155,9 @@ def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
     slices = _conv_offset_slices(x, filt, p, d.shape[3:])
     a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)  # (n, N, P, F)
     return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)), form="gram")
-  sq = jnp.zeros((n,), d.dtype)
-  for g in _conv_offset_grads(x, d, filt, p):
-    sq = sq + sq_rows(g)
+  sq, _ = _conv_offset_scan(
+    x, d, filt, p, lambda acc, s, dl: (acc + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl)), None), jnp.zeros((n,), d.dtype)
+  )
   return sq
 
 
@@ -235,7 +264,7 @@ def conv_site_grads(site, act, delta) -> tuple[jax.Array, jax.Array] | None:
   if gram:
     return None
   n = d.shape[0]
-  grads = jnp.stack(_conv_offset_grads(x, d, filt, p), axis=1)  # (n, offsets, C, O)
+  grads = jnp.moveaxis(_conv_offset_grads(x, d, filt, p), 0, 1)  # (n, offsets, C, O)
   sq = sq_rows(grads)
   grads = jnp.reshape(grads, (n,) + filt + grads.shape[2:])  # (n, *filt, C, O)
   spec = p["dimension_numbers"].rhs_spec  # view axis of (O, I, *spatial)
