@@ -15,6 +15,7 @@ Keys: the noise of a step uses ``fold_in(step_key, 0)`` (:func:`noise_key`), so 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,11 +42,26 @@ def sample_key(step_key: jax.Array) -> jax.Array:
 
 
 def gaussian_like(tree: PyTree, key: jax.Array) -> PyTree:
-  """Standard normal noise shaped like ``tree`` (one key per leaf)."""
+  """Standard normal noise shaped like ``tree``: one draw per dtype, cut into the leaves in order.
+
+  One random program per dtype rather than one per leaf: XLA compiles every draw on its own (on CPU
+  ~0.2 s apiece for the Box-Muller / inverse-erf kernels), which made a six-leaf MLP's step compile 4x
+  slower than a batch gradient with a single draw. With one dtype (the usual case) the draw uses ``key``
+  itself; dtype group g (in order of first appearance) uses ``fold_in(key, g)``.
+  """
   leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  noise = [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
-  return jax.tree.unflatten(treedef, noise)
+  groups: dict[Any, list[int]] = {}
+  for i, x in enumerate(leaves):
+    groups.setdefault(jnp.dtype(jnp.result_type(x)), []).append(i)
+  out: list[Any] = [None] * len(leaves)
+  for g, (dtype, members) in enumerate(groups.items()):
+    sizes = [math.prod(jnp.shape(leaves[i])) for i in members]
+    z = jax.random.normal(key if len(groups) == 1 else jax.random.fold_in(key, g), (sum(sizes),), dtype)
+    start = 0
+    for i, size in zip(members, sizes):
+      out[i] = jnp.reshape(jax.lax.slice_in_dim(z, start, start + size), jnp.shape(leaves[i]))
+      start += size
+  return jax.tree.unflatten(treedef, out)
 
 
 def tree_norm(tree: PyTree) -> jax.Array:
