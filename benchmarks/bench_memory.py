@@ -110,8 +110,8 @@ def print_compiled(ns: list[int]) -> None:
   print("|---" * (len(labels) + 4) + "|")
   for r in rows:
     cells = " | ".join(f"{r[k]:.1f}" for k in labels)
-    bg = r["batch grad"]
-    print(f"| {r['model']} | {r['n']:,} | {cells} | {r['ghost norms'] / bg:.2f} | {r['clipped sum + norms'] / bg:.2f} |")
+    ghost, clipped = r["ghost norms"] / r["batch grad"], r["clipped sum + norms"] / r["batch grad"]
+    print(f"| {r['model']} | {r['n']:,} | {cells} | {ghost:.2f} | {clipped:.2f} |")
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unlearn_jax import models
 from unlearn_jax import per_example as pe
 from unlearn_jax.per_example import ghost, ghost_rules, pooling
 
@@ -316,8 +317,6 @@ def test_cnn_ghost_pass_memory_stays_near_a_batch_gradient():
   the convolution norms fold over kernel offsets with one input slice alive at a time, so the all-n ghost
   pass of the small CNN needs at most 1.5x a batch gradient's temporaries (1.21x measured at n = 1,024;
   a Python loop over the offsets, which XLA scheduled with every slice alive, needed 1.89x)."""
-  from unlearn_jax import models
-
   model = models.small_cnn(10, (16, 32))
   loss_fn = models.cross_entropy_loss_fn(model.apply_fn)
   params = model.init_fn(jax.random.key(0), jnp.ones((28, 28, 1)))

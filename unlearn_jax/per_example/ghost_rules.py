@@ -155,9 +155,11 @@ def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
     slices = _conv_offset_slices(x, filt, p, d.shape[3:])
     a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)  # (n, N, P, F)
     return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)), form="gram")
-  sq, _ = _conv_offset_scan(
-    x, d, filt, p, lambda acc, s, dl: (acc + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl)), None), jnp.zeros((n,), d.dtype)
-  )
+
+  def add(acc, s, dl):
+    return acc + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl)), None
+
+  sq, _ = _conv_offset_scan(x, d, filt, p, add, jnp.zeros((n,), d.dtype))
   return sq
 
 
