@@ -12,7 +12,7 @@ import pytest
 
 from unlearn_jax import plots
 from unlearn_jax.evaluate import selection
-from unlearn_jax.study import Config, ConfigError, cli, sweep
+from unlearn_jax.study import Config, ConfigError, cli, sweep, sweep_outputs
 from unlearn_jax.study.stages import quantile_label
 
 
@@ -178,3 +178,25 @@ def test_collect_tabulates_the_finished_points_only(logistic_tradeoff, tmp_path)
   assert "not finished, left out: 0.003" in (out / "sweep_temperature.md").read_text()
   with pytest.raises(ConfigError, match="no finished study"):
     sweep.sweep(_logistic_config(tmp_path), "clip_norm", [1.0], collect=True)
+
+
+def test_sweep_figure_draws_retraining_per_setting_when_the_training_length_is_swept():
+  """Sweeping T changes what retraining costs: one retraining point per setting, not a line at the largest T."""
+  pytest.importorskip("matplotlib")
+
+  def result(knob, retrain):
+    rows = [
+      {"value": v, "test_accuracy": 0.9, "spearman": {"loss": 0.9}, "certified_quantiles": {"0.5": 800.0 + v},
+       "worst_case_steps": 426.0, "retrain_steps": r, "fraction_clip_saturated": 0.0}
+      for v, r in zip((250, 1000, 2000), retrain)
+    ]  # fmt: skip
+    return {"knob": knob, "values": [250, 1000, 2000], "rows": rows, "quantiles": [0.5],
+            "dataset": {"name": "digits"}, "model": {"name": "logistic_regression"}}  # fmt: skip
+
+  ax = sweep_outputs.sweep_fig(result("num_steps", (250, 1000, 2000))).axes[2]
+  lines = {line.get_label(): line for line in ax.get_lines()}
+  assert list(lines["retraining from scratch"].get_ydata()) == [250, 1000, 2000]
+  assert not any(label.startswith("retraining:") for label in lines)
+  ax = sweep_outputs.sweep_fig(result("clip_norm", (1000, 1000, 1000))).axes[2]
+  labels = {line.get_label() for line in ax.get_lines()}
+  assert "retraining: 1000 steps" in labels and "retraining from scratch" not in labels
