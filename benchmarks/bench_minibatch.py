@@ -15,12 +15,18 @@ carry donated and fed back as the runtime's chunks do:
   plus the §2b costs of every row from the grid), next to ``all-n ghost norms (chunked)`` alone and
   ``grid costs + ledger update (all n)`` alone (its share of an accounted step).
 
+``--epoch``: one epoch (n // B steps per call) of ``optax``, ``optax + Gaussian noise``, ``shuffled+ledger``
+(every step charges its batch: each example once per epoch) and ``poisson, ledger once per epoch``
+(``accountant(stride="epoch")``: one all-n norm pass and the §2b costs every round(1/q) steps, the
+steps between cost their batch), the once-per-epoch refresh of Yu et al.
+
 Timing: rounds in a rotating order (every contender once per round), medians of the per-round ratios
 to the peer; each contender is compiled and run once before timing. Printed for each n so that the
 growth with n can be read off. Example (about 5 minutes on 2 CPU cores)::
 
   python benchmarks/bench_minibatch.py --n 10000 100000 --rounds 5
   python benchmarks/bench_minibatch.py --n 10000 100000 --rounds 5 --temperature 0
+  python benchmarks/bench_minibatch.py --epoch --n 20000 --rounds 3 --models mlp,cnn
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ def scan_of(step, carry, data, steps):
   return call
 
 
-def contenders(loss_fn, params, data, n, B, steps, tau):
+def contenders(loss_fn, params, data, n, B, steps, tau, epoch=False):
   key = jax.random.key(0)
   opt = optax.sgd(0.05)
 
@@ -123,12 +129,25 @@ def contenders(loss_fn, params, data, n, B, steps, tau):
     "optax + Gaussian noise": scan_of(optax_noise_step, (params, opt.init(params)), data, steps),
   }
   acct = accounting.accountant()
+  hyper = dict(accounting_temperature=1e-4) if tau == 0 else {}
+  if epoch:
+    algs = {
+      "shuffled+ledger": uj.sgld(loss_fn, mode="shuffled", batch_size=B, clip_norm=1.0, accounting=acct),
+      "poisson, ledger once per epoch": uj.sgld(
+        loss_fn, mode="poisson", sampling_rate=B / n, clip_norm=1.0, accounting=accounting.accountant(stride="epoch")
+      ),
+    }
+    for name, alg in algs.items():
+      state = alg.init(params, n, key=key)
+      out[name] = scan_of(
+        lambda s, t, d, alg=alg: alg.step(s, d, jax.random.fold_in(key, t), 0.05, tau, **hyper)[0], state, data, steps
+      )
+    return out
   algs = {
     "shuffled+ledger": uj.sgld(loss_fn, mode="shuffled", batch_size=B, clip_norm=1.0, accounting=acct),
     "poisson (between accounted steps)": uj.sgld(loss_fn, mode="poisson", sampling_rate=B / n, clip_norm=1.0),
     "poisson+ledger (accounted)": uj.sgld(loss_fn, mode="poisson", sampling_rate=B / n, clip_norm=1.0, accounting=acct),
   }
-  hyper = dict(accounting_temperature=1e-4) if tau == 0 else {}
   for name, alg in algs.items():
     state = alg.init(params, n, key=key)
     out[name] = scan_of(
@@ -186,9 +205,11 @@ def main():
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--models", default="mlp,cnn", help="comma list of mlp, cnn, resnet18 (32x32x3)")
   ap.add_argument("--temperature", type=float, default=1e-4, help="0: noise-free steps (accounting at 1e-4)")
+  ap.add_argument("--epoch", action="store_true", help="time one epoch (n // B steps) with the once-per-epoch ledger")
   args = ap.parse_args()
   print(
-    f"jax {jax.__version__}, {jax.devices()[0].device_kind}, B = {args.batch_size}, {args.steps} steps per call, "
+    f"jax {jax.__version__}, {jax.devices()[0].device_kind}, B = {args.batch_size}, "
+    f"{'one epoch (n // B steps)' if args.epoch else args.steps} steps per call, "
     f"median of {args.rounds} interleaved rounds; OMP/XLA threads as the process starts "
     f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
   )
@@ -209,11 +230,13 @@ def main():
         params, loss_fn = cnn()
         x = rng.normal(size=(n, 28, 28, 1)).astype(np.float32)
       data = (jax.device_put(x), jax.device_put(rng.integers(0, 10, n).astype(np.int32)))
+      steps = n // args.batch_size if args.epoch else args.steps
       med, ratios = measure(
-        contenders(loss_fn, params, data, n, args.batch_size, args.steps, args.temperature), args.rounds
+        contenders(loss_fn, params, data, n, args.batch_size, steps, args.temperature, epoch=args.epoch), args.rounds
       )
       for contender, t in med.items():
-        print(f"| {name} | {n:,} | {contender} | {1e3 * t / args.steps:.2f} | {ratios[contender]:.2f}x |")
+        what = f"epoch of {steps} steps: {1e3 * t:.1f} ms, " if args.epoch else ""
+        print(f"| {name} | {n:,} | {contender} | {what}{1e3 * t / steps:.2f} | {ratios[contender]:.2f}x |")
 
 
 if __name__ == "__main__":

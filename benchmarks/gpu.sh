@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks at accelerator sizes (CIFAR-10 shapes, ResNet-18, batch 256-1024); the per-benchmark
-# limits add up to 11 min
+# limits add up to 14 min
 # and appends their tables to one file.
 #
 #   benchmarks/gpu.sh [OUT_FILE]          # default benchmarks/gpu_results.txt
@@ -37,6 +37,7 @@ if [ "$TINY" = 1 ]; then
   run 120 "2. ledger update (tiny)" "$PY" benchmarks/bench_ledger.py --n 2000 --dp-subset 2 --repeats 2 --skip-training
   run 120 "4. demo end to end (tiny)" "$PY" benchmarks/bench_demo.py --tiny
   run 120 "6. minibatch steps (tiny)" "$PY" benchmarks/bench_minibatch.py --models mlp --n 2000 --steps 2 --rounds 1
+  run 120 "7b. one epoch, once-per-epoch ledger (tiny)" "$PY" benchmarks/bench_minibatch.py --epoch --models mlp --n 1024 --rounds 1
   run 120 "8. peak memory (tiny)" "$PY" benchmarks/bench_memory.py --widths 4,4,4,4 --n 256 512 --steps 1
 else
   run 120 "1a. per-example norms: MLP and CIFAR-shaped CNN, n=256,1024" \
@@ -52,6 +53,8 @@ else
       "$PY" benchmarks/bench_minibatch.py --models resnet18 --n 50000 --batch-size 256 --steps 5 --rounds 3
   run 45 "7. minibatch steps, MLP and small CNN, n = 10,000 and 100,000" \
       "$PY" benchmarks/bench_minibatch.py --models mlp,cnn --n 10000 100000 --rounds 3
+  run 45 "7b. one epoch with the once-per-epoch ledger vs an optax epoch, MLP and small CNN, n = 20,000" \
+      "$PY" benchmarks/bench_minibatch.py --epoch --models mlp,cnn --n 20000 --rounds 3
   run 60 "8. peak device memory of the all-n passes, ResNet-18, n = 8,192 and 32,768" \
       "$PY" benchmarks/bench_memory.py --widths 64,128,256,512 --n 8192 32768
 fi
