@@ -30,6 +30,7 @@ def main(argv=None) -> int:
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--steps", type=int, default=20, help="steps per timed training run (lax.scan)")
   ap.add_argument("--tiny", action="store_true")
+  ap.add_argument("--compile-rounds", type=int, default=5, help="compiles of each step, interleaved (median)")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
   width, d = (16, 12) if args.tiny else (256, 784)
@@ -128,13 +129,18 @@ def main(argv=None) -> int:
   if bj is not None:
     singles["blackjax sgld step"] = lambda: (lambda p: bj.step(key, p, data, eta / n, tau * n), params)
   singles["train step, clip, ledger on"] = lambda: (lambda c: on.step(c, data, key, eta, tau)[0], on.init(params, n))
-  compile_s = {}
-  for name, make in singles.items():
-    fn, arg = make()
-    t0 = time.perf_counter()
-    jax.jit(fn).lower(arg).compile()
-    compile_s[name] = time.perf_counter() - t0
-    emit(f"  {name:<40} {compile_s[name]:>6.2f} s")
+  compile_times = {name: [] for name in singles}
+  for r in range(args.compile_rounds):  # interleaved rounds, a fresh function object each time (no cache hit)
+    for name in list(singles)[r % len(singles) :] + list(singles)[: r % len(singles)]:
+      fn, arg = singles[name]()
+      fresh = (lambda f: lambda a: f(a))(fn)
+      t0 = time.perf_counter()
+      jax.jit(fresh).lower(arg).compile()
+      compile_times[name].append(time.perf_counter() - t0)
+  compile_s = {name: statistics.median(ts) for name, ts in compile_times.items()}
+  for name, t in compile_s.items():
+    lo, hi = min(compile_times[name]), max(compile_times[name])
+    emit(f"  {name:<40} {t:>6.2f} s (median of {args.compile_rounds}: {lo:.2f}-{hi:.2f})")
   if bj is not None:
     ratio = compile_s["project sgld step (no clip, no ledger)"] / compile_s["blackjax sgld step"]
     emit(f"  project / blackjax compile: {ratio:.2f}x")

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["call", "is_traced"]
+__all__ = ["call", "is_traced", "stack", "swap_leading_axes", "take"]
 
 
 def is_traced(tree: Any) -> bool:
@@ -40,3 +40,31 @@ def call(core: Callable, static: tuple, *arrays: Any) -> Any:
   except TypeError:
     return core(*static, *arrays)
   return _compiled(core, len(static))(*static, *arrays)
+
+
+def _take_core(tree: Any, index: Any) -> Any:
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def take(tree: Any, index: Any) -> Any:
+  """``leaf[index]`` for every leaf as one compiled program per tree structure and shapes (an eager
+  ``jax.tree.map`` of indexing compiles one program per leaf shape). ``index``: an int or an index array."""
+  return call(_take_core, (), tree, index)
+
+
+def _stack_core(*trees: Any) -> Any:
+  return jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *trees)
+
+
+def stack(trees: Any) -> Any:
+  """The trees of a sequence stacked leaf by leaf along a new leading axis, in one compiled program."""
+  return call(_stack_core, (), *trees)
+
+
+def _swap_core(tree: Any) -> Any:
+  return jax.tree.map(lambda leaf: jax.numpy.swapaxes(leaf, 0, 1), tree)
+
+
+def swap_leading_axes(tree: Any) -> Any:
+  """Every leaf with its first two axes swapped (e.g. (seeds, G, ...) -> (G, seeds, ...)), in one program."""
+  return call(_swap_core, (), tree)

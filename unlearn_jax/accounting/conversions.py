@@ -21,6 +21,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
+from unlearn_jax._compile import call
 from unlearn_jax._traced import guarded
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "dp_offset", "max_steps_for_epsilon", "rdp_to_dp", "renyi_target"]
@@ -101,8 +102,11 @@ def rdp_to_dp(
   if rdp.shape[-1:] != (orders_np.shape[0],):
     raise ValueError(f"rdp must have a last axis of size K = {orders_np.shape[0]} (one per order), got {rdp.shape}")
   dtype = jnp.result_type(rdp.dtype, float)
-  rdp = rdp.astype(dtype)
-  a = jnp.asarray(orders_np, dtype)
+  return call(_rdp_to_dp_core, (method,), rdp.astype(dtype), jnp.asarray(orders_np, dtype), delta)
+
+
+def _rdp_to_dp_core(method: str, rdp: jax.Array, a: jax.Array, delta: ArrayLike) -> tuple[jax.Array, jax.Array]:
+  dtype = rdp.dtype
   eps = rdp + dp_offset(a, delta, method)
   if method == "improved":
     kl_ok = (jnp.asarray(delta, dtype) ** 2 + jnp.expm1(-jnp.where(jnp.isfinite(rdp), rdp, 0.0)) > 0) & jnp.isfinite(

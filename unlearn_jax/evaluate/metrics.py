@@ -384,6 +384,10 @@ def random_half_masks(key: jax.Array, num_models: int, num_examples: int) -> jax
   for name, value, low in (("num_models", num_models, 1), ("num_examples", num_examples, 2)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+  return call(_half_masks_core, (int(num_models), int(num_examples)), key)
+
+
+def _half_masks_core(num_models: int, num_examples: int, key: jax.Array) -> jax.Array:
   half = num_examples // 2
 
   def row(r):

@@ -164,7 +164,9 @@ def accuracy_and_loss(
   if seed_axis:
     _checks.leading_size("params", params)
   if not _checks._is_traced(x):
-    one_params = jax.tree.map(lambda leaf: leaf[0], params) if seed_axis else params
+    one_params = (
+      jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v)[1:], jnp.result_type(v)), params) if seed_axis else params
+    )
     logits = jax.eval_shape(apply_fn, one_params, jax.ShapeDtypeStruct(np.shape(x)[1:], jnp.result_type(x)))
     _checks.check_labels("y", y, logits.shape[-1])  # an out-of-range label would give a NaN / clamped loss
   return call(_accuracy_and_loss_core, (apply_fn, bool(seed_axis)), params, x, y)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from unlearn_jax import accounting, certify, evaluate, models, per_example, runtime
+from unlearn_jax import _compile, accounting, certify, evaluate, models, per_example, runtime
 from unlearn_jax import data as data_lib
 from unlearn_jax._compile import call
 from unlearn_jax.evaluate import METRICS, MetricInputs, metrics, selection
@@ -290,9 +290,9 @@ def seeded(
     if base_dir is not None:
       kwargs["checkpoint_dir"] = str(pathlib.Path(base_dir) / f"seed_{r}")
     if per_seed_params is not None:
-      kwargs[params_arg] = jax.tree.map(lambda leaf, r=r: leaf[r], per_seed_params)
+      kwargs[params_arg] = _compile.take(per_seed_params, r)
     outs.append(pick(driver(key=jax.random.fold_in(key, r), num_seeds=None, progress=bar, **kwargs)))
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+  return _compile.stack(outs)
 
 
 class Trained(NamedTuple):
@@ -361,8 +361,8 @@ def train_with_ledger(ctx: Context, s: Setup, *, clip_norm: float | None = None,
     bar.close()
   ledger, ckpts = trained["ledger"], trained["recorded"]  # (G, S, ...) vmapped / (S, G, ...) looped
   if not ctx.config.vmap_seeds:
-    ckpts = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), ckpts)
-  accounting.check_ledger(jax.tree.map(lambda leaf: leaf[0], ledger))
+    ckpts = _compile.swap_leading_axes(ckpts)
+  accounting.check_ledger(_compile.take(ledger, 0))
   mean, std = accounting.average_ledgers(jnp.asarray(ledger.realized)[:, : s.num_examples])
   train_acc, _ = evaluate.accuracy_and_loss(s.apply_fn, trained["params"], s.x, s.y, seed_axis=True)
   test_acc, test_loss = evaluate.accuracy_and_loss(s.apply_fn, trained["params"], s.x_test, s.y_test, seed_axis=True)
@@ -557,7 +557,7 @@ def compute_metrics(ctx: Context, s: Setup, trained: Trained) -> dict[str, np.nd
     s.x,
     s.y,
     trained.params,
-    jax.tree.map(lambda leaf: leaf[trained.early_index], trained.checkpoints),
+    _compile.take(trained.checkpoints, trained.early_index),
     trained.checkpoints,
     _train_on_halves(ctx, s),
   )

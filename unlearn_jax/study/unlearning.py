@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unlearn_jax import accounting, certify, evaluate, runtime
+from unlearn_jax import _compile, accounting, certify, evaluate, runtime
 from unlearn_jax._compile import call
 from unlearn_jax.study.stages import Certificates, Context, ForgetSet, Setup, Trained, progress_bar, seeded
 
@@ -196,7 +196,7 @@ def _method(
     **kwargs,
   )
   if not ctx.config.vmap_seeds:  # (R, G, ...) -> (G, R, ...)
-    recorded = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), recorded)
+    recorded = _compile.swap_leading_axes(recorded)
   ctx.tick("unlearn")
   ev = jax.device_get(
     call(
@@ -240,7 +240,7 @@ def _method(
     lower,
     point,
     cert_eps,
-    jax.device_get(jax.tree.map(lambda leaf: leaf[-1], recorded)),
+    jax.device_get(_compile.take(recorded, -1)),
     np.asarray(ev["distances"], dtype=np.float64),
   )
   ctx.tick("evaluate")
@@ -264,7 +264,7 @@ def unlearn_forget_sets(
   """Stage 5: oracles, unlearning by every method and their evaluation, forget set by forget set."""
   uc, tr = ctx.config.unlearning, ctx.config.training
   R = uc.num_seeds
-  start_params = jax.tree.map(lambda leaf: leaf[np.arange(R) % tr.num_seeds], trained.params)  # (R, ...)
+  start_params = _compile.take(trained.params, np.arange(R) % tr.num_seeds)  # (R, ...)
   top = {fs.label: fs.indices for fs in forget_sets}.get("privacy_loss:top")
   retrain_steps = uc.retrain_steps or tr.num_steps
   grid_end = uc.step_grid[-1]
