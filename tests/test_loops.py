@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from unlearn_jax import accounting, data, models
+from unlearn_jax import _compile, accounting, data, models
 from unlearn_jax import algorithms as sgld
 from unlearn_jax import runtime as loops
 from unlearn_jax.runtime import checkpoint as ck
@@ -737,4 +737,22 @@ def test_shuffled_mode_state_with_typed_key_checkpoints_and_resumes_bitwise(tmp_
   assert _leaves_equal(ref.recorded, resumed.recorded)
   np.testing.assert_array_equal(
     jax.random.key_data(ref.state.shuffle_key), jax.random.key_data(resumed.state.shuffle_key)
+  )
+
+
+def test_tree_take_stack_and_swap_equal_the_leafwise_maps_in_one_program_per_structure():
+  """The study's tree indexing, stacking and axis swaps (unlearn_jax._compile): equal to the eager maps
+  leaf by leaf, and compiled once per tree structure and shapes (another index value, a negative one or
+  other values reuse the program; the eager maps compiled one program per leaf shape)."""
+  rng = np.random.default_rng(0)
+  tree = {"w": jnp.asarray(rng.normal(size=(4, 3, 7))), "b": (jnp.asarray(rng.normal(size=(4, 11))),)}
+  before = _compile._compiled(_compile._take_core, 0)._cache_size()
+  for index in (0, 2, -1, np.array([3, 1, 1])):
+    chex.assert_trees_all_equal(_compile.take(tree, index), jax.tree.map(lambda leaf, i=index: leaf[i], tree))
+  programs = _compile._compiled(_compile._take_core, 0)._cache_size() - before
+  assert programs <= 2  # one for the scalar indices, one for the index array (not one per leaf and index)
+  trees = [jax.tree.map(lambda leaf, k=k: leaf + k, tree) for k in range(3)]
+  chex.assert_trees_all_equal(_compile.stack(trees), jax.tree.map(lambda *ls: jnp.stack(ls), *trees))
+  chex.assert_trees_all_equal(
+    _compile.swap_leading_axes(tree), jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), tree)
   )
