@@ -22,7 +22,8 @@ from typing import Any
 
 import jax
 import jax.extend.core
-import jax.numpy as jnp
+
+from unlearn_jax._compile import stack, take
 
 __all__ = ["UNROLL_MAX", "contains_convolution", "map", "scan", "straight_line"]
 
@@ -61,28 +62,23 @@ def straight_line(fn: Callable, *args: Any) -> bool:
     return False
 
 
-def _first(xs):
-  return jax.tree.map(lambda x: x[0], xs)
-
-
 def _length(xs) -> int:
   return jax.tree.leaves(xs)[0].shape[0]
 
 
 def map(fn: Callable, xs: Any) -> Any:  # noqa: A001 - lax.map's name
   """``lax.map(fn, xs)``; unrolled on CPU when ``fn`` applies a convolution."""
-  if _length(xs) > UNROLL_MAX or not straight_line(fn, _first(xs)):
+  if _length(xs) > UNROLL_MAX or not straight_line(fn, take(xs, 0)):
     return jax.lax.map(fn, xs)
-  outs = [fn(jax.tree.map(lambda leaf, i=i: leaf[i], xs)) for i in range(_length(xs))]
-  return jax.tree.map(lambda *ys: jnp.stack(ys), *outs)
+  return stack([fn(take(xs, i)) for i in range(_length(xs))])
 
 
 def scan(fn: Callable, init: Any, xs: Any) -> tuple[Any, Any]:
   """``lax.scan(fn, init, xs)``; unrolled on CPU when ``fn`` applies a convolution."""
-  if _length(xs) > UNROLL_MAX or not straight_line(fn, init, _first(xs)):
+  if _length(xs) > UNROLL_MAX or not straight_line(fn, init, take(xs, 0)):
     return jax.lax.scan(fn, init, xs)
   carry, outs = init, []
   for i in range(_length(xs)):
-    carry, y = fn(carry, jax.tree.map(lambda x, i=i: x[i], xs))
+    carry, y = fn(carry, take(xs, i))
     outs.append(y)
-  return carry, jax.tree.map(lambda *ys: jnp.stack(ys), *outs)
+  return carry, stack(outs)

@@ -80,28 +80,6 @@ def _gram_or_direct(a: jax.Array, d: jax.Array, form: str | None = None) -> jax.
   return sq_rows(g)
 
 
-def _conv_offset_slices(x, filt, p, out_spatial):
-  """The input seen by each kernel offset of a convolution (lhs_dilation 1), channels first.
-
-  ``x`` is (n, N, C, *spatial). Returns one array (n, N, C, P) per kernel offset k (row-major over
-  ``filt``), P = prod(out_spatial): output position y reads ``x_pad[y·s + k·r]`` at offset k. Pure
-  slicing (no identity-kernel convolution as in ``conv_general_dilated_patches``).
-  """
-  n, nb, c = x.shape[:3]
-  nd = len(filt)
-  zero = jnp.zeros((), x.dtype)
-  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 3 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]])
-  strides = tuple(int(v) for v in p["window_strides"])
-  rdil = tuple(int(v) for v in p["rhs_dilation"])
-  out = []
-  for k in np.ndindex(*filt):
-    start = [0, 0, 0] + [k[j] * rdil[j] for j in range(nd)]
-    limit = [n, nb, c] + [k[j] * rdil[j] + (out_spatial[j] - 1) * strides[j] + 1 for j in range(nd)]
-    sl = jax.lax.slice(xp, start, limit, [1, 1, 1] + list(strides))
-    out.append(jnp.reshape(sl, (n, nb, c, -1)))
-  return out
-
-
 def _conv_offset_starts(filt, p) -> np.ndarray:
   """(K, nd) where each kernel offset k (row-major over ``filt``) starts reading the padded input: k·r."""
   rdil = np.asarray([int(v) for v in p["rhs_dilation"]], np.int32)
@@ -152,8 +130,9 @@ def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
   n, nb, o = d.shape[:3]
   if gram:
     dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
-    slices = _conv_offset_slices(x, filt, p, d.shape[3:])
-    a = jnp.moveaxis(jnp.concatenate(slices, axis=2), 2, 3)  # (n, N, P, F)
+    _, slices = _conv_offset_scan(x, d, filt, p, lambda c, sl, _: (c, sl), None)  # (K, n, N, C, P)
+    a = jnp.reshape(jnp.moveaxis(slices, 0, 2), (n, nb, -1, slices.shape[-1]))  # (n, N, K·C, P), offset-major
+    a = jnp.moveaxis(a, 2, 3)  # (n, N, P, F)
     return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)), form="gram")
 
   def add(acc, s, dl):
