@@ -61,8 +61,8 @@ class StepInfo(NamedTuple):
     worst_case_cost: (K,) this step's worst-case cost (same conventions), or None.
     recomputed_costs: bool, True when the §2a distances were recomputed by direct differences because
       the fast three-term form would have lost precision (g_i ≈ ḡ).
-    dropped: int, sampled examples that did not fit in a gathered Poisson batch (0 unless its capacity
-      was too small; the runtime stops with an error when it is not 0).
+    dropped: int, 1 when a Poisson draw selected more examples than its gathered batch holds, else 0
+      (the runtime stops with an error when it is not 0).
   """
 
   loss: jax.Array

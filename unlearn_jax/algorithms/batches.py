@@ -9,6 +9,9 @@
 Minibatch modes gather their rows (:func:`gather`) into a batch of fixed shape — B for shuffled
 batches, a capacity of about q·n + 6 standard deviations for Poisson draws — so that a step's
 per-example work is proportional to its batch; :func:`select` gives the same choice as an (n,) mask.
+Neither minibatch draw touches all n rows: a shuffled batch maps its B positions through a keyed
+permutation (:func:`permute`), a Poisson draw walks the rows by geometric gaps
+(:func:`poisson_positions`).
 
 A *fixed denominator* (Poisson sampling, or a full batch with ``denominator`` or the individual filter)
 makes each example's cost a function of θ_t and that example alone, which the individual Rényi filter
@@ -22,8 +25,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["MODES", "Gathered", "Selection", "fixed_denominator", "gather", "permute", "poisson_capacity", "select"]
+__all__ = [
+  "MODES",
+  "Gathered",
+  "Selection",
+  "fixed_denominator",
+  "gather",
+  "permute",
+  "poisson_capacity",
+  "poisson_positions",
+  "select",
+]
 
 MODES = ("full_batch", "poisson", "shuffled")
 
@@ -72,7 +86,8 @@ def select(
     A :class:`Selection`.
   """
   if mode == "poisson":
-    return Selection(jax.random.bernoulli(key, sampling_rate, (n,)).astype(dtype), sampling_rate)
+    rows = poisson_positions(key, n, sampling_rate, n, dtype)  # n gaps of >= 1 reach past every row
+    return Selection(jnp.zeros((n,), dtype).at[rows].set(1.0, mode="drop"), sampling_rate)
   if mode == "shuffled":
     idx = _shuffled_indices(step, shuffle_key, n, batch_size)
     return Selection(jnp.zeros((n,), dtype).at[idx].set(1.0), 1.0)
@@ -86,8 +101,9 @@ class Gathered(NamedTuple):
     indices: (m,) int32 row indices (padding slots repeat row 0 and are not valid).
     valid: (m,) float, 1 for the slots that hold a selected example.
     q: the sampling rate of the §2b costs (1 for shuffled batches).
-    dropped: int32, selected examples that did not fit in the m slots (Poisson only; 0 unless the
-      capacity was too small, which the runtime reports as an error).
+    dropped: int32, 1 when the Poisson draw selected more examples than the m slots hold, else 0 (a
+      lower bound on how many did not fit: counting them would take a pass over all n rows; the
+      runtime reports any overflow as an error).
   """
 
   indices: jax.Array
@@ -125,19 +141,46 @@ def gather(
 ) -> Gathered:
   """The rows of one minibatch step: a shuffled batch of B, or a Poisson draw in ``capacity`` slots.
 
-  The Poisson draw is the same Bernoulli mask as :func:`select` with the same key, so a gathered step
-  and a masked all-rows step use the same examples. A shuffled batch of B = n keeps the rows in order.
+  The Poisson draw is :func:`poisson_positions` (capacity + 1 gaps, the last only to detect overflow),
+  the same rows as :func:`select` with the same key, so a gathered step and a masked all-rows step use
+  the same examples. A shuffled batch of B = n keeps the rows in order.
   """
   if mode == "shuffled":
     if batch_size >= n:
       return Gathered(jnp.arange(n, dtype=jnp.int32), jnp.ones((n,), dtype), 1.0, jnp.zeros((), jnp.int32))
     idx = _shuffled_indices(step, shuffle_key, n, batch_size)
     return Gathered(idx.astype(jnp.int32), jnp.ones((batch_size,), dtype), 1.0, jnp.zeros((), jnp.int32))
-  mask = jax.random.bernoulli(key, sampling_rate, (n,))
-  count = jnp.sum(mask.astype(jnp.int32))
-  (idx,) = jnp.nonzero(mask, size=capacity, fill_value=0)
-  valid = (jnp.arange(capacity) < count).astype(dtype)
-  return Gathered(idx.astype(jnp.int32), valid, sampling_rate, jnp.maximum(count - capacity, 0).astype(jnp.int32))
+  rows = poisson_positions(key, n, sampling_rate, capacity + 1, dtype)
+  inside = rows[:capacity] < n
+  overflow = (rows[capacity] < n).astype(jnp.int32)
+  return Gathered(jnp.where(inside, rows[:capacity], 0), inside.astype(dtype), sampling_rate, overflow)
+
+
+def poisson_positions(key: jax.Array, n: int, q: float, m: int, dtype=jnp.float32) -> jax.Array:
+  """The first m rows of a Poisson draw over range(n) (each row independently with probability q), in
+  increasing order; slots past the last selected row hold n. O(m) work, whatever n.
+
+  The gaps between consecutive selected rows of i.i.d. Bernoulli(q) trials are i.i.d. geometric on
+  {1, 2, …} (P(G = k) = (1 − q)^(k−1) q), so row r_j = G_1 + … + G_j − 1. A gap is drawn by inversion,
+  G = 1 + ⌊log(1 − U) / log(1 − q)⌋ with U uniform on [0, 1) in ``dtype``: the distribution is exact up
+  to U's resolution (2⁻²³ in float32, 2⁻⁵² in float64, as for the comparison U < q of a Bernoulli
+  draw). The sums saturate at n, so no integer overflows. Slot j uses the j-th uniform of ``key``, so
+  draws with a different m agree on their common slots (JAX's default partitionable threefry).
+
+  Examples:
+    >>> import jax
+    >>> rows = poisson_positions(jax.random.key(0), 10, 1.0, 12)
+    >>> rows.tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]
+  """
+  u = jax.random.uniform(key, (m,), dtype)
+  log_keep = np.asarray(math.log1p(-q) if q < 1.0 else -math.inf, dtype)
+  if log_keep == 0.0:  # q below the dtype's resolution: no row is ever selected
+    return jnp.full((m,), n, jnp.int32)
+  skips = jnp.floor(jnp.log1p(-u) / log_keep)
+  gaps = jnp.minimum(skips, n).astype(jnp.int32) + 1  # clipped before the cast: a gap > n leaves range(n)
+  end = n + 1  # a, b <= end: compare before adding, so the sum never leaves int32
+  return jax.lax.associative_scan(lambda a, b: jnp.where(a > end - b, end, a + b), gaps) - 1
 
 
 def _shuffled_indices(step, shuffle_key, n: int, batch_size: int) -> jax.Array:

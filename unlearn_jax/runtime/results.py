@@ -65,7 +65,8 @@ class BatchOverflowError(RuntimeError):
 
   Attributes:
     step: the 1-based step whose draw did not fit.
-    dropped: how many sampled examples did not fit.
+    dropped: 1 (at least one sampled example did not fit; counting them would take a pass over all n
+      rows).
     checkpoint: path of the last good checkpoint (None without ``checkpoint_dir``).
   """
 
@@ -73,7 +74,7 @@ class BatchOverflowError(RuntimeError):
     self.step, self.dropped, self.checkpoint = int(step), int(dropped), checkpoint
     kept = f"; the last good checkpoint {checkpoint} was kept" if checkpoint else ""
     super().__init__(
-      f"the Poisson draw of step {self.step} had {self.dropped} more example(s) than the gathered batch holds; "
+      f"the Poisson draw of step {self.step} selected more examples than the gathered batch holds; "
       "dropping them would change the mechanism the ledger accounts for, so the run stopped"
       f"{kept}. Build the step with a larger batch_capacity (sgld(..., batch_capacity=...))"
     )
