@@ -38,7 +38,7 @@ from unlearn_jax import algorithms as sgld
 from unlearn_jax import evaluate as evaluation
 from unlearn_jax import runtime as loops
 from unlearn_jax import study as experiment
-from unlearn_jax.certify import bounds, testbed, testbed_table
+from unlearn_jax.certify import bounds, testbed, testbed_table, worst_case
 from unlearn_jax.evaluate import metrics, selection, statistics
 from unlearn_jax.runtime import checkpoint
 from unlearn_jax.study import cli
@@ -378,7 +378,7 @@ ROWS = [
   ),
   Row(
     "worst_case_n_zero",
-    lambda t: bounds.worst_case_epsilon(
+    lambda t: worst_case.worst_case_epsilon(
       2.0, 10, m=1.0, step_size=0.1, temperature=1.0, num_removed=1, clip_norm=1.0, num_examples=0
     ),
     ValueError,
@@ -386,7 +386,7 @@ ROWS = [
   ),
   Row(
     "worst_case_removes_more_than_n",
-    lambda t: bounds.worst_case_epsilon(
+    lambda t: worst_case.worst_case_epsilon(
       2.0, 10, m=1.0, step_size=0.1, temperature=1.0, num_removed=20, clip_norm=1.0, num_examples=10
     ),
     ValueError,
@@ -558,6 +558,12 @@ ROWS = [
   # ---- loops -------------------------------------------------------------------------------------
   Row("train_num_steps_zero", lambda t: _train(num_steps=0), ValueError, ("num_steps", "0")),
   Row("train_step_size_negative", lambda t: _train(step_size=-0.1), ValueError, ("step_size", "-0.1")),
+  Row(
+    "optax_stride_epoch",
+    lambda t: sgld.optax_training(loss_fn, optax.sgd(0.1), accounting=accounting.accountant([2.0], stride="epoch")),
+    ValueError,
+    ("stride='epoch'", "minibatch"),
+  ),
   Row("train_features_inf", lambda t: _train(data=(_with(X, (2, 0), np.inf), Y)), ValueError, ("data", "finite")),
   Row(
     "train_checkpoint_dir_under_a_file",

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax.certify import bounds, calibration
+from unlearn_jax.certify import bounds, calibration, worst_case
 
 
 @pytest.fixture(autouse=True)
@@ -288,12 +288,12 @@ def test_steps_dp_errors():
 def test_worst_case_epsilon_and_steps_brute_force():
   kw = dict(m=0.3, step_size=0.05, temperature=0.01, num_removed=2, clip_norm=3.0, num_examples=50)
   for alpha, K in [(2.0, 0), (4.0, 17), (1.5, 300)]:
-    assert float(bounds.worst_case_epsilon(alpha, K, **kw)) == pytest.approx(
+    assert float(worst_case.worst_case_epsilon(alpha, K, **kw)) == pytest.approx(
       ref_worst_case_eps(alpha, K, 0.3, 0.05, 0.01, 2, 3.0, 50), rel=1e-12
     )
   orders = [1.5, 2.0, 4.0, 8.0]
   for target in [1e-3, 0.05, 1.0, 1e4]:
-    K = float(bounds.worst_case_steps(target, orders=orders, **kw))
+    K = float(worst_case.worst_case_steps(target, orders=orders, **kw))
     brute = next(
       k for k in range(100_000) if min(ref_worst_case_eps(a, k, 0.3, 0.05, 0.01, 2, 3.0, 50) for a in orders) <= target
     )

@@ -221,6 +221,19 @@ def test_strided_and_seed_average(x64):
   assert mean.shape == (6, 2) and std.shape == (6, 2)
 
 
+def test_skipped_step_leaves_the_ledger_as_an_unaccounted_update_does():
+  cfg = acc.accountant((2.0, 8.0), filter_budget=1.0, filter_order=2.0)
+  led = acc.ledger_init(4, cfg)
+  led = acc.ledger_update(led, jnp.array([[0.3, 0.9], [2.0, 4.0], [0.0, 0.0], [0.1, 0.2]]), jnp.ones(2), config=cfg)
+  assert not bool(led.active[1])  # the filter removed row 1: a state the skip must carry over
+  costs = jnp.array([[5.0, 5.0], [1.0, 1.0], [jnp.nan, 0.0], [0.5, 0.5]])  # ignored when not accounted
+  want = acc.ledger_update(led, costs, jnp.full(2, 7.0), weight=3, config=cfg, accounted=False)
+  got = acc.ledger_skip(led)
+  for name, a, b in zip(led._fields, got, want):
+    assert np.array_equal(np.asarray(a), np.asarray(b)), name
+  assert int(got.num_steps) == 2 and int(got.num_accounted) == 1
+
+
 def test_ledger_errors_and_nonfinite(data):
   x, y = data
   d = (jnp.asarray(x), jnp.asarray(y))

@@ -414,6 +414,35 @@ _COLORS = tuple(
 )
 
 
+def _finite_max(values: np.ndarray) -> float:
+  """The largest finite entry (1 when there is none)."""
+  finite = values[np.isfinite(values)]
+  return float(finite.max()) if finite.size else 1.0
+
+
+def _scatter_groups(ax, x: np.ndarray, lower: np.ndarray, point: np.ndarray | None, labels: list) -> None:
+  """One hollow marker style per label, of nested sizes (a group drawn over another still shows), with
+  the point estimates as faint crosses of the group's colour."""
+  groups = list(dict.fromkeys(labels))
+  for g, lab in enumerate(groups):
+    sel = np.array([name == lab for name in labels])
+    size = 40 - 25 * g / max(1, len(groups) - 1)
+    color = _COLORS[g % len(_COLORS)]
+    marker = _MARKERS[g % len(_MARKERS)]
+    ax.scatter(
+      x[sel],
+      lower[sel],
+      s=size,
+      marker=marker,
+      facecolors="none",
+      edgecolors=color,
+      linewidths=1.2,
+      label=f"{lab} (n = {sel.sum()})",
+    )
+    if point is not None:
+      ax.scatter(x[sel], point[sel], s=12, marker="x", color=color, alpha=0.45)
+
+
 def membership_vs_certified(
   certified_epsilon: ArrayLike,
   membership_epsilon: ArrayLike,
@@ -458,38 +487,12 @@ def membership_vs_certified(
   if p is not None and p.shape != e.shape:
     raise ValueError(f"point_estimates must have the shape of membership_epsilon {e.shape}, got {p.shape}")
   fig, ax = _panel(ax, (6.5, 4.5))
-  finite_c = c[np.isfinite(c)]
-  shown = e if p is None else np.concatenate([e, p])
-  hi = (
-    max(
-      float(np.nanmax(np.where(np.isfinite(shown), shown, np.nan))) if np.isfinite(shown).any() else 1.0,
-      float(finite_c.max()) if finite_c.size else 1.0,
-      1e-3,
-    )
-    * 1.1
-  )
+  hi = 1.1 * max(_finite_max(e if p is None else np.concatenate([e, p])), _finite_max(c), 1e-3)
   c_draw = np.where(np.isfinite(c), c, hi)
   labels = ["lower bound"] * c.size if labels is None else list(labels)
   if len(labels) != c.size:
     raise ValueError(f"labels must have {c.size} entries, got {len(labels)}")
-  groups = list(dict.fromkeys(labels))
-  for g, lab in enumerate(groups):
-    sel = np.array([name == lab for name in labels])
-    marker = _MARKERS[g % len(_MARKERS)]
-    size = 40 - 25 * g / max(1, len(groups) - 1)  # nested sizes: a set drawn over another still shows
-    color = _COLORS[g % len(_COLORS)]
-    ax.scatter(
-      c_draw[sel],
-      e[sel],
-      s=size,
-      marker=marker,
-      facecolors="none",
-      edgecolors=color,
-      linewidths=1.2,
-      label=f"{lab} (n = {sel.sum()})",
-    )
-    if p is not None:
-      ax.scatter(c_draw[sel], p[sel], s=12, marker="x", color=color, alpha=0.45)
+  _scatter_groups(ax, c_draw, e, p, labels)
   if p is not None:
     ax.scatter([], [], s=12, marker="x", color="0.5", label="x: point estimate (not a bound)")
   if cap is not None:

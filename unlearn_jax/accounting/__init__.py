@@ -40,6 +40,7 @@ from unlearn_jax.accounting.ledger import (
   group_privacy_loss,
   ledger_add_rows,
   ledger_init,
+  ledger_skip,
   ledger_update,
 )
 from unlearn_jax.accounting.sgm import (
@@ -72,6 +73,7 @@ __all__ = [
   "group_privacy_loss",
   "ledger_init",
   "ledger_add_rows",
+  "ledger_skip",
   "ledger_update",
   "max_steps_for_epsilon",
   "mean_step_costs",

@@ -46,6 +46,113 @@ def _structure(optimizer: optax.GradientTransformation) -> str:
   return str(jax.tree.structure(state))
 
 
+def _check_arguments(optimizer, accounting, norm_method) -> None:
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(f"optimizer must be an optax.GradientTransformation, got {optimizer!r}")
+  if accounting is not None:
+    if not isinstance(accounting, acc.AccountingConfig):
+      raise TypeError(f"accounting must be an AccountingConfig or None, got {type(accounting).__name__}")
+    if accounting.uses_filter:
+      raise ValueError(
+        "the individual Renyi filter (filter_budget) needs the SGLD algorithm; it is not supported with optimizer=..."
+      )
+    if accounting.stride == "epoch":
+      raise ValueError("accounting stride='epoch' needs a minibatch mode of sgld; give the optax route a number")
+  _checks.check_choice("norm_method", norm_method, pe.NORM_METHODS)
+
+
+def _gradient(loss_fn, params, data, w, count, clip, plain: bool, norm_method, chunk_size):
+  """(1/count) Σ_i w_i clip(∇ℓ_i) with the per-example quantities it needs (a plain vjp without clipping
+  or accounting): ``(losses, ghat, ops, norms, factors)``, the last three None when plain."""
+  if plain:
+    losses, vjp = jax.vjp(lambda p: jax.vmap(loss_fn, in_axes=(None, 0))(p, data), params)
+    return losses, vjp(w / count)[0], None, None, None
+  ops = blocks.example_ops(loss_fn, params, data, w.shape[0], None, norm_method, chunk_size)
+  norms = ops.norms().astype(w.dtype)
+  factors = pe.clip_factors(norms, clip)
+  losses, ghat = ops.grads(w * factors / count)
+  return losses, ghat, ops, norms, factors
+
+
+def _or(value, default):
+  return default if value is None else value
+
+
+def _account(accounting: acc.AccountingConfig, state: OptimizerState, evaluate: Callable, shape, dtype):
+  """The ledger after this step's §2a costs ``evaluate() -> (costs (n, K), worst (K,))``, charged at
+  every ``stride``-th step with weight ``stride``."""
+  stride = accounting.stride
+  accounted = True if stride == 1 else (state.step % stride == 0)
+  if accounted is True:
+    costs, worst = evaluate()
+  else:
+    zeros = (jnp.zeros(shape, dtype), jnp.zeros(shape[-1:], dtype))
+    costs, worst = jax.lax.cond(accounted, evaluate, lambda: zeros)
+  ledger = acc.ledger_update(state.ledger, costs, worst, weight=stride, config=accounting, accounted=accounted)
+  return ledger, costs, worst
+
+
+def _make_init(opt, accounting) -> Callable:
+  def init(params: PyTree, num_examples: int, *, key: jax.Array | None = None) -> OptimizerState:
+    del key
+    ledger = None if accounting is None else acc.ledger_init(num_examples, accounting)
+    return OptimizerState(params, opt.init(params), jnp.zeros((), jnp.int32), ledger)
+
+  return init
+
+
+def _make_step(loss_fn, opt, accounting, default_clip, norm_method, chunk_size) -> Callable:
+  def step(
+    state: OptimizerState,
+    data: PyTree,
+    key: jax.Array,
+    step_size: ArrayLike,
+    temperature: ArrayLike = 0.0,
+    *,
+    data_mask: ArrayLike | None = None,
+    accounting_temperature: ArrayLike | None = None,
+    clip_norm: ArrayLike | None = None,
+  ) -> tuple[OptimizerState, StepInfo]:
+    del temperature
+    n = _checks.check_batch(data, name="data")
+    if accounting is not None and accounting_temperature is None:
+      raise ValueError("accounting with an optimizer needs accounting_temperature (the assumed τ > 0)")
+    params = state.params
+    dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(params)], float)
+    w = jnp.ones((n,), dtype) if data_mask is None else jnp.asarray(data_mask, dtype)
+    count = jnp.maximum(jnp.sum(w), 1.0)
+    clip = _or(clip_norm, default_clip)
+    clip = jnp.asarray(jnp.inf if clip is None else clip, dtype)
+    plain = accounting is None and clip_norm is None and default_clip is None
+    grad = _gradient(loss_fn, params, data, w, count, clip, plain, norm_method, chunk_size)
+    losses, ghat, ops, norms, factors = grad
+    mean_norm = None if norms is None else jnp.sum(norms * w) / count
+    ledger, costs, worst = state.ledger, None, None
+    if accounting is not None:
+      kw = dict(
+        clip_norm=clip,
+        orders=accounting.orders,
+        step_size=jnp.asarray(step_size, dtype),
+        temperature=jnp.asarray(accounting_temperature, dtype),
+      )
+      evaluate = lambda: acc.mean_step_costs(ops, norms, factors, w, ghat, **kw)[:2]  # noqa: E731
+      ledger, costs, worst = _account(accounting, state, evaluate, (n, len(accounting.orders)), dtype)
+    updates, opt_state = opt.update(ghat, state.opt_state, params, key=key)
+    new_params = optax.apply_updates(params, updates)
+    info = StepInfo(
+      loss=jnp.sum(w * losses) / count,
+      mean_grad_norm=mean_norm,
+      grad_norms=norms,
+      batch_mask=w,
+      noise_norm=None,
+      costs=costs,
+      worst_case_cost=worst,
+    )
+    return OptimizerState(new_params, opt_state, state.step + 1, ledger), info
+
+  return step
+
+
 def optax_training(
   loss_fn: Callable,
   optimizer: optax.GradientTransformation,
@@ -79,7 +186,8 @@ def optax_training(
 
   Raises:
     TypeError: ``optimizer`` is not an optax transformation, or ``accounting`` not a config.
-    ValueError: an accounting config with the individual filter (it needs the SGLD step).
+    ValueError: an accounting config with the individual filter or ``stride="epoch"`` (both need the
+      SGLD step).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -90,88 +198,12 @@ def optax_training(
     >>> state.params.tolist(), float(info.loss)   # w = 0.5 * mean(x y) = 0.5 * 5
     ([2.5], 5.0)
   """
-  if not isinstance(optimizer, optax.GradientTransformation):
-    raise TypeError(f"optimizer must be an optax.GradientTransformation, got {optimizer!r}")
-  if accounting is not None:
-    if not isinstance(accounting, acc.AccountingConfig):
-      raise TypeError(f"accounting must be an AccountingConfig or None, got {type(accounting).__name__}")
-    if accounting.uses_filter:
-      raise ValueError(
-        "the individual Renyi filter (filter_budget) needs the SGLD algorithm; it is not supported with optimizer=..."
-      )
+  _check_arguments(optimizer, accounting, norm_method)
   default_clip = check_static_positive("clip_norm", clip_norm)
-  _checks.check_choice("norm_method", norm_method, pe.NORM_METHODS)
   opt = optax.with_extra_args_support(optimizer)
 
-  def init(params: PyTree, num_examples: int, *, key: jax.Array | None = None) -> OptimizerState:
-    del key
-    ledger = None if accounting is None else acc.ledger_init(num_examples, accounting)
-    return OptimizerState(params, opt.init(params), jnp.zeros((), jnp.int32), ledger)
-
-  def step(
-    state: OptimizerState,
-    data: PyTree,
-    key: jax.Array,
-    step_size: ArrayLike,
-    temperature: ArrayLike = 0.0,
-    *,
-    data_mask: ArrayLike | None = None,
-    accounting_temperature: ArrayLike | None = None,
-    clip_norm: ArrayLike | None = None,
-  ) -> tuple[OptimizerState, StepInfo]:
-    del temperature
-    n = _checks.check_batch(data, name="data")
-    if accounting is not None and accounting_temperature is None:
-      raise ValueError("accounting with an optimizer needs accounting_temperature (the assumed τ > 0)")
-    params = state.params
-    dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(params)], float)
-    w = jnp.ones((n,), dtype) if data_mask is None else jnp.asarray(data_mask, dtype)
-    count = jnp.maximum(jnp.sum(w), 1.0)
-    clip = jnp.asarray(
-      jnp.inf
-      if (clip_norm if clip_norm is not None else default_clip) is None
-      else (clip_norm if clip_norm is not None else default_clip),
-      dtype,
-    )
-    norms = mean_norm = None
-    if accounting is None and clip_norm is None and default_clip is None:
-      losses, vjp = jax.vjp(lambda p: jax.vmap(loss_fn, in_axes=(None, 0))(p, data), params)
-      (ghat,) = vjp(w / count)
-    else:
-      ops = blocks.example_ops(loss_fn, params, data, n, None, norm_method, chunk_size)
-      norms = ops.norms().astype(dtype)
-      factors = pe.clip_factors(norms, clip)
-      losses, ghat = ops.grads(w * factors / count)
-      mean_norm = jnp.sum(norms * w) / count
-    ledger, costs, worst = state.ledger, None, None
-    if accounting is not None:
-      stride = accounting.stride
-      if stride == "epoch":
-        raise ValueError("accounting stride='epoch' needs a minibatch mode of sgld; give the optax route a number")
-      accounted = True if stride == 1 else (state.step % stride == 0)
-      kw = dict(
-        clip_norm=clip,
-        orders=accounting.orders,
-        step_size=jnp.asarray(step_size, dtype),
-        temperature=jnp.asarray(accounting_temperature, dtype),
-      )
-      evaluate = lambda: acc.mean_step_costs(ops, norms, factors, w, ghat, **kw)[:2]  # noqa: E731
-      k = len(accounting.orders)
-      zeros = lambda: (jnp.zeros((n, k), dtype), jnp.zeros((k,), dtype))  # noqa: E731
-      costs, worst = evaluate() if accounted is True else jax.lax.cond(accounted, evaluate, zeros)
-      ledger = acc.ledger_update(ledger, costs, worst, weight=stride, config=accounting, accounted=accounted)
-    updates, opt_state = opt.update(ghat, state.opt_state, params, key=key)
-    new_params = optax.apply_updates(params, updates)
-    info = StepInfo(
-      loss=jnp.sum(w * losses) / count,
-      mean_grad_norm=mean_norm,
-      grad_norms=norms,
-      batch_mask=w,
-      noise_norm=None,
-      costs=costs,
-      worst_case_cost=worst,
-    )
-    return OptimizerState(new_params, opt_state, state.step + 1, ledger), info
+  init = _make_init(opt, accounting)
+  step = _make_step(loss_fn, opt, accounting, default_clip, norm_method, chunk_size)
 
   settings = {
     "accounting": None if accounting is None else tuple(accounting),

@@ -10,6 +10,16 @@ Keys: ``step`` takes a key used once for this step (derive it with ``jax.random.
 the noise uses ``fold_in(step_key, 0)`` and Poisson sampling ``fold_in(step_key, 1)``. Shuffled mode
 draws the permutation of epoch e from ``fold_in(shuffle_key, e)``, with ``shuffle_key`` derived in
 ``init`` from the key it is given, so every chain of a vmapped run shuffles on its own.
+
+Accounting (``accounting=accountant(...)``): at every ``stride``-th step the costs of theory §2 are
+computed inside the step and added to ``state.ledger`` with weight ``stride``. With the individual
+Rényi filter (budget B at order α*), an example whose ``P(x, α*) + ε_t(x, α*)`` would exceed B is
+removed from this and every later gradient and charged nothing more. The filter needs each removal
+to depend on the history and that example alone (Feldman & Zrnic 2021), so in full-batch mode it
+uses a fixed denominator: ĝ = (1/b) Σ_{active} g_i with b fixed for the run (default the number of
+real rows n), and example x's cost is α η ‖g_t(x)‖² / (4 τ b²) (the q = 1 case of theory §2b), a
+function of θ_t and x only; no certified loss ever exceeds B. Without the filter the full-batch mode
+averages over the active examples (theory §2a): an estimate.
 """
 
 from __future__ import annotations
@@ -19,13 +29,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from unlearn_jax import _checks
 from unlearn_jax import accounting as acc
 from unlearn_jax.algorithms import batches, update
-from unlearn_jax.algorithms.base import Algorithm, StepInfo, check_static_positive
+from unlearn_jax.algorithms.base import Algorithm, StepInfo
+from unlearn_jax.algorithms.sgld_settings import Settings, check_step_inputs
+from unlearn_jax.algorithms.sgld_settings import settings as make_settings
 from unlearn_jax.per_example import api as pe
 from unlearn_jax.per_example import blocks, chunking
 
@@ -51,140 +61,24 @@ class SGLDState(NamedTuple):
   shuffle_key: jax.Array | None = None
 
 
-class _Settings(NamedTuple):
-  """The static settings of :func:`sgld`, validated."""
-
-  mode: str
-  sampling_rate: float | None
-  batch_size: int | None
-  denominator: float | None
-  accounting: acc.AccountingConfig | None
-  norm_method: str
-  chunk_size: int | None
-  reduction_blocks: int | None
-  clip_norm: float | None
-  weight_decay: float
-  projection_radius: float | None
-  batch_capacity: int | None = None
-
-
-def _check_int_or_none(name: str, value: Any) -> int | None:
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
-  return int(value)
-
-
-def _settings(
-  loss_fn,
-  mode,
-  clip_norm,
-  weight_decay,
-  projection_radius,
-  sampling_rate,
-  batch_size,
-  accounting,
-  norm_method,
-  chunk_size,
-  denominator,
-  reduction_blocks,
-  batch_capacity=None,
-) -> _Settings:
-  _checks.check_choice("mode", mode, batches.MODES)
-  if not callable(loss_fn):
-    raise TypeError(f"loss_fn must be callable as loss_fn(params, example), got {loss_fn!r}")
-  _checks.check_nonnegative("weight_decay", weight_decay)
-  _checks.check_choice("norm_method", norm_method, pe.NORM_METHODS)
-  if mode == "poisson":
-    if sampling_rate is None:
-      raise ValueError("sampling_rate q is required for mode='poisson'")
-    _checks.check_probability("sampling_rate", sampling_rate, open_low=True, open_high=False)
-  elif sampling_rate is not None:
-    raise ValueError(f"sampling_rate is only used with mode='poisson', got {sampling_rate!r} with mode={mode!r}")
-  if mode == "shuffled":
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-      raise ValueError(f"batch_size must be a positive int for mode='shuffled', got {batch_size!r}")
-  elif batch_size is not None:
-    raise ValueError(f"batch_size is only used with mode='shuffled', got {batch_size!r} with mode={mode!r}")
-  if accounting is not None and not isinstance(accounting, acc.AccountingConfig):
-    raise TypeError(
-      f"accounting must be an AccountingConfig from accountant(...) or None, got {type(accounting).__name__}"
-    )
-  if denominator is not None:
-    if mode == "shuffled":
-      raise ValueError(
-        f"denominator is used with mode='poisson' or 'full_batch', got {denominator!r} with mode='shuffled'"
-      )
-    _checks.check_positive("denominator", denominator)
-  if mode == "shuffled" and accounting is not None and accounting.uses_filter:
-    raise ValueError(
-      "the individual Renyi filter (filter_budget) certifies full-batch and Poisson runs only; "
-      "shuffled-minibatch costs are estimates (theory §2a), so there is nothing to certify"
-    )
-  return _Settings(
-    mode,
-    None if sampling_rate is None else float(sampling_rate),
-    None if batch_size is None else int(batch_size),
-    None if denominator is None else float(denominator),
-    accounting,
-    norm_method,
-    _check_int_or_none("chunk_size", chunk_size),
-    None if reduction_blocks is None else blocks.check_blocks(reduction_blocks),
-    check_static_positive("clip_norm", clip_norm),
-    float(weight_decay),
-    check_static_positive("projection_radius", projection_radius),
-    _check_capacity(batch_capacity, mode, reduction_blocks),
-  )
-
-
-def _check_capacity(batch_capacity, mode, reduction_blocks) -> int | None:
-  capacity = _check_int_or_none("batch_capacity", batch_capacity)
-  if capacity is not None and mode != "poisson":
-    raise ValueError(f"batch_capacity is only used with mode='poisson', got {batch_capacity!r} with mode={mode!r}")
-  if capacity is not None and reduction_blocks is not None and capacity % reduction_blocks:
-    raise ValueError(f"batch_capacity = {capacity} must be a multiple of reduction_blocks = {reduction_blocks}")
-  return capacity
-
-
-def _check_step_inputs(s: _Settings, state, data, step_size, temperature, accounting_temperature, data_mask):
-  """Eager checks of one step's inputs (values under a trace are not checkable: they pass)."""
-  n = _checks.check_batch(data, name="data")
-  _checks.check_positive("step_size", step_size)
-  _checks.check_nonnegative("temperature", temperature)
-  if accounting_temperature is not None:
-    _checks.check_positive("accounting_temperature", accounting_temperature)
-  elif s.accounting is not None and not _checks._is_traced(temperature) and np.any(np.asarray(temperature) == 0):
-    raise ValueError(
-      "temperature is 0 (noise-free training) with accounting on: pass accounting_temperature > 0, "
-      "the temperature assumed for the privacy costs"
-    )
-  if s.accounting is not None:
-    if state.ledger is None:
-      raise ValueError("accounting is on but state.ledger is None; build the state with this algorithm's init")
-    if state.ledger.realized.shape[0] != n:
-      raise ValueError(
-        f"the ledger was created for {state.ledger.realized.shape[0]} examples but data has n = {n}; "
-        "a ledger must be used with the data set it was created for"
-      )
-  if s.mode == "shuffled" and s.batch_size > n:
-    raise ValueError(f"batch_size = {s.batch_size} exceeds the number of examples n = {n}")
-  if s.reduction_blocks is not None and n % s.reduction_blocks:
-    raise ValueError(
-      f"data has n = {n} examples, which must be a multiple of reduction_blocks = {s.reduction_blocks}; "
-      f"pad it with distributed.pad_to_multiple(data, {s.reduction_blocks}) and pass the returned "
-      "mask as data_mask"
-    )
-  if data_mask is not None and np.shape(data_mask) != (n,):
-    raise ValueError(f"data_mask must have shape (n,) = ({n},), got {np.shape(data_mask)}")
-  return n
-
-
 def _when(pred: Any, fn: Callable, zeros: Callable) -> Any:
   """``fn()`` if ``pred`` else ``zeros()``; a Python True skips the cond."""
   if pred is True:
     return fn()
   return jax.lax.cond(pred, lambda _: fn(), lambda _: zeros(), None)
+
+
+def _account(ctx: _StepContext, evaluate: Callable, zeros: Callable) -> tuple:
+  """``(ledger, *evaluate())`` after this step: at an accounted step ``evaluate() -> (costs, worst, ...)``
+  is charged with weight ``stride``; at the others ``zeros()`` stands for it and the ledger only counts
+  the step (:func:`~unlearn_jax.accounting.ledger_skip`: no pass over its n rows)."""
+  ledger, config = ctx.state.ledger, ctx.config
+
+  def charge():
+    out = evaluate()
+    return (acc.ledger_update(ledger, out[0], out[1], weight=ctx.stride, config=config), *out)
+
+  return _when(ctx.accounted, charge, lambda: (acc.ledger_skip(ledger), *zeros()))
 
 
 def _cast(arrays: tuple, dtype) -> tuple:
@@ -206,7 +100,7 @@ class _StepContext(NamedTuple):
   """What every part of one step reads."""
 
   loss_fn: Callable
-  s: _Settings
+  s: Settings
   state: SGLDState
   data: PyTree
   key: jax.Array
@@ -273,11 +167,11 @@ class _Gradient(NamedTuple):
   dropped: jax.Array
 
 
-def _steps_per_epoch(s: _Settings, n: int) -> int:
+def _steps_per_epoch(s: Settings, n: int) -> int:
   return max(n // s.batch_size, 1)
 
 
-def resolve_stride(config: acc.AccountingConfig | None, s: _Settings, n: int) -> int:
+def resolve_stride(config: acc.AccountingConfig | None, s: Settings, n: int) -> int:
   """The weight of an accounted step: its stride in steps, or in epochs in shuffled mode.
 
   A shuffled step charges only its own batch, so the shuffled ledger accounts whole epochs: a stride of
@@ -321,8 +215,8 @@ def _full_batch_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
   if fixed:  # each example's cost is its own: the filter decides first
     b = jnp.sum(ctx.real) if s.denominator is None else jnp.asarray(s.denominator, dtype)
     if config is not None:
-      costs, worst = _when(
-        ctx.accounted,
+      ledger, costs, worst = _account(
+        ctx,
         lambda: _cast(
           acc.fixed_step_costs(
             norms * factors * active, 1.0, b, num_terms=config.num_terms, rdp_method=config.rdp_method, **ctx.cost_kw()
@@ -331,18 +225,16 @@ def _full_batch_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
         ),
         lambda: ctx.zeros(ctx.n),
       )
-      ledger = acc.ledger_update(ledger, costs, worst, weight=ctx.stride, config=config, accounted=ctx.accounted)
       active = active * ledger.active.astype(dtype)
     losses, ghat = ops.grads(active * factors / b)
   else:  # the mean (§2a, an estimate): the costs need ĝ, so they come after
     losses, ghat = ops.grads(active * factors / jnp.maximum(jnp.sum(active), 1.0))
     if config is not None:
-      costs, worst, recomputed = _when(
-        ctx.accounted,
+      ledger, costs, worst, recomputed = _account(
+        ctx,
         lambda: _cast(acc.mean_step_costs(ops, norms, factors, active, ghat, **ctx.cost_kw()), dtype),
         lambda: ctx.zeros(ctx.n) + (jnp.zeros((), bool),),
       )
-      ledger = acc.ledger_update(ledger, costs, worst, weight=ctx.stride, config=config, accounted=ctx.accounted)
   loss, mean_norm = _summary(ctx, losses, norms, active)
   return _Gradient(
     ghat,
@@ -394,8 +286,7 @@ def _poisson_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
         dtype,
       )
 
-    costs, worst = _when(ctx.accounted, all_costs, lambda: ctx.zeros(n))
-    ledger = acc.ledger_update(ledger, costs, worst, weight=ctx.stride, config=config, accounted=ctx.accounted)
+    ledger, costs, worst = _account(ctx, all_costs, lambda: ctx.zeros(n))
     active = active * ledger.active.astype(dtype)
   weights = g.valid * active[g.indices]
   ops = ctx.ops(_gather_rows(ctx.data, g.indices), g.indices.shape[0])
@@ -457,110 +348,14 @@ def _shuffled_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
   )
 
 
-def _capacity(s: _Settings, n: int) -> int:
+def _capacity(s: Settings, n: int) -> int:
   if s.batch_capacity is not None:
     return min(s.batch_capacity, n)
   return batches.poisson_capacity(n, s.sampling_rate, s.reduction_blocks or 1)
 
 
-def sgld(
-  loss_fn: Callable,
-  *,
-  mode: str = "full_batch",
-  clip_norm: float | None = None,
-  weight_decay: float = 0.0,
-  projection_radius: float | None = None,
-  sampling_rate: float | None = None,
-  batch_size: int | None = None,
-  denominator: float | None = None,
-  accounting: acc.AccountingConfig | None = None,
-  norm_method: str = "auto",
-  chunk_size: int | None = None,
-  reduction_blocks: int | None = None,
-  batch_capacity: int | None = None,
-) -> Algorithm:
-  """Builds the noisy step (theory §0–§1) with the per-instance ledger (§2–§3) wired in.
-
-  ``init(params, num_examples, *, key=None) -> SGLDState`` and ``step(state, data, key, step_size,
-  temperature=0.0, *, data_mask=None, accounting_temperature=None, clip_norm=None, weight_decay=None,
-  projection_radius=None, l1_strength=0.0, l1_horizon=inf) -> (SGLDState, StepInfo)``. ``data`` is the
-  WHOLE training set (leading axis n); the mode picks the examples; ``data_mask`` (n,) marks rows (0)
-  that never count and cost nothing (padding, the forget set). Minibatch modes gather their rows: a
-  shuffled step computes norms, the clipped gradient and the §2a costs on its B rows only and adds the
-  costs to those B ledger rows; a Poisson step computes the gradient on its draw, gathered into
-  ``batch_capacity`` rows (default about q·n + 6 standard deviations; a draw that does not fit is
-  counted in ``StepInfo.dropped`` and the runtime stops with an error rather than drop examples), and
-  at accounted steps the norms of all n rows for the §2b costs. Every step argument after ``key`` is an
-  array: new values never recompile a jitted step. ``clip_norm``, ``weight_decay`` and
-  ``projection_radius`` given here are the defaults of the step's arguments of the same names.
-  ``temperature = 0`` is noise-free (clipped) gradient descent; with accounting on, pass the assumed
-  ``accounting_temperature`` > 0 for its costs (the ranking of §2a costs does not depend on it).
-  ``l1_strength`` γ adds γ_t sign(θ) to the gradient with γ_t = γ · max(0, 1 − t/``l1_horizon``).
-
-  Accounting (``accounting=accountant(...)``): at every ``stride``-th step the costs of theory §2 are
-  computed inside the step and added to ``state.ledger`` with weight ``stride``. With the individual
-  Rényi filter (budget B at order α*), an example whose ``P(x, α*) + ε_t(x, α*)`` would exceed B is
-  removed from this and every later gradient and charged nothing more. The filter needs each removal
-  to depend on the history and that example alone (Feldman & Zrnic 2021), so in full-batch mode it
-  uses a fixed denominator: ĝ = (1/b) Σ_{active} g_i with b fixed for the run (default the number of
-  real rows n), and example x's cost is α η ‖g_t(x)‖² / (4 τ b²) (the q = 1 case of theory §2b), a
-  function of θ_t and x only; no certified loss ever exceeds B. Without the filter the full-batch mode
-  averages over the active examples (theory §2a): an estimate.
-
-  Args:
-    loss_fn: ``loss_fn(params, example) -> scalar`` for ONE example.
-    mode: "full_batch", "poisson" or "shuffled" (:mod:`~unlearn_jax.algorithms.batches`).
-    clip_norm: default per-example clip norm C > 0, or None (no clipping).
-    weight_decay: default wd ≥ 0; the step adds ``wd · θ`` to ĝ (the regularizer r = wd/2 ‖θ‖²).
-    projection_radius: default R > 0 of the projection Π_R, or None.
-    sampling_rate: q ∈ (0, 1] (poisson mode).
-    batch_size: B (shuffled mode).
-    denominator: a fixed b of ĝ = (1/b) Σ (poisson mode: default q · number of real rows; full-batch
-      mode: switches to the fixed-denominator estimate, the default with the filter being b = n).
-    accounting: an :class:`~unlearn_jax.accounting.AccountingConfig`, or None (no ledger).
-    norm_method: "auto", "vmap" or "ghost" (see ``per_example.per_example_grad_norms``).
-    chunk_size: examples per chunk for the per-example computations (bounds memory).
-    reduction_blocks: None (sums over examples as XLA chooses, fastest), or R for a fixed order of the
-      sums (:mod:`unlearn_jax.per_example.blocks`; n must be a multiple of R: pad with
-      ``runtime.distributed.pad_to_multiple``). With R ≥ 2 × the mesh's ``"data"`` axis and a multiple
-      of it (R = 8 for 1, 2 and 4 devices) results were bitwise identical on 1, 2 and 4 devices and on
-      two processes (XLA CPU, ``docs/distributed.md``).
-    batch_capacity: rows of a gathered Poisson batch (default
-      :func:`~unlearn_jax.algorithms.batches.poisson_capacity`).
-
-  Returns:
-    An :class:`~unlearn_jax.algorithms.base.Algorithm`.
-
-  Raises:
-    ValueError: on a bad mode, C ≤ 0, wd < 0, R ≤ 0, q ∉ (0, 1], a missing q / batch size.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> from unlearn_jax.accounting import accountant
-    >>> loss_fn = lambda w, ex: 0.5 * (ex[0] @ w - ex[1]) ** 2
-    >>> data = (jnp.array([[1.0], [2.0], [3.0]]), jnp.array([1.0, 2.0, 2.0]))
-    >>> alg = sgld(loss_fn, clip_norm=1.0, accounting=accountant([2.0, 8.0]))
-    >>> state = alg.init(jnp.zeros(1), 3)
-    >>> state, info = jax.jit(alg.step)(state, data, jax.random.key(0), 0.1, 1e-3)
-    >>> state.ledger.realized.shape, info.grad_norms.round(3).tolist()
-    ((3, 2), [1.0, 4.0, 6.0])
-  """
-  s = _settings(
-    loss_fn,
-    mode,
-    clip_norm,
-    weight_decay,
-    projection_radius,
-    sampling_rate,
-    batch_size,
-    accounting,
-    norm_method,
-    chunk_size,
-    denominator,
-    reduction_blocks,
-    batch_capacity,
-  )
-  fixed = batches.fixed_denominator(s.mode, s.denominator, s.accounting is not None and s.accounting.uses_filter)
+def _make_init(s: Settings) -> Callable:
+  """``init(params, num_examples, *, key=None)`` of :func:`sgld`."""
 
   def init(params: PyTree, num_examples: int, *, key: jax.Array | None = None) -> SGLDState:
     """Initial state: step 0, an empty ledger when accounting is on, the run's shuffle key."""
@@ -571,6 +366,12 @@ def sgld(
     if s.mode == "shuffled":
       shuffle_key = jax.random.fold_in(jax.random.key(0) if key is None else key, SHUFFLE_TAG)
     return SGLDState(params=params, step=jnp.zeros((), jnp.int32), ledger=ledger, shuffle_key=shuffle_key)
+
+  return init
+
+
+def _make_step(loss_fn: Callable, s: Settings, fixed: bool) -> Callable:
+  """``step(state, data, key, step_size, temperature=0.0, *, ...)`` of :func:`sgld`."""
 
   def step(
     state: SGLDState,
@@ -588,7 +389,7 @@ def sgld(
     l1_horizon: ArrayLike = jnp.inf,
   ) -> tuple[SGLDState, StepInfo]:
     """One noisy step on the data set ``data`` (see :func:`sgld`)."""
-    n = _check_step_inputs(s, state, data, step_size, temperature, accounting_temperature, data_mask)
+    n = check_step_inputs(s, state, data, step_size, temperature, accounting_temperature, data_mask)
     dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(state.params)], float)
     eta, tau = jnp.asarray(step_size, dtype), jnp.asarray(temperature, dtype)
     tau_acc = tau if accounting_temperature is None else jnp.asarray(accounting_temperature, dtype)
@@ -632,10 +433,88 @@ def sgld(
     )
     return state._replace(params=new_params, step=state.step + 1, ledger=grad.ledger), info
 
+  return step
+
+
+def sgld(
+  loss_fn: Callable,
+  *,
+  mode: str = "full_batch",
+  clip_norm: float | None = None,
+  weight_decay: float = 0.0,
+  projection_radius: float | None = None,
+  sampling_rate: float | None = None,
+  batch_size: int | None = None,
+  denominator: float | None = None,
+  accounting: acc.AccountingConfig | None = None,
+  norm_method: str = "auto",
+  chunk_size: int | None = None,
+  reduction_blocks: int | None = None,
+  batch_capacity: int | None = None,
+) -> Algorithm:
+  """Builds the noisy step (theory §0–§1) with the per-instance ledger (§2–§3) wired in.
+
+  ``init(params, num_examples, *, key=None) -> SGLDState`` and ``step(state, data, key, step_size,
+  temperature=0.0, *, data_mask=None, accounting_temperature=None, clip_norm=None, weight_decay=None,
+  projection_radius=None, l1_strength=0.0, l1_horizon=inf) -> (SGLDState, StepInfo)``. ``data`` is the
+  WHOLE training set (leading axis n); the mode picks the examples; ``data_mask`` (n,) marks rows (0)
+  that never count and cost nothing (padding, the forget set). Minibatch modes gather their rows: a
+  shuffled step computes norms, the clipped gradient and the §2a costs on its B rows only and adds the
+  costs to those B ledger rows; a Poisson step computes the gradient on its draw, gathered into
+  ``batch_capacity`` rows (default about q·n + 6 standard deviations; a draw that does not fit is
+  counted in ``StepInfo.dropped`` and the runtime stops with an error rather than drop examples), and
+  at accounted steps the norms of all n rows for the §2b costs. Every step argument after ``key`` is an
+  array: new values never recompile a jitted step. ``clip_norm``, ``weight_decay`` and
+  ``projection_radius`` given here are the defaults of the step's arguments of the same names.
+  ``temperature = 0`` is noise-free (clipped) gradient descent; with accounting on, pass the assumed
+  ``accounting_temperature`` > 0 for its costs (the ranking of §2a costs does not depend on it).
+  ``l1_strength`` γ adds γ_t sign(θ) to the gradient with γ_t = γ · max(0, 1 − t/``l1_horizon``).
+  Accounting and the individual Rényi filter: see this module's docstring.
+
+  Args:
+    loss_fn: ``loss_fn(params, example) -> scalar`` for ONE example.
+    mode: "full_batch", "poisson" or "shuffled" (:mod:`~unlearn_jax.algorithms.batches`).
+    clip_norm: default per-example clip norm C > 0, or None (no clipping).
+    weight_decay: default wd ≥ 0; the step adds ``wd · θ`` to ĝ (the regularizer r = wd/2 ‖θ‖²).
+    projection_radius: default R > 0 of the projection Π_R, or None.
+    sampling_rate: q ∈ (0, 1] (poisson mode).
+    batch_size: B (shuffled mode).
+    denominator: a fixed b of ĝ = (1/b) Σ (poisson mode: default q · number of real rows; full-batch
+      mode: switches to the fixed-denominator estimate, the default with the filter being b = n).
+    accounting: an :class:`~unlearn_jax.accounting.AccountingConfig`, or None (no ledger).
+    norm_method: "auto", "vmap" or "ghost" (see ``per_example.per_example_grad_norms``).
+    chunk_size: examples per chunk for the per-example computations (bounds memory).
+    reduction_blocks: None (sums over examples as XLA chooses, fastest), or R for a fixed order of the
+      sums (:mod:`unlearn_jax.per_example.blocks`; n must be a multiple of R: pad with
+      ``runtime.distributed.pad_to_multiple``). With R ≥ 2 × the mesh's ``"data"`` axis and a multiple
+      of it (R = 8 for 1, 2 and 4 devices) results were bitwise identical on 1, 2 and 4 devices and on
+      two processes (XLA CPU, ``docs/distributed.md``).
+    batch_capacity: rows of a gathered Poisson batch (default
+      :func:`~unlearn_jax.algorithms.batches.poisson_capacity`).
+
+  Returns:
+    An :class:`~unlearn_jax.algorithms.base.Algorithm`.
+
+  Raises:
+    ValueError: on a bad mode, C ≤ 0, wd < 0, R ≤ 0, q ∉ (0, 1], a missing q / batch size.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from unlearn_jax.accounting import accountant
+    >>> loss_fn = lambda w, ex: 0.5 * (ex[0] @ w - ex[1]) ** 2
+    >>> data = (jnp.array([[1.0], [2.0], [3.0]]), jnp.array([1.0, 2.0, 2.0]))
+    >>> alg = sgld(loss_fn, clip_norm=1.0, accounting=accountant([2.0, 8.0]))
+    >>> state = alg.init(jnp.zeros(1), 3)
+    >>> state, info = jax.jit(alg.step)(state, data, jax.random.key(0), 0.1, 1e-3)
+    >>> state.ledger.realized.shape, info.grad_norms.round(3).tolist()
+    ((3, 2), [1.0, 4.0, 6.0])
+  """
+  s = make_settings(**locals())  # every argument, by name (nothing else is bound yet)
+  fixed = batches.fixed_denominator(s.mode, s.denominator, s.accounting is not None and s.accounting.uses_filter)
   settings = dict(s._asdict(), accounting=None if s.accounting is None else tuple(s.accounting))
   return Algorithm(
-    init=init,
-    step=step,
+    init=_make_init(s),
+    step=_make_step(loss_fn, s, fixed),
     name="sgld",
     settings=tuple(sorted(settings.items())),
     callables=(loss_fn,),

@@ -1,14 +1,15 @@
 """Certificates (theory §4, §5): the per-instance unlearning theorem, calibration, the exact testbed.
 
 - :mod:`~unlearn_jax.certify.bounds`: the bound on D_α(ρ_k ‖ π_T(D')), certified steps to unlearn an
-  example or a forget set, their (ε, δ) form, Chien et al.'s worst-case baseline;
+  example or a forget set, their (ε, δ) form;
+- :mod:`~unlearn_jax.certify.worst_case`: Chien et al.'s worst-case baseline;
 - :mod:`~unlearn_jax.certify.calibration`: the temperature, step size or steps that meet a step budget;
 - :mod:`~unlearn_jax.certify.testbed`: the exact linear-Gaussian testbed (float64), where every quantity
   of §4 is known, and :mod:`~unlearn_jax.certify.testbed_table` its per-example table (exact vs
   certified vs worst-case steps).
 """
 
-from unlearn_jax.certify import bounds, calibration, testbed, testbed_table
+from unlearn_jax.certify import bounds, calibration, testbed, testbed_table, worst_case
 from unlearn_jax.certify.bounds import (
   EXACT_CONSTANTS,
   STATIONARITY_ASSUMPTION,
@@ -21,8 +22,6 @@ from unlearn_jax.certify.bounds import (
   steps_to_unlearn_dp,
   unlearning_bound,
   weak_triangle,
-  worst_case_epsilon,
-  worst_case_steps,
 )
 from unlearn_jax.certify.calibration import (
   Calibration,
@@ -30,6 +29,7 @@ from unlearn_jax.certify.calibration import (
   calibrate_steps,
   calibrate_temperature,
 )
+from unlearn_jax.certify.worst_case import worst_case_epsilon, worst_case_steps
 
 __all__ = [
   "EXACT_CONSTANTS",
@@ -51,6 +51,7 @@ __all__ = [
   "testbed_table",
   "unlearning_bound",
   "weak_triangle",
+  "worst_case",
   "worst_case_epsilon",
   "worst_case_steps",
 ]

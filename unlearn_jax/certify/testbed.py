@@ -420,6 +420,42 @@ def ridge_loss(theta: Any, example: Any) -> Any:
   return 0.5 * (a @ theta - y) ** 2
 
 
+def _exact_divergences(problem, orders, T, step_size, temperature, mu0, S0) -> np.ndarray:
+  """(n, K) exact D_α(π_T(D) ‖ π_T(D minus x)) of every example at every order (may hold +inf)."""
+  law = gaussian_law_after(problem, mu0, S0, T, step_size, temperature)
+  rows = []
+  for i in range(problem.X.shape[0]):
+    law_i = gaussian_law_after(problem.remove(i), mu0, S0, T, step_size, temperature)
+    rows.append([float(gaussian_renyi(a, *law, *law_i)) for a in orders])
+  return np.array(rows)
+
+
+def _realized_ledgers(problem, orders, T, step_size, temperature, num_seeds, mu0, S0, seed) -> np.ndarray:
+  """(R, n, K) realized P of the project's full-batch SGLD on the testbed, one ledger per vmapped seed."""
+  n, d = problem.X.shape
+  with jax.enable_x64(True):
+    cfg = accounting.accountant(orders)
+    alg = sgld(ridge_loss, mode="full_batch", clip_norm=None, weight_decay=problem.lam, accounting=cfg)
+    data = (jnp.asarray(problem.X), jnp.asarray(problem.y))
+    w, V = np.linalg.eigh(S0)
+    chol = V * np.sqrt(np.maximum(w, 0.0))  # S0 = chol chol^T
+
+    def run(key):
+      k0, kr = jax.random.split(key)
+      theta0 = jnp.asarray(mu0) + jnp.asarray(chol) @ jax.random.normal(k0, (d,), jnp.float64)
+      state = alg.init(theta0, n)
+
+      def body(state, t):
+        state, _ = alg.step(state, data, jax.random.fold_in(kr, t), step_size, temperature)
+        return state, None
+
+      state, _ = jax.lax.scan(body, state, jnp.arange(T))
+      return state.ledger.realized
+
+    keys = jax.random.split(jax.random.key(seed), num_seeds)
+    return np.asarray(jax.jit(jax.vmap(run))(keys))
+
+
 def realized_vs_exact(
   problem: RidgeProblem | None = None,
   *,
@@ -456,49 +492,14 @@ def realized_vs_exact(
     >>> r["kind"], r["realized_mean"].shape, bool(r["spearman"][0] > 0)
     ('estimate', (6, 1), True)
   """
-
   if problem is None:
     problem = make_outlier_problem()
-  n, d = problem.X.shape
+  d = problem.X.shape[1]
   mu0 = np.zeros(d) if mu0 is None else np.asarray(mu0, np.float64)
   S0 = np.eye(d) if S0 is None else np.asarray(S0, np.float64)
   _checks.check_positive("num_seeds", num_seeds)
-  exact = np.array(
-    [
-      [
-        float(
-          gaussian_renyi(
-            a,
-            *gaussian_law_after(problem, mu0, S0, T, step_size, temperature),
-            *gaussian_law_after(problem.remove(i), mu0, S0, T, step_size, temperature),
-          )
-        )
-        for a in orders
-      ]
-      for i in range(n)
-    ]
-  )
-  with jax.enable_x64(True):
-    cfg = accounting.accountant(orders)
-    alg = sgld(ridge_loss, mode="full_batch", clip_norm=None, weight_decay=problem.lam, accounting=cfg)
-    data = (jnp.asarray(problem.X), jnp.asarray(problem.y))
-    w, V = np.linalg.eigh(S0)
-    chol = V * np.sqrt(np.maximum(w, 0.0))  # S0 = chol chol^T
-
-    def run(key):
-      k0, kr = jax.random.split(key)
-      theta0 = jnp.asarray(mu0) + jnp.asarray(chol) @ jax.random.normal(k0, (d,), jnp.float64)
-      state = alg.init(theta0, n)
-
-      def body(state, t):
-        state, _ = alg.step(state, data, jax.random.fold_in(kr, t), step_size, temperature)
-        return state, None
-
-      state, _ = jax.lax.scan(body, state, jnp.arange(T))
-      return state.ledger.realized
-
-    keys = jax.random.split(jax.random.key(seed), num_seeds)
-    realized = np.asarray(jax.jit(jax.vmap(run))(keys))  # (R, n, K)
+  exact = _exact_divergences(problem, orders, T, step_size, temperature, mu0, S0)
+  realized = _realized_ledgers(problem, orders, T, step_size, temperature, num_seeds, mu0, S0, seed)
   mean, std = realized.mean(0), realized.std(0)
   infinite = np.isinf(exact)
   ratio = np.where(infinite, 0.0, mean / np.where(infinite, 1.0, exact))

@@ -11,7 +11,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks
-from unlearn_jax.certify import bounds
+from unlearn_jax.certify import bounds, worst_case
 from unlearn_jax.certify.testbed import (
   RidgeProblem,
   exact_steps_to_unlearn,
@@ -111,7 +111,7 @@ def _certify_testbed_table(problem, alpha, eps, T, step_size, temperature, mu0, 
     k_cert = float(bounds.steps_to_unlearn(q["P"], eps, e1=q["E1"], e2=q["E2"], **kw))
     k_stat = float(bounds.steps_to_unlearn(q["P"], eps, **kw))
     K = float(
-      bounds.worst_case_steps(
+      worst_case.worst_case_steps(
         eps,
         orders=[alpha],
         m=q["m"],

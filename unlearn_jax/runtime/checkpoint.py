@@ -436,45 +436,62 @@ def load_checkpoint(
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     header, payload_len, digest, offset, meta_bytes = _read_header(f, path, size)
-    if callable(target) and not isinstance(target, (list, tuple, dict)):
-      try:
-        target = target(header["metadata"])
-      except CheckpointError:
-        raise
-      except Exception as e:  # the metadata came from the file: any failure means a bad file
-        raise CheckpointError(
-          f"{path}: its metadata does not describe a valid checkpoint ({type(e).__name__}: {e})"
-        ) from e
+    target = _resolve_target(path, target, header["metadata"])
     treedef, signatures, target_leaves = _template_signatures(target)
-    if header["treedef"] != str(treedef):
-      raise CheckpointError(
-        f"{path} does not match the expected structure: stored tree {header['treedef']} but expected {treedef}"
-      )
-    stored = header["signatures"]
-    if len(stored) != len(signatures):
-      raise CheckpointError(f"{path}: stored {len(stored)} leaves, expected {len(signatures)}")
-    for i, ((shape, name), item) in enumerate(zip(signatures, stored)):
-      if not isinstance(item, list) or len(item) != 2 or tuple(item[0]) != shape or item[1] != name:
-        raise CheckpointError(
-          f"{path}: leaf {i} has shape/dtype {item!r} in the file but the target expects "
-          f"shape {list(shape)} dtype {name}"
-        )
-    expected = sum(_nbytes(s) for s in signatures)
-    limit = (
-      max_bytes if max_bytes is not None else (expected + _PER_LEAF_OVERHEAD * (len(signatures) + 1) + _FIXED_OVERHEAD)
-    )
-    if payload_len > limit:
-      raise CheckpointError(
-        f"{path}: payload of {payload_len} bytes exceeds the limit of {limit} bytes for the expected "
-        "target; refusing to read it"
-      )
-    if offset + payload_len != size:
-      raise CheckpointError(
-        f"{path} is truncated or has trailing bytes: the header announces {payload_len} payload bytes "
-        f"after offset {offset}, the file has {size} bytes in all"
-      )
+    _check_signatures(path, header, treedef, signatures)
+    _check_payload_length(path, payload_len, signatures, max_bytes, offset, size)
     payload = f.read(payload_len)
   _check_digest(path, header, meta_bytes, payload, digest)
+  leaves = _decode_leaves(path, payload, signatures, target_leaves)
+  return jax.tree.unflatten(treedef, leaves), header["metadata"]
+
+
+def _resolve_target(path: str, target, metadata: dict) -> PyTree:
+  """``target`` itself, or ``target(metadata)`` when it is a callable (any failure: a bad file)."""
+  if not callable(target) or isinstance(target, (list, tuple, dict)):
+    return target
+  try:
+    return target(metadata)
+  except CheckpointError:
+    raise
+  except Exception as e:  # the metadata came from the file: any failure means a bad file
+    raise CheckpointError(f"{path}: its metadata does not describe a valid checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _check_signatures(path: str, header: dict, treedef, signatures) -> None:
+  """The stored tree structure and every leaf's shape and dtype are the target's."""
+  if header["treedef"] != str(treedef):
+    raise CheckpointError(
+      f"{path} does not match the expected structure: stored tree {header['treedef']} but expected {treedef}"
+    )
+  stored = header["signatures"]
+  if len(stored) != len(signatures):
+    raise CheckpointError(f"{path}: stored {len(stored)} leaves, expected {len(signatures)}")
+  for i, ((shape, name), item) in enumerate(zip(signatures, stored)):
+    if not isinstance(item, list) or len(item) != 2 or tuple(item[0]) != shape or item[1] != name:
+      raise CheckpointError(
+        f"{path}: leaf {i} has shape/dtype {item!r} in the file but the target expects shape {list(shape)} dtype {name}"
+      )
+
+
+def _check_payload_length(path: str, payload_len: int, signatures, max_bytes, offset: int, size: int) -> None:
+  """The announced payload fits the limit (default: the target's size plus framing) and ends the file."""
+  if max_bytes is None:
+    max_bytes = sum(_nbytes(s) for s in signatures) + _PER_LEAF_OVERHEAD * (len(signatures) + 1) + _FIXED_OVERHEAD
+  if payload_len > max_bytes:
+    raise CheckpointError(
+      f"{path}: payload of {payload_len} bytes exceeds the limit of {max_bytes} bytes for the expected "
+      "target; refusing to read it"
+    )
+  if offset + payload_len != size:
+    raise CheckpointError(
+      f"{path} is truncated or has trailing bytes: the header announces {payload_len} payload bytes "
+      f"after offset {offset}, the file has {size} bytes in all"
+    )
+
+
+def _decode_leaves(path: str, payload: bytes, signatures, target_leaves) -> list:
+  """The payload's leaves as writable NumPy arrays (typed PRNG keys as JAX keys), each checked."""
   try:
     restored = flax.serialization.msgpack_restore(payload)
   except Exception as e:  # msgpack raises several exception types on malformed input
@@ -504,7 +521,7 @@ def load_checkpoint(
         f"{path}: leaf {i} decodes to shape {list(arr.shape)} dtype {arr.dtype.name}, expected {list(shape)} {name}"
       )
     out.append(np.array(arr))  # writable copy
-  return jax.tree.unflatten(treedef, out), header["metadata"]
+  return out
 
 
 # ----------------------------------------------------------------------------------------------------

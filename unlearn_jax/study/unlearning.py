@@ -151,21 +151,9 @@ def _has_certified_epsilon(ctx: Context) -> bool:
   return any(any(math.isclose(a / 4, b) for b in orders) and a / 4 > 1 for a in orders)
 
 
-def _method(
-  ctx: Context,
-  s: Setup,
-  certs: Certificates,
-  start_params,
-  oracle: OracleEval,
-  mask,
-  xf,
-  yf,
-  m_idx: int,
-  method: str,
-  group_all,
-  bar,
-) -> MethodResult:
-  uc, ec, tr = ctx.config.unlearning, ctx.config.evaluation, ctx.config.training
+def _unlearn_kwargs(ctx: Context, s: Setup, certs: Certificates, mask, method: str) -> dict:
+  """The arguments of ``runtime.unlearn`` for one method: the training's step settings, the step grid."""
+  uc, tr = ctx.config.unlearning, ctx.config.training
   grid = list(uc.step_grid)
   kwargs = dict(
     loss_fn=s.loss_fn,
@@ -184,6 +172,39 @@ def _method(
   )
   if method == "sgld":
     kwargs["temperature"] = certs.constants["temperature"]
+  return kwargs
+
+
+def _original_barrier(s: Setup, ec, start_params, oracle: OracleEval, xf, yf) -> float:
+  """The loss barrier between the trained models (before unlearning) and the oracles, seed-paired."""
+  orig_b, _ = evaluate.barriers_along(
+    s.loss_fn,
+    jax.tree.map(lambda leaf: leaf[None], start_params),
+    oracle.params,
+    (xf, yf),
+    num_points=ec.barrier_points,
+    paired_seeds=True,
+  )
+  return float(np.mean(np.asarray(orig_b)))
+
+
+def _method(
+  ctx: Context,
+  s: Setup,
+  certs: Certificates,
+  start_params,
+  oracle: OracleEval,
+  mask,
+  xf,
+  yf,
+  m_idx: int,
+  method: str,
+  group_all,
+  bar,
+) -> MethodResult:
+  uc, ec = ctx.config.unlearning, ctx.config.evaluation
+  grid = list(uc.step_grid)
+  kwargs = _unlearn_kwargs(ctx, s, certs, mask, method)
   recorded = seeded(
     runtime.unlearn,
     num_seeds=uc.num_seeds,
@@ -211,18 +232,7 @@ def _method(
     )
   )
   barriers = np.asarray(ev["barriers"], dtype=np.float64)
-  if grid[0] == 0:
-    original = float(barriers[0])
-  else:
-    orig_b, _ = evaluate.barriers_along(
-      s.loss_fn,
-      jax.tree.map(lambda leaf: leaf[None], start_params),
-      oracle.params,
-      (xf, yf),
-      num_points=ec.barrier_points,
-      paired_seeds=True,
-    )
-    original = float(np.mean(np.asarray(orig_b)))
+  original = float(barriers[0]) if grid[0] == 0 else _original_barrier(s, ec, start_params, oracle, xf, yf)
   lower = point = cert_eps = None
   if ec.membership:
     lower = np.asarray(ev["membership_lower_bound"], dtype=np.float64)
