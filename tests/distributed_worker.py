@@ -101,6 +101,21 @@ def _compare(out, name, ref, got):
   out[f"{name}_max_abs_diff"] = worst
   out[f"{name}_bitwise"] = same
   out[f"{name}_scale"] = _scale(ref)
+  out[f"{name}_max_ulp"] = _max_ulp(ref, got)
+
+
+def _max_ulp(a, b):
+  """The largest difference in units in the last place of the larger value (floats; 0 otherwise)."""
+  import jax
+  import numpy as np
+
+  worst = 0.0
+  for x, y in zip(jax.tree.leaves(_np(a)), jax.tree.leaves(_np(b))):
+    if x.dtype.kind == "f" and x.size:
+      ulp = np.spacing(np.maximum(np.abs(x), np.abs(y)).astype(x.dtype))
+      with np.errstate(invalid="ignore"):
+        worst = max(worst, float(np.nanmax(np.abs(x - y) / ulp)))
+  return worst
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -389,11 +389,14 @@ def test_reduction_blocks_errors():
     )
 
 
-def _assert_blocks_scenario(r):
-  """reduction_blocks=8 on meshes of 1, 2 and 4 devices vs one device without a mesh: bitwise."""
+def _assert_blocks_scenario(r, ledger_ulps=0):
+  """reduction_blocks=8 on meshes of 1, 2 and 4 devices vs one device without a mesh: bitwise (the
+  ledger's realized and worst-case values within ``ledger_ulps`` units in the last place)."""
   for name in ("on_1", "on_2", "on_4"):
-    for k in ("params", "loss_history", "grad_norm", "privacy_loss_mean", "realized", "worst_case", "active"):
+    for k in ("params", "loss_history", "grad_norm", "privacy_loss_mean", "active"):
       assert r[f"{name}_{k}_bitwise"], (name, k, r[f"{name}_{k}_max_abs_diff"])
+    for k in ("realized", "worst_case"):
+      assert r[f"{name}_{k}_bitwise"] or r[f"{name}_{k}_max_ulp"] <= ledger_ulps, (name, k, r[f"{name}_{k}_max_ulp"])
     assert r[f"{name}_flags_equal"], name
   assert r["on_4_state_rows"] == 16 and r["on_4_state_realized_spec"][0] == "data"
   assert r["on_4_state_realized_num_devices"] == 4  # the carried ledger really was split over 4 devices
@@ -407,9 +410,12 @@ def test_reduction_blocks_bitwise_on_one_two_four_devices(four_devices):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["blocks_poisson", "blocks_f32"])
-def test_reduction_blocks_bitwise_poisson_and_float32(four_devices_slow, scenario):
-  _assert_blocks_scenario(_result(four_devices_slow, scenario))
+@pytest.mark.parametrize("scenario, ledger_ulps", [("blocks_poisson", 1), ("blocks_f32", 0)])
+def test_reduction_blocks_bitwise_poisson_and_float32(four_devices_slow, scenario, ledger_ulps):
+  # Poisson: one ledger entry of this run (row 9, order 8, from step 8) differs by one ulp on 2 and 4
+  # devices since the O(batch) sampler changed the program (docs/distributed.md); parameters,
+  # histories and the filter's decisions stay bitwise.
+  _assert_blocks_scenario(_result(four_devices_slow, scenario), ledger_ulps)
 
 
 # ----------------------------------------------------------------------------------------------------
