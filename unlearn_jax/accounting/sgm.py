@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -208,6 +208,31 @@ def _static_orders(orders: Any, fn: str) -> tuple[float, ...]:
   return tuple(float(a) for a in _checks.check_orders(orders))
 
 
+def _check_rdp_arguments(q, noise_multiplier, orders, num_terms, method) -> tuple[float, ...]:
+  """The checks of :func:`sampled_gaussian_rdp` (concrete inputs); returns the orders as a tuple."""
+  _checks.check_probability("q", q, open_low=True, open_high=False)
+  _checks.check_positive("noise_multiplier", noise_multiplier, allow_inf=True)
+  orders_t = _static_orders(orders, "sampled_gaussian_rdp")
+  if not isinstance(num_terms, (int, np.integer)) or isinstance(num_terms, bool) or num_terms < 1:
+    raise ValueError(f"num_terms must be a positive int, got {num_terms!r}")
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  return orders_t
+
+
+def _log_a_in_sorted_chunks(log_a_fn: Callable, q: jax.Array, z: jax.Array) -> jax.Array:
+  """(K, m) log A of many examples in chunks of similar noise multipliers: the fractional series then
+  stops (and skips its quadrature tail) per chunk as early as its own examples allow, instead of
+  waiting for the slowest of a mix."""
+  m = z.shape[0]
+  perm = jnp.argsort(z)
+  pad = (-m) % _RDP_CHUNK
+  zc = jnp.concatenate([z[perm], jnp.ones((pad,), z.dtype)]).reshape(-1, _RDP_CHUNK)
+  log_a = jax.lax.map(lambda zz: log_a_fn(q, zz), zc)  # (C, K, chunk)
+  log_a = jnp.moveaxis(log_a, 1, 0).reshape(log_a.shape[1], -1)[:, :m]
+  return jnp.take(log_a, jnp.argsort(perm), axis=1)  # back to the caller's order
+
+
 @guarded
 def sampled_gaussian_rdp(
   q: ArrayLike,
@@ -259,13 +284,7 @@ def sampled_gaussian_rdp(
     >>> r.shape, bool(r[1].max() == 0.0), bool(r[0, 1] > r[0, 0] > 0)
     ((2, 2), True, True)
   """
-  _checks.check_probability("q", q, open_low=True, open_high=False)
-  _checks.check_positive("noise_multiplier", noise_multiplier, allow_inf=True)
-  orders_t = _static_orders(orders, "sampled_gaussian_rdp")
-  if not isinstance(num_terms, (int, np.integer)) or isinstance(num_terms, bool) or num_terms < 1:
-    raise ValueError(f"num_terms must be a positive int, got {num_terms!r}")
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  orders_t = _check_rdp_arguments(q, noise_multiplier, orders, num_terms, method)
   if method == "exact" and any(not float(a).is_integer() for a in orders_t):
     return _with_exact_fractional(q, noise_multiplier, orders_t, num_terms)
   z = jnp.asarray(noise_multiplier)
@@ -289,17 +308,7 @@ def sampled_gaussian_rdp(
   q_full = q >= 1.0
   q_safe = jnp.where(q_full, 1e-3, q)  # any q < 1 whose series converges fast
 
-  if m > _RDP_CHUNK:
-    # Chunks of similar noise multipliers: the fractional series then stops (and skips its quadrature
-    # tail) per chunk as early as its own examples allow, instead of waiting for the slowest of a mix.
-    perm = jnp.argsort(z_safe)
-    pad = (-m) % _RDP_CHUNK
-    zc = jnp.concatenate([z_safe[perm], jnp.ones((pad,), dtype)]).reshape(-1, _RDP_CHUNK)
-    log_a = jax.lax.map(lambda zz: log_a_fn(q_safe, zz), zc)  # (C, K, chunk)
-    log_a = jnp.moveaxis(log_a, 1, 0).reshape(len(orders_t), -1)[:, :m]
-    log_a = jnp.take(log_a, jnp.argsort(perm), axis=1)  # back to the caller's order
-  else:
-    log_a = log_a_fn(q_safe, z_safe)
+  log_a = log_a_fn(q_safe, z_safe) if m <= _RDP_CHUNK else _log_a_in_sorted_chunks(log_a_fn, q_safe, z_safe)
   rdp_general = (log_a / (alphas - 1.0)[:, None]).T  # (m, K)
   rdp_full = alphas[None, :] / (2.0 * z_safe[:, None] ** 2)
   rdp = jnp.where(q_full, rdp_full, rdp_general)

@@ -326,6 +326,18 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
   log_a, log_a_plain = _frac_assemble(head, jnp.logaddexp(lse_rest, tail), alphas, q, log_1mq, sigma, z0)
   if not with_grads:
     return log_a, None
+  weights = (jnp.exp(t0h - log_a_plain[:, None, :]), jnp.exp(mx - log_a_plain), jnp.exp(tail - log_a_plain))
+  head_grads = _frac_head_grads(alphas, q, sigma, big_l, u_h, log_phi_h)
+  dlog_dq, dlog_ds = (
+    jnp.sum(weights[0] * h, axis=1) + weights[1] * rest + jnp.where(use_tail, weights[2] * t, 0.0)
+    for h, rest, t in zip(head_grads, (dq, ds), (tail_dq, tail_ds))
+  )
+  return log_a, (dlog_dq, dlog_ds)
+
+
+def _frac_head_grads(alphas, q, sigma, big_l, u_h, log_phi_h):
+  """d/dq and d/dσ of the two head terms t0_0, t0_1 of :func:`_frac_core`, each (K_f, 2, m)."""
+  kf, m = alphas.shape[0], sigma.shape[0]
   lam_h = jnp.exp(_log_npdf(u_h) - log_phi_h)  # (2, m)
   dl_dq = -1.0 / (q * (1.0 - q))
   hq = jnp.stack(
@@ -339,12 +351,7 @@ def _frac_core(plan: _SgmPlan, q, sigma, dtype, with_grads: bool):
     ],
     axis=1,
   )
-  wh = jnp.exp(t0h - log_a_plain[:, None, :])
-  w_rest = jnp.exp(mx - log_a_plain)
-  w_tail = jnp.where(use_tail, jnp.exp(tail - log_a_plain), 0.0)
-  dlog_dq = jnp.sum(wh * hq, axis=1) + w_rest * dq + w_tail * jnp.where(use_tail, tail_dq, 0.0)
-  dlog_ds = jnp.sum(wh * hs, axis=1) + w_rest * ds + w_tail * jnp.where(use_tail, tail_ds, 0.0)
-  return log_a, (dlog_dq, dlog_ds)
+  return hq, hs
 
 
 def _log_ndtr_fast(x: jax.Array) -> jax.Array:
