@@ -15,6 +15,9 @@ carry donated and fed back as the runtime's chunks do:
   plus the §2b costs of every row from the grid), next to ``all-n ghost norms (chunked)`` alone and
   ``grid costs + ledger update (all n)`` alone (its share of an accounted step).
 
+``--draws``: the batch draws alone (a Poisson draw as an (n,) Bernoulli mask compacted by ``nonzero``,
+as the step drew before; the geometric gaps of ``batches.gather``; a shuffled batch).
+
 ``--epoch``: one epoch (n // B steps per call) of ``optax``, ``optax + Gaussian noise``, ``shuffled+ledger``
 (every step charges its batch: each example once per epoch) and ``poisson, ledger once per epoch``
 (``accountant(stride="epoch")``: one all-n norm pass and the §2b costs every round(1/q) steps, the
@@ -27,6 +30,7 @@ growth with n can be read off. Example (about 5 minutes on 2 CPU cores)::
   python benchmarks/bench_minibatch.py --n 10000 100000 --rounds 5
   python benchmarks/bench_minibatch.py --n 10000 100000 --rounds 5 --temperature 0
   python benchmarks/bench_minibatch.py --epoch --n 20000 --rounds 3 --models mlp,cnn
+  python benchmarks/bench_minibatch.py --draws --n 10000 100000 --steps 50 --rounds 5
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import optax
 
 import unlearn_jax as uj
 from unlearn_jax import accounting, per_example
+from unlearn_jax.algorithms import batches
 from unlearn_jax.algorithms.sgld import ALL_ROWS_CHUNK
 
 
@@ -183,7 +188,31 @@ def contenders(loss_fn, params, data, n, B, steps, tau, epoch=False):
   return out
 
 
-def measure(runs, rounds):
+def draws(n, B, steps):
+  """The batch draws alone, ``steps`` per call: a Poisson draw as an (n,) Bernoulli mask compacted by
+  ``nonzero`` (how the step drew before, the peer here) against the geometric gaps of
+  ``batches.gather``, and a shuffled batch of B (``batches.permute``)."""
+  q, cap = B / n, batches.poisson_capacity(n, B / n)
+
+  def bernoulli(key):
+    mask = jax.random.bernoulli(key, q, (n,))
+    return jnp.nonzero(mask, size=cap, fill_value=0)[0], jnp.sum(mask)
+
+  def gaps(key):
+    g = batches.gather("poisson", key, 0, None, n, jnp.float32, sampling_rate=q, capacity=cap)
+    return g.indices, g.dropped
+
+  def shuffled(key):
+    return batches.gather("shuffled", None, jax.random.randint(key, (), 0, n // B), key, n, jnp.float32, batch_size=B)
+
+  def loop(draw):
+    run = jax.jit(lambda k: jax.lax.scan(lambda c, t: (c, draw(jax.random.fold_in(k, t))), 0, jnp.arange(steps))[1])
+    return lambda: run(jax.random.key(0))
+
+  return {"bernoulli + nonzero": loop(bernoulli), "geometric gaps": loop(gaps), "shuffled (permute)": loop(shuffled)}
+
+
+def measure(runs, rounds, peer="optax"):
   for fn in runs.values():
     jax.block_until_ready(fn())
   names = list(runs)
@@ -193,7 +222,7 @@ def measure(runs, rounds):
       t0 = time.perf_counter()
       jax.block_until_ready(runs[name]())
       times[name].append(time.perf_counter() - t0)
-  ratios = {name: statistics.median(t / p for t, p in zip(times[name], times["optax"])) for name in names}
+  ratios = {name: statistics.median(t / p for t, p in zip(times[name], times[peer])) for name in names}
   return {name: statistics.median(v) for name, v in times.items()}, ratios
 
 
@@ -206,7 +235,17 @@ def main():
   ap.add_argument("--models", default="mlp,cnn", help="comma list of mlp, cnn, resnet18 (32x32x3)")
   ap.add_argument("--temperature", type=float, default=1e-4, help="0: noise-free steps (accounting at 1e-4)")
   ap.add_argument("--epoch", action="store_true", help="time one epoch (n // B steps) with the once-per-epoch ledger")
+  ap.add_argument("--draws", action="store_true", help="time the batch draws alone (Bernoulli mask vs geometric gaps)")
   args = ap.parse_args()
+  if args.draws:
+    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, B = {args.batch_size}, {args.steps} draws per call")
+    print("| n | draw | ms per draw | ratio to bernoulli + nonzero |")
+    print("|---|---|---|---|")
+    for n in args.n:
+      med, ratios = measure(draws(n, args.batch_size, args.steps), args.rounds, peer="bernoulli + nonzero")
+      for name, t in med.items():
+        print(f"| {n:,} | {name} | {1e3 * t / args.steps:.3f} | {ratios[name]:.2f}x |")
+    return
   print(
     f"jax {jax.__version__}, {jax.devices()[0].device_kind}, B = {args.batch_size}, "
     f"{'one epoch (n // B steps)' if args.epoch else args.steps} steps per call, "
