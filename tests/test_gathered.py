@@ -172,6 +172,8 @@ def test_poisson_positions_agree_between_draw_lengths_and_saturate():
   np.testing.assert_array_equal(batches.poisson_positions(key, 4, 1e-60, 3), [4, 4, 4])  # q = 0 in float32
   big = batches.poisson_positions(key, 2**30, 1e-9, 4)  # gaps near the int32 range saturate, never wrap
   assert np.all(np.asarray(big) >= 0)
+  for low in (jnp.bfloat16, jnp.float16):  # a low-precision model draws its gaps in float32
+    np.testing.assert_array_equal(batches.poisson_positions(key, 500, 0.05, 30, low), short)
 
 
 @pytest.mark.slow

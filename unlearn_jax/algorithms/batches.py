@@ -162,10 +162,11 @@ def poisson_positions(key: jax.Array, n: int, q: float, m: int, dtype=jnp.float3
 
   The gaps between consecutive selected rows of i.i.d. Bernoulli(q) trials are i.i.d. geometric on
   {1, 2, …} (P(G = k) = (1 − q)^(k−1) q), so row r_j = G_1 + … + G_j − 1. A gap is drawn by inversion,
-  G = 1 + ⌊log(1 − U) / log(1 − q)⌋ with U uniform on [0, 1) in ``dtype``: the distribution is exact up
-  to U's resolution (2⁻²³ in float32, 2⁻⁵² in float64, as for the comparison U < q of a Bernoulli
-  draw). The sums saturate at n, so no integer overflows. Slot j uses the j-th uniform of ``key``, so
-  draws with a different m agree on their common slots (JAX's default partitionable threefry).
+  G = 1 + ⌊log(1 − U) / log(1 − q)⌋ with U uniform on [0, 1) in ``dtype`` (at least float32: a
+  bfloat16 or float16 model draws in float32): the distribution is exact up to U's resolution (2⁻²³ in
+  float32, 2⁻⁵² in float64, as for the comparison U < q of a Bernoulli draw). The sums saturate at n,
+  so no integer overflows. Slot j uses the j-th uniform of ``key``, so draws with a different m agree
+  on their common slots (JAX's default partitionable threefry).
 
   Examples:
     >>> import jax
@@ -173,6 +174,7 @@ def poisson_positions(key: jax.Array, n: int, q: float, m: int, dtype=jnp.float3
     >>> rows.tolist()
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]
   """
+  dtype = jnp.promote_types(dtype, jnp.float32)
   u = jax.random.uniform(key, (m,), dtype)
   log_keep = np.asarray(math.log1p(-q) if q < 1.0 else -math.inf, dtype)
   if log_keep == 0.0:  # q below the dtype's resolution: no row is ever selected
