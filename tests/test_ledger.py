@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
@@ -219,6 +220,23 @@ def test_strided_and_seed_average(x64):
   mean, std = acc.average_ledgers(leds)
   np.testing.assert_allclose(np.asarray(mean), np.asarray(leds.realized).mean(0))
   assert mean.shape == (6, 2) and std.shape == (6, 2)
+
+
+def test_strided_optax_ledger_charges_every_stride_th_step_with_its_weight(x64):
+  rng = np.random.default_rng(4)
+  d = (jnp.asarray(rng.normal(size=(6, 2))), jnp.ones(6))
+  orders = (2.0, 3.0)
+  kw = dict(clip_norm=1.0)
+  every = sg.optax_training(linear_loss, optax.sgd(0.1), accounting=acc.accountant(orders), **kw)
+  strided = sg.optax_training(linear_loss, optax.sgd(0.1), accounting=acc.accountant(orders, stride=2), **kw)
+  s1, s2 = every.init(jnp.zeros(2), 6), strided.init(jnp.zeros(2), 6)
+  step1, step2 = jax.jit(every.step), jax.jit(strided.step)
+  for t in range(4):  # gradients do not depend on w: every step costs the same
+    s1, _ = step1(s1, d, jax.random.key(t), 0.1, accounting_temperature=0.01)
+    s2, info = step2(s2, d, jax.random.key(t), 0.1, accounting_temperature=0.01)
+    assert np.all(np.asarray(info.costs) == 0) == (t % 2 == 1)  # the skipped steps charge nothing
+  np.testing.assert_allclose(np.asarray(s2.ledger.realized), np.asarray(s1.ledger.realized), rtol=1e-12)
+  assert int(s2.ledger.num_accounted) == 2 and int(s2.ledger.num_steps) == 4 and float(s1.ledger.realized.min()) > 0
 
 
 def test_skipped_step_leaves_the_ledger_as_an_unaccounted_update_does():

@@ -79,17 +79,18 @@ def _or(value, default):
 
 
 def _account(accounting: acc.AccountingConfig, state: OptimizerState, evaluate: Callable, shape, dtype):
-  """The ledger after this step's §2a costs ``evaluate() -> (costs (n, K), worst (K,))``, charged at
-  every ``stride``-th step with weight ``stride``."""
+  """``(ledger, costs, worst)`` after this step: ``evaluate() -> (costs (n, K), worst (K,))`` charged at
+  every ``stride``-th step with weight ``stride``; the other steps only count (``ledger_skip``)."""
   stride = accounting.stride
-  accounted = True if stride == 1 else (state.step % stride == 0)
-  if accounted is True:
+
+  def charge():
     costs, worst = evaluate()
-  else:
-    zeros = (jnp.zeros(shape, dtype), jnp.zeros(shape[-1:], dtype))
-    costs, worst = jax.lax.cond(accounted, evaluate, lambda: zeros)
-  ledger = acc.ledger_update(state.ledger, costs, worst, weight=stride, config=accounting, accounted=accounted)
-  return ledger, costs, worst
+    return acc.ledger_update(state.ledger, costs, worst, weight=stride, config=accounting), costs, worst
+
+  if stride == 1:
+    return charge()
+  zeros = (jnp.zeros(shape, dtype), jnp.zeros(shape[-1:], dtype))
+  return jax.lax.cond(state.step % stride == 0, charge, lambda: (acc.ledger_skip(state.ledger), *zeros))
 
 
 def _make_init(opt, accounting) -> Callable:
