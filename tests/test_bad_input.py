@@ -555,6 +555,25 @@ ROWS = [
     "dataset_labels_float", lambda t: _dataset(y_train=Y.astype(np.float32) + 0.5), TypeError, ("y_train", "float32")
   ),
   Row("mixture_n_one", lambda t: data.make_gaussian_mixture(1, 2, 2), ValueError, ("n", "1")),
+  # ---- batch draws -------------------------------------------------------------------------------
+  Row(
+    "poisson_positions_q_above_one",
+    lambda t: sgld.batches.poisson_positions(jax.random.key(0), 10, 1.5, 4),
+    ValueError,
+    ("q", "1.5"),
+  ),
+  Row(
+    "poisson_positions_n_zero",
+    lambda t: sgld.batches.poisson_positions(jax.random.key(0), 0, 0.5, 4),
+    ValueError,
+    ("n", "0"),
+  ),
+  Row(
+    "poisson_positions_m_float",
+    lambda t: sgld.batches.poisson_positions(jax.random.key(0), 10, 0.5, 4.0),
+    ValueError,
+    ("m", "4.0"),
+  ),
   # ---- loops -------------------------------------------------------------------------------------
   Row("train_num_steps_zero", lambda t: _train(num_steps=0), ValueError, ("num_steps", "0")),
   Row("train_step_size_negative", lambda t: _train(step_size=-0.1), ValueError, ("step_size", "-0.1")),

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import _checks
+
 __all__ = [
   "MODES",
   "Gathered",
@@ -174,6 +176,9 @@ def poisson_positions(key: jax.Array, n: int, q: float, m: int, dtype=jnp.float3
     >>> rows.tolist()
     [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]
   """
+  _check_static_count("n", n)
+  _check_static_count("m", m)
+  _checks.check_probability("q", q, open_low=False, open_high=False)
   dtype = jnp.promote_types(dtype, jnp.float32)
   u = jax.random.uniform(key, (m,), dtype)
   log_keep = np.asarray(math.log1p(-q) if q < 1.0 else -math.inf, dtype)
@@ -183,6 +188,12 @@ def poisson_positions(key: jax.Array, n: int, q: float, m: int, dtype=jnp.float3
   gaps = jnp.minimum(skips, n).astype(jnp.int32) + 1  # clipped before the cast: a gap > n leaves range(n)
   end = n + 1  # a, b <= end: compare before adding, so the sum never leaves int32
   return jax.lax.associative_scan(lambda a, b: jnp.where(a > end - b, end, a + b), gaps) - 1
+
+
+def _check_static_count(name: str, value) -> None:
+  """A shape: a Python int >= 1, not a traced value (int32 sums: at most 2**31 - 2)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value < 2**31 - 1:
+    raise ValueError(f"{name} must be a Python int in [1, 2**31 - 2] (a static size), got {value!r}")
 
 
 def _shuffled_indices(step, shuffle_key, n: int, batch_size: int) -> jax.Array:
