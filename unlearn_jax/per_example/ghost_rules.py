@@ -89,23 +89,25 @@ def _conv_offset_starts(filt, p) -> np.ndarray:
 def _conv_offset_scan(x, d, filt, p, body, init):
   """Folds ``body(carry, slice, δ)`` over the kernel offsets, one input slice alive at a time.
 
-  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial); the slice is the (n, N, C, P) input that
-  an offset reads and δ the matching (n, N, P, O). A ``lax.scan`` (its body has no convolution, so
-  XLA:CPU runs it at full speed) rather than a Python loop, which XLA schedules with every slice alive.
+  ``x`` (n, N, *spatial, C), ``d`` (n, N, *out_spatial, O), channels last as a convolution's NHWC
+  operands usually are (so that no operand is transposed in memory); the slice is the (n, N, P, C)
+  input that an offset reads and δ the matching (n, N, P, O). A ``lax.scan`` (its body has no
+  convolution, so XLA:CPU runs it at full speed) rather than a Python loop, which XLA schedules with
+  every slice alive.
   """
-  n, nb, c = x.shape[:3]
-  o, out_spatial = d.shape[2], d.shape[3:]
+  n, nb, c = x.shape[0], x.shape[1], x.shape[-1]
+  o, out_spatial = d.shape[-1], d.shape[2:-1]
   strides = tuple(int(v) for v in p["window_strides"])
   zero = jnp.zeros((), x.dtype)
-  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 3 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]])
+  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 2 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]] + [(0, 0, 0)])
   window = [(int(m) - 1) * s + 1 for m, s in zip(out_spatial, strides)]
-  dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
+  dl = jnp.reshape(d, (n, nb, -1, o))  # (n, N, P, O)
 
   def step(carry, start):
     zero_i = jnp.zeros((), start.dtype)
-    sl = jax.lax.dynamic_slice(xp, [zero_i] * 3 + list(start), [n, nb, c, *window])
-    sl = sl[(slice(None),) * 3 + tuple(slice(None, None, s) for s in strides)]
-    return body(carry, jnp.reshape(sl, (n, nb, c, -1)), dl)
+    sl = jax.lax.dynamic_slice(xp, [zero_i] * 2 + list(start) + [zero_i], [n, nb, *window, c])
+    sl = sl[(slice(None),) * 2 + tuple(slice(None, None, s) for s in strides)]
+    return body(carry, jnp.reshape(sl, (n, nb, -1, c)), dl)
 
   return jax.lax.scan(step, init, jnp.asarray(_conv_offset_starts(filt, p)))
 
@@ -113,30 +115,30 @@ def _conv_offset_scan(x, d, filt, p, body, init):
 def _conv_offset_grads(x, d, filt, p) -> jax.Array:
   """Per-example kernel gradients of a convolution with lhs_dilation 1: (K, n, C, O), one per kernel offset.
 
-  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial): the gradient at offset k is S_k δ, one small
-  batched matmul per offset (S_k the input slice that offset reads).
+  ``x`` (n, N, *spatial, C), ``d`` (n, N, *out_spatial, O): the gradient at offset k is S_kᵀ δ, one
+  small batched matmul per offset (S_k the input slice that offset reads).
   """
-  _, grads = _conv_offset_scan(x, d, filt, p, lambda c, s, dl: (c, jnp.einsum("nbcp,nbpo->nco", s, dl)), None)
+  _, grads = _conv_offset_scan(x, d, filt, p, lambda c, s, dl: (c, jnp.einsum("nbpc,nbpo->nco", s, dl)), None)
   return grads
 
 
 def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
   """Per-example squared kernel-gradient norms of a convolution with lhs_dilation 1.
 
-  ``x`` (n, N, C, *spatial), ``d`` (n, N, O, *out_spatial). Direct form: the squared norms of
+  ``x`` (n, N, *spatial, C), ``d`` (n, N, *out_spatial, O). Direct form: the squared norms of
   :func:`_conv_offset_grads`, summed over offsets; Gram form: ``Σ_{p,q} ⟨a_p, a_q⟩⟨δ_p, δ_q⟩`` with the
   patches a = [S_k]_k.
   """
-  n, nb, o = d.shape[:3]
+  n, nb, o = d.shape[0], d.shape[1], d.shape[-1]
   if gram:
-    dl = jnp.moveaxis(jnp.reshape(d, (n, nb, o, -1)), 2, 3)  # (n, N, P, O)
-    _, slices = _conv_offset_scan(x, d, filt, p, lambda c, sl, _: (c, sl), None)  # (K, n, N, C, P)
-    a = jnp.reshape(jnp.moveaxis(slices, 0, 2), (n, nb, -1, slices.shape[-1]))  # (n, N, K·C, P), offset-major
-    a = jnp.moveaxis(a, 2, 3)  # (n, N, P, F)
-    return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(dl, (n, 1, -1, o)), form="gram")
+    dl = jnp.reshape(d, (n, nb, -1, o))  # (n, N, P, O)
+    _, slices = _conv_offset_scan(x, d, filt, p, lambda c, sl, _: (c, sl), None)  # (K, n, N, P, C)
+    a = jnp.moveaxis(slices, 0, 3)  # (n, N, P, K, C)
+    a = jnp.reshape(a, (n, 1, -1, a.shape[3] * a.shape[4]))  # (n, 1, N·P, F), offset-major features
+    return _gram_or_direct(a, jnp.reshape(dl, (n, 1, -1, o)), form="gram")
 
   def add(acc, s, dl):
-    return acc + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl)), None
+    return acc + sq_rows(jnp.einsum("nbpc,nbpo->nco", s, dl)), None
 
   sq, _ = _conv_offset_scan(x, d, filt, p, add, jnp.zeros((n,), d.dtype))
   return sq
@@ -183,16 +185,21 @@ def _dot_rule(site, leaf, act, delta) -> jax.Array:
 
 
 def _conv_layout(site, act, delta):
-  """The kernel's spatial shape, the input (n, N, C, *spatial) and output gradients (n, N, O, *out) of a
-  convolution site, and whether the Gram form over positions is the cheaper."""
+  """The kernel's spatial shape, the input (n, N, *spatial, C) and output gradients (n, N, *out, O) of
+  a convolution site (channels last: for NHWC operands no copy), and whether the Gram form over
+  positions is the cheaper."""
   p = site.eqn_params
   dn = p["dimension_numbers"]
   filt = tuple(site.param_shape[j] for j in dn.rhs_spec[2:])
-  x = jnp.transpose(act, [0] + [1 + j for j in dn.lhs_spec])  # (n, N, C, *spatial)
-  d = jnp.transpose(delta, [0] + [1 + j for j in dn.out_spec])  # (n, N, c_out, *out_spatial)
-  num_pos = size(d.shape[3:]) * d.shape[1]
-  F = x.shape[2] * size(filt)
-  gram = num_pos * (F + d.shape[2]) + size(filt) * F <= F * d.shape[2]  # Gram over positions is cheaper
+
+  def channels_last(spec):
+    return [0, 1 + spec[0]] + [1 + j for j in spec[2:]] + [1 + spec[1]]
+
+  x = jnp.transpose(act, channels_last(dn.lhs_spec))  # (n, N, *spatial, C)
+  d = jnp.transpose(delta, channels_last(dn.out_spec))  # (n, N, *out_spatial, c_out)
+  num_pos = size(d.shape[2:-1]) * d.shape[1]
+  F = x.shape[-1] * size(filt)
+  gram = num_pos * (F + d.shape[-1]) + size(filt) * F <= F * d.shape[-1]  # Gram over positions is cheaper
   if FORCE_FORM is not None:
     gram = FORCE_FORM == "gram"
   return filt, x.astype(d.dtype), d, gram
@@ -205,12 +212,13 @@ def _conv_rule(site, leaf, act, delta) -> jax.Array:
   n = delta.shape[0]
   p = site.eqn_params
   filt, x, d, gram = _conv_layout(site, act, delta)
-  c_out = d.shape[2]
-  F = x.shape[2] * size(filt)
   if all(int(v) == 1 for v in p["lhs_dilation"]):
     return _conv_sq_norms_by_offsets(x, d, filt, p, gram)
   # Transposed (input-dilated) convolutions: patches / per-example kernel gradients.
   if gram:
+    c_out = d.shape[-1]
+    F = x.shape[-1] * size(filt)
+    x = jnp.moveaxis(x, -1, 2)  # (n, N, C, *spatial): the patches' default layout
     patches = jax.vmap(
       lambda xi: jax.lax.conv_general_dilated_patches(
         xi, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"]
@@ -218,7 +226,7 @@ def _conv_rule(site, leaf, act, delta) -> jax.Array:
     )(x)
     a = jnp.moveaxis(jnp.reshape(patches, patches.shape[:3] + (-1,)), 2, 3)  # (n, N, P, F)
     a = jnp.reshape(a, (n, 1, -1, F))
-    dd = jnp.reshape(jnp.moveaxis(jnp.reshape(d, d.shape[:3] + (-1,)), 2, 3), (n, 1, -1, c_out))
+    dd = jnp.reshape(d, (n, 1, -1, c_out))
     return _gram_or_direct(a.astype(dd.dtype), dd)
   kernel = jnp.zeros(site.param_shape, delta.dtype)
   bind_params = dict(p)
