@@ -145,7 +145,10 @@ def ledger_error(reference: ArrayLike, estimate: ArrayLike) -> dict[str, float]:
   }
 
 
-def _spearman_resamples(a, b, idx):
+def _spearman_resamples(num_resamples, a, b, key):
+  """Spearman of ``num_resamples`` bootstrap resamples (rows drawn with replacement): one program with its
+  draw (an eager ``randint`` compiled a program of its own per size)."""
+  idx = jax.random.randint(key, (num_resamples, a.size), 0, a.size)
   return jax.vmap(lambda i: _spearman_core(a[i], b[i]))(idx)
 
 
@@ -195,8 +198,7 @@ def spearman_bootstrap(
     return nan
   a, b = a[ok], b[ok]
   key = jax.random.key(0) if key is None else key
-  idx = jax.random.randint(key, (num_resamples, a.size), 0, a.size)
-  rhos = np.asarray(call(_spearman_resamples, (), jnp.asarray(a), jnp.asarray(b), idx), np.float64)
+  rhos = np.asarray(call(_spearman_resamples, (num_resamples,), jnp.asarray(a), jnp.asarray(b), key), np.float64)
   rhos = rhos[np.isfinite(rhos)]
   if rhos.size < 10:
     return nan
