@@ -168,8 +168,8 @@ def test_conv_direct_form_against_numpy_loop(x64):
   dn = jax.lax.conv_dimension_numbers((1, 6, 5, 2), kern.shape, ("NHWC", "HWIO", "NHWC"))
   pads = jax.lax.padtype_to_pads((6, 5), (3, 2), (2, 1), "SAME")
   p = {"window_strides": (2, 1), "padding": pads, "lhs_dilation": (1, 1), "rhs_dilation": (1, 1)}
-  xt = jnp.asarray(x)[:, None]  # (n, N, H, W, C): the rule's channels-last layout
-  dt = jnp.asarray(d)[:, None]
+  xt = jnp.transpose(jnp.asarray(x)[:, None], (0, 1, 4, 2, 3))  # (n, N, C, H, W)
+  dt = jnp.asarray(d)[:, None]  # (n, N, H, W, O): output gradients channels last
   want = []
   for i in range(3):
     xp = np.pad(x[i], (pads[0], pads[1], (0, 0)))

@@ -86,59 +86,63 @@ def _conv_offset_starts(filt, p) -> np.ndarray:
   return np.reshape(np.asarray(list(np.ndindex(*filt)), np.int32), (-1, len(filt))) * rdil
 
 
+def _offset_reads(x, out_spatial, p):
+  """The zero-padded input (n, N, C, *padded), the window an offset reads in it and the strides."""
+  strides = tuple(int(v) for v in p["window_strides"])
+  zero = jnp.zeros((), x.dtype)
+  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 3 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]])
+  window = [(int(m) - 1) * s + 1 for m, s in zip(out_spatial, strides)]
+  return xp, window, strides
+
+
 def _conv_offset_scan(x, d, filt, p, body, init):
   """Folds ``body(carry, slice, δ)`` over the kernel offsets, one input slice alive at a time.
 
-  ``x`` (n, N, *spatial, C), ``d`` (n, N, *out_spatial, O), channels last as a convolution's NHWC
-  operands usually are (so that no operand is transposed in memory); the slice is the (n, N, P, C)
-  input that an offset reads and δ the matching (n, N, P, O). A ``lax.scan`` (its body has no
-  convolution, so XLA:CPU runs it at full speed) rather than a Python loop, which XLA schedules with
-  every slice alive.
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, *out_spatial, O); the slice is the (n, N, C, P) input that an
+  offset reads and δ the matching (n, N, P, O) — the operand layouts of a batched matmul, so that XLA
+  copies neither (a NHWC δ is used as it is; the input is transposed once, outside the loop). A
+  ``lax.scan`` (its body has no convolution, so XLA:CPU runs it at full speed) rather than a Python
+  loop, which XLA schedules with every slice alive.
   """
-  n, nb, c = x.shape[0], x.shape[1], x.shape[-1]
-  o, out_spatial = d.shape[-1], d.shape[2:-1]
-  strides = tuple(int(v) for v in p["window_strides"])
-  zero = jnp.zeros((), x.dtype)
-  xp = jax.lax.pad(x, zero, [(0, 0, 0)] * 2 + [(int(lo), int(hi), 0) for lo, hi in p["padding"]] + [(0, 0, 0)])
-  window = [(int(m) - 1) * s + 1 for m, s in zip(out_spatial, strides)]
-  dl = jnp.reshape(d, (n, nb, -1, o))  # (n, N, P, O)
+  n, nb, c = x.shape[:3]
+  xp, window, strides = _offset_reads(x, d.shape[2:-1], p)
+  dl = jnp.reshape(d, (n, nb, -1, d.shape[-1]))  # (n, N, P, O)
 
   def step(carry, start):
     zero_i = jnp.zeros((), start.dtype)
-    sl = jax.lax.dynamic_slice(xp, [zero_i] * 2 + list(start) + [zero_i], [n, nb, *window, c])
-    sl = sl[(slice(None),) * 2 + tuple(slice(None, None, s) for s in strides)]
-    return body(carry, jnp.reshape(sl, (n, nb, -1, c)), dl)
+    sl = jax.lax.dynamic_slice(xp, [zero_i] * 3 + list(start), [n, nb, c, *window])
+    sl = sl[(slice(None),) * 3 + tuple(slice(None, None, s) for s in strides)]
+    return body(carry, jnp.reshape(sl, (n, nb, c, -1)), dl)
 
   return jax.lax.scan(step, init, jnp.asarray(_conv_offset_starts(filt, p)))
 
 
-def _conv_offset_grads(x, d, filt, p) -> jax.Array:
-  """Per-example kernel gradients of a convolution with lhs_dilation 1: (K, n, C, O), one per kernel offset.
+def _conv_kernel_grads(x, d, filt, p) -> jax.Array:
+  """Per-example kernel gradients of a convolution with lhs_dilation 1: (n, K, C, O), K kernel offsets.
 
-  ``x`` (n, N, *spatial, C), ``d`` (n, N, *out_spatial, O): the gradient at offset k is S_kᵀ δ, one
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, *out_spatial, O): the gradient at offset k is S_k δ, one
   small batched matmul per offset (S_k the input slice that offset reads).
   """
-  _, grads = _conv_offset_scan(x, d, filt, p, lambda c, s, dl: (c, jnp.einsum("nbpc,nbpo->nco", s, dl)), None)
-  return grads
+  _, grads = _conv_offset_scan(x, d, filt, p, lambda c, s, dl: (c, jnp.einsum("nbcp,nbpo->nco", s, dl)), None)
+  return jnp.moveaxis(grads, 0, 1)
 
 
 def _conv_sq_norms_by_offsets(x, d, filt, p, gram: bool) -> jax.Array:
   """Per-example squared kernel-gradient norms of a convolution with lhs_dilation 1.
 
-  ``x`` (n, N, *spatial, C), ``d`` (n, N, *out_spatial, O). Direct form: the squared norms of
-  :func:`_conv_offset_grads`, summed over offsets; Gram form: ``Σ_{p,q} ⟨a_p, a_q⟩⟨δ_p, δ_q⟩`` with the
-  patches a = [S_k]_k.
+  ``x`` (n, N, C, *spatial), ``d`` (n, N, *out_spatial, O). Direct form: the squared norms of
+  :func:`_conv_kernel_grads`, summed offset by offset; Gram form: ``Σ_{p,q} ⟨a_p, a_q⟩⟨δ_p, δ_q⟩`` with
+  the patches a = [S_k]_k.
   """
   n, nb, o = d.shape[0], d.shape[1], d.shape[-1]
   if gram:
-    dl = jnp.reshape(d, (n, nb, -1, o))  # (n, N, P, O)
-    _, slices = _conv_offset_scan(x, d, filt, p, lambda c, sl, _: (c, sl), None)  # (K, n, N, P, C)
-    a = jnp.moveaxis(slices, 0, 3)  # (n, N, P, K, C)
-    a = jnp.reshape(a, (n, 1, -1, a.shape[3] * a.shape[4]))  # (n, 1, N·P, F), offset-major features
-    return _gram_or_direct(a, jnp.reshape(dl, (n, 1, -1, o)), form="gram")
+    _, slices = _conv_offset_scan(x, d, filt, p, lambda c, sl, _: (c, sl), None)  # (K, n, N, C, P)
+    a = jnp.reshape(jnp.moveaxis(slices, 0, 2), (n, nb, -1, slices.shape[-1]))  # (n, N, K·C, P), offset-major
+    a = jnp.moveaxis(a, 2, 3)  # (n, N, P, F)
+    return _gram_or_direct(jnp.reshape(a, (n, 1, -1, a.shape[-1])), jnp.reshape(d, (n, 1, -1, o)), form="gram")
 
   def add(acc, s, dl):
-    return acc + sq_rows(jnp.einsum("nbpc,nbpo->nco", s, dl)), None
+    return acc + sq_rows(jnp.einsum("nbcp,nbpo->nco", s, dl)), None
 
   sq, _ = _conv_offset_scan(x, d, filt, p, add, jnp.zeros((n,), d.dtype))
   return sq
@@ -185,20 +189,17 @@ def _dot_rule(site, leaf, act, delta) -> jax.Array:
 
 
 def _conv_layout(site, act, delta):
-  """The kernel's spatial shape, the input (n, N, *spatial, C) and output gradients (n, N, *out, O) of
-  a convolution site (channels last: for NHWC operands no copy), and whether the Gram form over
+  """The kernel's spatial shape, the input (n, N, C, *spatial) and output gradients (n, N, *out, O) of a
+  convolution site (δ channels last: for a NHWC convolution no copy), and whether the Gram form over
   positions is the cheaper."""
   p = site.eqn_params
   dn = p["dimension_numbers"]
   filt = tuple(site.param_shape[j] for j in dn.rhs_spec[2:])
-
-  def channels_last(spec):
-    return [0, 1 + spec[0]] + [1 + j for j in spec[2:]] + [1 + spec[1]]
-
-  x = jnp.transpose(act, channels_last(dn.lhs_spec))  # (n, N, *spatial, C)
-  d = jnp.transpose(delta, channels_last(dn.out_spec))  # (n, N, *out_spatial, c_out)
+  x = jnp.transpose(act, [0] + [1 + j for j in dn.lhs_spec])  # (n, N, C, *spatial)
+  out = dn.out_spec
+  d = jnp.transpose(delta, [0, 1 + out[0]] + [1 + j for j in out[2:]] + [1 + out[1]])  # (n, N, *out_sp, O)
   num_pos = size(d.shape[2:-1]) * d.shape[1]
-  F = x.shape[-1] * size(filt)
+  F = x.shape[2] * size(filt)
   gram = num_pos * (F + d.shape[-1]) + size(filt) * F <= F * d.shape[-1]  # Gram over positions is cheaper
   if FORCE_FORM is not None:
     gram = FORCE_FORM == "gram"
@@ -217,8 +218,7 @@ def _conv_rule(site, leaf, act, delta) -> jax.Array:
   # Transposed (input-dilated) convolutions: patches / per-example kernel gradients.
   if gram:
     c_out = d.shape[-1]
-    F = x.shape[-1] * size(filt)
-    x = jnp.moveaxis(x, -1, 2)  # (n, N, C, *spatial): the patches' default layout
+    F = x.shape[2] * size(filt)
     patches = jax.vmap(
       lambda xi: jax.lax.conv_general_dilated_patches(
         xi, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"]
@@ -253,7 +253,7 @@ def conv_site_grads(site, act, delta) -> tuple[jax.Array, jax.Array] | None:
   if gram:
     return None
   n = d.shape[0]
-  grads = jnp.moveaxis(_conv_offset_grads(x, d, filt, p), 0, 1)  # (n, offsets, C, O)
+  grads = _conv_kernel_grads(x, d, filt, p)  # (n, offsets, C, O)
   sq = sq_rows(grads)
   grads = jnp.reshape(grads, (n,) + filt + grads.shape[2:])  # (n, *filt, C, O)
   spec = p["dimension_numbers"].rhs_spec  # view axis of (O, I, *spatial)
