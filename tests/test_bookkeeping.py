@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_ghost import MLP, ConvNet, EmbedModel, PoolNet, Residual, Tied, _problem
+from test_ghost import MLP, ConvNet, EmbedModel, PoolNet, Residual, Tied, _nchw_loss, _problem
 
 from unlearn_jax import per_example as pe
 from unlearn_jax.per_example import blocks, bookkeeping, ghost, ghost_rules
@@ -60,6 +60,28 @@ def test_kept_convolution_gradients_are_the_per_example_gradients(x64, model, ke
   for site in plan.sites:
     if site.path in record.site_grads:
       np.testing.assert_allclose(record.site_grads[site.path], leaves[site.leaf], rtol=1e-12, atol=1e-14)
+
+
+def test_kept_gradients_of_an_nchw_oihw_convolution(x64):
+  """The kept per-example kernel gradients of a NCHW / OIHW convolution with stride, asymmetric padding
+  and a dilated kernel are the per-example gradients in OIHW layout, and the weighted sum and inner
+  products built from them equal the float64 references (the rules move δ channels last and the input
+  channels first; this checks they move them back for a layout other than NHWC / HWIO)."""
+  k = jax.random.split(jax.random.key(4), 4)
+  params = {"k": jax.random.normal(k[0], (3, 2, 2, 2)), "w": jax.random.normal(k[1], (3 * 4 * 7, 3))}
+  batch = (jax.random.normal(k[2], (4, 2, 7, 6)), jax.random.randint(k[3], (4,), 0, 3))
+  plan = ghost.ghost_plan(_nchw_loss, params, batch)
+  record = ghost.ghost_record(plan, _nchw_loss, params, batch, keep_grads=True)
+  (conv,) = [s for s in plan.sites if s.kind == "conv"]
+  assert conv.path in record.site_grads
+  per_example = jax.vmap(jax.grad(_nchw_loss), in_axes=(None, 0))(params, batch)
+  np.testing.assert_allclose(record.site_grads[conv.path], per_example["k"], rtol=1e-12, atol=1e-14)
+  weights = jnp.linspace(-0.5, 1.5, 4)
+  direction = jax.tree.map(lambda x: jnp.sin(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), params)
+  want_sum, want_inner = _references(_nchw_loss, params, batch, weights, direction)
+  got_sum = bookkeeping.weighted_sum(plan, params, record, weights)
+  chex.assert_trees_all_close(got_sum, want_sum, rtol=1e-12, atol=1e-13)
+  np.testing.assert_allclose(bookkeeping.inner_products(plan, params, record, direction), want_inner, rtol=1e-11)
 
 
 def test_large_kernels_are_contracted_not_kept(x64):
