@@ -165,6 +165,45 @@ def test_langevin_noise_chain_equals_sgld_step(logistic_data):
     np.testing.assert_allclose(np.asarray(params), np.asarray(state.params), rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+  "mode, settings, tau",
+  [
+    ("full_batch", {}, 0.0),
+    ("full_batch", {}, 0.02),
+    ("poisson", dict(sampling_rate=0.5), 0.02),
+    ("shuffled", dict(batch_size=4), 0.02),
+  ],
+)
+def test_gradient_through_a_step_equals_finite_differences(logistic_data, mode, settings, tau):
+  """jax.grad through one clipped (C between the per-example norms), projected, accounted step in θ and η
+  against central differences in float64 (same key: same batch and noise). It was NaN (the untaken R / ‖θ‖
+  of the projection at R = inf; at τ = 0 the derivative of sqrt(2ητ) in η) and, with those mended, wrong:
+  the clip factors were held constant."""
+  x, y = logistic_data
+  data = (jnp.asarray(x), jnp.asarray(y))
+  weights = jnp.array([1.0, -2.0, 0.5])
+  for radius in (None, 0.5):
+    alg = sg.sgld(
+      logistic_loss, mode=mode, clip_norm=0.8, projection_radius=radius, accounting=acc.accountant(), **settings
+    )
+    state = alg.init(jnp.zeros(3), 10, key=jax.random.key(3))
+
+    @jax.jit
+    def f(w, eta, alg=alg, state=state):
+      new, _ = alg.step(state._replace(params=w), data, jax.random.key(5), eta, tau, accounting_temperature=0.02)
+      return jnp.sum(new.params * weights)
+
+    w0, eta0, h = jnp.array([0.4, -0.3, 0.2]), 0.3, 1e-6
+    dw, deta = jax.jit(jax.grad(f, argnums=(0, 1)))(w0, eta0)
+    shifts = h * jnp.concatenate([jnp.eye(3), -jnp.eye(3)])
+    values = jax.vmap(f, in_axes=(0, None))(w0 + shifts, eta0)
+    fd_w = (values[:3] - values[3:]) / (2 * h)
+    fd_eta = (f(w0, eta0 + h) - f(w0, eta0 - h)) / (2 * h)
+    np.testing.assert_allclose(np.asarray(dw), np.asarray(fd_w), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(float(deta), float(fd_eta), rtol=1e-6, atol=1e-8)
+    assert np.all(np.asarray(dw) != np.asarray(weights))  # the step's gradient moved with θ
+
+
 def test_bad_inputs(logistic_data):
   x, y = logistic_data
   data = (jnp.asarray(x), jnp.asarray(y))

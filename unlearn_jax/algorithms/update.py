@@ -64,6 +64,12 @@ def gaussian_like(tree: PyTree, key: jax.Array) -> PyTree:
   return jax.tree.unflatten(treedef, out)
 
 
+def noise_scale(step_size: ArrayLike, temperature: ArrayLike) -> jax.Array:
+  """The standard deviation sqrt(2 η τ) of the step's noise, as sqrt(2η)·sqrt(τ): at τ = 0 its derivative
+  in η is 0 (the noise is 0 for every η), where sqrt(2ητ)'s is 0 · ∞ = NaN."""
+  return jnp.sqrt(2.0 * step_size) * jnp.sqrt(temperature)
+
+
 def tree_norm(tree: PyTree) -> jax.Array:
   """Euclidean norm over every leaf, with a zero (not NaN) gradient at 0."""
   sq = sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree))
@@ -72,9 +78,14 @@ def tree_norm(tree: PyTree) -> jax.Array:
 
 
 def project(params: PyTree, radius: ArrayLike) -> PyTree:
-  """Π_R: ``params`` scaled onto the ball of radius R when outside it (R = inf: unchanged)."""
+  """Π_R: ``params`` scaled onto the ball of radius R when outside it (R = inf: unchanged).
+
+  Both operands of the ``where`` are finite with finite derivatives (R/‖θ‖ is only formed where ‖θ‖ > R),
+  so ``jax.grad`` through a step is not NaN: with R = inf the untaken inf/‖θ‖ made it 0 · inf.
+  """
   norm = tree_norm(params)
-  shrink = jnp.where(norm > radius, radius / jnp.where(norm > 0, norm, 1.0), 1.0)
+  outside = norm > radius
+  shrink = jnp.where(outside, jnp.where(outside, radius, 1.0) / jnp.where(outside, norm, 1.0), 1.0)
   return jax.tree.map(lambda p: (p * shrink).astype(p.dtype), params)
 
 
@@ -110,7 +121,7 @@ def noisy_update(
   """
   dtype = jnp.result_type(*[jnp.result_type(x) for x in jax.tree.leaves(params)], float)
   eta = jnp.asarray(step_size, dtype)
-  scale = jnp.sqrt(2.0 * eta * jnp.asarray(temperature, dtype))
+  scale = noise_scale(eta, jnp.asarray(temperature, dtype))
   wd = jnp.asarray(weight_decay, dtype)
   gamma = jnp.asarray(l1_strength, dtype)
   noise = jax.lax.cond(  # noise-free steps (SGD fine-tuning, τ = 0 training) draw nothing
@@ -176,7 +187,7 @@ def langevin_noise(
       key = jax.random.fold_in(state.key, state.count)
     tau = temperature(state.count) if callable(temperature) else temperature
     eta = step_size(state.count) if callable(step_size) else step_size
-    scale = jnp.sqrt(2.0 * jnp.asarray(eta) * jnp.asarray(tau))
+    scale = noise_scale(jnp.asarray(eta), jnp.asarray(tau))
     noise = gaussian_like(updates, noise_key(key))
     new_updates = jax.tree.map(lambda u, z: (u + scale * z).astype(jnp.result_type(u)), updates, noise)
     return new_updates, LangevinNoiseState(count=state.count + 1, key=state.key)

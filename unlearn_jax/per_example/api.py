@@ -23,7 +23,9 @@ Clipped gradient sums come from the same ghost pass as the norms ("book-keeping"
 :mod:`~unlearn_jax.per_example.bookkeeping`): the recorded activations and output gradients give
 ``Σ_i w_i min(1, C/‖∇ℓ_i‖) ∇ℓ_i`` as one contraction per parameter site, without a second backward pass.
 With ``method="vmap"``, a chunked pass or a loss the ghost tracer cannot follow, the two-pass method:
-norms first, then one backward pass of the reweighted loss with the weights held constant.
+norms first, then one backward pass of the reweighted loss. Either way the result is differentiable as
+the clipped sum it is: ``jax.grad`` through it includes the derivative of the clip factors (and of any
+weights that depend on what is differentiated).
 
 Called eagerly (outside any ``jax.jit``), each function runs one compiled program per loss function,
 settings and shapes (``jax.jit`` with the loss function static); inside a user's ``jit``, ``vmap`` or
@@ -230,7 +232,6 @@ def _inner_core(loss_fn, params, batch, direction):
 
 
 def _weighted_sum_core(loss_fn, params, batch, weights):
-  weights = jax.lax.stop_gradient(weights)
   return jax.grad(lambda p: jnp.sum(weights * _vmapped_losses(loss_fn, p, batch)))(params)
 
 
@@ -248,7 +249,7 @@ def _bookkeeping_clipped_core(loss_fn, params, batch, clip_norm, weights):
   plan = usable_plan(loss_fn, params, batch)
   if plan is None:
     norms = _safe_sqrt(_vmap_sq_norms_core(loss_fn, params, batch))
-    w = jax.lax.stop_gradient(clip_factors(norms, clip_norm) * weights)
+    w = clip_factors(norms, clip_norm) * weights
     return _weighted_sum_core(loss_fn, params, batch, w), norms
   record = ghost.ghost_record(plan, loss_fn, params, batch, keep_grads=True)
   norms = _safe_sqrt(record.sq_norms)
@@ -449,7 +450,7 @@ def per_example_inner(loss_fn: LossFn, params: PyTree, batch: PyTree, direction:
 
 
 def weighted_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, weights: ArrayLike) -> PyTree:
-  """``Σ_i w_i ∇ℓ(θ; z_i)`` by one backward pass of the weighted loss sum (weights held constant).
+  """``Σ_i w_i ∇ℓ(θ; z_i)`` by one backward pass of the weighted loss sum (differentiable in θ and w).
 
   Args:
     loss_fn: ``loss_fn(params, example) -> scalar`` for one example.
@@ -493,7 +494,8 @@ def clipped_grad_sum(
   the norms and, per parameter site, the clipped sum as one weighted contraction of the recorded
   activations and output gradients (book-keeping). Otherwise the two-pass method: every per-example
   gradient norm first (``method``), then one backward pass of ``Σ_i w_i min(1, C/‖∇ℓ_i‖) ℓ_i`` with the
-  factors held constant. Both equal the clipped sum exactly (up to the order of the additions).
+  factors as weights. Both equal the clipped sum exactly (up to the order of the additions), and both
+  differentiate as it does (the clip factors' own derivative included).
 
   Args:
     loss_fn: ``loss_fn(params, example) -> scalar`` for one example.
@@ -530,9 +532,9 @@ def clipped_grad_sum(
       _strict_ghost_check(loss_fn, params, batch)
     ones = jnp.ones((n,)) if weights is None else jnp.asarray(weights)
     clip = jnp.inf if clip_norm is None else clip_norm
-    return call(_bookkeeping_clipped_core, (loss_fn,), params, batch, clip, jax.lax.stop_gradient(ones))
+    return call(_bookkeeping_clipped_core, (loss_fn,), params, batch, clip, ones)
   norms = _safe_sqrt(_sq_norms(loss_fn, params, batch, n, chunk_size, method))
   factors = clip_factors(norms, clip_norm)
   w = factors if weights is None else factors * jnp.asarray(weights, dtype=factors.dtype)
-  total = _weighted_sum(loss_fn, params, batch, jax.lax.stop_gradient(w), n, chunk_size)
+  total = _weighted_sum(loss_fn, params, batch, w, n, chunk_size)
   return total, norms

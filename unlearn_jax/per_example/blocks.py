@@ -30,8 +30,7 @@ PyTree = Any
 
 
 def _losses_and_weighted_grad(loss_fn, params, data, weights):
-  """Per-example losses (n,) and Σ_i w_i ∇ℓ_i in one backward pass (weights held constant)."""
-  weights = jax.lax.stop_gradient(weights)
+  """Per-example losses (n,) and Σ_i w_i ∇ℓ_i in one backward pass (differentiable in the weights too)."""
   losses, vjp = jax.vjp(lambda p: jax.vmap(loss_fn, in_axes=(None, 0))(p, data), params)
   (grad,) = vjp(weights.astype(losses.dtype))
   return losses, grad
@@ -206,7 +205,6 @@ def example_ops(loss_fn, params, data, n, blocks, norm_method, chunk_size) -> Ex
     return jnp.reshape(out, (n,))
 
   def grads(weights):
-    weights = jax.lax.stop_gradient(weights)
     losses, block_grads = jax.vmap(lambda p, d, w: _losses_and_weighted_grad(loss_fn, p, d, w))(
       bparams, bdata, jnp.reshape(weights, (blocks, n // blocks))
     )

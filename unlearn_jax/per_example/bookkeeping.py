@@ -54,9 +54,8 @@ def _rows(w: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def weighted_sum(plan: _Plan, params: PyTree, record: GhostRecord, weights: jax.Array) -> PyTree:
-  """Σ_i w_i ∇ℓ_i from a ghost record (weights held constant)."""
+  """Σ_i w_i ∇ℓ_i from a ghost record (linear in the weights; their derivative flows through)."""
   leaves, treedef = jax.tree.flatten(params)
-  weights = jax.lax.stop_gradient(weights)
   n = weights.shape[0]
   out = [jnp.zeros_like(leaf) for leaf in leaves]
   for site in plan.sites:
