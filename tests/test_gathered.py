@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 import unlearn_jax as uj
-from unlearn_jax import accounting
+from unlearn_jax import _loops, accounting
 from unlearn_jax.accounting import costs as costs_lib
 from unlearn_jax.algorithms import batches, update
 from unlearn_jax.algorithms.sgld import ALL_ROWS_CHUNK
@@ -112,6 +112,68 @@ def test_shuffled_step_touches_only_its_batch_rows_and_matches_a_float64_referen
     want[idx] = np.asarray(ORDERS)[None, :] * eta * dist2[:, None] / (4 * tau * (B - 1) ** 2)
     np.testing.assert_allclose(np.asarray(new.ledger.realized), want, rtol=1e-9, atol=1e-15)
     assert not bool(new.ledger.exact)
+
+
+def test_poisson_rows_past_the_first_part_equal_the_unsplit_step(monkeypatch):
+  """A draw with more rows than ``poisson_first_rows`` computes the rest in the conditional second part:
+  the step equals the one computing every slot at once (float64, 1e-12), alone and with vmapped seeds
+  of which only some draws reach the second part, and so does its gradient in θ."""
+  with jax.enable_x64(True):
+    data, p = _problem()
+    n, q, C = 30, 0.3, 0.8
+    alg = uj.sgld(mlp_loss, mode="poisson", sampling_rate=q, clip_norm=C)
+    state = alg.init(p, n)
+    keys = jax.random.split(jax.random.key(4), 6)
+    capacity = batches.poisson_capacity(n, q)
+    sizes = [int(jnp.sum(batches.poisson_positions(update.sample_key(k), n, q, n) < n)) for k in keys]
+    first = sorted(sizes)[2]  # some draws fit in the first part, the others reach the second
+    assert min(sizes) <= first < max(sizes) and first < capacity
+
+    def run(first_rows, how):  # a fresh trace under the patched split
+      monkeypatch.setattr(batches, "poisson_first_rows", lambda n, q, cap, multiple=1: min(first_rows, cap))
+      step = lambda s, k: alg.step(s, data, k, 0.2, 1e-3)[0].params  # noqa: E731
+      if how == "vmap":
+        return jax.jit(jax.vmap(step, in_axes=(None, 0)))(state, keys)
+      if how == "grad":
+        total = lambda w, k: sum(jnp.sum(v) for v in jax.tree.leaves(step(state._replace(params=w), k)))  # noqa: E731
+        return jax.jit(jax.vmap(jax.grad(total), in_axes=(None, 0)))(p, keys)
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *[jax.jit(step)(state, k) for k in keys])
+
+    for how in ("each", "vmap", "grad"):
+      want, got = run(capacity, how), run(first, how)
+      for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
+def test_only_if_runs_its_function_only_when_needed_also_under_vmap_and_differentiates_like_a_cond():
+  calls = []
+
+  def fn(x, idx, w):
+    jax.debug.callback(lambda: calls.append(1))
+    return {"a": jnp.sin(x[idx]) * w, "b": jnp.sum(x**2) * w}
+
+  idx = jnp.array([1, 3])
+
+  def guarded(x, w, pred):
+    out = _loops.only_if(pred, fn, (x, idx, w))
+    return jnp.sum(out["a"]) + out["b"]
+
+  def reference(x, w, pred):
+    out = fn(x, idx, w)
+    return jnp.where(pred, jnp.sum(out["a"]) + out["b"], 0.0)
+
+  xs, w = jnp.stack([jnp.arange(5.0), jnp.arange(5.0) + 1, jnp.arange(5.0) + 2]), 2.0
+  for preds in (jnp.array([True, False, True]), jnp.zeros(3, bool)):
+    calls.clear()
+    got = jax.jit(jax.vmap(guarded, in_axes=(0, None, 0)))(xs, w, preds)
+    assert (len(calls) > 0) == bool(jnp.any(preds))  # not run at all when no element needs it
+    np.testing.assert_allclose(got, jax.vmap(reference, in_axes=(0, None, 0))(xs, w, preds), rtol=1e-6)
+    grads = jax.jit(jax.vmap(jax.grad(guarded, argnums=(0, 1)), in_axes=(0, None, 0)))(xs, w, preds)
+    want = jax.vmap(jax.grad(reference, argnums=(0, 1)), in_axes=(0, None, 0))(xs, w, preds)
+    for a, b in zip(grads, want):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+  calls.clear()
+  assert float(guarded(xs[0], w, False)) == 0.0 and not calls
 
 
 def test_poisson_overflow_is_counted_and_stops_the_run():

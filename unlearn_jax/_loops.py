@@ -22,10 +22,11 @@ from typing import Any
 
 import jax
 import jax.extend.core
+import jax.numpy as jnp
 
 from unlearn_jax._compile import stack, take
 
-__all__ = ["UNROLL_MAX", "contains_convolution", "map", "scan", "straight_line"]
+__all__ = ["UNROLL_MAX", "contains_convolution", "map", "only_if", "scan", "straight_line"]
 
 _CONV = "conv_general_dilated"
 
@@ -82,3 +83,58 @@ def scan(fn: Callable, init: Any, xs: Any) -> tuple[Any, Any]:
     carry, y = fn(carry, take(xs, i))
     outs.append(y)
   return carry, stack(outs)
+
+
+def only_if(pred: jax.Array, fn: Callable, operands: tuple) -> Any:
+  """``fn(*operands)`` where ``pred`` holds, zeros (of its output's shapes) elsewhere; ``fn`` runs only when
+  some ``pred`` holds.
+
+  A ``lax.cond``, except under ``vmap``: a vmapped cond with a batched predicate runs both branches for
+  every element, which would make a rare slow path the common cost of vmapped seeds. The batching rule
+  instead runs the vmapped ``fn`` once when any element needs it (zeros for the others). ``fn`` must
+  depend on traced values through ``operands`` only. Reverse-mode derivatives are those of the cond
+  (the backward pass of ``fn`` runs where ``pred`` holds); forward mode (``jax.jvp``) is not supported.
+  """
+  out = jax.eval_shape(fn, *operands)
+
+  def zeros(shape=()):
+    return jax.tree.map(lambda o: jnp.zeros(shape + tuple(o.shape), o.dtype), out)
+
+  @jax.custom_batching.custom_vmap
+  def run(pred, operands):
+    return jax.lax.cond(pred, lambda: fn(*operands), zeros)
+
+  @run.def_vmap
+  def rule(axis_size, in_batched, pred, operands):
+    pred_batched, operands_batched = in_batched
+    preds = pred if pred_batched else jnp.broadcast_to(pred, (axis_size,))
+    axes = tuple(jax.tree.map(lambda b: 0 if b else None, operands_batched))
+    values = jax.lax.cond(jnp.any(preds), lambda: jax.vmap(fn, in_axes=axes)(*operands), lambda: zeros((axis_size,)))
+    kept = jax.tree.map(lambda v: jnp.where(jnp.reshape(preds, (-1,) + (1,) * (v.ndim - 1)), v, 0), values)
+    return kept, jax.tree.map(lambda _: True, out)
+
+  @jax.custom_vjp
+  def call(pred, operands):
+    return run(pred, operands)
+
+  def forward(pred, operands):
+    return run(pred, operands), (pred, operands)
+
+  def backward(residuals, cotangent):
+    pred, operands = residuals
+    leaves, treedef = jax.tree.flatten(operands)
+    inexact = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
+
+    def of_inexact(*xs):
+      it = iter(xs)
+      return fn(*jax.tree.unflatten(treedef, [next(it) if f else x for x, f in zip(leaves, inexact)]))
+
+    floats = tuple(x for x, f in zip(leaves, inexact) if f)
+    pulled = jax.lax.cond(
+      pred, lambda: jax.vjp(of_inexact, *floats)[1](cotangent), lambda: tuple(jnp.zeros_like(x) for x in floats)
+    )
+    it = iter(pulled)
+    return None, jax.tree.unflatten(treedef, [next(it) if f else None for f in inexact])
+
+  call.defvjp(forward, backward)
+  return call(pred, operands)

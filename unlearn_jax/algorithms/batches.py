@@ -7,11 +7,12 @@
 | ``"shuffled"`` | a batch of B from the epoch's permutation | mean over the batch | §2a with N = B (an estimate) |
 
 Minibatch modes gather their rows (:func:`gather`) into a batch of fixed shape — B for shuffled
-batches, a capacity of about q·n + 6 standard deviations for Poisson draws — so that a step's
-per-example work is proportional to its batch; :func:`select` gives the same choice as an (n,) mask.
-Neither minibatch draw touches all n rows: a shuffled batch maps its B positions through a keyed
-permutation (:func:`permute`), a Poisson draw walks the rows by geometric gaps
-(:func:`poisson_positions`).
+batches, a capacity of about q·n + 6 standard deviations for Poisson draws, of which a step computes
+the first q·n + 3 standard deviations and the rest only for a draw that reaches them
+(:func:`poisson_first_rows`) — so that a step's per-example work is proportional to its batch;
+:func:`select` gives the same choice as an (n,) mask. Neither minibatch draw touches all n rows: a
+shuffled batch maps its B positions through a keyed permutation (:func:`permute`), a Poisson draw walks
+the rows by geometric gaps (:func:`poisson_positions`).
 
 A *fixed denominator* (Poisson sampling, or a full batch with ``denominator`` or the individual filter)
 makes each example's cost a function of θ_t and that example alone, which the individual Rényi filter
@@ -37,6 +38,7 @@ __all__ = [
   "gather",
   "permute",
   "poisson_capacity",
+  "poisson_first_rows",
   "poisson_positions",
   "select",
 ]
@@ -127,6 +129,23 @@ def poisson_capacity(n: int, q: float, multiple: int = 1) -> int:
   mean = q * n
   cap = int(math.ceil(mean + 6.0 * math.sqrt(mean * (1.0 - q)) + 10.0))
   return int(min(n, -(-cap // multiple) * multiple))
+
+
+def poisson_first_rows(n: int, q: float, capacity: int, multiple: int = 1) -> int:
+  """Slots of a Poisson batch that every step computes: the mean q·n plus three standard deviations,
+  rounded up to a multiple of ``multiple``, at most ``capacity``.
+
+  A draw with more rows (about 1.3e-3 of the steps for large q·n) computes its other slots in a second,
+  conditional part; with the six-sigma capacity that saves ~16% of the rows of the expected batch of 256
+  (304 computed instead of 362).
+
+  Examples:
+    >>> poisson_first_rows(50_000, 256 / 50_000, poisson_capacity(50_000, 256 / 50_000))
+    304
+  """
+  mean = q * n
+  rows = int(math.ceil(mean + 3.0 * math.sqrt(mean * (1.0 - q))))
+  return int(min(capacity, -(-rows // multiple) * multiple))
 
 
 def gather(

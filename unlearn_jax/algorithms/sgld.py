@@ -24,6 +24,7 @@ averages over the active examples (theory §2a): an estimate.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from unlearn_jax import _loops
 from unlearn_jax import accounting as acc
 from unlearn_jax.algorithms import batches, update
 from unlearn_jax.algorithms.base import Algorithm, StepInfo
@@ -289,9 +291,7 @@ def _poisson_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
     ledger, costs, worst = _account(ctx, all_costs, lambda: ctx.zeros(n))
     active = active * ledger.active.astype(dtype)
   weights = g.valid * active[g.indices]
-  ops = ctx.ops(_gather_rows(ctx.data, g.indices), g.indices.shape[0])
-  norms = ops.norms().astype(dtype)
-  losses, ghat = ops.grads(weights * pe.clip_factors(norms, ctx.clip) / b)
+  norms, losses, ghat = _poisson_rows(ctx, g, weights, b)
   loss, mean_norm = _summary(ctx, losses, norms, weights)
   return _Gradient(
     ghat,
@@ -304,6 +304,33 @@ def _poisson_gradient(ctx: _StepContext, fixed: bool) -> _Gradient:
     None if worst is None else worst * ctx.stride,
     jnp.zeros((), bool),
     g.dropped,
+  )
+
+
+def _clipped_rows(loss_fn, s: Settings, dtype, params, data, indices, weights, clip, b) -> tuple:
+  """Norms, losses and (1/b) Σ_i w_i clip_C(∇ℓ_i) of the rows ``indices`` (a pure function of its arrays)."""
+  rows = _gather_rows(data, indices)
+  ops = blocks.example_ops(loss_fn, params, rows, weights.shape[0], s.reduction_blocks, s.norm_method, s.chunk_size)
+  norms = ops.norms().astype(dtype)
+  losses, ghat = ops.grads(weights * pe.clip_factors(norms, clip) / b)
+  return norms, losses, ghat
+
+
+def _poisson_rows(ctx: _StepContext, g: batches.Gathered, weights: jax.Array, b) -> tuple:
+  """:func:`_clipped_rows` of a Poisson draw's slots: the first ``batches.poisson_first_rows`` at every
+  step, the others only at a step whose draw reaches them (under ``vmap``: any seed's draw)."""
+  capacity = g.indices.shape[0]
+  first = batches.poisson_first_rows(ctx.n, ctx.s.sampling_rate, capacity, ctx.s.reduction_blocks or 1)
+  part = functools.partial(_clipped_rows, ctx.loss_fn, ctx.s, ctx.dtype)
+  head = part(ctx.state.params, ctx.data, g.indices[:first], weights[:first], ctx.clip, b)
+  if first == capacity:
+    return head
+  operands = (ctx.state.params, ctx.data, g.indices[first:], weights[first:], ctx.clip, b)
+  tail = _loops.only_if(g.valid[first] > 0, part, operands)
+  return (
+    jnp.concatenate([head[0], tail[0]]),
+    jnp.concatenate([head[1], tail[1]]),
+    jax.tree.map(jnp.add, head[2], tail[2]),
   )
 
 
@@ -462,10 +489,12 @@ def sgld(
   shuffled step computes norms, the clipped gradient and the §2a costs on its B rows only and adds the
   costs to those B ledger rows; a Poisson step computes the gradient on its draw, gathered into
   ``batch_capacity`` rows (default about q·n + 6 standard deviations; a draw that does not fit is
-  counted in ``StepInfo.dropped`` and the runtime stops with an error rather than drop examples), and
-  at accounted steps the norms of all n rows for the §2b costs. Every step argument after ``key`` is an
-  array: new values never recompile a jitted step. ``clip_norm``, ``weight_decay`` and
-  ``projection_radius`` given here are the defaults of the step's arguments of the same names.
+  counted in ``StepInfo.dropped`` and the runtime stops with an error rather than drop examples) of
+  which the first q·n + 3 standard deviations are computed at every step and the others only when the
+  draw reaches them (``batches.poisson_first_rows``), and at accounted steps the norms of all n rows for
+  the §2b costs. Every step argument after ``key`` is an array: new values never recompile a jitted
+  step. ``clip_norm``, ``weight_decay`` and ``projection_radius`` given here are the defaults of the
+  step's arguments of the same names.
   ``temperature = 0`` is noise-free (clipped) gradient descent; with accounting on, pass the assumed
   ``accounting_temperature`` > 0 for its costs (the ranking of §2a costs does not depend on it).
   ``l1_strength`` γ adds γ_t sign(θ) to the gradient with γ_t = γ · max(0, 1 − t/``l1_horizon``).

@@ -5,12 +5,11 @@ g_i ≈ ḡ: each term carries a rounding error of order ε‖g‖², the differ
 with ‖g_i − ḡ‖ ≈ 1e-4‖g_i‖ about half the values come out 0). :func:`centered_sq_norms` bounds that
 rounding error and, at steps where it could exceed ``COST_RTOL`` of a result, recomputes every distance
 by direct differences (:func:`centered_sq_direct`) — under a conditional that also stays one branch
-under ``vmap`` (:func:`only_if`), so only those steps pay for it.
+under ``vmap`` (``_loops.only_if``), so only those steps pay for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 from unlearn_jax import _loops
 from unlearn_jax.per_example import chunking
 
-__all__ = ["CANCELLATION_ULPS", "COST_RTOL", "centered_sq_direct", "centered_sq_norms", "only_if"]
+__all__ = ["CANCELLATION_ULPS", "COST_RTOL", "centered_sq_direct", "centered_sq_norms"]
 
 # Rounding-error allowance of the three-term form, in units of ε·(‖g_i‖² + 2|⟨g_i, ḡ⟩| + ‖ḡ‖²), and
 # the relative error of a distance that is tolerated before the direct difference is used instead.
@@ -74,31 +73,6 @@ def centered_sq_direct(loss_fn, params, data, factors, mask, chunk_size):
   return jnp.reshape(_loops.map(sq, chunks), (-1,))[:n]
 
 
-def only_if(pred: jax.Array, fn: Callable, operands: tuple, out: jax.ShapeDtypeStruct) -> jax.Array:
-  """``fn(*operands)`` where ``pred`` holds, zeros elsewhere; ``fn`` runs only when some ``pred`` holds.
-
-  A ``lax.cond``, except under ``vmap``: a vmapped cond with a batched predicate runs both branches
-  for every element, which would make a rare slow path the common cost of vmapped seeds. The batching
-  rule instead runs the vmapped ``fn`` once when any element needs it. No gradient flows through
-  ``fn`` (its operands are stopped): it serves values only.
-  """
-
-  @jax.custom_batching.custom_vmap
-  def run(pred, operands):
-    return jax.lax.cond(pred, lambda: fn(*operands), lambda: jnp.zeros(out.shape, out.dtype))
-
-  @run.def_vmap
-  def rule(axis_size, in_batched, pred, operands):
-    pred_batched, operands_batched = in_batched
-    preds = pred if pred_batched else jnp.broadcast_to(pred, (axis_size,))
-    axes = tuple(jax.tree.map(lambda b: 0 if b else None, operands_batched))
-    zeros = jnp.zeros((axis_size,) + tuple(out.shape), out.dtype)
-    values = jax.lax.cond(jnp.any(preds), lambda: jax.vmap(fn, in_axes=axes)(*operands), lambda: zeros)
-    return values, True
-
-  return run(pred, jax.lax.stop_gradient(operands))
-
-
 def centered_sq_norms(
   ops, norms: jax.Array, factors: jax.Array, mask: jax.Array, gbar: Any
 ) -> tuple[jax.Array, jax.Array]:
@@ -122,10 +96,5 @@ def centered_sq_norms(
   eps = jnp.finfo(sq_dist.dtype).eps
   error = CANCELLATION_ULPS * eps * (clipped_sq + jnp.abs(cross) + gbar_sq)
   imprecise = jnp.any((mask > 0) & (error > COST_RTOL * sq_dist))
-  direct = only_if(
-    imprecise,
-    ops.centered_sq,
-    ops.params_and_data + (factors, mask),
-    jax.ShapeDtypeStruct(sq_dist.shape, sq_dist.dtype),
-  )
+  direct = _loops.only_if(imprecise, ops.centered_sq, ops.params_and_data + (factors, mask))
   return jnp.where(imprecise, direct, sq_dist) * mask, imprecise
