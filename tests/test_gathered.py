@@ -146,6 +146,7 @@ def test_poisson_rows_past_the_first_part_equal_the_unsplit_step(monkeypatch):
 
 
 def test_only_if_runs_its_function_only_when_needed_also_under_vmap_and_differentiates_like_a_cond():
+  """Both modes of differentiation, vmapped with mixed predicates, against the plain function masked."""
   calls = []
 
   def fn(x, idx, w):
@@ -172,6 +173,12 @@ def test_only_if_runs_its_function_only_when_needed_also_under_vmap_and_differen
     want = jax.vmap(jax.grad(reference, argnums=(0, 1)), in_axes=(0, None, 0))(xs, w, preds)
     for a, b in zip(grads, want):
       np.testing.assert_allclose(a, b, rtol=1e-6)
+    tangent = lambda f, x, pred: jax.jvp(lambda v: f(v, w, pred), (x,), (jnp.ones_like(x),))[1]  # noqa: E731
+    np.testing.assert_allclose(
+      jax.vmap(lambda x, pr: tangent(guarded, x, pr))(xs, preds),
+      jax.vmap(lambda x, pr: tangent(reference, x, pr))(xs, preds),
+      rtol=1e-6,
+    )
   calls.clear()
   assert float(guarded(xs[0], w, False)) == 0.0 and not calls
 

@@ -11,7 +11,8 @@ number of elements), and — XLA:CPU does not reuse the buffers of one unrolled 
 optimization barrier between them did not change that — its memory is that of all elements together,
 not of one. Beyond :data:`UNROLL_MAX` elements the loop stays (bounded memory, slow convolutions).
 :func:`straight_line` tells the runtime to run such a model one step per compiled call instead of in
-scanned chunks.
+scanned chunks. :func:`only_if` is a conditional for a rare part of a step that stays one branch under
+``vmap`` of seeds.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def only_if(pred: jax.Array, fn: Callable, operands: tuple) -> Any:
   A ``lax.cond``, except under ``vmap``: a vmapped cond with a batched predicate runs both branches for
   every element, which would make a rare slow path the common cost of vmapped seeds. The batching rule
   instead runs the vmapped ``fn`` once when any element needs it (zeros for the others). ``fn`` must
-  depend on traced values through ``operands`` only. Reverse-mode derivatives are those of the cond
-  (the backward pass of ``fn`` runs where ``pred`` holds); forward mode (``jax.jvp``) is not supported.
+  depend on traced values through ``operands`` only. Derivatives (forward and reverse mode) are those of
+  the cond: ``fn``'s own where ``pred`` holds, zeros elsewhere.
   """
   out = jax.eval_shape(fn, *operands)
 
@@ -113,28 +114,13 @@ def only_if(pred: jax.Array, fn: Callable, operands: tuple) -> Any:
     kept = jax.tree.map(lambda v: jnp.where(jnp.reshape(preds, (-1,) + (1,) * (v.ndim - 1)), v, 0), values)
     return kept, jax.tree.map(lambda _: True, out)
 
-  @jax.custom_vjp
+  @jax.custom_jvp
   def call(pred, operands):
     return run(pred, operands)
 
-  def forward(pred, operands):
-    return run(pred, operands), (pred, operands)
+  @call.defjvp
+  def call_jvp(primals, tangents):  # differentiated: a plain cond (both branches per element under vmap)
+    pred, operands = primals
+    return jax.lax.cond(pred, lambda: jax.jvp(fn, operands, tangents[1]), lambda: (zeros(), zeros()))
 
-  def backward(residuals, cotangent):
-    pred, operands = residuals
-    leaves, treedef = jax.tree.flatten(operands)
-    inexact = [jnp.issubdtype(x.dtype, jnp.inexact) for x in leaves]
-
-    def of_inexact(*xs):
-      it = iter(xs)
-      return fn(*jax.tree.unflatten(treedef, [next(it) if f else x for x, f in zip(leaves, inexact)]))
-
-    floats = tuple(x for x, f in zip(leaves, inexact) if f)
-    pulled = jax.lax.cond(
-      pred, lambda: jax.vjp(of_inexact, *floats)[1](cotangent), lambda: tuple(jnp.zeros_like(x) for x in floats)
-    )
-    it = iter(pulled)
-    return None, jax.tree.unflatten(treedef, [next(it) if f else None for f in inexact])
-
-  call.defvjp(forward, backward)
   return call(pred, operands)
