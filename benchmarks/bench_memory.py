@@ -2,12 +2,15 @@
 
 For each n, a fresh process puts n CIFAR-shaped synthetic images (32x32x3) on the device and runs what a
 study does over all of them with a ResNet-18: a few shuffled minibatch SGLD steps with the ledger, the
-all-n ghost-norm pass in chunks of ``per_example.api.norm_pass_rows`` rows (as the Poisson ledger and the
-study run it: 64 rows for the ResNet-18, 256 for stages 16-32-64-128), and the accuracy / loss over all n
-(2,048 rows at a time). It prints the process's peak resident memory (host) and, on an
-accelerator, the device's peak bytes in use; the parent prints the ratios between the sizes.
+all-n ghost-norm pass in chunks of ``per_example.api.norm_pass_rows`` rows (64 rows for the ResNet-18, 256
+for stages 16-32-64-128) inside ``jax.jit``, as the Poisson ledger's step runs it (``--eager``: called
+eagerly, as the study runs it), and the accuracy / loss over all n (eagerly, 2,048 rows at a time). It
+prints the process's peak resident memory (host) and, on an accelerator, the device's peak bytes in use;
+the parent prints the ratios between the sizes.
 
   python benchmarks/bench_memory.py                      # n = 2048, 8192; ResNet-18 stages 16-32-64-128 (CPU)
+  python benchmarks/bench_memory.py --eager              # the same, the all-n pass called eagerly
+  python benchmarks/bench_memory.py --rows 128           # the all-n pass in jit a loop at both sizes (CPU)
   python benchmarks/bench_memory.py --widths 64,128,256,512 --n 8192 32768   # the real ResNet-18 (accelerator)
   python benchmarks/bench_memory.py --compiled --n 1024 4096   # XLA temporaries: ghost pass vs batch gradient
 
@@ -15,9 +18,11 @@ accelerator, the device's peak bytes in use; the parent prints the ratios betwee
 one batch gradient, the all-n ghost norms, the book-keeping clipped sum with its norms and vmap norms
 (``memory_analysis()`` of the compiled programs: deterministic for one XLA version and device, no timing).
 
-The data themselves grow with n (8192 x 32 x 32 x 3 float32 = 100 MB); everything else should not — on an
-accelerator. On CPU a convolutional pass of at most 8 chunks is unrolled (``unlearn_jax._loops``: XLA:CPU
-runs convolutions inside loops 10-35x slower) and its memory is then that of all its chunks; a longer
+The data themselves grow with n (8192 x 32 x 32 x 3 float32 = 100 MB); everything else should not. An
+eager pass runs one compiled program on one chunk, once per chunk (``per_example.chunking``): the memory
+of one chunk at every n. Inside ``jax.jit`` on an accelerator the chunks are a loop (the memory of one
+chunk); on CPU a convolutional pass of at most 8 chunks is unrolled (``unlearn_jax._loops``: XLA:CPU runs
+convolutions inside loops several times slower) and its memory is then that of all its chunks; a longer
 pass keeps its loop (bounded memory, slow).
 """
 
@@ -32,7 +37,7 @@ import sys
 import time
 
 
-def child(n: int, widths: tuple[int, ...], steps: int) -> dict:
+def child(n: int, widths: tuple[int, ...], steps: int, rows: int | None = None, eager: bool = False) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -52,8 +57,9 @@ def child(n: int, widths: tuple[int, ...], steps: int) -> dict:
   step = jax.jit(alg.step, donate_argnums=(0,))
   for t in range(steps):
     state, _ = step(state, (x, y), jax.random.fold_in(jax.random.key(2), t), 0.05, 1e-6)
-  rows = per_example.api.norm_pass_rows(loss_fn, params, (x, y))
-  norms = jax.jit(lambda p: per_example.per_example_grad_norms(loss_fn, p, (x, y), chunk_size=rows))(state.params)
+  rows = rows or per_example.api.norm_pass_rows(loss_fn, params, (x, y))
+  all_n = lambda p: per_example.per_example_grad_norms(loss_fn, p, (x, y), chunk_size=rows)
+  norms = (all_n if eager else jax.jit(all_n))(state.params)  # eager: one compiled call per chunk
   acc, loss = evaluate.accuracy_and_loss(model.apply_fn, state.params, x, y)
   jax.block_until_ready((norms, acc, loss))
   out = {
@@ -62,6 +68,7 @@ def child(n: int, widths: tuple[int, ...], steps: int) -> dict:
     "seconds": time.perf_counter() - t0,
     "device": str(jax.devices()[0].device_kind),
     "rows_per_chunk": rows,
+    "eager": eager,
   }
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
@@ -120,6 +127,19 @@ def main(argv=None) -> int:
   ap.add_argument("--widths", default="16,32,64,128", help="the four stage widths of the ResNet-18")
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--compiled", action="store_true", help="XLA temporaries of the per-example programs")
+  ap.add_argument(
+    "--rows",
+    type=int,
+    default=None,
+    help="rows per chunk of the all-n ghost norms (default: per_example.api.norm_pass_rows); on CPU, rows "
+    "giving more than 8 chunks at every n keep the pass a loop at every n, so the sizes run the same program",
+  )
+  ap.add_argument(
+    "--eager",
+    action="store_true",
+    help="call the all-n ghost norms eagerly, as the study does (one compiled call per chunk from the host) "
+    "instead of inside jax.jit, as the Poisson ledger's step does",
+  )
   ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.compiled:
@@ -127,16 +147,18 @@ def main(argv=None) -> int:
     return 0
   widths = tuple(int(w) for w in args.widths.split(","))
   if args.child is not None:
-    print(json.dumps(child(args.child, widths, args.steps)))
+    print(json.dumps(child(args.child, widths, args.steps, args.rows, args.eager)))
     return 0
   rows = []
   for n in args.n:
     cmd = [sys.executable, __file__, "--child", str(n), "--widths", args.widths, "--steps", str(args.steps)]
+    cmd += ([] if args.rows is None else ["--rows", str(args.rows)]) + (["--eager"] if args.eager else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
   print(f"ResNet-18 stages {list(widths)}, {args.steps} shuffled SGLD steps (B = 64, ledger) + all-n ghost norms")
   print(
-    f"(chunks of {rows[0]['rows_per_chunk']} rows) + accuracy and loss over all n; one fresh process per n; "
+    f"(chunks of {rows[0]['rows_per_chunk']} rows, {'eager' if args.eager else 'in jax.jit'}) + accuracy and loss "
+    "over all n (eager); one fresh process per n; "
     f"device {rows[0]['device']}"
   )
   print("| n | host peak MiB | device peak MiB | seconds |")

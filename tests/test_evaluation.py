@@ -12,6 +12,7 @@ from scipy import stats as sstats
 
 from unlearn_jax import evaluate as ev
 from unlearn_jax.evaluate import membership as ev_membership
+from unlearn_jax.evaluate import scores as scores_mod
 
 # ----------------------------------------------------------------------------------------------------
 # Small stand-in classifier (a linear softmax model written for one example)
@@ -623,3 +624,35 @@ def test_spearman_bootstrap_interval_matches_scipy():
     for i in range(100)
   ]
   assert 0.87 <= np.mean(covered) <= 1.0, np.mean(covered)
+
+
+@pytest.mark.parametrize("seed_axis", [False, True])
+def test_eager_scores_over_many_chunks_run_one_chunk_at_a_time(x64, monkeypatch, seed_axis):
+  """Eager scores, accuracy and loss over more rows than a chunk: each compiled call sees one chunk (the
+  memory of one chunk at any n; on CPU convolutions stay outside loops), values as over all rows at once."""
+  rng = np.random.default_rng(5)
+  x, y = jnp.asarray(rng.normal(size=(11, 3))), jnp.asarray(rng.integers(0, 2, 11))
+  w = jnp.asarray(rng.normal(size=(2, 3)) if seed_axis else rng.normal(size=3))
+  apply_fn = lambda v, xx: jnp.stack([v @ xx, -(v @ xx)])  # a new function: traced here, not cached
+  want_s = ev.logit_confidence(apply_fn, w, x, y, seed_axis=seed_axis)
+  want_acc, want_loss = ev.accuracy_and_loss(apply_fn, w, x, y, seed_axis=seed_axis)
+  seen = []
+  batched = scores_mod._batched_logits
+
+  def recording(fn, p, xx):
+    seen.append(xx.shape[0])
+    return batched(fn, p, xx)
+
+  monkeypatch.setattr(scores_mod, "_batched_logits", recording)
+  monkeypatch.setattr(scores_mod.chunking, "ROWS_PER_PASS", 4)
+  s = ev.logit_confidence(apply_fn, w, x, y, seed_axis=seed_axis)
+  acc, loss = ev.accuracy_and_loss(apply_fn, w, x, y, seed_axis=seed_axis)
+  assert seen and set(seen) == {4}
+  assert s.shape == want_s.shape == ((2, 11) if seed_axis else (11,))
+  np.testing.assert_allclose(s, want_s, rtol=1e-12)
+  np.testing.assert_allclose(acc, want_acc, rtol=1e-12)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+  # direct check of the means: the repeated rows of the last chunk are dropped
+  logits = np.einsum("...d,nd->...n", np.asarray(w), np.asarray(x))
+  nll = np.logaddexp(logits, -logits) - np.where(np.asarray(y) == 0, logits, -logits)
+  np.testing.assert_allclose(loss, nll.mean(axis=-1), rtol=1e-12)

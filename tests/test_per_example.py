@@ -167,15 +167,48 @@ def test_no_recompile_for_n_padding_to_same_shape(caplog):
   with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
     caplog.clear()
     a = pe.per_example_grads(mlp_loss, params, (x[:10], y[:10]), chunk_size=4)
-    first = [r for r in caplog.records if "_chunked_per_example" in r.getMessage()]
+    first = [r for r in caplog.records if "_grads_core" in r.getMessage()]
     caplog.clear()
     b = pe.per_example_grads(mlp_loss, params, (x[:11], y[:11]), chunk_size=4)  # also 3 chunks of 4
-    second = [r for r in caplog.records if "_chunked_per_example" in r.getMessage()]
-  assert a["w1"].shape[0] == 10 and b["w1"].shape[0] == 11
+    second = [r for r in caplog.records if "_grads_core" in r.getMessage()]
+    caplog.clear()
+    traced = jax.jit(lambda p, b: pe.per_example_grads(mlp_loss, p, b, chunk_size=4))
+    c = traced(params, (x[:11], y[:11]))
+    inline = [r for r in caplog.records if "_grads_core" in r.getMessage()]
+  assert a["w1"].shape[0] == 10 and b["w1"].shape[0] == 11 and c["w1"].shape[0] == 11
   chex.assert_trees_all_close(jax.tree.map(lambda v: v[:10], b), a, rtol=1e-6)
+  chex.assert_trees_all_close(c, b, rtol=1e-6)  # the traced pass (chunks in a loop) and the host's agree
   assert len(second) == 0, [r.getMessage() for r in second]
   # The first call may or may not compile (cache shared with earlier tests); the message filter works:
-  assert all("_chunked_per_example" in r.getMessage() for r in first)
+  assert all("_grads_core" in r.getMessage() for r in first)
+  assert not inline  # under a trace the chunks are part of the caller's program
+
+
+def test_eager_chunked_pass_traces_one_chunk_at_a_time(x64, monkeypatch):
+  """Called eagerly, a chunked pass runs one compiled program on chunk_size rows per chunk (its memory is
+  that of one chunk at any n), and gives the unchunked pass's values; under a trace it is one program."""
+  params, x, y = make_problem("mlp", n=11, seed=3)
+  p, batch = _jax(params, x, y)
+  seen = []
+  core = pe.api._ghost_sq_norms_core
+
+  def recording(loss_fn, params, batch):
+    seen.append(jax.tree.leaves(batch)[0].shape[0])
+    return core(loss_fn, params, batch)
+
+  monkeypatch.setattr(pe.api, "_ghost_sq_norms_core", recording)
+  loss = lambda q, ex: mlp_loss(q, ex)  # a new function: its programs are traced here, not cached
+  norms = pe.per_example_grad_norms(loss, p, batch, chunk_size=4, method="ghost")
+  assert seen == [4]  # traced once, on a chunk; the three calls share it
+  _close(norms, ref.norms(ref.per_example("mlp", params, x, y)[1]))
+  seen.clear()
+  jax.jit(lambda q, b: pe.per_example_grad_norms(loss, q, b, chunk_size=4, method="ghost"))(p, batch)
+  assert seen and set(seen) == {4}  # traced as the body of the loop over chunks
+  total, norms = pe.clipped_grad_sum(loss, p, batch, 0.7, chunk_size=4, method="ghost")
+  r_clipped, r_norms = ref.clip(ref.per_example("mlp", params, x, y)[1], 0.7)
+  _close(norms, r_norms)
+  for k, v in ref.weighted_sum(r_clipped, np.ones(11)).items():
+    _close(total[k], v, atol=1e-12)  # the repeated rows of the last chunk add nothing
 
 
 # -------------------------------------------------------------------------- properties

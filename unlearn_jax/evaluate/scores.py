@@ -17,7 +17,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks, _loops
-from unlearn_jax._compile import call
+from unlearn_jax._compile import call, is_traced
 from unlearn_jax.per_example import chunking
 
 __all__ = [
@@ -94,7 +94,17 @@ def logit_confidence(
   _checks.check_batch((x, y), "(x, y)")
   if seed_axis:
     _checks.leading_size("params", params)
-  return call(_logit_confidence_core, (apply_fn, bool(seed_axis)), params, x, y)
+  return _over_rows(_logit_confidence_core, (apply_fn, bool(seed_axis)), params, x, y)
+
+
+def _over_rows(core, static, params, x, y):
+  """``core(*static, params, x, y)`` (per-example outputs, rows last); called eagerly on more rows than one
+  chunk, one compiled call per chunk from the host (the memory of one chunk; see ``chunking``)."""
+  n = np.shape(y)[0]
+  rows = chunking.ROWS_PER_PASS
+  if n <= rows or is_traced((params, x, y)):
+    return call(core, static, params, x, y)
+  return chunking.host_rows(lambda c: call(core, static, params, *c), (x, y), n, rows, axis=-1)
 
 
 def _logit_confidence_core(apply_fn, seed_axis, params, x, y):
@@ -169,19 +179,25 @@ def accuracy_and_loss(
     )
     logits = jax.eval_shape(apply_fn, one_params, jax.ShapeDtypeStruct(np.shape(x)[1:], jnp.result_type(x)))
     _checks.check_labels("y", y, logits.shape[-1])  # an out-of-range label would give a NaN / clamped loss
-  return call(_accuracy_and_loss_core, (apply_fn, bool(seed_axis)), params, x, y)
+  correct, nll = _over_rows(_correct_and_nll_core, (apply_fn, bool(seed_axis)), params, x, y)
+  return call(_means_core, (), correct, nll)
 
 
-def _accuracy_and_loss_core(apply_fn, seed_axis, params, x, y):
+def _correct_and_nll_core(apply_fn, seed_axis, params, x, y):
+  """Per example: 1.0 where the top logit is the label's, and the cross-entropy."""
+
   def one(p):
     logits = _batched_logits(apply_fn, p, x)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     labels = jnp.asarray(y)
-    loss = -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
-    acc = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(log_probs.dtype))
-    return acc, loss
+    nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    return (jnp.argmax(logits, axis=-1) == labels).astype(log_probs.dtype), nll
 
   return jax.vmap(one)(params) if seed_axis else one(params)
+
+
+def _means_core(correct, nll):
+  return jnp.mean(correct, axis=-1), jnp.mean(nll, axis=-1)
 
 
 class SplitMetrics(NamedTuple):

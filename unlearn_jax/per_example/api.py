@@ -46,7 +46,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from unlearn_jax import _checks, _loops
-from unlearn_jax._compile import call
+from unlearn_jax._compile import call, is_traced
 from unlearn_jax.per_example import bookkeeping, chunking, ghost
 
 __all__ = [
@@ -149,9 +149,12 @@ def _chunked_per_example(core: Callable, loss_fn: LossFn, chunk_size: int, param
 def _per_example(
   core: Callable, loss_fn: LossFn, params: PyTree, batch: PyTree, n: int, chunk_size: int | None
 ) -> PyTree:
-  """Per-example outputs of ``core(loss_fn, params, batch)``, ``chunk_size`` examples at a time."""
+  """Per-example outputs of ``core(loss_fn, params, batch)``, ``chunk_size`` examples at a time (called
+  eagerly: one compiled call per chunk from the host, see :mod:`~unlearn_jax.per_example.chunking`)."""
   if chunk_size is None or chunk_size >= n:
     return call(core, (loss_fn,), params, batch)
+  if not is_traced((params, batch)):
+    return chunking.host_rows(lambda chunk: call(core, (loss_fn,), params, chunk), batch, n, chunk_size)
   padded, _, _ = chunking.pad_batch(batch, n, chunk_size)
   out = call(_chunked_per_example, (core, loss_fn, chunk_size), params, padded)
   return jax.tree.map(lambda x: x[:n], out)
@@ -235,6 +238,10 @@ def _weighted_sum_core(loss_fn, params, batch, weights):
   return jax.grad(lambda p: jnp.sum(weights * _vmapped_losses(loss_fn, p, batch)))(params)
 
 
+def _valid_weighted_sum_core(loss_fn, params, batch, weights, valid):
+  return _weighted_sum_core(loss_fn, params, batch, jnp.where(valid, weights, 0))
+
+
 def _chunked_weighted_sum(loss_fn, chunk_size, params, padded, weights):
   def body(acc, chunk):
     b, w = chunk
@@ -260,6 +267,9 @@ def _bookkeeping_clipped_core(loss_fn, params, batch, clip_norm, weights):
 def _weighted_sum(loss_fn, params, batch, weights, n, chunk_size):
   if chunk_size is None or chunk_size >= n:
     return call(_weighted_sum_core, (loss_fn,), params, batch, weights)
+  if not is_traced((params, batch, weights)):
+    part = lambda chunk, valid: call(_valid_weighted_sum_core, (loss_fn,), params, *chunk, valid)
+    return chunking.host_sum(part, (batch, weights), n, chunk_size)
   padded, mask, n_pad = chunking.pad_batch(batch, n, chunk_size)
   w = jnp.where(mask, jnp.concatenate([weights, jnp.zeros(n_pad - n, weights.dtype)]), 0)
   return call(_chunked_weighted_sum, (loss_fn, chunk_size), params, padded, w)

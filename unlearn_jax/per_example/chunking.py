@@ -1,6 +1,12 @@
 """Chunking over the example axis: pad to a multiple of the chunk size, ``lax.map`` over chunks.
 
 Padding repeats the first example, so padded rows give finite values; their outputs are dropped.
+
+Under a trace the chunks are a loop in the traced program (:mod:`unlearn_jax._loops`: on CPU a loop of at
+most ``UNROLL_MAX`` convolutional chunks is unrolled, and its memory is then that of all its chunks).
+Called eagerly, a pass runs from the host instead (:func:`host_rows`, :func:`host_sum`): one compiled
+program on one chunk, called once per chunk — the memory of one chunk at every n, and, on CPU, the
+convolutions at the top level of their program.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unlearn_jax import _loops
+from unlearn_jax._compile import call, take
 
 PyTree = Any
 
@@ -56,3 +64,37 @@ def batched_apply(apply_fn: Callable, params: PyTree, x: PyTree, chunk_size: int
   """``vmap(apply_fn)`` over the rows of ``x``, ``chunk_size`` rows at a time (``lax.map``) when there are more."""
   n = jax.tree.leaves(x)[0].shape[0]
   return map_per_example(lambda p, xx: jax.vmap(apply_fn, in_axes=(None, 0))(p, xx), params, x, n, chunk_size)
+
+
+def host_chunks(batch: PyTree, n: int, chunk_size: int):
+  """The chunks of ``chunk_size`` rows of a concrete ``batch``, one at a time; the last one is completed by
+  repeating the last row (its outputs are to be dropped). Yields ``(chunk, rows)``: ``rows`` (chunk_size,)
+  the row of each entry, n and above for the repeats."""
+  for start in range(0, n, chunk_size):
+    rows = np.arange(start, start + chunk_size)
+    yield take(batch, np.minimum(rows, n - 1)), rows
+
+
+def _concat_core(n, axis, *trees):
+  return jax.tree.map(lambda *xs: jax.lax.slice_in_dim(jnp.concatenate(xs, axis=axis), 0, n, axis=axis), *trees)
+
+
+def host_rows(fn: Callable, batch: PyTree, n: int, chunk_size: int, axis: int = 0) -> PyTree:
+  """``fn(chunk)`` for every chunk of a concrete ``batch`` (see :func:`host_chunks`), called from the host;
+  the per-example outputs (rows along ``axis``) concatenated and the repeats dropped."""
+  outs = [fn(chunk) for chunk, _ in host_chunks(batch, n, chunk_size)]
+  return call(_concat_core, (n, axis), *outs)
+
+
+def _add_core(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def host_sum(fn: Callable, batch: PyTree, n: int, chunk_size: int) -> PyTree:
+  """The sum over the chunks of a concrete ``batch`` of ``fn(chunk, valid)``, called from the host;
+  ``valid`` (chunk_size,) bool is False on the repeated rows, which ``fn`` must leave out of its sum."""
+  total = None
+  for chunk, rows in host_chunks(batch, n, chunk_size):
+    part = fn(chunk, jnp.asarray(rows < n))
+    total = part if total is None else call(_add_core, (), total, part)
+  return total
