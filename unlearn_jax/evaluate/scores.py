@@ -104,6 +104,7 @@ def _over_rows(core, static, params, x, y):
   rows = chunking.ROWS_PER_PASS
   if n <= rows or is_traced((params, x, y)):
     return call(core, static, params, x, y)
+  params = jax.tree.map(jnp.asarray, params)  # on the device once for all chunks
   return chunking.host_rows(lambda c: call(core, static, params, *c), (x, y), n, rows, axis=-1)
 
 

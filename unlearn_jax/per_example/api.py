@@ -154,6 +154,7 @@ def _per_example(
   if chunk_size is None or chunk_size >= n:
     return call(core, (loss_fn,), params, batch)
   if not is_traced((params, batch)):
+    params = jax.tree.map(jnp.asarray, params)  # on the device once for all chunks
     return chunking.host_rows(lambda chunk: call(core, (loss_fn,), params, chunk), batch, n, chunk_size)
   padded, _, _ = chunking.pad_batch(batch, n, chunk_size)
   out = call(_chunked_per_example, (core, loss_fn, chunk_size), params, padded)
@@ -268,6 +269,7 @@ def _weighted_sum(loss_fn, params, batch, weights, n, chunk_size):
   if chunk_size is None or chunk_size >= n:
     return call(_weighted_sum_core, (loss_fn,), params, batch, weights)
   if not is_traced((params, batch, weights)):
+    params = jax.tree.map(jnp.asarray, params)  # on the device once for all chunks
     part = lambda chunk, valid: call(_valid_weighted_sum_core, (loss_fn,), params, *chunk, valid)
     return chunking.host_sum(part, (batch, weights), n, chunk_size)
   padded, mask, n_pad = chunking.pad_batch(batch, n, chunk_size)

@@ -70,6 +70,7 @@ def host_chunks(batch: PyTree, n: int, chunk_size: int):
   """The chunks of ``chunk_size`` rows of a concrete ``batch``, one at a time; the last one is completed by
   repeating the last row (its outputs are to be dropped). Yields ``(chunk, rows)``: ``rows`` (chunk_size,)
   the row of each entry, n and above for the repeats."""
+  batch = jax.tree.map(jnp.asarray, batch)  # host (NumPy) data go to the device once, not once per chunk
   for start in range(0, n, chunk_size):
     rows = np.arange(start, start + chunk_size)
     yield take(batch, np.minimum(rows, n - 1)), rows
