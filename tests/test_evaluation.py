@@ -656,3 +656,26 @@ def test_eager_scores_over_many_chunks_run_one_chunk_at_a_time(x64, monkeypatch,
   logits = np.einsum("...d,nd->...n", np.asarray(w), np.asarray(x))
   nll = np.logaddexp(logits, -logits) - np.where(np.asarray(y) == 0, logits, -logits)
   np.testing.assert_allclose(loss, nll.mean(axis=-1), rtol=1e-12)
+
+
+def test_eager_batched_apply_is_compiled_per_chunk(x64, monkeypatch):
+  """``chunking.batched_apply`` (behind predict_fn and evaluate's per-example metrics) called eagerly: one
+  compiled program on chunk_size rows, called per chunk; the same logits as one vmap over all rows."""
+  rng = np.random.default_rng(6)
+  x, w = jnp.asarray(rng.normal(size=(10, 3))), jnp.asarray(rng.normal(size=(3, 2)))
+  apply_fn = lambda v, xx: jnp.tanh(xx @ v)  # a new function: traced here, not cached
+  seen = []
+  rows_core = scores_mod.chunking._apply_rows
+
+  def recording(fn, p, xx):
+    seen.append(xx.shape[0])
+    return rows_core(fn, p, xx)
+
+  monkeypatch.setattr(scores_mod.chunking, "_apply_rows", recording)
+  got = scores_mod.chunking.batched_apply(apply_fn, w, x, chunk_size=4)
+  assert seen == [4]  # one trace, three calls
+  np.testing.assert_allclose(got, np.tanh(np.asarray(x) @ np.asarray(w)), rtol=1e-12)
+  seen.clear()
+  jitted = jax.jit(lambda v, xx: scores_mod.chunking.batched_apply(apply_fn, v, xx, chunk_size=4))(w, x)
+  assert seen and set(seen) == {4}
+  np.testing.assert_allclose(jitted, got, rtol=1e-12)

@@ -11,6 +11,7 @@ convolutions at the top level of their program.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unlearn_jax import _loops
+from unlearn_jax import _compile, _loops
 from unlearn_jax._compile import call, take
 
 PyTree = Any
@@ -60,10 +61,20 @@ def map_per_example(fn: Callable, params: PyTree, batch: PyTree, n: int, chunk_s
   return from_chunks(_loops.map(lambda c: fn(params, c), to_chunks(padded, chunk_size)), n)
 
 
+def _apply_rows(apply_fn: Callable, params: PyTree, x: PyTree) -> PyTree:
+  return jax.vmap(apply_fn, in_axes=(None, 0))(params, x)
+
+
 def batched_apply(apply_fn: Callable, params: PyTree, x: PyTree, chunk_size: int | None = ROWS_PER_PASS) -> PyTree:
-  """``vmap(apply_fn)`` over the rows of ``x``, ``chunk_size`` rows at a time (``lax.map``) when there are more."""
+  """``vmap(apply_fn)`` over the rows of ``x``, ``chunk_size`` rows at a time when there are more: a loop
+  (``lax.map``) under a trace; called eagerly, compiled, one call per chunk from the host."""
   n = jax.tree.leaves(x)[0].shape[0]
-  return map_per_example(lambda p, xx: jax.vmap(apply_fn, in_axes=(None, 0))(p, xx), params, x, n, chunk_size)
+  if _compile.is_traced((params, x)):
+    return map_per_example(functools.partial(_apply_rows, apply_fn), params, x, n, chunk_size)
+  if chunk_size is None or chunk_size >= n:
+    return call(_apply_rows, (apply_fn,), params, x)
+  params = jax.tree.map(jnp.asarray, params)  # on the device once for all chunks
+  return host_rows(lambda chunk: call(_apply_rows, (apply_fn,), params, chunk), x, n, chunk_size)
 
 
 def host_chunks(batch: PyTree, n: int, chunk_size: int):
