@@ -206,6 +206,8 @@ def test_predict_and_accuracy_against_numpy():
   acc_ref = np.mean(pred_ref == y)
   np.testing.assert_allclose(float(models.accuracy(model.apply_fn, params, x, y)), acc_ref, rtol=1e-6)
   np.testing.assert_allclose(float(models.accuracy(model.apply_fn, params, x, y, batch_size=6)), acc_ref, rtol=1e-6)
+  jitted = jax.jit(lambda q, xx, yy: models.accuracy(model.apply_fn, q, xx, yy, batch_size=6))
+  np.testing.assert_allclose(float(jitted(params, x, y)), acc_ref, rtol=1e-6)  # the chunks as a loop
   with pytest.raises(ValueError, match="share a non-empty leading example axis"):
     models.accuracy(model.apply_fn, params, x, y[:5])
 

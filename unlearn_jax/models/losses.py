@@ -120,7 +120,8 @@ def accuracy(
     params: parameters.
     x: (n, ...) examples.
     y: (n,) integer labels.
-    batch_size: if given, evaluate in chunks of this many examples (``jax.lax.map``) to bound memory.
+    batch_size: examples evaluated at once, to bound memory (None: ``per_example.chunking.ROWS_PER_PASS``);
+      called eagerly, one compiled program on one chunk runs once per chunk.
 
   Returns:
     A float32 scalar in [0, 1].
@@ -140,5 +141,5 @@ def accuracy(
   else:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    logits = jax.lax.map(lambda xi: apply_fn(params, xi), x, batch_size=batch_size)
+    logits = chunking.batched_apply(apply_fn, params, x, chunk_size=batch_size)
   return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
